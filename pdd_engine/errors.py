@@ -1,0 +1,30 @@
+"""User-facing errors: every one names the problem and the fix, in one line."""
+
+
+class PDDError(Exception):
+    """An error a user can act on. ``str(err)`` is ``"<problem>. Fix: <fix>"``."""
+
+    def __init__(self, problem: str, fix: str):
+        self.problem = problem.rstrip(".")
+        self.fix = fix.rstrip(".")
+        super().__init__(f"{self.problem}. Fix: {self.fix}.")
+
+
+class ConfigError(PDDError):
+    """A config value or combination is invalid."""
+
+
+class DataUnavailable(PDDError):
+    """A dataset cannot be loaded here (no local files, no internet)."""
+
+
+class BundleError(PDDError):
+    """A file is not a readable PDD Studio bundle."""
+
+
+class MemoryBudgetError(PDDError):
+    """The estimated peak memory of a step exceeds what this machine has."""
+
+
+class Cancelled(Exception):
+    """Raised inside the engine when the cancel token is set; finished stages stay cached."""

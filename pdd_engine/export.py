@@ -1,0 +1,228 @@
+"""Export bundles: a zip that carries a run's synthetic sets and everything needed to use them.
+
+Layout::
+
+    manifest.json                 dataset, classes, normalisation/ZCA, model, eval protocol, per-stage
+                                  accuracies, config, hashes, versions, and a sha256 for every file
+    stage_<i>/images.pt|.npz      S_i as stored (model space), labels, learned lr (MTT)
+    stage_<i>/train_images.*      S_i as a network trains on it (differs from stored for IDC only)
+    union_<i>.pt|.npz             U_i = S_1 ∪ .. ∪ S_i in training form: what evaluation stage i trains on
+    png/stage_<i>/<class>/<k>.png S_i de-normalised to viewable pixels
+    zca.npz                       ZCA mean, matrix and inverse (when whitening is on)
+
+``.pt`` files hold plain tensor dicts: ``torch.load(path, weights_only=True)`` reads them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import platform
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import __version__
+from .cache import Store
+from .config import DistillConfig
+from .data import Dataset
+from .errors import BundleError, PDDError
+from .evaluate import Curriculum, EvalProtocol
+from .models import parse_arch
+from .progressive import Keys, dataset_for, dataset_info, resolve_device, to_uint8
+
+FORMAT = "pdd-studio-bundle"
+FORMAT_VERSION = 1
+
+
+def _pt(tensors: dict[str, torch.Tensor]) -> bytes:
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, buf)
+    return buf.getvalue()
+
+
+def _npz(arrays: dict[str, Any]) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **{k: (v.detach().cpu().numpy() if torch.is_tensor(v) else np.asarray(v))
+                                for k, v in arrays.items()})
+    return buf.getvalue()
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    img = pixels[..., 0] if pixels.shape[-1] == 1 else pixels
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def collect(cfg: DistillConfig, store: Store, ds: Dataset) -> tuple[list, list, list]:
+    """The stored stage, eval and random-baseline records of a finished run, or a clear error."""
+    keys = Keys(cfg, ds.fingerprint)
+    stages, evals, randoms = [], [], []
+    for i in range(1, cfg.stages + 1):
+        recs = [store.get(k) for k in (keys.stage(i), keys.eval(i), keys.random(i))]
+        if any(r is None for r in recs):
+            raise PDDError(f"stage {i} of this run is not finished (not in the cache)",
+                           "run `python -m pdd_engine distill` with the same settings first; it resumes")
+        stages.append(recs[0])
+        evals.append(recs[1][1]["acc"])
+        randoms.append(recs[2][1]["acc"])
+    return stages, evals, randoms
+
+
+def build_manifest(cfg: DistillConfig, ds: Dataset, stages: list, evals: list, randoms: list) -> dict[str, Any]:
+    proto = EvalProtocol.from_config(cfg, ds.size)
+    keys = Keys(cfg, ds.fingerprint)
+    stage_entries = []
+    for i, ((t, meta), acc, racc) in enumerate(zip(stages, evals, randoms), start=1):
+        stage_entries.append({
+            "stage": i, "images_per_class": cfg.ipc_per_stage, "cumulative_images_per_class": cfg.ipc_per_stage * i,
+            "stored": f"stage_{i}/images.pt", "train": f"stage_{i}/train_images.pt", "union": f"union_{i}.pt",
+            "stored_shape": list(t["stored"].shape), "train_shape": list(t["train_x"].shape),
+            "learned_lr": meta["lr"], "eval_lr": meta["lr"] or proto.lr,
+            "accuracy": {"mean": float(np.mean(acc)), "std": float(np.std(acc)), "per_model": acc},
+            "random_subset_accuracy": {"mean": float(np.mean(racc)), "std": float(np.std(racc)), "per_model": racc},
+            "distill_seconds": meta["seconds"], "real_examples_kept": meta["real_kept"],
+        })
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "run_key": keys.run, "stage_keys": [keys.stage(i) for i in range(1, cfg.stages + 1)],
+        "config": cfg.to_dict(), "method": cfg.method, "stages": cfg.stages, "ipc": cfg.ipc,
+        "dataset": dataset_info(ds),
+        "normalisation": {
+            "mean": list(ds.mean), "std": list(ds.std), "zca": "zca.npz" if ds.zca is not None else None,
+            "how": "model input = ZCA((pixels_in_[0,1] - mean) / std) if zca else (pixels - mean) / std; "
+                   "images in .pt/.npz are already in model space, PNGs are de-normalised pixels",
+        },
+        "augmentation": {"dsa_strategy": proto.dsa_strategy, "mode": "one op group per batch, per-sample params"},
+        "model": {"family": "convnet", "depth": cfg.depth_for(ds.size), "width": cfg.width, "norm": cfg.norm},
+        "evaluation": {**proto.to_dict(), "curriculum": "fresh networks train eval_epochs on union_1, then continue "
+                       "(optimizer state carried) on union_2, ...; lr x0.1 after half of each stage; accuracy on "
+                       "the test split after each stage", "test_examples": len(ds.y_test)},
+        "training_form": "stored images decode to training images by IDC multi-formation" if cfg.method == "idc"
+                         else "stored images are the training images",
+        "stage_entries": stage_entries,
+        "versions": {"pdd_engine": __version__, "torch": torch.__version__, "python": platform.python_version()},
+    }
+
+
+def export_bundle(cfg: DistillConfig, out: str | Path, store: Optional[Store] = None,
+                  ds: Optional[Dataset] = None) -> Path:
+    """Write the bundle of a finished run (all stages cached) to ``out`` (a .zip path)."""
+    store = store if store is not None else Store(cfg.cache_dir)
+    ds = ds if ds is not None else dataset_for(cfg)
+    stages, evals, randoms = collect(cfg, store, ds)
+    files: dict[str, bytes] = {}
+    union_x, union_y = [], []
+    for i, (t, meta) in enumerate(stages, start=1):
+        lr = torch.tensor(meta["lr"] if meta["lr"] is not None else float("nan"))
+        files[f"stage_{i}/images.pt"] = _pt({"images": t["stored"], "labels": t["labels"], "lr": lr})
+        files[f"stage_{i}/images.npz"] = _npz({"images": t["stored"], "labels": t["labels"], "lr": lr})
+        files[f"stage_{i}/train_images.pt"] = _pt({"images": t["train_x"], "labels": t["train_y"]})
+        files[f"stage_{i}/train_images.npz"] = _npz({"images": t["train_x"], "labels": t["train_y"]})
+        union_x.append(t["train_x"])
+        union_y.append(t["train_y"])
+        ux, uy = torch.cat(union_x), torch.cat(union_y)
+        files[f"union_{i}.pt"] = _pt({"images": ux, "labels": uy, "lr": lr})
+        files[f"union_{i}.npz"] = _npz({"images": ux, "labels": uy, "lr": lr})
+        pixels = to_uint8(ds, t["stored"])
+        counts: dict[int, int] = {}
+        for px, label in zip(pixels, t["labels"].tolist()):
+            k = counts[label] = counts.get(label, -1) + 1
+            files[f"png/stage_{i}/{safe_name(ds.classes[label])}/{k}.png"] = _png(px)
+    if ds.zca is not None:
+        files["zca.npz"] = _npz({"mean": ds.zca.mean, "matrix": ds.zca.matrix, "inverse": ds.zca.inverse})
+    manifest = build_manifest(cfg, ds, stages, evals, randoms)
+    manifest["files"] = {name: hashlib.sha256(b).hexdigest() for name, b in sorted(files.items())}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("manifest.json", json.dumps(manifest, indent=2))
+        for name, blob in files.items():
+            z.writestr(name, blob)
+    return out
+
+
+def safe_name(name: str) -> str:
+    keep = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name).strip("._")
+    return keep or "class"
+
+
+@dataclass
+class Bundle:
+    manifest: dict[str, Any]
+    unions: list[dict[str, torch.Tensor]]  # per stage: images, labels (training form), lr
+    stages: list[dict[str, torch.Tensor]]  # per stage: stored images, labels, lr
+
+    @property
+    def config(self) -> DistillConfig:
+        return DistillConfig.from_dict(self.manifest["config"])
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Read and verify a bundle; a foreign or damaged file raises :class:`BundleError`."""
+    path = Path(path)
+    fix = "export the run again with `python -m pdd_engine distill ... --out RUN.zip`"
+    if not path.is_file():
+        raise BundleError(f"{path} does not exist", "give the path of a bundle .zip")
+    if not zipfile.is_zipfile(path):
+        raise BundleError(f"{path.name} is not a zip file", fix)
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = set(z.namelist())
+            if "manifest.json" not in names:
+                raise BundleError(f"{path.name} has no manifest.json: not a PDD Studio bundle", fix)
+            manifest = json.loads(z.read("manifest.json"))
+            if manifest.get("format") != FORMAT:
+                raise BundleError(f"{path.name} is not a PDD Studio bundle (format {manifest.get('format')!r})", fix)
+            if manifest.get("format_version", 0) > FORMAT_VERSION:
+                raise BundleError(f"{path.name} was written by a newer PDD Studio (format {manifest['format_version']})",
+                                  "upgrade pdd_engine")
+            blobs = {}
+            for name, sha in manifest["files"].items():
+                if name not in names:
+                    raise BundleError(f"{path.name} is missing {name}", fix)
+                blob = z.read(name)
+                if hashlib.sha256(blob).hexdigest() != sha:
+                    raise BundleError(f"{name} in {path.name} is corrupt (checksum mismatch)", fix)
+                blobs[name] = blob
+    except (zipfile.BadZipFile, json.JSONDecodeError, KeyError, OSError) as e:
+        raise BundleError(f"{path.name} is damaged ({type(e).__name__})", fix) from None
+    load = lambda name: torch.load(io.BytesIO(blobs[name]), weights_only=True)  # noqa: E731
+    entries = manifest["stage_entries"]
+    return Bundle(manifest, [load(e["union"]) for e in entries], [load(e["stored"]) for e in entries])
+
+
+def evaluate_bundle(path: str | Path, arch: Optional[str] = None, epochs: Optional[int] = None,
+                    models: Optional[int] = None, device: str = "auto", data_root: Optional[str] = None) -> list[list[float]]:
+    """Re-run the manifest's evaluation protocol on the bundle; optionally on another architecture."""
+    bundle = load_bundle(path)
+    m = bundle.manifest
+    cfg = bundle.config.replace(data_root=data_root) if data_root else bundle.config
+    ds = dataset_for(cfg)
+    if ds.fingerprint != m["dataset"]["fingerprint"]:
+        raise BundleError(f"the local '{cfg.dataset}' data differs from the data this bundle was made on",
+                          "evaluate on the same data (same files, image_size and max_train)")
+    proto = EvalProtocol(**{k: v for k, v in m["evaluation"].items() if k in EvalProtocol.__dataclass_fields__})
+    changes = {}
+    if epochs:
+        changes["epochs"] = epochs
+    if models:
+        changes["models"] = models
+    if arch:
+        try:
+            spec = parse_arch(arch)
+        except ValueError:
+            raise PDDError(f"unknown architecture '{arch}'",
+                           "use convnet, convnet-d4, convnet-w64, convnet-d3-w128, resnet or resnet-w16") from None
+        changes.update(spec)
+    proto = EvalProtocol(**{**proto.to_dict(), **changes})
+    cur = Curriculum(ds, proto, resolve_device(device))
+    return [cur.train_stage(u["images"], u["labels"], e["eval_lr"]) for u, e in zip(bundle.unions, m["stage_entries"])]

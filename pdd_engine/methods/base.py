@@ -1,0 +1,119 @@
+"""The one interface every base method implements, and the stage context PDD hands it.
+
+PDD owns the synthetic tensor S_i, its optimiser and the iteration loop; a method only says how
+to initialise S_i, what loss to minimise on the union U_i = frozen ∪ S_i, and which extra
+parameters (MTT's step size) it learns. That is all PDD needs to wrap any method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+import torch.nn as nn
+
+from ..augment import DSA
+from ..config import DistillConfig
+from ..data import Dataset
+from ..models import build_model
+from ..training import make_sgd, seed_of, train_epochs
+
+
+@dataclass
+class StageContext:
+    """Everything a method may look at while distilling stage ``stage`` (1-based)."""
+
+    cfg: DistillConfig
+    ds: Dataset
+    stage: int
+    device: torch.device
+    frozen_x: torch.Tensor  # training-form images of U_{i-1}, on device, never updated
+    frozen_y: torch.Tensor
+    transition_lr: float  # lr a network uses when trained on U_{i-1}
+    real_by_class: list[torch.Tensor]  # indices into ds.x_train each class may match against
+    store: Any = None  # pdd_engine.cache.Store, for methods that cache their own artefacts (MTT experts)
+    prefix_key: str = ""  # content hash of U_{i-1}: keys anything derived from it
+    report: Callable[[str], None] = field(default=lambda msg: None)
+    cancel: Optional[Callable[[], None]] = None  # raises Cancelled when the run is stopped
+
+    @property
+    def seed(self) -> int:
+        return seed_of(self.cfg.seed, self.stage)
+
+    @property
+    def aug(self) -> DSA:
+        return DSA(self.cfg.dsa_ops)
+
+    def new_model(self, seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        c = self.cfg
+        return build_model(self.ds.channels, self.ds.num_classes, self.ds.size, c.depth_for(self.ds.size), c.width,
+                           c.norm).to(self.device)
+
+    def transition(self, net: nn.Module, seed: int) -> nn.Module:
+        """Train ``net`` on the frozen union U_{i-1}: where stage i's matching starts (PDD.md)."""
+        if len(self.frozen_x):
+            opt = make_sgd(net, self.transition_lr)
+            train_epochs(net, self.frozen_x, self.frozen_y, self.cfg.transition_epochs, opt,
+                         self.transition_lr, self.cfg.eval_batch, self.aug, seed)
+        return net
+
+    def real_batch(self, c: int, n: int, g: torch.Generator) -> torch.Tensor:
+        idx = self.real_by_class[c]
+        pick = idx[torch.randperm(len(idx), generator=g)[:n]]
+        return self.ds.x_train[pick].to(self.device)
+
+    def check_cancel(self) -> None:
+        if self.cancel:
+            self.cancel()
+
+
+class Method:
+    """Base class. Subclasses set ``name`` and implement :meth:`loss`."""
+
+    name = "base"
+
+    def __init__(self, ctx: StageContext):
+        self.ctx = ctx
+        self.ipc = ctx.cfg.ipc_per_stage
+        self.g = torch.Generator().manual_seed(ctx.seed)
+
+    # -- what the stored synthetic tensor is ---------------------------------------------
+    def init_images(self) -> torch.Tensor:
+        """Stored images of S_i, class-major (ipc of class 0, then class 1, ...)."""
+        ctx, c = self.ctx, self.ctx.cfg
+        if c.init == "noise":
+            return torch.randn(ctx.ds.num_classes * self.ipc, ctx.ds.channels, ctx.ds.size, ctx.ds.size,
+                               generator=self.g).to(ctx.device)
+        return torch.cat([ctx.real_batch(k, self.ipc, self.g) for k in range(ctx.ds.num_classes)])
+
+    def labels(self) -> torch.Tensor:
+        return torch.arange(self.ctx.ds.num_classes, device=self.ctx.device).repeat_interleave(self.ipc)
+
+    def decode(self, stored: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training images and labels that ``stored`` stands for (identity except for IDC)."""
+        return stored, self.labels()
+
+    def union(self, stored: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """U_i in training form: frozen images (detached) then this stage's decoded images."""
+        x, y = self.decode(stored)
+        return torch.cat([self.ctx.frozen_x.detach(), x]), torch.cat([self.ctx.frozen_y, y])
+
+    # -- what is learned ------------------------------------------------------------------
+    def setup(self) -> None:
+        """Per-stage preparation (train experts, warm-start networks). Runs once, before iteration 0."""
+
+    def extra_params(self) -> list[tuple[torch.Tensor, float]]:
+        """Additional learnable tensors and their learning rates (MTT's step size)."""
+        return []
+
+    def loss(self, stored: torch.Tensor, it: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def after_step(self, stored: torch.Tensor, it: int) -> None:
+        """Hook after each update of S_i (gradient matching updates its network here)."""
+
+    def learned_lr(self) -> Optional[float]:
+        """The lr a network should use to train on this stage's images, if the method learns one."""
+        return None

@@ -1,0 +1,41 @@
+"""DM: distribution matching (Zhao & Bilen 2023).
+
+Per class, match the mean embedding of a real batch and of the class's synthetic images under a
+randomly drawn network; one shared DSA draw per class. Under PDD the embedding networks are
+first trained on U_{i-1} (a pool of ``dm_pool`` of them, drawn at random each iteration).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..training import seed_of
+from .base import Method
+
+
+class DM(Method):
+    name = "dm"
+
+    def setup(self) -> None:
+        ctx = self.ctx
+        self.pool = []
+        for k in range(ctx.cfg.dm_pool):
+            ctx.check_cancel()
+            s = seed_of(ctx.seed, 7, k)
+            net = ctx.transition(ctx.new_model(s), s)
+            self.pool.append(net.requires_grad_(False))
+
+    def loss(self, stored: torch.Tensor, it: int) -> torch.Tensor:
+        ctx = self.ctx
+        x, y = self.union(stored)
+        net = self.pool[int(torch.randint(len(self.pool), (1,), generator=self.g))]
+        total = x.new_zeros(())
+        for c in range(ctx.ds.num_classes):
+            real = ctx.real_batch(c, ctx.cfg.batch_real, self.g)
+            syn = x[y == c]
+            seed = int(torch.randint(2 ** 31 - 1, (1,), generator=self.g))
+            with torch.no_grad():
+                real_mean = net.embed(ctx.aug(real, seed)).mean(0)
+            syn_mean = net.embed(ctx.aug(syn, seed)).mean(0)
+            total = total + ((real_mean - syn_mean) ** 2).sum()
+        return total

@@ -1,0 +1,154 @@
+"""MTT: matching training trajectories (Cazenavette et al. 2022), with a learnable step size.
+
+Experts are trained on real data and checkpointed every epoch. Under PDD, stage i's experts start
+from a network first trained on U_{i-1} (the transition), so they describe the *next* phase of
+training. Trajectories are cached by the content hash of U_{i-1} and the expert settings.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from ..augment import DSA
+from ..errors import MemoryBudgetError
+from ..training import flat_params, seed_of, train_epochs
+from ..config import digest
+from .base import Method, StageContext
+
+EXPERT_BATCH = 256
+
+
+def unflatten(model: nn.Module, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+    out, i = {}, 0
+    for name, p in model.named_parameters():
+        out[name] = flat[i:i + p.numel()].view_as(p)
+        i += p.numel()
+    return out
+
+
+def unroll_loss(model: nn.Module, start: torch.Tensor, target: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                syn_lr: torch.Tensor, syn_steps: int, batch_syn: Optional[int], aug: Optional[DSA],
+                seed: int) -> torch.Tensor:
+    """Normalised parameter distance after ``syn_steps`` differentiable SGD steps on (x, y).
+
+    loss = ||theta_N - theta*_{t+M}||^2 / ||theta*_t - theta*_{t+M}||^2, differentiable in x and syn_lr.
+    A pure function of its inputs and ``seed`` (minibatch order and augmentation draws).
+    """
+    g = torch.Generator().manual_seed(seed)
+    n = len(x)
+    b = min(batch_syn or n, n)
+    p = start.clone().requires_grad_(True)
+    for _ in range(syn_steps):
+        idx = torch.randperm(n, generator=g)[:b].to(x.device)
+        xb = x[idx]
+        if aug:
+            xb = aug(xb, int(torch.randint(2 ** 31 - 1, (1,), generator=g)))
+        ce = F.cross_entropy(functional_call(model, unflatten(model, p), (xb,)), y[idx])
+        (grad,) = torch.autograd.grad(ce, p, create_graph=True)
+        p = p - syn_lr * grad
+    return ((p - target) ** 2).sum() / ((start - target) ** 2).sum().clamp_min(1e-12)
+
+
+def activation_elems(model: nn.Module, channels: int, size: int) -> int:
+    """Activation elements per sample for one forward pass (measured with hooks)."""
+    total = 0
+
+    def hook(_m, _i, out):
+        nonlocal total
+        total += out.numel()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    with torch.no_grad():
+        model(torch.zeros(1, channels, size, size, device=next(model.parameters()).device))
+    for h in handles:
+        h.remove()
+    return total
+
+
+def unroll_memory_bytes(model: nn.Module, channels: int, size: int, batch: int, syn_steps: int) -> int:
+    """Estimated peak bytes held by an unrolled MTT step: every step keeps its activations
+    (kept ~3x: forward, and the graph of the gradient itself) and a parameter vector (x3)."""
+    n_params = sum(p.numel() for p in model.parameters())
+    per_step = batch * activation_elems(model, channels, size) * 4 * 3 + n_params * 4 * 3
+    return syn_steps * per_step
+
+
+def available_memory_bytes(device: torch.device, override_gb: Optional[float]) -> int:
+    if override_gb is not None:
+        return int(override_gb * 2 ** 30)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def expert_trajectories(ctx: StageContext) -> torch.Tensor:
+    """(num_experts, epochs + 1, n_params) checkpoints; computed once per U_{i-1}, then cached."""
+    c = ctx.cfg
+    key = "experts:" + digest({"prefix": ctx.prefix_key, "n": c.num_experts, "epochs": c.max_start_epoch + c.expert_epochs,
+                               "lr": c.expert_lr, "transition": c.transition_epochs, "t_lr": ctx.transition_lr,
+                               "dsa": c.dsa_strategy, "real": [len(i) for i in ctx.real_by_class]})
+    if ctx.store is not None and (hit := ctx.store.get(key)) is not None:
+        ctx.report("expert trajectories: served from cache")
+        return hit[0]["trajectories"].to(ctx.device)
+    real_idx = torch.cat(ctx.real_by_class)
+    x, y = ctx.ds.x_train[real_idx].to(ctx.device), ctx.ds.y_train[real_idx].to(ctx.device)
+    trajs = []
+    for e in range(c.num_experts):
+        ctx.check_cancel()
+        ctx.report(f"training expert {e + 1}/{c.num_experts}")
+        s = seed_of(ctx.seed, 11, e)
+        net = ctx.transition(ctx.new_model(s), s)
+        checkpoints = [flat_params(net)]
+        opt = torch.optim.SGD(net.parameters(), lr=c.expert_lr, momentum=0, weight_decay=0)
+        train_epochs(net, x, y, c.max_start_epoch + c.expert_epochs, opt, c.expert_lr, EXPERT_BATCH, ctx.aug, s,
+                     decay_at_half=False, on_epoch=lambda _: checkpoints.append(flat_params(net)))
+        trajs.append(torch.stack(checkpoints))
+    out = torch.stack(trajs)
+    if ctx.store is not None:
+        ctx.store.put(key, {"trajectories": out}, {"kind": "experts"})
+    return out
+
+
+class MTT(Method):
+    name = "mtt"
+
+    def setup(self) -> None:
+        ctx, c = self.ctx, self.ctx.cfg
+        self.model = ctx.new_model(0)
+        n_union = len(ctx.frozen_x) + ctx.ds.num_classes * self.ipc
+        batch = min(c.batch_syn or n_union, n_union)
+        need = unroll_memory_bytes(self.model, ctx.ds.channels, ctx.ds.size, batch, c.syn_steps)
+        have = available_memory_bytes(ctx.device, c.max_memory_gb)
+        if need > 0.8 * have:
+            raise MemoryBudgetError(
+                f"an MTT unroll of {c.syn_steps} steps x batch {batch} needs about {need / 2**30:.1f} GiB, "
+                f"{have / 2**30:.1f} GiB is available",
+                "lower syn_steps or set batch_syn (e.g. --batch-syn 32), or use a narrower model (--width)")
+        self.experts = expert_trajectories(ctx)
+        self.syn_lr = torch.tensor(float(c.expert_lr), device=ctx.device, requires_grad=True)
+
+    def extra_params(self):
+        return [(self.syn_lr, self.ctx.cfg.lr_lr)]
+
+    def loss(self, stored: torch.Tensor, it: int) -> torch.Tensor:
+        c = self.ctx.cfg
+        x, y = self.union(stored)
+        e = int(torch.randint(len(self.experts), (1,), generator=self.g))
+        t = int(torch.randint(max(1, c.max_start_epoch), (1,), generator=self.g))
+        start, target = self.experts[e, t], self.experts[e, t + c.expert_epochs]
+        seed = int(torch.randint(2 ** 31 - 1, (1,), generator=self.g))
+        return unroll_loss(self.model, start, target, x, y, self.syn_lr, c.syn_steps, c.batch_syn, self.ctx.aug, seed)
+
+    def learned_lr(self) -> float:
+        return max(float(self.syn_lr.detach()), 1e-5)

@@ -1,0 +1,105 @@
+"""The field's ConvNet family (and a small ResNet for cross-architecture checks).
+
+ConvNet-D: D x [conv3x3(width) -> norm -> ReLU -> avgpool2] -> linear. Instance norm is GroupNorm
+with one group per channel, as in the reference code. Pooling stops once the map is 1x1, so any
+depth fits any input size (8x8 digits included).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+
+def norm_layer(kind: str, width: int) -> nn.Module:
+    if kind == "instance":
+        return nn.GroupNorm(width, width, affine=True)
+    if kind == "batch":
+        return nn.BatchNorm2d(width)
+    return nn.Identity()
+
+
+class ConvNet(nn.Module):
+    def __init__(self, channels: int, num_classes: int, size: int, depth: int = 3, width: int = 32,
+                 norm: str = "instance"):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c, s = channels, size
+        for _ in range(depth):
+            layers += [nn.Conv2d(c, width, 3, padding=1), norm_layer(norm, width), nn.ReLU(inplace=True)]
+            if s >= 2:
+                layers.append(nn.AvgPool2d(2))
+                s //= 2
+            c = width
+        self.features = nn.Sequential(*layers)
+        self.embed_dim = width * s * s
+        self.classifier = nn.Linear(self.embed_dim, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, norm: str):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, stride, 1, bias=False), norm_layer(norm, cout), nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, 1, 1, bias=False), norm_layer(norm, cout))
+        self.skip = nn.Identity() if stride == 1 and cin == cout else nn.Sequential(
+            nn.Conv2d(cin, cout, 1, stride, bias=False), norm_layer(norm, cout))
+
+    def forward(self, x):
+        return torch.relu(self.body(x) + self.skip(x))
+
+
+class ResNet(nn.Module):
+    """A ResNet-10-style net (4 stages of one basic block), width-scalable, for cross-arch evaluation."""
+
+    def __init__(self, channels: int, num_classes: int, size: int, width: int = 32, norm: str = "instance"):
+        super().__init__()
+        widths = [width, width * 2, width * 4, width * 8]
+        self.stem = nn.Sequential(nn.Conv2d(channels, width, 3, 1, 1, bias=False), norm_layer(norm, width), nn.ReLU(inplace=True))
+        blocks, cin, s = [], width, size
+        for i, w in enumerate(widths):
+            stride = 2 if i > 0 and s >= 4 else 1  # stop at 2x2: norms of a 1x1 map erase the signal
+            s = (s + 1) // 2 if stride == 2 else s
+            blocks.append(BasicBlock(cin, w, stride, norm))
+            cin = w
+        self.blocks = nn.Sequential(*blocks)
+        self.embed_dim = cin
+        self.classifier = nn.Linear(cin, num_classes)
+
+    def embed(self, x):
+        return self.blocks(self.stem(x)).mean(dim=(2, 3))
+
+    def forward(self, x):
+        return self.classifier(self.embed(x))
+
+
+def parse_arch(arch: str) -> dict:
+    """``convnet``, ``convnet-d4``, ``convnet-w64``, ``convnet-d4-w128``, ``resnet``, ``resnet-w16``,
+    optionally ending in a norm (``-instance``, ``-batch``, ``-none``)."""
+    parts = arch.lower().split("-")
+    spec = {"family": parts[0]}
+    for p in parts[1:]:
+        if p[:1] in "dw" and p[1:].isdigit():
+            spec["depth" if p[0] == "d" else "width"] = int(p[1:])
+        elif p in ("instance", "batch", "none"):
+            spec["norm"] = p
+        else:
+            raise ValueError(p)
+    if spec["family"] not in ("convnet", "resnet"):
+        raise ValueError(arch)
+    if spec["family"] == "resnet":
+        spec.setdefault("norm", "batch")  # the field's ResNet-18BN convention
+    return spec
+
+
+def build_model(channels: int, num_classes: int, size: int, depth: int = 3, width: int = 32,
+                norm: str = "instance", family: str = "convnet") -> nn.Module:
+    if family == "resnet":
+        return ResNet(channels, num_classes, size, width, norm)
+    return ConvNet(channels, num_classes, size, depth, width, norm)

@@ -1,0 +1,35 @@
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pdd_engine import DistillConfig  # noqa: E402
+from pdd_engine.cache import Store  # noqa: E402
+
+torch.set_num_threads(2)
+
+TINY = dict(stages=2, ipc=2, iterations=20, eval_epochs=30, eval_models=2, dm_pool=2, transition_epochs=5,
+            num_experts=2, syn_steps=5, max_start_epoch=2, expert_epochs=1, outer_loop=2, inner_loop=2,
+            filter_models=2)
+
+
+@pytest.fixture
+def tiny():
+    """A config factory for runs that take seconds on digits."""
+    return lambda **kw: DistillConfig(**{**TINY, **kw})
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path / "cache")
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from pdd_engine.data import load_dataset
+    return load_dataset("digits")

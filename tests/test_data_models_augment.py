@@ -1,0 +1,92 @@
+import numpy as np
+import pytest
+import torch
+
+from pdd_engine import data as D
+from pdd_engine.augment import DSA
+from pdd_engine.errors import DataUnavailable
+from pdd_engine.models import ConvNet, build_model, parse_arch
+
+
+def test_digits_split_is_deterministic_stratified_and_normalised(digits):
+    again = D.load_dataset("digits")
+    assert torch.equal(digits.x_train, again.x_train) and digits.fingerprint == again.fingerprint
+    assert digits.x_train.shape[1:] == (1, 8, 8) and len(digits.y_train) + len(digits.y_test) == 1797
+    counts = torch.bincount(digits.y_test, minlength=10)
+    assert counts.min() >= 30 and counts.max() <= 40
+    assert abs(digits.x_train.mean().item()) < 1e-4 and abs(digits.x_train.std().item() - 1) < 0.05
+    unit = digits.to_unit(digits.x_train[:5])
+    assert unit.min() >= 0 and unit.max() <= 1
+
+
+def write_idx(path, arr):
+    arr = np.asarray(arr, dtype=np.uint8)
+    header = bytes([0, 0, 8, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+    path.write_bytes(header + arr.tobytes())
+
+
+def test_mnist_from_local_idx_files(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 60), ("t10k", 20)):
+        write_idx(tmp_path / f"{split}-images-idx3-ubyte", rng.integers(0, 255, (n, 28, 28)))
+        write_idx(tmp_path / f"{split}-labels-idx1-ubyte", np.arange(n) % 10)
+    ds = D.load_dataset("mnist", data_root=str(tmp_path))
+    assert ds.x_train.shape == (60, 1, 28, 28) and ds.x_test.shape == (20, 1, 28, 28)
+    assert ds.num_classes == 10 and "IDX files" in ds.source
+
+
+def test_truncated_idx_is_reported(tmp_path):
+    (tmp_path / "bad").write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 9, 1, 2]))
+    with pytest.raises(DataUnavailable, match="truncated"):
+        D.read_idx(tmp_path / "bad")
+
+
+def offline(monkeypatch):
+    import torchvision
+
+    def refuse(*a, **k):
+        raise OSError("no network")
+    for name in ("MNIST", "CIFAR10"):
+        monkeypatch.setattr(torchvision.datasets, name, refuse)
+
+
+def test_missing_data_names_the_offline_alternatives(tmp_path, monkeypatch):
+    offline(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataUnavailable) as e:
+        D.load_dataset("cifar10", data_root=str(tmp_path))
+    assert "digits" in str(e.value) and "Fix:" in str(e.value)
+    with pytest.raises(DataUnavailable, match="fetch mnist"):
+        D.load_dataset("mnist", data_root=str(tmp_path / "empty"))
+
+
+def test_zca_round_trip():
+    x = torch.rand(200, 1, 4, 4)
+    z = D.ZCA.fit(x)
+    assert torch.allclose(z.undo(z.apply(x)), x, atol=1e-4)
+
+
+@pytest.mark.parametrize("size, depth", [(8, 2), (8, 3), (28, 3), (32, 4), (64, 4)])
+def test_convnet_fits_any_size(size, depth):
+    net = ConvNet(3, 7, size, depth=depth, width=16)
+    assert net(torch.randn(2, 3, size, size)).shape == (2, 7)
+
+
+def test_parse_arch_and_resnet():
+    assert parse_arch("convnet-d4-w64") == {"family": "convnet", "depth": 4, "width": 64}
+    assert parse_arch("resnet")["norm"] == "batch"
+    net = build_model(1, 10, 8, family="resnet", width=8, norm="batch")
+    assert net(torch.randn(4, 1, 8, 8)).shape == (4, 10)
+    with pytest.raises(ValueError):
+        parse_arch("vit")
+
+
+def test_dsa_is_siamese_differentiable_and_random():
+    aug = DSA(["color", "crop", "cutout", "flip", "scale", "rotate"])
+    x = torch.randn(6, 3, 16, 16, requires_grad=True)
+    assert torch.equal(aug(x, 5), aug(x, 5))
+    assert torch.equal(aug(x[:2], 5), aug(x, 5)[:2])  # same draw for a smaller (synthetic) batch
+    assert any(not torch.equal(aug(x, 5), aug(x, s)) for s in range(6, 10))
+    aug(x, 3).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    assert torch.equal(DSA([])(x, 1), x)

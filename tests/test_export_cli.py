@@ -1,0 +1,92 @@
+import io
+import json
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from pdd_engine import distill
+from pdd_engine.__main__ import main
+from pdd_engine.errors import BundleError
+from pdd_engine.export import evaluate_bundle, export_bundle, load_bundle
+
+
+@pytest.fixture
+def bundle(tiny, store, tmp_path):
+    cfg = tiny(method="mtt")
+    distill(cfg, store)
+    return export_bundle(cfg, tmp_path / "run.zip", store), cfg
+
+
+def test_bundle_contents_and_manifest(bundle):
+    path, cfg = bundle
+    z = zipfile.ZipFile(path)
+    m = json.loads(z.read("manifest.json"))
+    assert m["format"] == "pdd-studio-bundle" and m["method"] == "mtt" and len(m["stage_entries"]) == 2
+    assert m["normalisation"]["mean"] and m["model"]["depth"] == 2 and m["evaluation"]["epochs"] == cfg.eval_epochs
+    assert all(e["learned_lr"] > 0 for e in m["stage_entries"])
+    u2 = torch.load(io.BytesIO(z.read("union_2.pt")), weights_only=True)
+    assert u2["images"].shape == (20, 1, 8, 8)  # U_2 = S_1 (10) then S_2 (10), each class-major
+    assert u2["labels"].tolist() == list(range(10)) * 2
+    npz = np.load(io.BytesIO(z.read("stage_1/images.npz")))
+    assert npz["images"].shape == (10, 1, 8, 8)
+    pngs = [n for n in z.namelist() if n.startswith("png/stage_1/")]
+    assert len(pngs) == 10 and "png/stage_1/7/0.png" in pngs
+
+
+def test_export_load_evaluate_round_trip_reproduces_manifest(bundle):
+    path, _ = bundle
+    m = load_bundle(path).manifest
+    accs = evaluate_bundle(path)
+    assert accs == [e["accuracy"]["per_model"] for e in m["stage_entries"]]
+
+
+def test_cross_architecture_evaluation_runs(bundle):
+    path, _ = bundle
+    accs = evaluate_bundle(path, arch="convnet-w16", epochs=5, models=1)
+    assert len(accs) == 2 and all(0 <= a[0] <= 1 for a in accs)
+
+
+def test_corrupt_and_foreign_bundles_are_refused(bundle, tmp_path):
+    path, _ = bundle
+    raw = bytearray(path.read_bytes())
+    names = zipfile.ZipFile(path).namelist()
+    bad = tmp_path / "tampered.zip"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(bad, "w") as dst:
+        for n in names:
+            blob = src.read(n)
+            dst.writestr(n, blob[:-1] + b"x" if n == "union_1.pt" else blob)
+    with pytest.raises(BundleError, match="corrupt"):
+        load_bundle(bad)
+    foreign = tmp_path / "foreign.zip"
+    with zipfile.ZipFile(foreign, "w") as z:
+        z.writestr("manifest.json", json.dumps({"format": "something-else"}))
+    with pytest.raises(BundleError, match="not a PDD Studio bundle"):
+        load_bundle(foreign)
+    (tmp_path / "junk.zip").write_bytes(bytes(raw[:100]))
+    with pytest.raises(BundleError, match="not a zip"):
+        load_bundle(tmp_path / "junk.zip")
+
+
+def test_export_of_unfinished_run_is_refused(tiny, store, tmp_path):
+    from pdd_engine.errors import PDDError
+    with pytest.raises(PDDError, match="not finished"):
+        export_bundle(tiny(), tmp_path / "x.zip", store)
+
+
+def test_cli_distill_evaluate_and_errors(tmp_path, capsys):
+    cache = str(tmp_path / "c")
+    args = ["distill", "--stages", "2", "--ipc", "2", "--iterations", "5", "--eval-epochs", "5", "--eval-models", "1",
+            "--dm-pool", "1", "--cache-dir", cache, "--quiet", "--out", str(tmp_path / "b.zip"), "--json"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "| stage | IPC | PDD+DM acc % | random subset acc % |" in out
+    result = json.loads(out.strip().splitlines()[-1])
+    assert len(result["accuracies"]) == 2
+    assert main(["evaluate", str(tmp_path / "b.zip"), "--epochs", "5"]) == 0
+    assert main(["distill", "--stages", "3", "--ipc", "10", "--cache-dir", cache]) == 2
+    assert "not divisible" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "missing.zip")]) == 2
+    assert main(["runs", "--cache-dir", cache]) == 0
+    assert "digits" in capsys.readouterr().out

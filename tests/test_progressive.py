@@ -1,0 +1,123 @@
+"""The PDD stage loop: frozen subsets, caching, extension, resume, and error paths."""
+
+import torch
+
+from pdd_engine import events as E
+from pdd_engine import run
+from pdd_engine.progressive import Keys
+
+
+def events(cfg, store, cancel=None):
+    return list(run(cfg, store, cancel))
+
+
+def done(evs):
+    assert isinstance(evs[-1], E.Done), evs[-1]
+    return evs[-1]
+
+
+def test_stream_has_every_event_kind_in_order(tiny, store):
+    evs = events(tiny(), store)
+    kinds = [type(e).__name__ for e in evs]
+    assert kinds[0] == "RunStarted" and kinds[-1] == "Done"
+    for stage in (1, 2):
+        mine = [type(e).__name__ for e in evs if getattr(e, "stage", None) == stage]
+        assert mine[0] == "StageStarted" and mine[-1] == "StageFinished"
+        assert {"Progress", "StageImages", "StageEvaluated"} <= set(mine)
+    imgs = [e for e in evs if isinstance(e, E.StageImages)]
+    assert imgs[1].images.shape == (20, 8, 8, 1) and imgs[1].images.dtype.name == "uint8"
+    assert imgs[1].new.sum() == 10 and imgs[0].new.all()
+
+
+def test_frozen_subsets_stay_bit_identical(tiny, store, digits):
+    for method in ("dm", "mtt"):
+        cfg = tiny(method=method)
+        done(events(cfg, store))
+        keys = Keys(cfg, digits.fingerprint)
+        s1, _ = store.get(keys.stage(1))
+        s2, _ = store.get(keys.stage(2))
+        # stage 2 was distilled with stage 1 frozen: its record does not contain or alter stage 1,
+        # and stage 1's cached tensors are the ones a 1-stage run produces
+        assert not torch.equal(s1["stored"], s2["stored"])
+        one = events(cfg.replace(stages=1, ipc=1), store)
+        assert done(one).computed_stages == []
+        imgs = [e for e in events(cfg, store) if isinstance(e, E.StageImages)]
+        first = imgs[0].images
+        assert (imgs[1].images[~imgs[1].new] == first).all()
+
+
+def test_repeated_run_is_served_from_cache(tiny, store, monkeypatch):
+    done(events(tiny(), store))
+    import pdd_engine.training as T
+
+    def no_training(*a, **k):
+        raise AssertionError("trained although everything was cached")
+    monkeypatch.setattr(T, "train_epochs", no_training)
+    monkeypatch.setattr("pdd_engine.evaluate.train_epochs", no_training)
+    writes = store.writes
+    d = done(events(tiny(), store))
+    assert d.computed_stages == [] and store.writes == writes + 1  # only the run summary is rewritten
+
+
+def test_extending_a_run_computes_only_the_new_stage(tiny, store):
+    two = done(events(tiny(stages=2, ipc=2), store))
+    three = done(events(tiny(stages=3, ipc=3), store))
+    assert two.computed_stages == [1, 2] and three.computed_stages == [3]
+    assert three.accuracies[:2] == two.accuracies
+
+
+class StopAtStage:
+    def __init__(self, stage):
+        self.stage, self.seen = stage, False
+
+    def is_set(self):
+        return self.seen
+
+
+def test_stopped_run_keeps_finished_stages_and_resumes(tiny, store):
+    token = StopAtStage(2)
+    evs = []
+    for ev in run(tiny(stages=3, ipc=3), store, token):
+        evs.append(ev)
+        if isinstance(ev, E.Progress) and ev.stage == 2:
+            token.seen = True
+    assert isinstance(evs[-1], E.Stopped) and evs[-1].stage == 2
+    resumed = done(events(tiny(stages=3, ipc=3), store))
+    assert resumed.computed_stages == [2, 3]
+
+
+def test_failures_are_one_line_events_not_exceptions(tiny, store):
+    ev = events(tiny(method="mtt", max_memory_gb=1e-6), store)[-1]
+    assert isinstance(ev, E.Failed) and "needs about" in ev.message and "Fix:" in ev.message
+    ev = events(tiny(lr_img=1e30), store)[-1]
+    assert isinstance(ev, E.Failed) and "loss became" in ev.message
+    ev = events(tiny(ipc=400, stages=1, iterations=1), store)[-1]
+    assert isinstance(ev, E.Failed) and "fewer real images" in ev.message
+
+
+def test_mtt_learns_step_size_and_experts_are_cached(tiny, store):
+    d = events(tiny(method="mtt"), store)
+    lrs = [e.learned_lr for e in d if isinstance(e, E.StageFinished)]
+    assert all(lr is not None and lr > 0 for lr in lrs) and lrs[0] != 0.01
+    assert sum(1 for _ in store.keys("experts:")) == 2  # one set of trajectories per stage prefix
+
+
+def test_easy_example_filter_drops_only_easy_examples(tiny, store, digits):
+    from pdd_engine.progressive import filter_easy
+    cfg = tiny(keep_easy=0.0, filter_models=2, eval_epochs=40)
+    keep = torch.ones(len(digits.y_train), dtype=torch.bool)
+    x, y = digits.x_train[::20], digits.y_train[::20]
+    new = filter_easy(digits, x, y, keep, cfg, 1, torch.device("cpu"))
+    again = filter_easy(digits, x, y, keep, cfg, 1, torch.device("cpu"))
+    assert torch.equal(new, again) and 0 < new.sum() < len(keep)
+    # with keep rate 0, exactly the examples that all scorers classify correctly are removed
+    from pdd_engine.evaluate import Curriculum, EvalProtocol
+    from pdd_engine.training import predict, seed_of
+    proto = EvalProtocol.from_config(cfg, digits.size)
+    proto = EvalProtocol(**{**proto.to_dict(), "models": 2, "seed": seed_of(cfg.seed, 31, 1)})
+    cur = Curriculum(digits, proto, torch.device("cpu"))
+    cur.train_stage(x, y)
+    easy = torch.ones(len(keep), dtype=torch.bool)
+    for net in cur.nets:
+        easy &= predict(net, digits.x_train) == digits.y_train
+    assert torch.equal(new, ~easy)
