@@ -259,7 +259,7 @@ def load_torchvision(name: str, data_root: Optional[str]) -> tuple:
     return xtr, np.asarray(ytr, np.int64), xte, np.asarray(yte, np.int64), classes, f"torchvision {cls_name} in {root}"
 
 
-def load_raw(name: str, data_root: Optional[str]) -> tuple:
+def load_raw(name: str, data_root: Optional[str], image_size: Optional[int] = None) -> tuple:
     if name == "digits":
         return load_digits()
     if name == "mnist":
@@ -277,7 +277,7 @@ def load_raw(name: str, data_root: Optional[str]) -> tuple:
         return load_torchvision(name, data_root)
     if name.startswith(("folder:", "idx:")):
         from .userdata import load_user_dataset
-        return load_user_dataset(name, data_root)
+        return load_user_dataset(name, data_root, image_size)
     raise DataUnavailable(f"unknown dataset '{name}'", "use digits, mnist, fashion_mnist, cifar10, cifar100, svhn or folder:/path")
 
 
@@ -290,7 +290,7 @@ def resize(x: np.ndarray, size: int) -> np.ndarray:
 def load_dataset(name: str, data_root: Optional[str] = None, zca: bool = False,
                  image_size: Optional[int] = None, max_train: Optional[int] = None) -> Dataset:
     """Load, optionally subsample (stratified, seed 0) and resize, then normalise a dataset."""
-    xtr, ytr, xte, yte, classes, source = load_raw(name, data_root)
+    xtr, ytr, xte, yte, classes, source = load_raw(name, data_root, image_size)
     if max_train is not None and max_train < len(ytr):
         keep = stratified_subset(ytr, max_train, seed=0)
         xtr, ytr = xtr[keep], ytr[keep]

@@ -101,7 +101,11 @@ def build_manifest(cfg: DistillConfig, ds: Dataset, stages: list, evals: list, r
             "how": "model input = ZCA((pixels_in_[0,1] - mean) / std) if zca else (pixels - mean) / std; "
                    "images in .pt/.npz are already in model space, PNGs are de-normalised pixels",
         },
-        "augmentation": {"dsa_strategy": proto.dsa_strategy, "mode": "one op group per batch, per-sample params"},
+        "augmentation": {"evaluation": proto.dsa_strategy, "matching": "none" if cfg.method == "dc" else cfg.dsa_strategy,
+                         "mode": "DSA: one op group per batch, per-sample params, one shared draw for real and synthetic"},
+        "easy_example_filter": {"enabled": cfg.filter_easy, "keep_easy": cfg.keep_easy, "scorers": cfg.filter_models,
+                                "note": "real examples all scorers (trained on U_i) classify correctly are kept with "
+                                        "probability keep_easy in the pool stage i+1 matches against"},
         "model": {"family": "convnet", "depth": cfg.depth_for(ds.size), "width": cfg.width, "norm": cfg.norm},
         "evaluation": {**proto.to_dict(), "curriculum": "fresh networks train eval_epochs on union_1, then continue "
                        "(optimizer state carried) on union_2, ...; lr x0.1 after half of each stage; accuracy on "

@@ -90,3 +90,23 @@ def test_cli_distill_evaluate_and_errors(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "missing.zip")]) == 2
     assert main(["runs", "--cache-dir", cache]) == 0
     assert "digits" in capsys.readouterr().out
+
+
+def test_idc_bundle_stores_compact_and_training_images(tiny, store, tmp_path):
+    cfg = tiny(method="idc", stages=1, ipc=1)
+    distill(cfg, store)
+    path = export_bundle(cfg, tmp_path / "idc.zip", store)
+    b = load_bundle(path)
+    e = b.manifest["stage_entries"][0]
+    assert e["stored_shape"] == [10, 1, 8, 8] and e["train_shape"] == [40, 1, 8, 8]
+    assert "multi-formation" in b.manifest["training_form"]
+    assert b.unions[0]["images"].shape[0] == 40 and evaluate_bundle(path) == [e["accuracy"]["per_model"]]
+
+
+def test_manifest_records_filtering_and_matching_augmentation(tiny, store, tmp_path):
+    cfg = tiny(method="dc", filter_easy=True, keep_easy=0.0)
+    distill(cfg, store)
+    m = load_bundle(export_bundle(cfg, tmp_path / "f.zip", store)).manifest
+    assert m["easy_example_filter"]["enabled"] and m["augmentation"]["matching"] == "none"
+    kept = [e["real_examples_kept"] for e in m["stage_entries"]]
+    assert kept[0] < m["dataset"]["train"]  # stage 1's scorers removed easy examples for stage 2

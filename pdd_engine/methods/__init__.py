@@ -2,9 +2,10 @@
 
 from .base import Method, StageContext
 from .dm import DM
+from .gradmatch import DC, IDC, DSAMatching
 from .mtt import MTT
 
-REGISTRY: dict[str, type[Method]] = {"dm": DM, "mtt": MTT}
+REGISTRY: dict[str, type[Method]] = {"dm": DM, "mtt": MTT, "dc": DC, "dsa": DSAMatching, "idc": IDC}
 
 
 def get_method(name: str) -> type[Method]:

@@ -1,0 +1,112 @@
+"""User datasets: folder/zip/IDX layouts, limits, and hostile or malformed input."""
+
+import io
+import os
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pdd_engine import events as E
+from pdd_engine import run
+from pdd_engine.data import load_dataset
+from pdd_engine.errors import DataUnavailable
+from pdd_engine.userdata import Limits, load_user_dataset
+
+
+def png(size=(12, 12), colour=False, seed=0):
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 255, (size[1], size[0], 3) if colour else (size[1], size[0]), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def make_folder(root, classes=("cat", "dog", "fox"), n=10, size=(12, 12), colour=False):
+    for c in classes:
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            (root / c / f"{i}.png").write_bytes(png(size, colour, seed=hash((c, i)) % 1000))
+    return root
+
+
+def test_folder_dataset_with_holdout_and_grey_detection(tmp_path):
+    make_folder(tmp_path / "d")
+    (tmp_path / "d" / "cat" / "notes.txt").write_text("hello")
+    (tmp_path / "d" / "dog" / "broken.png").write_bytes(b"not a png")
+    ds = load_dataset(f"folder:{tmp_path / 'd'}")
+    assert ds.classes == ["cat", "dog", "fox"] and ds.channels == 1 and ds.size == 12
+    assert len(ds.y_train) + len(ds.y_test) == 30 and len(ds.y_test) == 6
+    assert "notes.txt: not an image file" in ds.source and "broken.png: unreadable" in ds.source
+
+
+def test_zip_with_train_test_folders_and_colour_resize(tmp_path):
+    z = tmp_path / "data.zip"
+    with zipfile.ZipFile(z, "w") as f:
+        for split, n in (("train", 6), ("test", 2)):
+            for c in ("a", "b"):
+                for i in range(n):
+                    f.writestr(f"mydata/{split}/{c}/{i}.png", png((20, 20), colour=True, seed=i))
+    ds = load_dataset(f"folder:{z}", image_size=16)
+    assert ds.channels == 3 and ds.size == 16 and len(ds.y_train) == 12 and len(ds.y_test) == 4
+
+
+def test_user_dataset_distils_end_to_end(tmp_path, tiny, store):
+    make_folder(tmp_path / "d", n=12)
+    evs = list(run(tiny(dataset=f"folder:{tmp_path / 'd'}", stages=1, ipc=1), store))
+    assert isinstance(evs[-1], E.Done), evs[-1]
+
+
+@pytest.mark.parametrize("setup, words", [
+    (lambda p: p.mkdir(), "contains no files"),
+    (lambda p: make_folder(p, classes=("only",)), "single class"),
+    (lambda p: (make_folder(p, classes=("a",), size=(12, 12)), make_folder(p, classes=("b",), size=(16, 16))),
+     "mixed sizes"),
+    (lambda p: (p.mkdir(), (p / "x.txt").write_text("hi")), "no readable images"),
+])
+def test_bad_folders_get_clear_messages(tmp_path, setup, words):
+    path = tmp_path / "d"
+    setup(path)
+    with pytest.raises(DataUnavailable) as e:
+        load_dataset(f"folder:{path}")
+    assert words in str(e.value) and "Fix:" in str(e.value)
+
+
+def test_class_with_fewer_images_than_ipc(tmp_path, tiny, store):
+    make_folder(tmp_path / "d", n=5)
+    ev = list(run(tiny(dataset=f"folder:{tmp_path / 'd'}", stages=1, ipc=6), store))[-1]
+    assert isinstance(ev, E.Failed) and "fewer real images" in ev.message
+
+
+def test_path_traversal_zip_is_refused_and_writes_nothing(tmp_path):
+    target = tmp_path / "inside"
+    target.mkdir()
+    z = target / "evil.zip"
+    with zipfile.ZipFile(z, "w") as f:
+        f.writestr("a/0.png", png())
+        f.writestr("../../escaped.png", png())
+    before = sorted(os.listdir(tmp_path))
+    with pytest.raises(DataUnavailable, match="outside the archive"):
+        load_dataset(f"folder:{z}")
+    assert sorted(os.listdir(tmp_path)) == before and not (tmp_path.parent / "escaped.png").exists()
+
+
+def test_limits_are_enforced(tmp_path):
+    make_folder(tmp_path / "d", n=3)
+    with pytest.raises(DataUnavailable, match="over the limit"):
+        load_user_dataset(f"folder:{tmp_path / 'd'}", limits=Limits(max_files=5))
+    with pytest.raises(DataUnavailable, match="GiB"):
+        load_user_dataset(f"folder:{tmp_path / 'd'}", limits=Limits(max_total_bytes=100))
+    big = make_folder(tmp_path / "big", classes=("a", "b"), n=2, size=(64, 64))
+    with pytest.raises(DataUnavailable, match="over the 32 px limit"):
+        load_user_dataset(f"folder:{big}", limits=Limits(max_side=32))
+
+
+def test_idx_folder(tmp_path):
+    from tests.test_data_models_augment import write_idx
+    rng = np.random.default_rng(0)
+    write_idx(tmp_path / "train-images-idx3-ubyte", rng.integers(0, 255, (40, 10, 10)))
+    write_idx(tmp_path / "train-labels-idx1-ubyte", np.arange(40) % 4)
+    ds = load_dataset(f"idx:{tmp_path}")
+    assert ds.num_classes == 4 and len(ds.y_test) == 8 and ds.size == 10
