@@ -298,3 +298,15 @@ def load_dataset(name: str, data_root: Optional[str] = None, zca: bool = False,
     if image_size is not None and image_size != xtr.shape[-1]:
         xtr, xte = resize(xtr, image_size), resize(xte, image_size)
     return from_unit(name, xtr, ytr, xte, yte, classes, zca=zca, source=source)
+
+
+def availability(name: str, data_root: Optional[str] = None) -> str:
+    """'offline' (bundled or found on disk) or 'needs download' (torchvision will fetch it)."""
+    if name == "digits":
+        return "offline"
+    if name == "mnist" and any(find_idx(d, "train-images-idx3-ubyte") for d in mnist_dirs(data_root)):
+        return "offline"
+    root = Path(data_root) if data_root else default_data_root()
+    markers = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "cifar-10-batches-py",
+               "cifar100": "cifar-100-python", "svhn": "train_32x32.mat"}
+    return "offline" if (root / markers.get(name, "\0")).exists() else "needs download"

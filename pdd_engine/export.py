@@ -230,3 +230,13 @@ def evaluate_bundle(path: str | Path, arch: Optional[str] = None, epochs: Option
     proto = EvalProtocol(**{**proto.to_dict(), **changes})
     cur = Curriculum(ds, proto, resolve_device(device))
     return [cur.train_stage(u["images"], u["labels"], e["eval_lr"]) for u, e in zip(bundle.unions, m["stage_entries"])]
+
+
+def stage_archive(bundle_path: str | Path, stage: int, out: str | Path) -> Path:
+    """A small zip with one stage's images alone (tensors, PNGs and the manifest) cut from a bundle."""
+    out = Path(out)
+    with zipfile.ZipFile(bundle_path) as src, zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as dst:
+        for name in src.namelist():
+            if name == "manifest.json" or name.startswith((f"stage_{stage}/", f"png/stage_{stage}/")):
+                dst.writestr(name, src.read(name))
+    return out

@@ -1,0 +1,31 @@
+"""PDD Studio web app: ``python app.py`` (settings by environment variable, see README)."""
+
+import os
+from pathlib import Path
+
+from app.jobs import JobManager
+from app.ui import Studio, build
+from pdd_engine.cache import Store, default_cache_dir
+
+ROOT = Path(__file__).resolve().parent
+
+
+def main() -> None:
+    cache_dir = os.environ.get("PDD_CACHE_DIR") or str(default_cache_dir())
+    export_dir = Path(os.environ.get("PDD_EXPORT_DIR") or Path(cache_dir).parent / "exports")
+    manager = JobManager(cache_dir, max_concurrent=int(os.environ.get("PDD_MAX_JOBS", "1")),
+                         threads=int(os.environ.get("PDD_ENGINE_THREADS", "0")))
+    studio = Studio(manager, Store(cache_dir), export_dir, os.environ.get("PDD_DATA_DIR"))
+    demo = build(studio)
+    demo.queue(default_concurrency_limit=int(os.environ.get("PDD_UI_CONCURRENCY", "8")))
+    try:
+        demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                    server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
+                    css_paths=[ROOT / "assets" / "style.css"], allowed_paths=[str(export_dir)],
+                    max_file_size="500mb", show_error=False)
+    finally:
+        manager.shutdown()
+
+
+if __name__ == "__main__":
+    main()

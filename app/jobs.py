@@ -1,0 +1,172 @@
+"""Background engine jobs: each run is a separate worker process that streams events back.
+
+The web server never runs the engine in its own threads: a long run cannot block the UI, Stop
+really stops it (cancel token first, then the process is terminated), and a crash in the engine
+becomes a job failure with its cause while the server stays up. At most ``max_concurrent`` engines
+run at once; other jobs wait in a FIFO queue and know their position.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import queue
+import secrets
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from pdd_engine import events as E
+from pdd_engine.config import DistillConfig
+
+STOP_GRACE_S = 10.0
+
+
+def worker_main(cfg_dict: dict, cache_dir: Optional[str], out: "mp.Queue", cancel: "mp.Event", threads: int) -> None:
+    """Worker process entry: run the engine and forward every event. Never raises."""
+    try:
+        import torch
+
+        from pdd_engine.cache import Store
+        from pdd_engine.progressive import run
+
+        if threads:
+            torch.set_num_threads(threads)
+        for ev in run(DistillConfig(**cfg_dict), Store(cache_dir), cancel):
+            out.put(ev)
+    except BaseException as e:  # noqa: BLE001 - the process must report, not die silently
+        out.put(E.Failed(f"the engine crashed ({type(e).__name__}: {e}). Fix: finished stages are cached; "
+                         "start the run again to resume.", None, traceback.format_exc()))
+
+
+@dataclass
+class Job:
+    id: str
+    config: DistillConfig
+    owner: str
+    created: float = field(default_factory=time.time)
+    state: str = "queued"  # queued | running | done | failed | stopped
+    events: list = field(default_factory=list)
+    process: Optional[mp.Process] = None
+    cancel: Any = None
+    queue: Any = None
+    stop_requested: float = 0.0
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("done", "failed", "stopped")
+
+
+class JobManager:
+    """Owns the worker processes. Thread-safe; one instance per server."""
+
+    def __init__(self, cache_dir: Optional[str] = None, max_concurrent: int = 1, threads: int = 0):
+        self.cache_dir = cache_dir
+        self.max_concurrent = max(1, max_concurrent)
+        self.threads = threads
+        self.ctx = mp.get_context("spawn")
+        self.jobs: dict[str, Job] = {}
+        self.waiting: list[str] = []
+        self.lock = threading.RLock()
+        self._pump = threading.Thread(target=self._loop, daemon=True, name="pdd-jobs")
+        self._pump.start()
+
+    # -- public -------------------------------------------------------------------------
+    def submit(self, cfg: DistillConfig, owner: str) -> Job:
+        job = Job(secrets.token_hex(8), cfg, owner)
+        with self.lock:
+            self.jobs[job.id] = job
+            self.waiting.append(job.id)
+        self._schedule()
+        return job
+
+    def get(self, job_id: str) -> Optional[Job]:
+        return self.jobs.get(job_id or "")
+
+    def position(self, job_id: str) -> int:
+        """1-based place in the queue (0 when not waiting)."""
+        with self.lock:
+            return self.waiting.index(job_id) + 1 if job_id in self.waiting else 0
+
+    def stop(self, job_id: str, owner: str) -> str:
+        job = self.get(job_id)
+        if job is None:
+            return "No such run."
+        if job.owner != owner:
+            return "This run was started from another browser; only its owner can stop it."
+        with self.lock:
+            if job.id in self.waiting:
+                self.waiting.remove(job.id)
+                job.state = "stopped"
+                job.events.append(E.Stopped(0, "removed from the queue before it started"))
+                return "Removed from the queue."
+            if job.state == "running":
+                job.cancel.set()
+                job.stop_requested = time.time()
+                return "Stopping after the current iteration; finished stages stay cached."
+        return f"The run is already {job.state}."
+
+    def active_configs(self) -> list[DistillConfig]:
+        return [j.config for j in self.jobs.values() if not j.finished]
+
+    def running(self) -> int:
+        return sum(1 for j in self.jobs.values() if j.state == "running")
+
+    def shutdown(self) -> None:
+        for job in list(self.jobs.values()):
+            if job.process is not None and job.process.is_alive():
+                job.process.terminate()
+
+    # -- internals ----------------------------------------------------------------------
+    def _schedule(self) -> None:
+        with self.lock:
+            while self.waiting and self.running() < self.max_concurrent:
+                job = self.jobs[self.waiting.pop(0)]
+                job.queue, job.cancel = self.ctx.Queue(), self.ctx.Event()
+                job.process = self.ctx.Process(target=worker_main, daemon=True, name=f"pdd-engine-{job.id}",
+                                               args=(job.config.to_dict(), self.cache_dir, job.queue, job.cancel, self.threads))
+                job.process.start()
+                job.state = "running"
+
+    def _drain(self, job: Job) -> None:
+        while True:
+            try:
+                ev = job.queue.get_nowait()
+            except queue.Empty:
+                return
+            job.events.append(ev)
+            if isinstance(ev, E.Done):
+                job.state = "done"
+            elif isinstance(ev, E.Failed):
+                job.state = "failed"
+            elif isinstance(ev, E.Stopped):
+                job.state = "stopped"
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(0.1)
+            with self.lock:
+                running = [j for j in self.jobs.values() if j.state == "running"]
+            for job in running:
+                self._drain(job)
+                alive = job.process.is_alive()
+                if job.state == "running" and job.stop_requested and time.time() - job.stop_requested > STOP_GRACE_S:
+                    job.process.terminate()
+                    job.events.append(E.Stopped(self._stage(job), "stopped (engine terminated); finished stages are cached"))
+                    job.state = "stopped"
+                elif job.state == "running" and not alive:
+                    self._drain(job)
+                    if job.state == "running":
+                        job.events.append(E.Failed(f"the engine process exited unexpectedly (code {job.process.exitcode}). "
+                                                   "Fix: finished stages are cached; start the run again to resume.",
+                                                   self._stage(job)))
+                        job.state = "failed"
+                if job.finished and job.process is not None:
+                    job.process.join(timeout=1)
+            self._schedule()
+
+    @staticmethod
+    def _stage(job: Job) -> int:
+        stages = [e.stage for e in job.events if isinstance(e, E.StageStarted)]
+        return stages[-1] if stages else 0

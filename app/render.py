@@ -1,0 +1,194 @@
+"""Pure functions from engine events to what the page shows: figures, grids, status text.
+
+Nothing here imports Gradio, so it is tested directly; the UI only places the results.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import plotly.graph_objects as go
+from PIL import Image, ImageDraw
+
+from pdd_engine import events as E
+
+NEW, FROZEN = (255, 140, 0), (150, 150, 150)
+LAYOUT = dict(height=330, margin=dict(l=55, r=10, t=10, b=45), template="plotly_white",
+              legend=dict(orientation="h", x=0, y=1.02, yanchor="bottom"))
+PALETTE = ["#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880", "#ff97ff", "#fecb52"]
+
+
+@dataclass
+class RunView:
+    """What the page knows about one run, folded from its event stream."""
+
+    stages: int = 0
+    method: str = ""
+    run_key: str = ""
+    current: int = 0
+    cached_stages: set = field(default_factory=set)
+    iteration: int = 0
+    iterations: int = 0
+    losses: dict = field(default_factory=dict)  # stage -> [(iteration, loss)]
+    images: Optional[E.StageImages] = None
+    evals: dict = field(default_factory=dict)  # stage -> StageEvaluated
+    messages: list = field(default_factory=list)
+    finished: dict = field(default_factory=dict)  # stage -> StageFinished
+    done: Optional[E.Done] = None
+    failed: Optional[E.Failed] = None
+    stopped: Optional[E.Stopped] = None
+
+    def apply(self, ev) -> None:
+        if isinstance(ev, E.RunStarted):
+            self.stages, self.method, self.run_key = ev.stages, ev.config["method"], ev.run_key
+        elif isinstance(ev, E.StageStarted):
+            self.current, self.iteration = ev.stage, 0
+            if ev.cached:
+                self.cached_stages.add(ev.stage)
+        elif isinstance(ev, E.Progress):
+            self.iteration, self.iterations = ev.iteration, ev.iterations
+            self.losses.setdefault(ev.stage, []).append((ev.iteration, ev.loss))
+        elif isinstance(ev, E.StageImages):
+            self.images = ev
+        elif isinstance(ev, E.StageEvaluated):
+            self.evals[ev.stage] = ev
+        elif isinstance(ev, E.StageFinished):
+            self.finished[ev.stage] = ev
+        elif isinstance(ev, E.Message):
+            self.messages.append(f"stage {ev.stage}: {ev.text}")
+        elif isinstance(ev, E.Done):
+            self.done = ev
+        elif isinstance(ev, E.Failed):
+            self.failed = ev
+        elif isinstance(ev, E.Stopped):
+            self.stopped = ev
+
+    @classmethod
+    def of(cls, events: list) -> "RunView":
+        view = cls()
+        for ev in events:
+            view.apply(ev)
+        return view
+
+    @property
+    def fraction(self) -> float:
+        """Overall progress in [0, 1]: finished stages plus the current stage's iterations."""
+        if not self.stages:
+            return 0.0
+        if self.done:
+            return 1.0
+        part = self.iteration / self.iterations if self.iterations else 0.0
+        # never 100% before Done: evaluation still follows the last iteration
+        return min(0.99, (len(self.finished) + (part if self.current not in self.finished else 0)) / self.stages)
+
+
+def status_markdown(view: RunView, state: str, position: int = 0) -> str:
+    if state == "queued":
+        return f"**Queued** — position {position} in line. The run starts when an engine slot is free."
+    if view.failed:
+        return f"**Failed** — {view.failed.message}"
+    if view.stopped:
+        kept = len(view.finished)
+        return f"**Stopped** — {kept} finished stage(s) are cached; press Resume to continue from them."
+    if view.done:
+        computed = view.done.computed_stages
+        how = "all stages served from the cache" if not computed else f"computed stage(s) {computed}"
+        last = view.done.accuracies[-1]
+        return (f"**Done** in {view.done.seconds:.1f} s ({how}). Final accuracy {100 * last['mean']:.1f} ± "
+                f"{100 * last['std']:.1f} % vs random subset {100 * last['random_mean']:.1f} %.")
+    if not view.stages:
+        return "**Starting** the engine…"
+    stage = view.current
+    cached = " (from cache)" if stage in view.cached_stages else ""
+    if view.images is not None and view.images.stage == stage:
+        detail = "evaluating (curriculum networks and the random-subset baseline)"
+    elif view.iteration:
+        detail = f"iteration {view.iteration}/{view.iterations}"
+    else:
+        detail = "preparing" + (f" — {view.messages[-1].split(': ', 1)[-1]}" if view.messages else "")
+    return f"**Running** — stage {stage}/{view.stages}{cached}: {detail}"
+
+
+def progress_html(view: RunView) -> str:
+    cells = []
+    for s in range(1, max(view.stages, 1) + 1):
+        if s in view.finished:
+            colour, label = "#2e7d32", "cached" if s in view.cached_stages else "done"
+        elif s == view.current and not (view.done or view.failed or view.stopped):
+            colour, label = "#f57c00", f"{int(100 * view.iteration / max(view.iterations, 1))}%"
+        else:
+            colour, label = "#9e9e9e", "pending"
+        cells.append(f'<div class="pdd-stage" style="background:{colour}">stage {s}<br><small>{label}</small></div>')
+    pct = int(100 * view.fraction)
+    return (f'<div class="pdd-progress"><div class="pdd-bar"><div style="width:{pct}%"></div></div>'
+            f'<div class="pdd-stages">{"".join(cells)}</div></div>')
+
+
+def grid_image(ev: Optional[E.StageImages], cell: int = 40, pad: int = 3, label_w: int = 56) -> Optional[Image.Image]:
+    """One row per class; this stage's images framed orange, frozen earlier ones grey."""
+    if ev is None:
+        return None
+    classes = ev.classes
+    per_class = int(np.sum(ev.labels == 0))
+    w = label_w + per_class * (cell + pad) + pad
+    h = len(classes) * (cell + pad) + pad
+    canvas = Image.new("RGB", (w, h), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for c, name in enumerate(classes):
+        y0 = pad + c * (cell + pad)
+        draw.text((4, y0 + cell // 2 - 6), name[:8], fill=(0, 0, 0))
+        idx = np.flatnonzero(ev.labels == c)
+        for k, i in enumerate(idx):
+            px = ev.images[i]
+            img = Image.fromarray(px[..., 0] if px.shape[-1] == 1 else px).convert("RGB")
+            img = img.resize((cell - 4, cell - 4), Image.Resampling.NEAREST)
+            x0 = label_w + pad + k * (cell + pad)
+            draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=NEW if ev.new[i] else FROZEN)
+            canvas.paste(img, (x0 + 2, y0 + 2))
+    return canvas
+
+
+def loss_figure(view: RunView) -> go.Figure:
+    fig = go.Figure()
+    offset = 0
+    for stage in sorted(view.losses):
+        pts = view.losses[stage]
+        fig.add_trace(go.Scatter(x=[offset + it for it, _ in pts], y=[v for _, v in pts], mode="lines",
+                                 name=f"stage {stage}", line=dict(color=PALETTE[(stage - 1) % len(PALETTE)])))
+        offset += max(it for it, _ in pts)
+    fig.update_layout(xaxis_title="iteration (all stages)", yaxis_title=f"{view.method.upper()} loss", **LAYOUT)
+    return fig
+
+
+def accuracy_figure(view: RunView, single_stage: Optional[dict] = None) -> go.Figure:
+    """Accuracy vs stage for PDD and the random subset (± std), and the single-stage method if cached."""
+    stages = sorted(view.evals)
+    fig = go.Figure()
+    if stages:
+        x = [view.evals[s].images_per_class for s in stages]
+        fig.add_trace(go.Scatter(x=x, y=[100 * view.evals[s].mean for s in stages], mode="lines+markers",
+                                 name=f"PDD+{view.method.upper()}", error_y=dict(type="data", array=[100 * view.evals[s].std for s in stages])))
+        fig.add_trace(go.Scatter(x=x, y=[100 * view.evals[s].random_mean for s in stages], mode="lines+markers",
+                                 name="random real subset", line=dict(dash="dot"),
+                                 error_y=dict(type="data", array=[100 * view.evals[s].random_std for s in stages])))
+    if single_stage:
+        fig.add_trace(go.Scatter(x=[single_stage["ipc"]], y=[100 * single_stage["mean"]], mode="markers", marker=dict(size=12, symbol="diamond"),
+                                 name=f"{view.method.upper()} alone (P=1)", error_y=dict(type="data", array=[100 * single_stage["std"]])))
+    fig.update_layout(xaxis_title="images per class so far (cumulative)", yaxis_title="test accuracy %", **LAYOUT)
+    if stages:
+        fig.update_xaxes(tickmode="array", tickvals=[view.evals[s].images_per_class for s in stages])
+    return fig
+
+
+def compare_figure(runs: list[dict]) -> go.Figure:
+    """Cached runs on one accuracy plot: each run's per-stage curve."""
+    fig = go.Figure()
+    for r in runs:
+        c, acc = r["config"], r["accuracies"]
+        fig.add_trace(go.Scatter(x=[a["ipc"] for a in acc], y=[100 * a["mean"] for a in acc], mode="lines+markers",
+                                 error_y=dict(type="data", array=[100 * a["std"] for a in acc]),
+                                 name=f"{c['dataset']} {c['method']} P={c['stages']} IPC={c['ipc']}"))
+    fig.update_layout(xaxis_title="images per class (cumulative)", yaxis_title="test accuracy %", **LAYOUT)
+    return fig

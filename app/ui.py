@@ -1,0 +1,333 @@
+"""The Gradio studio. It translates controls into a :class:`DistillConfig`, hands runs to the
+:class:`~app.jobs.JobManager`, and renders the job's events; it never runs the engine itself.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import gradio as gr
+
+from pdd_engine import METHODS, PRESETS, PDDError
+from pdd_engine.cache import Store
+from pdd_engine.config import BUILTIN_DATASETS, DistillConfig
+from pdd_engine.data import availability
+from pdd_engine.estimate import estimate
+from pdd_engine.export import export_bundle, stage_archive
+
+from . import render
+from .jobs import JobManager
+
+UPLOAD = "upload your own (.zip)"
+METHOD_NAMES = {"dm": "DM: distribution matching", "mtt": "MTT: trajectory matching",
+                "dc": "DC: gradient matching", "dsa": "DSA: gradient matching + siamese augmentation",
+                "idc": "IDC: gradient matching + multi-formation"}
+# Advanced fields shown as controls, in order; everything else comes from the preset.
+ADVANCED = ["iterations", "lr_img", "width", "depth", "eval_epochs", "eval_models", "seed", "syn_steps",
+            "num_experts", "transition_epochs", "filter_easy", "zca", "device"]
+POLL_S = 0.25
+
+
+class Studio:
+    def __init__(self, manager: JobManager, store: Store, export_dir: Path, data_root: Optional[str] = None):
+        self.manager, self.store, self.export_dir, self.data_root = manager, store, export_dir, data_root
+        export_dir.mkdir(parents=True, exist_ok=True)
+
+    # -- controls -> config -------------------------------------------------------------
+    def dataset_choices(self) -> list[tuple[str, str]]:
+        out = [(f"{name} ({availability(name, self.data_root)})", name) for name in BUILTIN_DATASETS]
+        return out + [(UPLOAD, UPLOAD)]
+
+    def config(self, dataset: str, upload: Any, method: str, stages: float, ipc: float, preset: str,
+               *advanced: Any) -> DistillConfig:
+        """Build and validate the config; raises PDDError with a one-line message."""
+        if dataset == UPLOAD:
+            path = getattr(upload, "name", upload)
+            if not path:
+                raise PDDError("no dataset file was uploaded", "upload a .zip with one folder of images per class")
+            if not str(path).lower().endswith(".zip"):
+                raise PDDError(f"{Path(str(path)).name} is not a .zip file", "upload a .zip with one folder of images per class")
+            dataset = f"folder:{path}"
+        values = dict(PRESETS.get(preset, {}))
+        values.update(dataset=dataset, method=method, stages=int_or(stages, "stages"), ipc=int_or(ipc, "IPC"))
+        for name, value in zip(ADVANCED, advanced):
+            if name in ("lr_img", "depth") and value in (None, "", 0):
+                values[name] = None  # empty (or 0, which an emptied number box sends): the default
+                continue
+            if value is None or value == "":
+                continue
+            values[name] = value if name in ("filter_easy", "zca", "device") else (
+                float(value) if name == "lr_img" else int_or(value, name))
+        return DistillConfig(**{**values, "data_root": self.data_root})
+
+    def check(self, *controls) -> tuple[str, str, dict]:
+        """Validation message, time/memory estimate, and whether Run is enabled."""
+        try:
+            cfg = self.config(*controls)
+        except PDDError as e:
+            return f'<span class="pdd-error">⚠ {e}</span>', "", gr.update(interactive=False)
+        note = ""
+        if not cfg.dataset.startswith("folder:") and availability(cfg.dataset, self.data_root) != "offline":
+            note = f"<br>ℹ {cfg.dataset} is not on this machine: it is downloaded on first use (needs internet)."
+        est = estimate(cfg, device="cuda" if cfg.device != "cpu" and _cuda() else "cpu")
+        return f"✓ valid: {cfg.stages} stage(s) × {cfg.ipc_per_stage} image(s) per class{note}", \
+            f"Estimate on this machine: **{est}** (rough, ±2×).", gr.update(interactive=True)
+
+    def preset_values(self, preset: str) -> list:
+        cfg = DistillConfig(**PRESETS.get(preset, {}))
+        return [cfg.dataset, cfg.method, cfg.stages, cfg.ipc] + [getattr(cfg, n) for n in ADVANCED]
+
+    # -- runs ---------------------------------------------------------------------------
+    def start(self, owner: str, *controls) -> tuple[str, str, str]:
+        owner = owner or secrets.token_hex(8)
+        try:
+            cfg = self.config(*controls)
+        except PDDError as e:
+            return "", owner, f'<span class="pdd-error">⚠ {e}</span>'
+        job = self.manager.submit(cfg, owner)
+        return job.id, owner, ""
+
+    def resume(self, job_id: str, owner: str) -> tuple[str, str, str]:
+        job = self.manager.get(job_id)
+        if job is None:
+            return "", owner, '<span class="pdd-error">⚠ nothing to resume. Fix: start a run first.</span>'
+        if not job.finished:
+            return job.id, owner, "The run is still going."
+        return self.manager.submit(job.config, owner or job.owner).id, owner, ""
+
+    def stop(self, job_id: str, owner: str) -> str:
+        return self.manager.stop(job_id, owner) if job_id else "No run to stop."
+
+    def follow(self, job_id: str):
+        """Stream the page's view of a job until it finishes (reattaches from the first event)."""
+        job = self.manager.get(job_id)
+        if job is None:
+            yield self.frame(render.RunView(), "failed", extra="No run with that id on this server (it may have restarted).")
+            return
+        seen = -1
+        while True:
+            n = len(job.events)
+            if n != seen or job.state == "queued":
+                seen = n
+                view = render.RunView.of(list(job.events))
+                finished = job.finished
+                yield self.frame(view, job.state, self.manager.position(job.id), job if finished else None)
+                if finished:
+                    return
+            time.sleep(POLL_S)
+
+    def follow_if_any(self, job_id: str):
+        """On page load: reattach to the run named in the URL, if any."""
+        if not job_id:
+            yield tuple(gr.skip() for _ in range(9))
+            return
+        yield from self.follow(job_id)
+
+    def frame(self, view: render.RunView, state: str, position: int = 0, job=None, extra: str = "") -> tuple:
+        bundle, stages = None, None
+        status = render.status_markdown(view, state, position) + (f" {extra}" if extra else "")
+        if job is not None and view.done:
+            try:
+                bundle = self.bundle(job.config, view.run_key)
+                stages = [str(stage_archive(bundle, i, bundle.with_name(f"{bundle.stem}_stage{i}.zip")))
+                          for i in range(1, job.config.stages + 1)]
+            except PDDError as e:
+                status += f"<br>⚠ export failed: {e}"
+        single = self.single_stage(job.config) if job is not None else None
+        running = state in ("queued", "running")
+        return (status, render.progress_html(view), render.grid_image(view.images), render.loss_figure(view),
+                render.accuracy_figure(view, single), str(bundle) if bundle else None, stages,
+                gr.update(interactive=running), gr.update(interactive=not running and state != "done"))
+
+    def bundle(self, cfg: DistillConfig, run_key: str) -> Path:
+        path = self.export_dir / f"pdd_{cfg.dataset.split(':')[0]}_{cfg.method}_P{cfg.stages}_ipc{cfg.ipc}_{run_key[4:14]}.zip"
+        if not path.exists():
+            export_bundle(cfg, path, self.store)
+        return path
+
+    def single_stage(self, cfg: DistillConfig) -> Optional[dict]:
+        """The base method alone (P = 1, same IPC) if that run is cached."""
+        for key in self.store.keys("run:"):
+            _, meta = self.store.get(key)
+            c = meta["config"]
+            if c["stages"] == 1 and all(c[k] == v for k, v in cfg.to_dict().items()
+                                        if k not in ("stages", "iterations", "cache_dir", "data_root", "device")):
+                return meta["accuracies"][-1]
+        return None
+
+    # -- runs tab -----------------------------------------------------------------------
+    def runs(self) -> list[dict]:
+        out = []
+        for key in self.store.keys("run:"):
+            _, meta = self.store.get(key)
+            out.append({"key": key, **meta})
+        return sorted(out, key=lambda r: -r.get("finished", 0))
+
+    def runs_table(self) -> tuple[list[list], dict]:
+        rows, choices = [], []
+        for r in self.runs():
+            c, last = r["config"], r["accuracies"][-1]
+            label = f"{r['key'][4:14]} {c['dataset']} {c['method']} P={c['stages']} IPC={c['ipc']}"
+            rows.append([r["key"][4:14], c["dataset"], c["method"], c["stages"], c["ipc"], c["iterations"],
+                         f"{100 * last['mean']:.1f} ± {100 * last['std']:.1f}", f"{100 * last['random_mean']:.1f}",
+                         time.strftime("%Y-%m-%d %H:%M", time.localtime(r.get("finished", 0)))])
+            choices.append((label, r["key"]))
+        return rows, gr.update(choices=choices, value=[])
+
+    def compare(self, keys: list[str]):
+        runs = [r for r in self.runs() if r["key"] in (keys or [])]
+        return render.compare_figure(runs)
+
+    def download_runs(self, keys: list[str]):
+        files = []
+        for r in self.runs():
+            if r["key"] in (keys or []):
+                try:
+                    files.append(str(self.bundle(DistillConfig(**r["config"]), r["key"])))
+                except PDDError:
+                    pass
+        return files or None
+
+    def delete_runs(self, keys: list[str]) -> str:
+        busy = {DistillConfig(**r["config"]) for r in self.runs() if r["key"] in (keys or [])} & set(self.manager.active_configs())
+        if busy:
+            return "⚠ a selected run is running right now and cannot be deleted. Fix: wait until it finishes."
+        n = sum(self.store.delete(k) for k in (keys or []))
+        return f"Deleted {n} run record(s); their stages stay cached for runs that share them."
+
+
+def int_or(value: Any, name: str) -> int:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise PDDError(f"{name} must be a whole number (got {value!r})", f"enter a whole number for {name}") from None
+    if f != int(f):
+        raise PDDError(f"{name} must be a whole number (got {value})", f"enter a whole number for {name}")
+    return int(f)
+
+
+def _cuda() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
+SET_URL = """(id) => { if (id) { const u = new URL(window.location); u.searchParams.set('run', id);
+  window.history.replaceState(null, '', u); } return id; }"""
+
+
+def build(studio: Studio) -> gr.Blocks:
+    defaults = DistillConfig()
+    with gr.Blocks(title="PDD Studio") as demo:
+        owner = gr.BrowserState("", storage_key="pdd_studio_owner")
+        job_id = gr.Textbox(visible=False, elem_id="pdd-job-id")
+        gr.Markdown("# PDD Studio\nDistil a dataset into a few synthetic images per class, **stage by stage** "
+                    "(Progressive Dataset Distillation). Every finished stage is cached: stop, resume and re-open freely.")
+        with gr.Tabs() as tabs:
+            with gr.Tab("Distil", id="distil"):
+                with gr.Row():
+                    with gr.Column(scale=1, min_width=320):
+                        dataset = gr.Dropdown(studio.dataset_choices(), value="digits", label="Dataset")
+                        upload = gr.File(label="Your dataset: a .zip of class_name/*.png", file_types=[".zip"], visible=False)
+                        method = gr.Dropdown([(METHOD_NAMES[m], m) for m in METHODS], value=defaults.method, label="Base method")
+                        with gr.Row():
+                            stages = gr.Number(defaults.stages, label="Stages P", precision=0, minimum=1, maximum=50)
+                            ipc = gr.Number(defaults.ipc, label="Total IPC", precision=0, minimum=1, maximum=1000)
+                        preset = gr.Dropdown(list(PRESETS), value="cpu-quick", label="Preset")
+                        validation = gr.HTML(elem_id="pdd-validation")
+                        estimate_md = gr.Markdown()
+                        with gr.Row():
+                            run_btn = gr.Button("Run", variant="primary", elem_id="pdd-run")
+                            stop_btn = gr.Button("Stop", variant="stop", interactive=False, elem_id="pdd-stop")
+                            resume_btn = gr.Button("Resume", interactive=False, elem_id="pdd-resume")
+                        with gr.Accordion("Advanced", open=False):
+                            adv = [
+                                gr.Number(defaults.iterations, label="Iterations per stage", precision=0),
+                                gr.Number(None, label="Image learning rate (empty or 0: method default)"),
+                                gr.Number(defaults.width, label="Network width", precision=0),
+                                gr.Number(None, label="Network depth (empty or 0: by image size)", precision=0),
+                                gr.Number(defaults.eval_epochs, label="Evaluation epochs per stage", precision=0),
+                                gr.Number(defaults.eval_models, label="Evaluation networks", precision=0),
+                                gr.Number(defaults.seed, label="Seed", precision=0),
+                                gr.Number(defaults.syn_steps, label="MTT: unrolled steps", precision=0),
+                                gr.Number(defaults.num_experts, label="MTT: experts", precision=0),
+                                gr.Number(defaults.transition_epochs, label="PDD transition epochs", precision=0),
+                                gr.Checkbox(defaults.filter_easy, label="Drop easy real examples between stages"),
+                                gr.Checkbox(defaults.zca, label="ZCA whitening"),
+                                gr.Dropdown(["auto", "cpu", "cuda"], value="auto", label="Device"),
+                            ]
+                    with gr.Column(scale=2):
+                        status = gr.Markdown("Pick a dataset and press **Run**.", elem_id="pdd-status")
+                        progress = gr.HTML(render.progress_html(render.RunView()))
+                        grid = gr.Image(label="Synthetic images (rows: classes; orange: this stage, grey: frozen earlier stages)",
+                                        type="pil", elem_id="pdd-grid")
+                        with gr.Row():
+                            loss_plot = gr.Plot(label="Loss", elem_id="pdd-loss")
+                            acc_plot = gr.Plot(label="Accuracy", elem_id="pdd-acc")
+                        with gr.Row():
+                            bundle = gr.File(label="Bundle (zip: manifest, tensors, PNGs)", elem_id="pdd-bundle")
+                            stage_files = gr.File(label="Each stage's images", file_count="multiple")
+            with gr.Tab("Runs", id="runs"):
+                runs_df = gr.Dataframe(headers=["run", "dataset", "method", "P", "IPC", "iterations", "accuracy %",
+                                                "random %", "finished"], interactive=False)
+                with gr.Row():
+                    pick = gr.Dropdown([], multiselect=True, label="Select runs", scale=3)
+                    refresh = gr.Button("Refresh", scale=1)
+                with gr.Row():
+                    open_btn = gr.Button("Open (first selected)")
+                    compare_btn = gr.Button("Compare")
+                    dl_btn = gr.Button("Download")
+                    del_btn = gr.Button("Delete", variant="stop")
+                runs_msg = gr.Markdown()
+                compare_plot = gr.Plot(label="Comparison")
+                runs_files = gr.File(label="Bundles", file_count="multiple")
+
+        controls = [dataset, upload, method, stages, ipc, preset, *adv]
+        outputs = [status, progress, grid, loss_plot, acc_plot, bundle, stage_files, stop_btn, resume_btn]
+        gr.on([c.change for c in controls], studio.check, controls, [validation, estimate_md, run_btn],
+              trigger_mode="always_last", show_progress="hidden", api_visibility="private")
+        dataset.change(lambda d: gr.update(visible=d == UPLOAD), dataset, upload, queue=False, api_visibility="private")
+        preset.change(studio.preset_values, preset, [dataset, method, stages, ipc, *adv], queue=False,
+                      api_visibility="private")
+
+        def launch(evt, private=True):
+            return (evt.then(None, job_id, job_id, js=SET_URL, api_visibility="private")
+                    .then(studio.follow, job_id, outputs, concurrency_limit=None, show_progress="hidden",
+                          api_name=None if private else "follow", api_visibility="private" if private else "public"))
+
+        launch(run_btn.click(studio.start, [owner, *controls], [job_id, owner, validation], queue=False,
+                             api_name="start"), private=False)
+        launch(resume_btn.click(studio.resume, [job_id, owner], [job_id, owner, validation], queue=False,
+                                api_name="resume"))
+        stop_btn.click(studio.stop, [job_id, owner], validation, queue=False, api_name="stop")
+
+        def on_load(request: gr.Request, who: str):
+            run = request.query_params.get("run", "") if request else ""
+            return (run if studio.manager.get(run) else ""), (who or secrets.token_hex(8))
+
+        load = demo.load(on_load, [owner], [job_id, owner], queue=False, api_visibility="private")
+        load.then(studio.check, controls, [validation, estimate_md, run_btn], queue=False, api_visibility="private")
+        load.then(studio.follow_if_any, job_id, outputs, concurrency_limit=None, show_progress="hidden",
+                  api_visibility="private")
+        refresh.click(studio.runs_table, None, [runs_df, pick], api_name="runs")
+        demo.load(studio.runs_table, None, [runs_df, pick], api_visibility="private")
+        compare_btn.click(studio.compare, pick, compare_plot, api_visibility="private")
+        dl_btn.click(studio.download_runs, pick, runs_files, api_name="download")
+        del_btn.click(studio.delete_runs, pick, runs_msg, api_name="delete").then(
+            studio.runs_table, None, [runs_df, pick], api_visibility="private")
+
+        def reopen(keys, who):
+            """Open a cached run: a job that replays it from the cache (no training happens)."""
+            run = next((r for r in studio.runs() if keys and r["key"] == keys[0]), None)
+            if run is None:
+                return "", gr.update(), "⚠ select a run first."
+            job = studio.manager.submit(DistillConfig(**run["config"]), who or secrets.token_hex(8))
+            return job.id, gr.Tabs(selected="distil"), ""
+
+        launch(open_btn.click(reopen, [pick, owner], [job_id, tabs, runs_msg], queue=False, api_visibility="private"))
+    return demo
+
+

@@ -1,0 +1,111 @@
+"""Before-you-run estimates of time and memory on this machine.
+
+Time: the config's network is timed once (forward + backward per sample, on this device), then
+multiplied by the number of sample-passes each method, transition and evaluation makes. It is a
+rough guide (counted work x measured speed, typically within 2x), not a promise.
+Memory: the dataset, the synthetic union and, for MTT, the unrolled trajectory estimate.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+
+from .config import DistillConfig
+from .methods.mtt import unroll_memory_bytes
+from .models import build_model
+
+# image-sized datasets when nothing is loaded yet: (channels, size, classes, train examples)
+SHAPES = {"digits": (1, 8, 10, 1437), "mnist": (1, 28, 10, 60000), "fashion_mnist": (1, 28, 10, 60000),
+          "cifar10": (3, 32, 10, 50000), "cifar100": (3, 32, 100, 50000), "svhn": (3, 32, 10, 73257)}
+
+
+RUNTIME_BYTES = 800 * 2 ** 20  # resident size of Python + torch before any data (measured: ~800 MB)
+STARTUP_S = 6.0  # engine process start, imports and data loading, measured on the 2-core machines
+
+
+@dataclass
+class Estimate:
+    seconds: float
+    peak_bytes: int
+    step_seconds: float  # fixed cost of one forward + backward call
+    sample_seconds: float  # added cost per sample in it
+
+    def __str__(self) -> str:
+        return f"about {human_time(self.seconds)} and {self.peak_bytes / 2 ** 30:.2f} GiB peak"
+
+
+def human_time(s: float) -> str:
+    return f"{s:.0f} s" if s < 90 else f"{s / 60:.0f} min" if s < 5400 else f"{s / 3600:.1f} h"
+
+
+@lru_cache(maxsize=32)
+def pass_cost(channels: int, size: int, classes: int, depth: int, width: int, norm: str, device: str) -> tuple[float, float]:
+    """Measured (seconds per call, seconds per sample) of forward + backward through the ConvNet."""
+    net = build_model(channels, classes, size, depth, width, norm).to(device)
+
+    def timed(batch: int) -> float:
+        x = torch.randn(batch, channels, size, size, device=device)
+        y = torch.randint(classes, (batch,), device=device)
+        F.cross_entropy(net(x), y).backward()  # warm-up
+        t = time.perf_counter()
+        for _ in range(5):
+            F.cross_entropy(net(x), y).backward()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return (time.perf_counter() - t) / 5
+
+    small, large = timed(2), timed(66)
+    per_sample = max((large - small) / 64, 1e-9)
+    return max(small - 2 * per_sample, 1e-6), per_sample
+
+
+def estimate(cfg: DistillConfig, shape: tuple[int, int, int, int] | None = None, device: str = "cpu") -> Estimate:
+    """Counted calls and samples of every phase, times this machine's measured cost of each."""
+    ch, size, classes, n_train = shape or SHAPES.get(cfg.dataset, (3, cfg.image_size or 32, 10, 10000))
+    size = cfg.image_size or size
+    n_train = min(n_train, cfg.max_train or n_train)
+    depth = cfg.depth_for(size)
+    per_call, per_sample = pass_cost(ch, size, classes, depth, cfg.width, cfg.norm, device)
+    calls = samples = 0.0
+
+    def train(n: float, epochs: float, batch: int) -> None:
+        nonlocal calls, samples
+        calls += epochs * math.ceil(n / batch) if n else 0
+        samples += epochs * n
+
+    mult = cfg.idc_factor ** 2 if cfg.method == "idc" else 1
+    for i in range(1, cfg.stages + 1):
+        union = classes * cfg.ipc_per_stage * i * mult
+        frozen = union * (i - 1) / i
+        it = cfg.iterations
+        if cfg.method == "dm":
+            calls, samples = calls + it * 2 * classes, samples + it * (classes * cfg.batch_real / 3 + union)
+            for _ in range(cfg.dm_pool):
+                train(frozen, cfg.transition_epochs, cfg.eval_batch)
+        elif cfg.method == "mtt":
+            b = min(cfg.batch_syn or union, union)
+            calls, samples = calls + it * 3 * cfg.syn_steps, samples + it * 3 * cfg.syn_steps * b
+            for _ in range(cfg.num_experts):
+                train(frozen, cfg.transition_epochs, cfg.eval_batch)
+                train(n_train, cfg.max_start_epoch + cfg.expert_epochs, 256)
+        else:
+            inner = cfg.batch_real if cfg.method == "idc" else union
+            calls += it * (3 * classes + cfg.inner_loop)
+            samples += it * (classes * cfg.batch_real + 3 * union + cfg.inner_loop * inner)
+            for _ in range(math.ceil(it / cfg.outer_loop)):
+                train(frozen, cfg.transition_epochs, cfg.eval_batch)
+        for _ in range(2 * cfg.eval_models):  # distilled and random-subset curricula
+            train(union, cfg.eval_epochs, cfg.eval_batch)
+    union_last = classes * cfg.ipc * mult
+    data_bytes = 4 * ch * size * size * (n_train + union_last) * 2
+    mem = data_bytes + RUNTIME_BYTES
+    if cfg.method == "mtt":
+        net = build_model(ch, classes, size, depth, cfg.width, cfg.norm)
+        mem += unroll_memory_bytes(net, ch, size, min(cfg.batch_syn or union_last, union_last), cfg.syn_steps)
+    return Estimate(STARTUP_S + calls * per_call + samples * per_sample, int(mem), per_call, per_sample)

@@ -1,0 +1,137 @@
+"""The web app: rendering, the job manager, and the real server driven by gradio_client."""
+
+import time
+import zipfile
+
+import numpy as np
+import pytest
+
+from app import render
+from app.jobs import JobManager
+from pdd_engine import DistillConfig
+from pdd_engine import events as E
+from pdd_engine.export import load_bundle
+from tests.apphelpers import running_app
+
+# dataset, upload, method, stages, ipc, preset, iterations, lr_img, width, depth, eval_epochs, eval_models, seed,
+# syn_steps, experts, transition, filter_easy, zca, device
+TINY_CONTROLS = ["digits", None, "dm", 2, 2, "cpu-quick", 15, None, 16, None, 20, 2, 0, 5, 2, 5, False, False, "cpu"]
+
+
+def fake_stream():
+    imgs = np.zeros((20, 8, 8, 1), np.uint8)
+    labels = np.repeat(np.arange(10), 2)
+    new = np.tile([False, True], 10)
+    return [E.RunStarted("run:abc", {"method": "dm"}, {}, 2), E.StageStarted(1, 2, False), E.Progress(1, 5, 10, 0.5),
+            E.StageImages(1, imgs[::2], labels[::2], np.ones(10, bool), list("0123456789")),
+            E.StageEvaluated(1, [0.5, 0.6], [0.4, 0.4], 1), E.StageFinished(1, False, 1.0),
+            E.StageStarted(2, 2, True), E.Progress(2, 10, 10, 0.2),
+            E.StageImages(2, imgs, labels, new, list("0123456789")), E.StageEvaluated(2, [0.7, 0.7], [0.5, 0.6], 2)]
+
+
+def test_run_view_folds_events_and_renders():
+    view = render.RunView.of(fake_stream())
+    assert view.stages == 2 and view.cached_stages == {2} and sorted(view.evals) == [1, 2]
+    assert 0.5 <= view.fraction < 1
+    assert "stage 2/2 (from cache): evaluating" in render.status_markdown(view, "running")
+    grid = render.grid_image(view.images)
+    assert grid.size[1] > 10 * 30 and grid.getpixel((grid.size[0] - 5, 5)) == render.NEW  # newest image framed orange
+    fig = render.accuracy_figure(view, {"ipc": 2, "mean": 0.65, "std": 0.01})
+    assert [t.name for t in fig.data] == ["PDD+DM", "random real subset", "DM alone (P=1)"]
+    assert len(render.loss_figure(view).data) == 2
+    assert "Queued" in render.status_markdown(view, "queued", 3) and "position 3" in render.status_markdown(view, "queued", 3)
+
+
+def wait(job, timeout=120):
+    t = time.time()
+    while not job.finished and time.time() - t < timeout:
+        time.sleep(0.2)
+    return job
+
+
+def test_job_manager_queues_stops_and_survives_a_dead_engine(tmp_path):
+    m = JobManager(str(tmp_path / "cache"), max_concurrent=1, threads=1)
+    slow = DistillConfig(stages=2, ipc=2, iterations=5000, eval_epochs=5, eval_models=1, dm_pool=1)
+    a = m.submit(slow, owner="alice")
+    b = m.submit(slow.replace(seed=1), owner="bob")
+    assert m.position(b.id) == 1 and b.state == "queued"
+    assert "another browser" in m.stop(a.id, owner="mallory") and a.state in ("queued", "running")
+    while not any(isinstance(e, E.Progress) for e in a.events):
+        time.sleep(0.2)
+    assert "Stopping" in m.stop(a.id, owner="alice")
+    assert wait(a).state == "stopped"
+    while b.state != "running":
+        time.sleep(0.1)
+    b.process.kill()  # an engine crash: the manager reports it and keeps serving
+    assert wait(b).state == "failed" and "exited unexpectedly" in b.events[-1].message
+    c = m.submit(DistillConfig(stages=1, ipc=1, iterations=3, eval_epochs=3, eval_models=1, dm_pool=1), owner="carol")
+    assert wait(c).state == "done"
+    m.shutdown()
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    with running_app(tmp_path_factory.mktemp("app")) as url:
+        yield url
+
+
+def follow(client, job_id):
+    job = client.submit(job_id, api_name="/follow")
+    updates = [out[0] for out in job]
+    return updates, job.outputs()[-1]
+
+
+def test_client_run_streams_each_stage_then_caches_and_downloads(app_url):
+    from gradio_client import Client
+
+    c = Client(app_url, verbose=False)
+    job_id, owner, msg = c.predict("", *TINY_CONTROLS, api_name="/start")
+    assert job_id and msg == ""
+    updates, final = follow(c, job_id)
+    for stage in (1, 2):
+        assert any(f"stage {stage}/2" in u for u in updates), updates
+    assert final[0].startswith("**Done**") and "computed stage(s) [1, 2]" in final[0]
+    bundle = load_bundle(final[5])
+    assert len(bundle.manifest["stage_entries"]) == 2 and len(final[6]) == 2
+    assert "stage_1/images.pt" in zipfile.ZipFile(final[6][0]).namelist()
+    # the same config again: served from the cache, no stage computed
+    job2, _, _ = c.predict(owner, *TINY_CONTROLS, api_name="/start")
+    _, final2 = follow(c, job2)
+    assert "all stages served from the cache" in final2[0]
+    rows = c.predict(api_name="/runs")[0]
+    assert any(r[1] == "digits" and r[2] == "dm" for r in rows["data"])
+
+
+def test_client_stop_keeps_finished_stages_and_resume_continues(app_url):
+    from gradio_client import Client
+
+    c = Client(app_url, verbose=False)
+    controls = list(TINY_CONTROLS)
+    controls[3], controls[4], controls[6] = 3, 3, 400  # stages, ipc, iterations
+    job_id, owner, _ = c.predict("", *controls, api_name="/start")
+    stream = c.submit(job_id, api_name="/follow")
+    for out in stream:
+        if "stage 2/3: iteration" in out[0]:
+            break
+    assert "Stopping" in c.predict(job_id, owner, api_name="/stop")
+    while not stream.done():
+        time.sleep(0.2)
+    assert stream.outputs()[-1][0].startswith("**Stopped**")
+    new_id, _, _ = c.predict(job_id, owner, api_name="/resume")
+    _, final = follow(c, new_id)
+    assert "computed stage(s) [2, 3]" in final[0]  # stage 1 came from the cache
+
+
+def test_invalid_input_is_a_message_not_a_trace(app_url):
+    from gradio_client import Client
+
+    c = Client(app_url, verbose=False)
+    bad = list(TINY_CONTROLS)
+    bad[4] = 3  # IPC 3 with P = 2
+    job_id, _, msg = c.predict("", *bad, api_name="/start")
+    assert job_id == "" and "not divisible" in msg and "Fix:" in msg and "Traceback" not in msg
+    bad = list(TINY_CONTROLS)
+    bad[0] = "upload your own (.zip)"
+    assert "no dataset file was uploaded" in c.predict("", *bad, api_name="/start")[2]
+    updates, _ = follow(c, "does-not-exist")
+    assert "No run with that id" in updates[-1]
