@@ -21,7 +21,7 @@ Norm = Literal["instance", "batch", "none"]
 Device = Literal["auto", "cpu", "cuda"]
 
 # Fields that change where or how fast work runs, not what it computes: left out of cache keys.
-NON_SEMANTIC = frozenset({"device", "data_root", "cache_dir", "max_memory_gb", "eval_batched"})
+NON_SEMANTIC = frozenset({"device", "data_root", "cache_dir", "max_memory_gb", "eval_batched", "mtt_unroll"})
 # Fields that only affect evaluation: stages are shared across different evaluation protocols.
 EVAL_FIELDS = frozenset({"eval_epochs", "eval_models", "eval_lr", "eval_batch", "eval_dsa"})
 
@@ -63,6 +63,7 @@ class DistillConfig:
     expert_lr: float = 0.01
     lr_lr: float = 1e-5
     batch_syn: Optional[int] = None
+    mtt_unroll: Literal["auto", "full", "bounded"] = "auto"  # auto: full unless it would not fit in memory
     # DC / DSA / IDC
     outer_loop: int = 10
     inner_loop: int = 5
@@ -175,6 +176,8 @@ def validate(c: DistillConfig) -> None:
     _check(c.width <= 1024, f"width {c.width} is out of range", "use a width from 1 to 1024")
     _check(c.norm in get_args(Norm), f"unknown norm '{c.norm}'", "use instance, batch or none")
     _check(c.device in get_args(Device), f"unknown device '{c.device}'", "use auto, cpu or cuda")
+    _check(c.mtt_unroll in ("auto", "full", "bounded"), f"unknown mtt_unroll '{c.mtt_unroll}'",
+           "use auto, full or bounded")
     _check(c.init in ("real", "noise"), f"unknown init '{c.init}'", "use real or noise")
     bad_ops = [op for op in c.dsa_ops if op not in DSA_OPS]
     _check(not bad_ops, f"unknown augmentation(s) {bad_ops} in dsa_strategy",

@@ -10,8 +10,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Optional
 
+import copy
+
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import functional_call, stack_module_state, vmap
 
 from .augment import DSA
 from .config import DistillConfig
@@ -96,6 +100,86 @@ class Curriculum:
         return self
 
 
+class BatchedCurriculum(Curriculum):
+    """The same curriculum with the N networks trained together (``torch.func`` + ``vmap``).
+
+    Each network keeps its own initialisation, minibatch order and augmentation draws (the same
+    generators as :class:`Curriculum`), and SGD updates are elementwise, so the result matches
+    the sequential path up to floating-point summation order, in one batched call per step.
+    """
+
+    def __init__(self, ds: Dataset, proto: EvalProtocol, device: torch.device):
+        super().__init__(ds, proto, device)
+        self.base = copy.deepcopy(self.nets[0]).to("meta")
+        self.params, self.buffers = stack_module_state(self.nets)
+        self.opt = torch.optim.SGD(list(self.params.values()), lr=proto.lr, momentum=proto.momentum,
+                                   weight_decay=proto.weight_decay)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        call = lambda p, b, xb: functional_call(self.base, (p, b), (xb,))  # noqa: E731
+        return vmap(call)(self.params, self.buffers, x)
+
+    def train_stage(self, x: torch.Tensor, y: torch.Tensor, lr: Optional[float] = None) -> list[float]:
+        self.stage += 1
+        p, n = self.proto, len(x)
+        x, y = x.to(self.device), y.to(self.device)
+        gens = [torch.Generator().manual_seed(seed_of(p.seed, 2000 + k, self.stage)) for k in range(p.models)]
+        aug, base_lr = p.aug, lr or p.lr
+        for epoch in range(p.epochs):
+            for group in self.opt.param_groups:
+                group["lr"] = base_lr * (0.1 if epoch >= p.epochs // 2 else 1.0)
+            orders = [torch.randperm(n, generator=g).to(self.device) for g in gens]
+            for start in range(0, n, p.batch):
+                idx = [o[start:start + p.batch] for o in orders]
+                xb = [x[i] for i in idx]
+                if aug:
+                    xb = [aug(b, int(torch.randint(2 ** 31 - 1, (1,), generator=g))) for b, g in zip(xb, gens)]
+                out = self.logits(torch.stack(xb))
+                yb = torch.stack([y[i] for i in idx])
+                loss = F.cross_entropy(out.flatten(0, 1), yb.flatten()) * p.models  # = sum of per-network means
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                self.opt.step()
+        return self.test_accuracy()
+
+    @torch.no_grad()
+    def test_accuracy(self) -> list[float]:
+        xt, yt = self.ds.x_test.to(self.device), self.ds.y_test.to(self.device)
+        correct = torch.zeros(self.proto.models, device=self.device)
+        for i in range(0, len(xt), 1024):
+            xb = xt[i:i + 1024]
+            correct += (self.logits(xb.expand(self.proto.models, *xb.shape)).argmax(-1) == yt[i:i + 1024]).sum(1)
+        return (correct / len(yt)).tolist()
+
+    def state(self) -> dict[str, torch.Tensor]:
+        out = {"stage": torch.tensor(self.stage)}
+        for i, (name, stacked) in enumerate(self.params.items()):
+            buf = self.opt.state.get(stacked, {}).get("momentum_buffer")
+            for k in range(self.proto.models):
+                out[f"m{k}.{name}"] = stacked[k].detach()
+                if buf is not None:
+                    out[f"o{k}.{i}"] = buf[k]
+        return out
+
+    def load(self, state: dict[str, torch.Tensor]) -> "BatchedCurriculum":
+        self.stage = int(state["stage"])
+        with torch.no_grad():
+            for i, (name, stacked) in enumerate(self.params.items()):
+                for k in range(self.proto.models):
+                    stacked[k].copy_(state[f"m{k}.{name}"])
+                if f"o0.{i}" in state:
+                    self.opt.state[stacked]["momentum_buffer"] = torch.stack(
+                        [state[f"o{k}.{i}"] for k in range(self.proto.models)]).to(self.device).clone()
+        return self
+
+
+def make_curriculum(ds: Dataset, proto: EvalProtocol, device: torch.device, batched: bool = True) -> Curriculum:
+    """The batched path where it applies (no BatchNorm running statistics), else the sequential one."""
+    if batched and proto.norm != "batch" and proto.models > 1:
+        return BatchedCurriculum(ds, proto, device)
+    return Curriculum(ds, proto, device)
+
+
 def random_subset(ds: Dataset, stage: int, ipc_per_stage: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Stage ``stage``'s slice of a fixed random order of each class: disjoint across stages."""
     xs, ys = [], []
@@ -108,7 +192,7 @@ def random_subset(ds: Dataset, stage: int, ipc_per_stage: int, seed: int) -> tup
 
 
 def evaluate_curriculum(ds: Dataset, stages: list[tuple[torch.Tensor, torch.Tensor, Optional[float]]],
-                        proto: EvalProtocol, device: torch.device) -> list[list[float]]:
+                        proto: EvalProtocol, device: torch.device, batched: bool = True) -> list[list[float]]:
     """Accuracies after each stage for the union sets ``stages`` = [(x_U1, y_U1, lr_1), ...]."""
-    cur = Curriculum(ds, proto, device)
+    cur = make_curriculum(ds, proto, device, batched)
     return [cur.train_stage(x, y, lr) for x, y, lr in stages]

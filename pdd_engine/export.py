@@ -34,7 +34,7 @@ from .cache import Store
 from .config import DistillConfig
 from .data import Dataset
 from .errors import BundleError, PDDError
-from .evaluate import Curriculum, EvalProtocol
+from .evaluate import EvalProtocol, make_curriculum
 from .models import parse_arch
 from .progressive import Keys, dataset_for, dataset_info, resolve_device, to_uint8
 
@@ -205,7 +205,8 @@ def load_bundle(path: str | Path) -> Bundle:
 
 
 def evaluate_bundle(path: str | Path, arch: Optional[str] = None, epochs: Optional[int] = None,
-                    models: Optional[int] = None, device: str = "auto", data_root: Optional[str] = None) -> list[list[float]]:
+                    models: Optional[int] = None, device: str = "auto", data_root: Optional[str] = None,
+                    batched: Optional[bool] = None) -> list[list[float]]:
     """Re-run the manifest's evaluation protocol on the bundle; optionally on another architecture."""
     bundle = load_bundle(path)
     m = bundle.manifest
@@ -228,7 +229,7 @@ def evaluate_bundle(path: str | Path, arch: Optional[str] = None, epochs: Option
                            "use convnet, convnet-d4, convnet-w64, convnet-d3-w128, resnet or resnet-w16") from None
         changes.update(spec)
     proto = EvalProtocol(**{**proto.to_dict(), **changes})
-    cur = Curriculum(ds, proto, resolve_device(device))
+    cur = make_curriculum(ds, proto, resolve_device(device), cfg.eval_batched if batched is None else batched)
     return [cur.train_stage(u["images"], u["labels"], e["eval_lr"]) for u, e in zip(bundle.unions, m["stage_entries"])]
 
 

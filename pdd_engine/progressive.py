@@ -21,7 +21,7 @@ from .cache import Store
 from .config import DistillConfig, digest
 from .data import Dataset, load_dataset
 from .errors import Cancelled, PDDError
-from .evaluate import Curriculum, EvalProtocol, random_subset
+from .evaluate import Curriculum, EvalProtocol, make_curriculum, random_subset
 from .events import (Done, Event, Failed, Message, Progress, RunStarted, StageEvaluated, StageFinished,
                      StageImages, StageStarted, Stopped)
 from .methods import StageContext, get_method
@@ -243,7 +243,7 @@ class Engine:
         if hit is not None:
             tensors, meta = hit
             return tensors, meta["acc"]
-        cur = Curriculum(ds, proto, device)
+        cur = make_curriculum(ds, proto, device, self.cfg.eval_batched)
         if state is not None:
             cur.load(state)
         acc = cur.train_stage(x, y, lr)

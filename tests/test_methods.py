@@ -133,3 +133,31 @@ def test_idc_decode_shapes_and_mosaic_init(digits, tiny):
     bad = IDC(stage_context(tiny(method="idc", stages=1, ipc=1, idc_factor=3), digits))
     with pytest.raises(Exception, match="does not divide"):
         bad.setup()
+
+
+def test_bounded_unroll_matches_full_unroll_value_and_gradients():
+    from pdd_engine.methods.mtt import unroll_loss_bounded
+    torch.manual_seed(0)
+    model = ConvNet(1, 3, 8, depth=2, width=4, norm="instance").double()
+    n_params = sum(p.numel() for p in model.parameters())
+    start, target = torch.randn(n_params, dtype=torch.double) * 0.3, torch.randn(n_params, dtype=torch.double) * 0.3
+    y = torch.tensor([0, 1, 2] * 3)
+    aug = DSA(["crop", "scale", "color"])
+    grads = []
+    for fn in (unroll_loss, unroll_loss_bounded):
+        x = torch.randn(9, 1, 8, 8, dtype=torch.double, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+        lr = torch.tensor(0.05, dtype=torch.double, requires_grad=True)
+        loss = fn(model, start, target, x, y, lr, 6, 5, aug, 3)
+        loss.backward()
+        grads.append((loss.detach(), x.grad.clone(), lr.grad.clone()))
+    (l1, gx1, glr1), (l2, gx2, glr2) = grads
+    assert torch.allclose(l1, l2, rtol=1e-10)
+    assert torch.allclose(gx1, gx2, rtol=1e-8, atol=1e-12) and torch.allclose(glr1, glr2, rtol=1e-8)
+
+
+def test_bounded_memory_estimate_does_not_grow_with_steps():
+    net = ConvNet(1, 10, 8, depth=2, width=32)
+    one = unroll_memory_bytes(net, 1, 8, batch=100, syn_steps=1, checkpoints=10)
+    many = unroll_memory_bytes(net, 1, 8, batch=100, syn_steps=1, checkpoints=80)
+    full = unroll_memory_bytes(net, 1, 8, batch=100, syn_steps=80)
+    assert many < 1.5 * one and full > 20 * one

@@ -55,6 +55,70 @@ def unroll_loss(model: nn.Module, start: torch.Tensor, target: torch.Tensor, x: 
     return ((p - target) ** 2).sum() / ((start - target) ** 2).sum().clamp_min(1e-12)
 
 
+class BoundedUnroll(torch.autograd.Function):
+    """The same loss and gradient as :func:`unroll_loss`, in memory that does not grow with steps.
+
+    Forward runs the student without a graph, keeping only each step's parameter vector, batch
+    indices and augmentation seed. Backward walks the steps in reverse (as the constant-memory
+    variant of trajectory matching does): with lambda_N = dL/dtheta_N, for each step it recomputes
+    g_t = grad CE(theta_t, X_t) with a graph and takes one vector-Jacobian product of <g_t, lambda_{t+1}>:
+        dL/dX += -lr * d<g_t, lambda>/dX,  dL/dlr += -<g_t, lambda>,  lambda_t = lambda - lr * d<g_t, lambda>/dtheta.
+    Only one step's activations are alive at a time; the parameter checkpoints are steps x n_params.
+    """
+
+    @staticmethod
+    def forward(ctx, x, syn_lr, model, start, target, y, syn_steps, batch_syn, aug, seed):
+        g = torch.Generator().manual_seed(seed)
+        n = len(x)
+        b = min(batch_syn or n, n)
+        p, thetas, plan = start.clone(), [], []
+        for _ in range(syn_steps):
+            idx = torch.randperm(n, generator=g)[:b].to(x.device)
+            aseed = int(torch.randint(2 ** 31 - 1, (1,), generator=g)) if aug else 0
+            thetas.append(p)
+            grad = step_grad(model, p, x, y, idx, aug, aseed, create_graph=False)
+            p = p - syn_lr * grad
+            plan.append((idx, aseed))
+        denom = ((start - target) ** 2).sum().clamp_min(1e-12)
+        ctx.save_for_backward(x, syn_lr, target, denom, p, *thetas)
+        ctx.rest = (model, y, aug, plan)
+        return ((p - target) ** 2).sum() / denom
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, syn_lr, target, denom, p_final, *thetas = ctx.saved_tensors
+        model, y, aug, plan = ctx.rest
+        lam = grad_out * 2 * (p_final - target) / denom
+        dx, dlr = torch.zeros_like(x), torch.zeros_like(syn_lr)
+        for theta, (idx, aseed) in zip(reversed(thetas), reversed(plan)):
+            with torch.enable_grad():
+                th = theta.detach().requires_grad_(True)
+                xl = x.detach().requires_grad_(True)
+                grad = step_grad(model, th, xl, y, idx, aug, aseed, create_graph=True)
+                dot = (grad * lam).sum()
+                d_th, d_x = torch.autograd.grad(dot, (th, xl))
+            dlr -= dot.detach()
+            dx -= syn_lr.detach() * d_x
+            lam = lam - syn_lr.detach() * d_th
+        return dx, dlr, None, None, None, None, None, None, None, None
+
+
+def step_grad(model, p, x, y, idx, aug, aseed, create_graph):
+    xb = x[idx]
+    if aug:
+        xb = aug(xb, aseed)
+    with torch.enable_grad():
+        p = p if p.requires_grad else p.detach().requires_grad_(True)
+        ce = F.cross_entropy(functional_call(model, unflatten(model, p), (xb,)), y[idx])
+        (grad,) = torch.autograd.grad(ce, p, create_graph=create_graph)
+    return grad
+
+
+def unroll_loss_bounded(model, start, target, x, y, syn_lr, syn_steps, batch_syn, aug, seed) -> torch.Tensor:
+    """Bounded-memory twin of :func:`unroll_loss` (same arguments, same value and gradients)."""
+    return BoundedUnroll.apply(x, syn_lr, model, start, target, y, syn_steps, batch_syn, aug, seed)
+
+
 def activation_elems(model: nn.Module, channels: int, size: int) -> int:
     """Activation elements per sample for one forward pass (measured with hooks)."""
     total = 0
@@ -71,12 +135,14 @@ def activation_elems(model: nn.Module, channels: int, size: int) -> int:
     return total
 
 
-def unroll_memory_bytes(model: nn.Module, channels: int, size: int, batch: int, syn_steps: int) -> int:
-    """Estimated peak bytes held by an unrolled MTT step: every step keeps its activations
-    (kept ~3x: forward, and the graph of the gradient itself) and a parameter vector (x3)."""
+def unroll_memory_bytes(model: nn.Module, channels: int, size: int, batch: int, syn_steps: int,
+                        checkpoints: int = 0) -> int:
+    """Estimated peak bytes of an MTT unroll whose graph spans ``syn_steps`` steps: each keeps its
+    activations (~3x: forward, and the graph of the gradient itself) and parameter vectors (x3).
+    ``checkpoints``: parameter vectors kept outside the graph (the bounded unroll keeps one a step)."""
     n_params = sum(p.numel() for p in model.parameters())
     per_step = batch * activation_elems(model, channels, size) * 4 * 3 + n_params * 4 * 3
-    return syn_steps * per_step
+    return syn_steps * per_step + checkpoints * n_params * 4
 
 
 def available_memory_bytes(device: torch.device, override_gb: Optional[float]) -> int:
@@ -128,13 +194,18 @@ class MTT(Method):
         self.model = ctx.new_model(0)
         n_union = len(ctx.frozen_x) + ctx.ds.num_classes * self.ipc
         batch = min(c.batch_syn or n_union, n_union)
-        need = unroll_memory_bytes(self.model, ctx.ds.channels, ctx.ds.size, batch, c.syn_steps)
+        full = unroll_memory_bytes(self.model, ctx.ds.channels, ctx.ds.size, batch, c.syn_steps)
+        bounded = unroll_memory_bytes(self.model, ctx.ds.channels, ctx.ds.size, batch, 1, c.syn_steps)
         have = available_memory_bytes(ctx.device, c.max_memory_gb)
+        self.bounded = c.mtt_unroll == "bounded" or (c.mtt_unroll == "auto" and full > 0.5 * have)
+        need = bounded if self.bounded else full
         if need > 0.8 * have:
             raise MemoryBudgetError(
-                f"an MTT unroll of {c.syn_steps} steps x batch {batch} needs about {need / 2**30:.1f} GiB, "
-                f"{have / 2**30:.1f} GiB is available",
-                "lower syn_steps or set batch_syn (e.g. --batch-syn 32), or use a narrower model (--width)")
+                f"an MTT unroll of {c.syn_steps} steps x batch {batch} needs about {need / 2**30:.1f} GiB "
+                f"({'bounded' if self.bounded else 'full'} unroll), {have / 2**30:.1f} GiB is available",
+                "set batch_syn (e.g. --batch-syn 32), use --mtt-unroll bounded, or a narrower model (--width)")
+        if self.bounded and c.mtt_unroll == "auto":
+            ctx.report(f"full unroll needs ~{full / 2**30:.1f} GiB: using the bounded-memory unroll")
         self.experts = expert_trajectories(ctx)
         self.syn_lr = torch.tensor(float(c.expert_lr), device=ctx.device, requires_grad=True)
 
@@ -148,7 +219,8 @@ class MTT(Method):
         t = int(torch.randint(max(1, c.max_start_epoch), (1,), generator=self.g))
         start, target = self.experts[e, t], self.experts[e, t + c.expert_epochs]
         seed = int(torch.randint(2 ** 31 - 1, (1,), generator=self.g))
-        return unroll_loss(self.model, start, target, x, y, self.syn_lr, c.syn_steps, c.batch_syn, self.ctx.aug, seed)
+        fn = unroll_loss_bounded if self.bounded else unroll_loss
+        return fn(self.model, start, target, x, y, self.syn_lr, c.syn_steps, c.batch_syn, self.ctx.aug, seed)
 
     def learned_lr(self) -> float:
         return max(float(self.syn_lr.detach()), 1e-5)
