@@ -3,7 +3,7 @@
 import os
 from pathlib import Path
 
-from app.jobs import JobManager
+from app.jobs import JobManager, zerogpu_stage_fn
 from app.ui import Studio, build
 from pdd_engine.cache import Store, default_cache_dir
 
@@ -14,7 +14,7 @@ def main() -> None:
     cache_dir = os.environ.get("PDD_CACHE_DIR") or str(default_cache_dir())
     export_dir = Path(os.environ.get("PDD_EXPORT_DIR") or Path(cache_dir).parent / "exports")
     manager = JobManager(cache_dir, max_concurrent=int(os.environ.get("PDD_MAX_JOBS", "1")),
-                         threads=int(os.environ.get("PDD_ENGINE_THREADS", "0")))
+                         threads=int(os.environ.get("PDD_ENGINE_THREADS", "0")), stage_fn=zerogpu_stage_fn())
     studio = Studio(manager, Store(cache_dir), export_dir, os.environ.get("PDD_DATA_DIR"))
     demo = build(studio)
     demo.queue(default_concurrency_limit=int(os.environ.get("PDD_UI_CONCURRENCY", "8")))
@@ -22,7 +22,7 @@ def main() -> None:
         demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                     server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
                     css_paths=[ROOT / "assets" / "style.css"], allowed_paths=[str(export_dir)],
-                    max_file_size="500mb", show_error=False)
+                    max_file_size="500mb", show_error=True)
     finally:
         manager.shutdown()
 

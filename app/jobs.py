@@ -40,6 +40,33 @@ def worker_main(cfg_dict: dict, cache_dir: Optional[str], out: "mp.Queue", cance
                          "start the run again to resume.", None, traceback.format_exc()))
 
 
+def stage_call(cfg_dict: dict, cache_dir: Optional[str], stage: int) -> list:
+    """Run the engine up to ``stage`` (earlier stages replay from the cache); return stage's events.
+
+    This is the unit of work for hosts that lend a GPU per call (Hugging Face ZeroGPU): each call
+    is one stage long and all state between calls lives in the on-disk cache.
+    """
+    from pdd_engine.cache import Store
+    from pdd_engine.progressive import run
+
+    cfg = DistillConfig(**cfg_dict)
+    sub = cfg.replace(stages=stage, ipc=cfg.ipc_per_stage * stage)
+    keep = (E.RunStarted, E.Done, E.Failed, E.Stopped)
+    return [ev for ev in run(sub, Store(cache_dir)) if isinstance(ev, keep) or getattr(ev, "stage", None) == stage]
+
+
+def zerogpu_stage_fn():
+    """``stage_call`` wrapped by ``spaces.GPU`` when running on a ZeroGPU Space, else None."""
+    import os
+    if not os.environ.get("SPACES_ZERO_GPU") and not os.environ.get("PDD_STAGEWISE"):
+        return None
+    try:
+        import spaces
+    except ImportError:
+        return stage_call if os.environ.get("PDD_STAGEWISE") else None
+    return spaces.GPU(duration=int(os.environ.get("PDD_GPU_SECONDS", "120")))(stage_call)
+
+
 @dataclass
 class Job:
     id: str
@@ -49,6 +76,7 @@ class Job:
     state: str = "queued"  # queued | running | done | failed | stopped
     events: list = field(default_factory=list)
     process: Optional[mp.Process] = None
+    thread: Optional[threading.Thread] = None
     cancel: Any = None
     queue: Any = None
     stop_requested: float = 0.0
@@ -61,7 +89,9 @@ class Job:
 class JobManager:
     """Owns the worker processes. Thread-safe; one instance per server."""
 
-    def __init__(self, cache_dir: Optional[str] = None, max_concurrent: int = 1, threads: int = 0):
+    def __init__(self, cache_dir: Optional[str] = None, max_concurrent: int = 1, threads: int = 0, stage_fn=None):
+        """``stage_fn``: run jobs as one call per stage (see :func:`stage_call`) instead of a worker process."""
+        self.stage_fn = stage_fn
         self.cache_dir = cache_dir
         self.max_concurrent = max(1, max_concurrent)
         self.threads = threads
@@ -104,6 +134,8 @@ class JobManager:
             if job.state == "running":
                 job.cancel.set()
                 job.stop_requested = time.time()
+                if job.thread is not None:
+                    return "Stopping after the current stage; finished stages stay cached."
                 return "Stopping after the current iteration; finished stages stay cached."
         return f"The run is already {job.state}."
 
@@ -123,11 +155,16 @@ class JobManager:
         with self.lock:
             while self.waiting and self.running() < self.max_concurrent:
                 job = self.jobs[self.waiting.pop(0)]
+                job.state = "running"
+                if self.stage_fn is not None:
+                    job.cancel = threading.Event()
+                    job.thread = threading.Thread(target=self._stagewise, args=(job,), daemon=True)
+                    job.thread.start()
+                    continue
                 job.queue, job.cancel = self.ctx.Queue(), self.ctx.Event()
                 job.process = self.ctx.Process(target=worker_main, daemon=True, name=f"pdd-engine-{job.id}",
                                                args=(job.config.to_dict(), self.cache_dir, job.queue, job.cancel, self.threads))
                 job.process.start()
-                job.state = "running"
 
     def _drain(self, job: Job) -> None:
         while True:
@@ -147,7 +184,7 @@ class JobManager:
         while True:
             time.sleep(0.1)
             with self.lock:
-                running = [j for j in self.jobs.values() if j.state == "running"]
+                running = [j for j in self.jobs.values() if j.state == "running" and j.process is not None]
             for job in running:
                 self._drain(job)
                 alive = job.process.is_alive()
@@ -164,6 +201,36 @@ class JobManager:
                         job.state = "failed"
                 if job.finished and job.process is not None:
                     job.process.join(timeout=1)
+            self._schedule()
+
+    def _stagewise(self, job: Job) -> None:
+        """One ``stage_fn`` call per stage; stop requests take effect between stages."""
+        stages = job.config.stages
+        try:
+            for i in range(1, stages + 1):
+                if job.cancel.is_set():
+                    job.events.append(E.Stopped(i))
+                    job.state = "stopped"
+                    return
+                for ev in self.stage_fn(job.config.to_dict(), self.cache_dir, i):
+                    if isinstance(ev, E.RunStarted):
+                        if i > 1:
+                            continue
+                        ev.stages = stages
+                    elif isinstance(ev, E.StageStarted):
+                        ev.stages = stages
+                    elif isinstance(ev, E.Done) and i < stages:
+                        continue
+                    job.events.append(ev)
+                    if isinstance(ev, (E.Failed, E.Stopped)):
+                        job.state = "failed" if isinstance(ev, E.Failed) else "stopped"
+                        return
+            job.state = "done"
+        except Exception as e:  # noqa: BLE001 - a GPU host's error becomes the job's message
+            job.events.append(E.Failed(f"the stage call failed ({type(e).__name__}: {e}). Fix: finished stages are "
+                                       "cached; start the run again to resume.", None, traceback.format_exc()))
+            job.state = "failed"
+        finally:
             self._schedule()
 
     @staticmethod

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-DEFAULT_SIZE_LIMIT_GB = 4.0
+DEFAULT_SIZE_LIMIT_GB = float(os.environ.get("PDD_CACHE_GB", "4"))
 
 
 def default_cache_dir() -> Path:
@@ -39,7 +39,8 @@ def unpack(blob: bytes) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 class Store:
     """A diskcache-backed map ``key -> (tensors, meta)``; ``size_limit_gb`` bounds its disk use."""
 
-    def __init__(self, directory: Optional[str | Path] = None, size_limit_gb: float = DEFAULT_SIZE_LIMIT_GB):
+    def __init__(self, directory: Optional[str | Path] = None, size_limit_gb: Optional[float] = None):
+        size_limit_gb = size_limit_gb or DEFAULT_SIZE_LIMIT_GB
         self.directory = Path(directory) if directory else default_cache_dir()
         self.directory.mkdir(parents=True, exist_ok=True)
         self._cache = diskcache.Cache(str(self.directory), size_limit=int(size_limit_gb * 2 ** 30),

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import DistillConfig
-from .methods.mtt import unroll_memory_bytes
+from .methods.mtt import available_memory_bytes, unroll_memory_bytes
 from .models import build_model
 
 # image-sized datasets when nothing is loaded yet: (channels, size, classes, train examples)
@@ -105,7 +105,12 @@ def estimate(cfg: DistillConfig, shape: tuple[int, int, int, int] | None = None,
     union_last = classes * cfg.ipc * mult
     data_bytes = 4 * ch * size * size * (n_train + union_last) * 2
     mem = data_bytes + RUNTIME_BYTES
-    if cfg.method == "mtt":
+    if cfg.method == "mtt":  # the unroll the engine will pick (see MTT.setup)
         net = build_model(ch, classes, size, depth, cfg.width, cfg.norm)
-        mem += unroll_memory_bytes(net, ch, size, min(cfg.batch_syn or union_last, union_last), cfg.syn_steps)
+        batch = min(cfg.batch_syn or union_last, union_last)
+        full = unroll_memory_bytes(net, ch, size, batch, cfg.syn_steps)
+        bounded = unroll_memory_bytes(net, ch, size, batch, 1, cfg.syn_steps)
+        have = available_memory_bytes(torch.device(device), cfg.max_memory_gb)
+        use_bounded = cfg.mtt_unroll == "bounded" or (cfg.mtt_unroll == "auto" and full > 0.5 * have)
+        mem += bounded if use_bounded else full
     return Estimate(STARTUP_S + calls * per_call + samples * per_sample, int(mem), per_call, per_sample)

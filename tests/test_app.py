@@ -135,3 +135,46 @@ def test_invalid_input_is_a_message_not_a_trace(app_url):
     assert "no dataset file was uploaded" in c.predict("", *bad, api_name="/start")[2]
     updates, _ = follow(c, "does-not-exist")
     assert "No run with that id" in updates[-1]
+
+
+def test_stagewise_jobs_match_a_normal_run_one_call_per_stage(tmp_path, monkeypatch):
+    """The ZeroGPU path: one (fake) spaces.GPU call per stage, same results as the worker process."""
+    import sys
+    import types
+
+    from app import jobs
+    from pdd_engine import distill
+    from pdd_engine.cache import Store
+
+    calls = []
+    fake = types.SimpleNamespace(GPU=lambda duration: (lambda fn: (lambda *a: calls.append(a[2]) or fn(*a))))
+    monkeypatch.setitem(sys.modules, "spaces", fake)
+    monkeypatch.setenv("SPACES_ZERO_GPU", "1")
+    cfg = DistillConfig(stages=3, ipc=3, iterations=4, eval_epochs=4, eval_models=2, dm_pool=1)
+    m = JobManager(str(tmp_path / "a"), stage_fn=jobs.zerogpu_stage_fn())
+    job = wait(m.submit(cfg, "me"))
+    assert job.state == "done" and calls == [1, 2, 3]
+    view = render.RunView.of(job.events)
+    assert view.stages == 3 and sorted(view.evals) == [1, 2, 3] and sorted(view.losses) == [1, 2, 3]
+    reference = distill(cfg, Store(tmp_path / "b"))
+    assert view.done.accuracies == reference.accuracies
+
+
+def test_hostile_upload_is_refused_with_the_reason(app_url, tmp_path):
+    from gradio_client import Client, handle_file
+
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as z:
+        z.writestr("a/0.png", b"x")
+        z.writestr("../../../etc/escaped.png", b"x")
+    c = Client(app_url, verbose=False)
+    controls = list(TINY_CONTROLS)
+    controls[0], controls[1] = "upload your own (.zip)", handle_file(str(evil))
+    job_id, _, msg = c.predict("", *controls, api_name="/start")
+    assert job_id and msg == ""
+    _, final = follow(c, job_id)
+    assert final[0].startswith("**Failed**") and "outside the archive" in final[0] and "Fix:" in final[0]
+    controls[1] = handle_file(__file__)  # not a zip: Gradio's own file-type check refuses it, with a message
+    with pytest.raises(Exception) as err:
+        c.predict("", *controls, api_name="/start")
+    assert "Invalid file type" in str(err.value) and "Traceback" not in str(err.value)

@@ -157,7 +157,9 @@ def test_bounded_unroll_matches_full_unroll_value_and_gradients():
 
 def test_bounded_memory_estimate_does_not_grow_with_steps():
     net = ConvNet(1, 10, 8, depth=2, width=32)
+    n_params = sum(p.numel() for p in net.parameters())
     one = unroll_memory_bytes(net, 1, 8, batch=100, syn_steps=1, checkpoints=10)
     many = unroll_memory_bytes(net, 1, 8, batch=100, syn_steps=1, checkpoints=80)
     full = unroll_memory_bytes(net, 1, 8, batch=100, syn_steps=80)
-    assert many < 1.5 * one and full > 20 * one
+    assert many - one == 70 * n_params * 4  # only the parameter checkpoints grow, not activations
+    assert full > 40 * one

@@ -121,3 +121,32 @@ def test_easy_example_filter_drops_only_easy_examples(tiny, store, digits):
     for net in cur.nets:
         easy &= predict(net, digits.x_train) == digits.y_train
     assert torch.equal(new, ~easy)
+
+
+def _run_forever(cfg_dict, cache_dir):
+    from pdd_engine import DistillConfig
+    from pdd_engine.cache import Store
+    for _ in run(DistillConfig(**cfg_dict), Store(cache_dir)):
+        pass
+
+
+def test_killed_process_resumes_at_first_unfinished_stage(tiny, tmp_path, digits):
+    """SIGKILL the engine right after stage 1 is stored; a new run computes only what is missing."""
+    import multiprocessing as mp
+    import time
+
+    from pdd_engine.cache import Store
+    cfg = tiny(stages=3, ipc=3, iterations=200)
+    keys = Keys(cfg, digits.fingerprint)
+    proc = mp.get_context("spawn").Process(target=_run_forever, args=(cfg.to_dict(), str(tmp_path)))
+    proc.start()
+    store = Store(tmp_path)
+    deadline = time.time() + 180
+    while keys.stage(1) not in store and time.time() < deadline:
+        time.sleep(0.02)
+    proc.kill()
+    proc.join()
+    finished = [i for i in (1, 2, 3) if keys.stage(i) in store]
+    assert 1 in finished and 3 not in finished
+    resumed = done(list(run(cfg, store)))
+    assert resumed.computed_stages == [i for i in (1, 2, 3) if i not in finished]

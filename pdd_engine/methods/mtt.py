@@ -138,10 +138,11 @@ def activation_elems(model: nn.Module, channels: int, size: int) -> int:
 def unroll_memory_bytes(model: nn.Module, channels: int, size: int, batch: int, syn_steps: int,
                         checkpoints: int = 0) -> int:
     """Estimated peak bytes of an MTT unroll whose graph spans ``syn_steps`` steps: each keeps its
-    activations (~3x: forward, and the graph of the gradient itself) and parameter vectors (x3).
+    activations (~1.5x their forward size, fitted to bench/speed.py's measured peaks on CPU, where
+    the estimate stays above the measurement) and parameter vectors (x3).
     ``checkpoints``: parameter vectors kept outside the graph (the bounded unroll keeps one a step)."""
     n_params = sum(p.numel() for p in model.parameters())
-    per_step = batch * activation_elems(model, channels, size) * 4 * 3 + n_params * 4 * 3
+    per_step = int(batch * activation_elems(model, channels, size) * 4 * 1.5) + n_params * 4 * 3
     return syn_steps * per_step + checkpoints * n_params * 4
 
 
