@@ -126,18 +126,21 @@ def progress_html(view: RunView) -> str:
             f'<div class="pdd-stages">{"".join(cells)}</div></div>')
 
 
-def grid_image(ev: Optional[E.StageImages], cell: int = 40, pad: int = 3, label_w: int = 56) -> Optional[Image.Image]:
-    """One row per class; this stage's images framed orange, frozen earlier ones grey."""
+def grid_image(ev: Optional[E.StageImages], cell: int = 40, pad: int = 3, label_w: int = 56,
+               top: int = 28) -> Optional[Image.Image]:
+    """One row per class; this stage's images framed orange, frozen earlier ones grey.
+    ``top`` leaves room for the caption Gradio overlays on the image's top-left corner."""
     if ev is None:
         return None
     classes = ev.classes
     per_class = int(np.sum(ev.labels == 0))
     w = label_w + per_class * (cell + pad) + pad
-    h = len(classes) * (cell + pad) + pad
+    h = top + len(classes) * (cell + pad) + pad
     canvas = Image.new("RGB", (w, h), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
+    draw.text((label_w + pad, 8), f"stage {ev.stage}: {int(ev.new.sum())} new images (orange)", fill=(0, 0, 0))
     for c, name in enumerate(classes):
-        y0 = pad + c * (cell + pad)
+        y0 = top + pad + c * (cell + pad)
         draw.text((4, y0 + cell // 2 - 6), name[:8], fill=(0, 0, 0))
         idx = np.flatnonzero(ev.labels == c)
         for k, i in enumerate(idx):

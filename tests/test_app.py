@@ -35,7 +35,7 @@ def test_run_view_folds_events_and_renders():
     assert 0.5 <= view.fraction < 1
     assert "stage 2/2 (from cache): evaluating" in render.status_markdown(view, "running")
     grid = render.grid_image(view.images)
-    assert grid.size[1] > 10 * 30 and grid.getpixel((grid.size[0] - 5, 5)) == render.NEW  # newest image framed orange
+    assert grid.size[1] > 10 * 30 and grid.getpixel((grid.size[0] - 5, 28 + 5)) == render.NEW  # newest image framed orange
     fig = render.accuracy_figure(view, {"ipc": 2, "mean": 0.65, "std": 0.01})
     assert [t.name for t in fig.data] == ["PDD+DM", "random real subset", "DM alone (P=1)"]
     assert len(render.loss_figure(view).data) == 2
