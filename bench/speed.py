@@ -92,6 +92,10 @@ def m_eval(a: dict) -> dict:
     proto = EvalProtocol(epochs=a["epochs"], models=a["models"], depth=2, width=a["width"])
     cls = BatchedCurriculum if a["batched"] else Curriculum
     cur = cls(ds, proto, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    if a.get("channels_last"):  # sequential path only: NHWC weights and inputs
+        for net in cur.nets:
+            net.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     sync()
     t = time.perf_counter()
     acc = cur.train_stage(x, y)
@@ -189,6 +193,9 @@ def main() -> int:
             report[f"eval_t{threads}_{'batched' if batched else 'sequential'}"] = r
             rows.append([threads, "batched (vmap)" if batched else "sequential", f"{r['images_per_s']:.0f}", f"{r['seconds']:.1f}",
                          f"{100 * r['acc']:.1f}"])
+    r = child("eval", batched=False, threads=2, ipc=10, epochs=100, models=5, width=32, channels_last=True)
+    report["eval_t2_sequential_channels_last"] = r
+    rows.append([2, "sequential, channels-last", f"{r['images_per_s']:.0f}", f"{r['seconds']:.1f}", f"{100 * r['acc']:.1f}"])
     md.append(table("Evaluation throughput (5 ConvNets, 100 digits images, 100 epochs)",
                     ["threads", "path", "images/s", "seconds", "mean acc %"], rows))
 
