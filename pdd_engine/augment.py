@@ -1,9 +1,16 @@
 """Differentiable siamese augmentation (DSA, Zhao & Bilen 2021).
 
-Every random draw comes from a generator seeded by the caller, so calling with the same seed on a
-real batch and on a synthetic batch applies the same transformation to both ("siamese"), and the
-whole augmentation is differentiable with respect to the images. As in the reference code, one
-operation group of the strategy is drawn per call ("S" mode), per-sample parameters otherwise.
+Every random draw comes from a generator seeded by the caller. As in the reference code, one
+operation of the strategy is drawn per call ("S" mode). Two kinds of call:
+
+- **siamese** (matching real against synthetic, the default): *one* transform is drawn and applied
+  to every sample of the batch (the original sets each sample's parameters to the first sample's).
+  The same seed therefore gives the identical transform to a real batch of 128 and a synthetic batch
+  of 2, which is what makes the matching signal meaningful.
+- **per-sample** (``siamese=False``: training a network, the MTT student): each sample gets its own
+  parameters, for more augmentation diversity.
+
+The whole augmentation is differentiable with respect to the images.
 """
 
 from __future__ import annotations
@@ -18,8 +25,10 @@ SCALE, ROTATE, CROP_PAD, CUTOUT = 1.2, 15.0, 0.125, 0.5
 BRIGHTNESS, SATURATION, CONTRAST = 1.0, 2.0, 0.5
 
 
-def _rand(g: torch.Generator, n: int, x: torch.Tensor) -> torch.Tensor:
-    return torch.rand(n, generator=g).to(x.device, x.dtype)
+def _draw(g: torch.Generator, x: torch.Tensor, siamese: bool, k: int = 1) -> torch.Tensor:
+    """Uniform [0, 1) parameters, shape (len(x), k): one row broadcast to all samples when siamese."""
+    n = 1 if siamese else len(x)
+    return torch.rand(n, k, generator=g).to(x.device, x.dtype).expand(len(x), k)
 
 
 def _affine(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
@@ -27,55 +36,57 @@ def _affine(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(x, grid, align_corners=True)
 
 
-def color(x, g):
-    n = len(x)
-    x = x + (_rand(g, n, x) - 0.5).view(n, 1, 1, 1) * BRIGHTNESS
-    m = x.mean(dim=1, keepdim=True)
-    x = (x - m) * (_rand(g, n, x) * SATURATION).view(n, 1, 1, 1) + m
-    m = x.mean(dim=(1, 2, 3), keepdim=True)
-    return (x - m) * (_rand(g, n, x) + CONTRAST).view(n, 1, 1, 1) + m
-
-
-def crop(x, g):
-    n = len(x)
-    shift = (_rand(g, 2 * n, x).view(n, 2) * 2 - 1) * CROP_PAD * 2  # grid units span 2
-    theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
+def _theta(x: torch.Tensor) -> torch.Tensor:
+    theta = torch.zeros(len(x), 2, 3, device=x.device, dtype=x.dtype)
     theta[:, 0, 0] = theta[:, 1, 1] = 1
-    theta[:, :, 2] = shift
+    return theta
+
+
+def color(x, g, siamese):
+    r = _draw(g, x, siamese, 3).reshape(len(x), 3, 1, 1, 1)
+    x = x + (r[:, 0] - 0.5) * BRIGHTNESS
+    m = x.mean(dim=1, keepdim=True)
+    x = (x - m) * (r[:, 1] * SATURATION) + m
+    m = x.mean(dim=(1, 2, 3), keepdim=True)
+    return (x - m) * (r[:, 2] + CONTRAST) + m
+
+
+def crop(x, g, siamese):
+    theta = _theta(x)
+    theta[:, :, 2] = (_draw(g, x, siamese, 2) * 2 - 1) * CROP_PAD * 2  # grid units span 2
     return _affine(x, theta)
 
 
-def scale(x, g):
-    n = len(x)
-    s = _rand(g, 2 * n, x).view(n, 2) * (SCALE - 1.0 / SCALE) + 1.0 / SCALE
-    theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
+def scale(x, g, siamese):
+    s = _draw(g, x, siamese, 2) * (SCALE - 1.0 / SCALE) + 1.0 / SCALE
+    theta = _theta(x)
     theta[:, 0, 0], theta[:, 1, 1] = s[:, 0], s[:, 1]
     return _affine(x, theta)
 
 
-def rotate(x, g):
-    n = len(x)
-    a = (_rand(g, n, x) - 0.5) * 2 * ROTATE / 180 * math.pi
-    theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
+def rotate(x, g, siamese):
+    a = (_draw(g, x, siamese)[:, 0] - 0.5) * 2 * ROTATE / 180 * math.pi
+    theta = _theta(x)
     theta[:, 0, 0], theta[:, 0, 1] = torch.cos(a), torch.sin(-a)
     theta[:, 1, 0], theta[:, 1, 1] = torch.sin(a), torch.cos(a)
     return _affine(x, theta)
 
 
-def flip(x, g):
-    n = len(x)
-    mask = (_rand(g, n, x) < 0.5).view(n, 1, 1, 1)
+def flip(x, g, siamese):
+    mask = (_draw(g, x, siamese)[:, 0] < 0.5).view(len(x), 1, 1, 1)
     return torch.where(mask, x.flip(3), x)
 
 
-def cutout(x, g):
-    n, _, h, w = x.shape
-    ch, cw = int(h * CUTOUT + 0.5), int(w * CUTOUT + 0.5)
-    cy = (_rand(g, n, x) * (h + 1 - ch % 2)).long().view(n, 1, 1)
-    cx = (_rand(g, n, x) * (w + 1 - cw % 2)).long().view(n, 1, 1)
+def cutout(x, g, siamese):
+    """Zero a k x k square, k = round(size / 2) (4 x 4 on 8 x 8), centred at a uniform position."""
+    _, _, h, w = x.shape
+    kh, kw = int(h * CUTOUT + 0.5), int(w * CUTOUT + 0.5)
+    r = _draw(g, x, siamese, 2)
+    cy = (r[:, 0] * (h + 1 - kh % 2)).long().view(-1, 1, 1) - kh // 2  # top-left corner, may lie outside
+    cx = (r[:, 1] * (w + 1 - kw % 2)).long().view(-1, 1, 1) - kw // 2
     ys = torch.arange(h, device=x.device).view(1, h, 1)
     xs = torch.arange(w, device=x.device).view(1, 1, w)
-    inside = ((ys - cy).abs() <= ch // 2) & ((xs - cx).abs() <= cw // 2)
+    inside = (ys >= cy) & (ys < cy + kh) & (xs >= cx) & (xs < cx + kw)
     return x * (~inside).unsqueeze(1).to(x.dtype)
 
 
@@ -83,7 +94,7 @@ OPS = {"color": color, "crop": crop, "cutout": cutout, "flip": flip, "scale": sc
 
 
 class DSA:
-    """``DSA(ops)(x, seed)``: the same ``seed`` gives the same transformation."""
+    """``DSA(ops)(x, seed)``: the same ``seed`` gives the same transformation (see module doc)."""
 
     def __init__(self, ops: Sequence[str]):
         unknown = [o for o in ops if o not in OPS]
@@ -94,9 +105,9 @@ class DSA:
     def __bool__(self) -> bool:
         return bool(self.ops)
 
-    def __call__(self, x: torch.Tensor, seed: int) -> torch.Tensor:
-        if not self.ops:
+    def __call__(self, x: torch.Tensor, seed: int, siamese: bool = True) -> torch.Tensor:
+        if not self.ops or len(x) == 0:
             return x
         g = torch.Generator().manual_seed(int(seed))
         op = self.ops[int(torch.randint(len(self.ops), (1,), generator=g))]
-        return OPS[op](x, g)
+        return OPS[op](x, g, siamese)

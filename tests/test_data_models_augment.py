@@ -81,11 +81,43 @@ def test_parse_arch_and_resnet():
         parse_arch("vit")
 
 
+@pytest.mark.parametrize("op", ["color", "crop", "cutout", "flip", "scale", "rotate"])
+@pytest.mark.parametrize("n_syn", [1, 2, 7])
+def test_dsa_siamese_call_gives_every_sample_of_any_batch_the_same_transform(op, n_syn):
+    """Matching a real batch of 32 against a synthetic batch of n: one transform for all of them."""
+    aug = DSA([op])
+    real = torch.randn(32, 3, 16, 16)
+    for seed in range(8):
+        big = aug(real, seed)
+        assert torch.allclose(aug(real[:n_syn], seed), big[:n_syn], atol=1e-6)
+        # the same transform on every sample: applying it to copies of one image gives one image
+        same = aug(real[:1].expand(n_syn + 3, -1, -1, -1).contiguous(), seed)
+        assert torch.allclose(same, same[:1].expand_as(same), atol=1e-6)
+
+
+@pytest.mark.parametrize("op", ["color", "crop", "cutout", "scale", "rotate"])
+def test_dsa_per_sample_call_varies_within_a_batch(op):
+    """Training networks (``siamese=False``) draws parameters per sample, for diversity."""
+    x = torch.randn(1, 3, 16, 16).expand(16, -1, -1, -1).contiguous()
+    out = DSA([op])(x, 3, siamese=False)
+    assert not torch.allclose(out, out[:1].expand_as(out))
+
+
+@pytest.mark.parametrize("size, k", [(8, 4), (16, 8), (28, 14), (32, 16), (7, 4)])
+def test_cutout_square_is_round_half_the_size(size, k):
+    """k x k with k = round(size / 2), as the reference; 4 x 4 on 8 x 8 (it was 5 x 5)."""
+    from pdd_engine.augment import cutout
+    x = torch.ones(200, 1, size, size)
+    out = cutout(x, torch.Generator().manual_seed(0), siamese=False)
+    zeros = (out == 0).sum(dim=(1, 2, 3))
+    assert zeros.max() == k * k  # an uncut square lies fully inside; others are clipped at the border
+    assert (zeros > 0).all()
+
+
 def test_dsa_is_siamese_differentiable_and_random():
     aug = DSA(["color", "crop", "cutout", "flip", "scale", "rotate"])
     x = torch.randn(6, 3, 16, 16, requires_grad=True)
     assert torch.equal(aug(x, 5), aug(x, 5))
-    assert torch.equal(aug(x[:2], 5), aug(x, 5)[:2])  # same draw for a smaller (synthetic) batch
     assert any(not torch.equal(aug(x, 5), aug(x, s)) for s in range(6, 10))
     aug(x, 3).sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
