@@ -31,6 +31,7 @@ class RunView:
     cached_stages: set = field(default_factory=set)
     iteration: int = 0
     iterations: int = 0
+    phase: str = "stage"  # what the iterations count: a PDD stage or the base method alone (P = 1)
     losses: dict = field(default_factory=dict)  # stage -> [(iteration, loss)]
     images: Optional[E.StageImages] = None
     evals: dict = field(default_factory=dict)  # stage -> StageEvaluated
@@ -48,8 +49,9 @@ class RunView:
             if ev.cached:
                 self.cached_stages.add(ev.stage)
         elif isinstance(ev, E.Progress):
-            self.iteration, self.iterations = ev.iteration, ev.iterations
-            self.losses.setdefault(ev.stage, []).append((ev.iteration, ev.loss))
+            self.iteration, self.iterations, self.phase = ev.iteration, ev.iterations, ev.phase
+            if ev.phase == "stage":
+                self.losses.setdefault(ev.stage, []).append((ev.iteration, ev.loss))
         elif isinstance(ev, E.StageImages):
             self.images = ev
         elif isinstance(ev, E.StageEvaluated):
@@ -95,20 +97,30 @@ def status_markdown(view: RunView, state: str, position: int = 0) -> str:
     if view.done:
         computed = view.done.computed_stages
         how = "all stages served from the cache" if not computed else f"computed stage(s) {computed}"
-        last = view.done.accuracies[-1]
-        return (f"**Done** in {view.done.seconds:.1f} s ({how}). Final accuracy {100 * last['mean']:.1f} ± "
-                f"{100 * last['std']:.1f} % vs random subset {100 * last['random_mean']:.1f} %.")
+        return f"**Done** in {view.done.seconds:.1f} s ({how}). {final_line(view.done.accuracies[-1], view.method)}"
     if not view.stages:
         return "**Starting** the engine…"
     stage = view.current
     cached = " (from cache)" if stage in view.cached_stages else ""
     if view.images is not None and view.images.stage == stage:
         detail = "evaluating (curriculum networks and the random-subset baseline)"
+    elif view.iteration and view.phase == "base":
+        detail = f"the base method alone (P=1) for comparison: iteration {view.iteration}/{view.iterations}"
     elif view.iteration:
         detail = f"iteration {view.iteration}/{view.iterations}"
     else:
         detail = "preparing" + (f" — {view.messages[-1].split(': ', 1)[-1]}" if view.messages else "")
     return f"**Running** — stage {stage}/{view.stages}{cached}: {detail}"
+
+
+def final_line(last: dict, method: str) -> str:
+    """PDD's final accuracy beside the base method alone (P = 1) and the random curriculum."""
+    def pm(mean, std):
+        return f"{100 * mean:.1f} ± {100 * std:.1f} %"
+    base = (f", {method.upper()} alone (P=1) {pm(last['base_mean'], last['base_std'])}"
+            if last.get("base_mean") is not None else "")
+    return (f"Final accuracy: PDD+{method.upper()} {pm(last['mean'], last['std'])}{base}, "
+            f"random real subset {pm(last['random_mean'], last['random_std'])} (same IPC and curriculum).")
 
 
 def progress_html(view: RunView) -> str:
@@ -165,20 +177,22 @@ def loss_figure(view: RunView) -> go.Figure:
     return fig
 
 
-def accuracy_figure(view: RunView, single_stage: Optional[dict] = None) -> go.Figure:
-    """Accuracy vs stage for PDD and the random subset (± std), and the single-stage method if cached."""
+def accuracy_figure(view: RunView) -> go.Figure:
+    """Accuracy vs cumulative IPC (± std): PDD, the base method alone (P = 1) at the same IPC where the
+    run computed it, and the random real subset trained with the same curriculum."""
     stages = sorted(view.evals)
     fig = go.Figure()
     if stages:
-        x = [view.evals[s].images_per_class for s in stages]
-        fig.add_trace(go.Scatter(x=x, y=[100 * view.evals[s].mean for s in stages], mode="lines+markers",
-                                 name=f"PDD+{view.method.upper()}", error_y=dict(type="data", array=[100 * view.evals[s].std for s in stages])))
-        fig.add_trace(go.Scatter(x=x, y=[100 * view.evals[s].random_mean for s in stages], mode="lines+markers",
-                                 name="random real subset", line=dict(dash="dot"),
-                                 error_y=dict(type="data", array=[100 * view.evals[s].random_std for s in stages])))
-    if single_stage:
-        fig.add_trace(go.Scatter(x=[single_stage["ipc"]], y=[100 * single_stage["mean"]], mode="markers", marker=dict(size=12, symbol="diamond"),
-                                 name=f"{view.method.upper()} alone (P=1)", error_y=dict(type="data", array=[100 * single_stage["std"]])))
+        evs = [view.evals[s] for s in stages]
+        based = [e for e in evs if e.base_acc is not None]
+        trace = lambda name, es, mean, std, **kw: fig.add_trace(go.Scatter(  # noqa: E731
+            x=[e.images_per_class for e in es], y=[100 * getattr(e, mean) for e in es], name=name,
+            error_y=dict(type="data", array=[100 * getattr(e, std) for e in es]), **kw))
+        trace(f"PDD+{view.method.upper()}", evs, "mean", "std", mode="lines+markers")
+        if based:
+            trace(f"{view.method.upper()} alone (P=1)", based, "base_mean", "base_std",
+                  mode="lines+markers" if len(based) > 1 else "markers", marker=dict(size=11, symbol="diamond"))
+        trace("random real subset", evs, "random_mean", "random_std", mode="lines+markers", line=dict(dash="dot"))
     fig.update_layout(xaxis_title="images per class so far (cumulative)", yaxis_title="test accuracy %", **LAYOUT)
     if stages:
         fig.update_xaxes(tickmode="array", tickvals=[view.evals[s].images_per_class for s in stages])

@@ -16,7 +16,7 @@ from pdd_engine import METHODS, PRESETS, PDDError
 from pdd_engine.cache import Store
 from pdd_engine.config import BUILTIN_DATASETS, DistillConfig
 from pdd_engine.data import availability
-from pdd_engine.estimate import estimate
+from pdd_engine.estimate import config_warnings, estimate
 from pdd_engine.export import export_bundle, stage_archive
 
 from . import render
@@ -73,6 +73,8 @@ class Studio:
         note = ""
         if not cfg.dataset.startswith("folder:") and availability(cfg.dataset, self.data_root) != "offline":
             note = f"<br>ℹ {cfg.dataset} is not on this machine: it is downloaded on first use (needs internet)."
+        for w in config_warnings(cfg):
+            note += f'<br><span class="pdd-warning">⚠ {w.removeprefix("warning: ")}</span>'
         est = estimate(cfg, device="cuda" if cfg.device != "cpu" and _cuda() else "cpu")
         return f"✓ valid: {cfg.stages} stage(s) × {cfg.ipc_per_stage} image(s) per class{note}", \
             f"Estimate on this machine: **{est}** (rough, ±2×).", gr.update(interactive=True)
@@ -137,10 +139,9 @@ class Studio:
                           for i in range(1, job.config.stages + 1)]
             except PDDError as e:
                 status += f"<br>⚠ export failed: {e}"
-        single = self.single_stage(job.config) if job is not None else None
         running = state in ("queued", "running")
         return (status, render.progress_html(view), render.grid_image(view.images), render.loss_figure(view),
-                render.accuracy_figure(view, single), str(bundle) if bundle else None, stages,
+                render.accuracy_figure(view), str(bundle) if bundle else None, stages,
                 gr.update(interactive=running), gr.update(interactive=not running and state != "done"))
 
     def bundle(self, cfg: DistillConfig, run_key: str) -> Path:
@@ -148,16 +149,6 @@ class Studio:
         if not path.exists():
             export_bundle(cfg, path, self.store)
         return path
-
-    def single_stage(self, cfg: DistillConfig) -> Optional[dict]:
-        """The base method alone (P = 1, same IPC) if that run is cached."""
-        for key in self.store.keys("run:"):
-            _, meta = self.store.get(key)
-            c = meta["config"]
-            if c["stages"] == 1 and all(c[k] == v for k, v in cfg.to_dict().items()
-                                        if k not in ("stages", "iterations", "cache_dir", "data_root", "device")):
-                return meta["accuracies"][-1]
-        return None
 
     # -- runs tab -----------------------------------------------------------------------
     def runs(self) -> list[dict]:

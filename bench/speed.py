@@ -109,12 +109,14 @@ def m_transition(a: dict) -> dict:
     import torch
     from pdd_engine import DistillConfig
     from pdd_engine.evaluate import random_subset
-    from pdd_engine.progressive import dataset_for, stage_context
+    from pdd_engine.progressive import Union, dataset_for, stage_context
 
-    cfg = DistillConfig(transition_epochs=a["epochs"])
+    cfg = DistillConfig(transition_epochs=a["epochs"], transition="fresh")
     ds = dataset_for(cfg)
     x, y = random_subset(ds, 1, a["ipc"], 0)
-    ctx = stage_context(cfg, ds, 2, frozen_x=x, frozen_y=y)
+    union = Union.empty(ds, torch.device("cpu"))
+    union.add({"train_x": x, "train_y": y, "stored": x, "real_keep": union.keep}, None, cfg.eval_lr)
+    ctx = stage_context(cfg, ds, 2, union=union)
     t = time.perf_counter()
     ctx.transition(ctx.new_model(0), 0)
     return {"seconds": time.perf_counter() - t, "union": len(x)}

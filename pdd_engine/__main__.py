@@ -48,10 +48,13 @@ def config_from_args(args: argparse.Namespace) -> DistillConfig:
 
 
 def format_table(accuracies: list[dict], method: str) -> str:
-    rows = [f"| stage | IPC | PDD+{method.upper()} acc % | random subset acc % |", "| --- | --- | --- | --- |"]
+    """Per stage: PDD, the base method alone (P = 1) at the same IPC where computed, the random curriculum."""
+    pm = lambda m, s: "–" if m is None else f"{100 * m:.1f} ± {100 * s:.1f}"  # noqa: E731
+    rows = [f"| stage | IPC | PDD+{method.upper()} acc % | {method.upper()} alone (P=1) acc % | random subset acc % |",
+            "| --- | --- | --- | --- | --- |"]
     for a in accuracies:
-        rows.append(f"| {a['stage']} | {a['ipc']} | {100 * a['mean']:.1f} ± {100 * a['std']:.1f} | "
-                    f"{100 * a['random_mean']:.1f} ± {100 * a['random_std']:.1f} |")
+        rows.append(f"| {a['stage']} | {a['ipc']} | {pm(a['mean'], a['std'])} | {pm(a.get('base_mean'), a.get('base_std'))} | "
+                    f"{pm(a['random_mean'], a['random_std'])} |")
     return "\n".join(rows)
 
 
@@ -63,7 +66,11 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from .export import export_bundle
     from .progressive import run
 
+    from .estimate import config_warnings
+
     cfg = config_from_args(args)
+    for w in config_warnings(cfg):
+        print(w, file=sys.stderr)
     store = Store(cfg.cache_dir)
     bar: Optional[tqdm] = None
     for ev in run(cfg, store):
@@ -75,13 +82,14 @@ def cmd_distill(args: argparse.Namespace) -> int:
         elif isinstance(ev, E.Progress) and bar is not None:
             bar.update(ev.iteration - bar.n)
             bar.set_postfix(loss=f"{ev.loss:.4g}")
-        elif isinstance(ev, E.Message) and not args.quiet:
+        elif isinstance(ev, E.Message) and (not args.quiet or ev.text.startswith("warning")):
             tqdm.write(f"  stage {ev.stage}: {ev.text}", file=sys.stderr)
         elif isinstance(ev, E.StageEvaluated):
             if bar is not None:
                 bar.close()
+            base = "" if ev.base_mean is None else f"{cfg.method.upper()} alone (P=1) {100 * ev.base_mean:.1f} %, "
             print(f"stage {ev.stage}: acc {100 * ev.mean:.1f} ± {100 * ev.std:.1f} %  "
-                  f"(random subset {100 * ev.random_mean:.1f} ± {100 * ev.random_std:.1f} %)", file=sys.stderr)
+                  f"({base}random subset {100 * ev.random_mean:.1f} ± {100 * ev.random_std:.1f} %)", file=sys.stderr)
         elif isinstance(ev, E.Failed):
             if bar is not None:
                 bar.close()

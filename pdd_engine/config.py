@@ -21,7 +21,8 @@ Norm = Literal["instance", "batch", "none"]
 Device = Literal["auto", "cpu", "cuda"]
 
 # Fields that change where or how fast work runs, not what it computes: left out of cache keys.
-NON_SEMANTIC = frozenset({"device", "data_root", "cache_dir", "max_memory_gb", "eval_batched", "mtt_unroll"})
+NON_SEMANTIC = frozenset({"device", "data_root", "cache_dir", "max_memory_gb", "eval_batched", "mtt_unroll",
+                          "compare_base"})
 # Fields that only affect evaluation: stages are shared across different evaluation protocols.
 EVAL_FIELDS = frozenset({"eval_epochs", "eval_models", "eval_lr", "eval_batch", "eval_dsa"})
 
@@ -51,12 +52,16 @@ class DistillConfig:
     depth: Optional[int] = None  # None: the field's choice for the input size (see auto_depth)
     width: int = 32
     norm: Norm = "instance"
-    # PDD transition: epochs of training on the frozen union before a stage's matching starts
+    # PDD transition: where stage i's matching networks start. "chain" (the official code): one
+    # network trained on U_1, then U_2, ... U_{i-1}, transition_epochs each; "fresh": a new network
+    # trained on U_{i-1} alone.
+    transition: Literal["chain", "fresh"] = "chain"
     transition_epochs: int = 50
-    # DM
+    # DM: stage 1 draws a fresh random network every iteration (as the reference does); later
+    # stages draw from a pool of dm_pool networks that went through the transition.
     dm_pool: int = 16
-    # MTT
-    syn_steps: int = 20
+    # MTT (syn_steps None: as many student steps as the expert takes in expert_epochs, at most 20)
+    syn_steps: Optional[int] = None
     expert_epochs: int = 2
     max_start_epoch: int = 5
     num_experts: int = 5
@@ -67,7 +72,7 @@ class DistillConfig:
     # DC / DSA / IDC
     outer_loop: int = 10
     inner_loop: int = 5
-    idc_factor: int = 2
+    idc_factor: Optional[int] = None  # None: 1 below 16 px (tiles of 4x4 carry too little), else 2
     # easy-example filtering between stages (PDD, optional)
     filter_easy: bool = False
     keep_easy: float = 0.2
@@ -79,6 +84,8 @@ class DistillConfig:
     eval_batch: int = 256
     eval_dsa: bool = True
     eval_batched: bool = True
+    # the base method alone (P = 1) at the same IPC, beside PDD: at the final stage, every stage, or off
+    compare_base: Literal["final", "every", "off"] = "final"
     # where it runs
     device: Device = "auto"
     data_root: Optional[str] = None
@@ -95,6 +102,23 @@ class DistillConfig:
 
     def depth_for(self, size: int) -> int:
         return self.depth if self.depth is not None else auto_depth(size)
+
+    def idc_factor_for(self, size: int) -> int:
+        return self.idc_factor if self.idc_factor is not None else (1 if size < 16 else 2)
+
+    def syn_steps_for(self, expert_steps: int) -> int:
+        """Student steps: the user's, or as many as the expert takes in ``expert_epochs`` (at most 20).
+        A student with more steps than its expert must shrink its learned lr to match, and then every
+        network trained on the result is under-trained (PDD.md)."""
+        return self.syn_steps if self.syn_steps is not None else max(1, min(20, expert_steps))
+
+    def base_config(self, stage: int) -> "DistillConfig":
+        """The base method alone (P = 1) at the IPC that PDD has after ``stage`` stages."""
+        return self.replace(stages=1, ipc=self.ipc_per_stage * stage, compare_base="off")
+
+    def base_stages(self) -> list[int]:
+        """Stages after which the base method alone is compared with PDD."""
+        return {"off": [], "final": [self.stages], "every": list(range(1, self.stages + 1))}[self.compare_base]
 
     @property
     def effective_lr_img(self) -> float:
@@ -160,7 +184,7 @@ def validate(c: DistillConfig) -> None:
     _check(c.depth is None or (isinstance(c.depth, int) and 1 <= c.depth <= 6), f"depth {c.depth} is out of range",
            "use a depth from 1 to 6, or leave it unset to follow the input size")
     for name in ("stages", "ipc", "iterations", "width", "eval_epochs", "eval_models",
-                 "eval_batch", "batch_real", "syn_steps", "expert_epochs", "num_experts",
+                 "eval_batch", "batch_real", "expert_epochs", "num_experts",
                  "dm_pool", "outer_loop", "inner_loop", "filter_models"):
         _check(isinstance(getattr(c, name), int) and getattr(c, name) >= 1,
                f"{name} must be a whole number >= 1 (got {getattr(c, name)!r})", f"set {name} to 1 or more")
@@ -179,6 +203,11 @@ def validate(c: DistillConfig) -> None:
     _check(c.mtt_unroll in ("auto", "full", "bounded"), f"unknown mtt_unroll '{c.mtt_unroll}'",
            "use auto, full or bounded")
     _check(c.init in ("real", "noise"), f"unknown init '{c.init}'", "use real or noise")
+    _check(c.transition in ("chain", "fresh"), f"unknown transition '{c.transition}'", "use chain or fresh")
+    _check(c.compare_base in ("final", "every", "off"), f"unknown compare_base '{c.compare_base}'",
+           "use final, every or off")
+    _check(c.syn_steps is None or (isinstance(c.syn_steps, int) and c.syn_steps >= 1),
+           f"syn_steps must be a whole number >= 1 (got {c.syn_steps!r})", "set syn_steps to 1 or more, or leave it unset")
     bad_ops = [op for op in c.dsa_ops if op not in DSA_OPS]
     _check(not bad_ops, f"unknown augmentation(s) {bad_ops} in dsa_strategy",
            f"join names from {', '.join(DSA_OPS)} with '_', or use 'none'")
@@ -187,15 +216,13 @@ def validate(c: DistillConfig) -> None:
     _check(c.lr_img is None or c.lr_img > 0, "lr_img must be > 0", "set lr_img to a positive number or leave it unset")
     _check(0.0 <= c.keep_easy <= 1.0, f"keep_easy {c.keep_easy} is not a probability", "use a value in [0, 1]")
     _check(c.batch_syn is None or c.batch_syn >= 1, "batch_syn must be >= 1", "set batch_syn >= 1 or leave it unset")
-    _check(c.idc_factor in (1, 2, 3, 4), f"idc_factor {c.idc_factor} is out of range", "use 1, 2, 3 or 4")
+    _check(c.idc_factor in (None, 1, 2, 3, 4), f"idc_factor {c.idc_factor} is out of range", "use 1, 2, 3 or 4")
     _check(c.image_size is None or 4 <= c.image_size <= 128, f"image_size {c.image_size} is out of range",
            "use an image size from 4 to 128")
     _check(c.max_train is None or c.max_train >= 10, "max_train must be >= 10",
            "set max_train to 10 or more, or leave it unset for the whole training set")
     _check(c.max_memory_gb is None or c.max_memory_gb > 0, "max_memory_gb must be > 0",
            "set a positive number of GB or leave it unset")
-    if c.method == "mtt":
-        _check(c.num_experts >= 1 and c.max_start_epoch >= 0, "MTT needs experts", "set num_experts >= 1")
 
 
 PRESETS: dict[str, dict[str, Any]] = {

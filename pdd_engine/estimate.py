@@ -12,12 +12,13 @@ import math
 import time
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 from .config import DistillConfig
-from .methods.mtt import available_memory_bytes, unroll_memory_bytes
+from .methods.mtt import available_memory_bytes, expert_steps, student_ahead_warning, unroll_memory_bytes
 from .models import build_model
 
 # image-sized datasets when nothing is loaded yet: (channels, size, classes, train examples)
@@ -65,6 +66,16 @@ def pass_cost(channels: int, size: int, classes: int, depth: int, width: int, no
     return max(small - 2 * per_sample, 1e-6), per_sample
 
 
+def config_warnings(cfg: DistillConfig, n_train: Optional[int] = None) -> list[str]:
+    """Settings that are valid but will likely hurt quality, found before a run starts (the engine
+    repeats them once it knows the real data size). ``n_train``: real training images, if known."""
+    n = n_train or SHAPES.get(cfg.dataset, (0, 0, 0, None))[3]
+    if cfg.method != "mtt" or cfg.syn_steps is None or n is None:
+        return []
+    warning = student_ahead_warning(cfg.syn_steps, expert_steps(cfg, min(n, cfg.max_train or n)))
+    return [warning] if warning else []
+
+
 def estimate(cfg: DistillConfig, shape: tuple[int, int, int, int] | None = None, device: str = "cpu") -> Estimate:
     """Counted calls and samples of every phase, times this machine's measured cost of each."""
     ch, size, classes, n_train = shape or SHAPES.get(cfg.dataset, (3, cfg.image_size or 32, 10, 10000))
@@ -79,37 +90,52 @@ def estimate(cfg: DistillConfig, shape: tuple[int, int, int, int] | None = None,
         calls += epochs * math.ceil(n / batch) if n else 0
         samples += epochs * n
 
-    mult = cfg.idc_factor ** 2 if cfg.method == "idc" else 1
-    for i in range(1, cfg.stages + 1):
-        union = classes * cfg.ipc_per_stage * i * mult
-        frozen = union * (i - 1) / i
+    mult = cfg.idc_factor_for(size) ** 2 if cfg.method == "idc" else 1
+    per_stage = classes * cfg.ipc_per_stage * mult
+    syn_steps = cfg.syn_steps_for(expert_steps(cfg, n_train))
+
+    def transition(sizes: list[float]) -> None:
+        """One network brought to a stage's start: every prefix union (chain) or the last one (fresh)."""
+        for n in (sizes if cfg.transition == "chain" else sizes[-1:]):
+            train(n, cfg.transition_epochs, cfg.eval_batch)
+
+    def distil(union: float, prefixes: list[float]) -> None:
+        nonlocal calls, samples
         it = cfg.iterations
         if cfg.method == "dm":
             calls, samples = calls + it * 2 * classes, samples + it * (classes * cfg.batch_real / 3 + union)
-            for _ in range(cfg.dm_pool):
-                train(frozen, cfg.transition_epochs, cfg.eval_batch)
+            for _ in range(cfg.dm_pool if prefixes else 0):
+                transition(prefixes)
         elif cfg.method == "mtt":
             b = min(cfg.batch_syn or union, union)
-            calls, samples = calls + it * 3 * cfg.syn_steps, samples + it * 3 * cfg.syn_steps * b
+            calls, samples = calls + it * 3 * syn_steps, samples + it * 3 * syn_steps * b
             for _ in range(cfg.num_experts):
-                train(frozen, cfg.transition_epochs, cfg.eval_batch)
+                transition(prefixes) if prefixes else None
                 train(n_train, cfg.max_start_epoch + cfg.expert_epochs, 256)
         else:
             inner = cfg.batch_real if cfg.method == "idc" else union
             calls += it * (3 * classes + cfg.inner_loop)
             samples += it * (classes * cfg.batch_real + 3 * union + cfg.inner_loop * inner)
-            for _ in range(math.ceil(it / cfg.outer_loop)):
-                train(frozen, cfg.transition_epochs, cfg.eval_batch)
+            for _ in range(math.ceil(it / cfg.outer_loop) if prefixes else 0):
+                transition(prefixes)
+
+    for i in range(1, cfg.stages + 1):
+        union = per_stage * i
+        distil(union, [per_stage * j for j in range(1, i)])
         for _ in range(2 * cfg.eval_models):  # distilled and random-subset curricula
             train(union, cfg.eval_epochs, cfg.eval_batch)
+        if i in cfg.base_stages() and i > 1:  # the base method alone at this IPC (stage 1 is PDD's own)
+            distil(union, [])
+            for _ in range(cfg.eval_models):
+                train(union, cfg.eval_epochs, cfg.eval_batch)
     union_last = classes * cfg.ipc * mult
     data_bytes = 4 * ch * size * size * (n_train + union_last) * 2
     mem = data_bytes + RUNTIME_BYTES
     if cfg.method == "mtt":  # the unroll the engine will pick (see MTT.setup)
         net = build_model(ch, classes, size, depth, cfg.width, cfg.norm)
         batch = min(cfg.batch_syn or union_last, union_last)
-        full = unroll_memory_bytes(net, ch, size, batch, cfg.syn_steps)
-        bounded = unroll_memory_bytes(net, ch, size, batch, 1, cfg.syn_steps)
+        full = unroll_memory_bytes(net, ch, size, batch, syn_steps)
+        bounded = unroll_memory_bytes(net, ch, size, batch, 1, syn_steps)
         have = available_memory_bytes(torch.device(device), cfg.max_memory_gb)
         use_bounded = cfg.mtt_unroll == "bounded" or (cfg.mtt_unroll == "auto" and full > 0.5 * have)
         mem += bounded if use_bounded else full

@@ -21,7 +21,7 @@ from .augment import DSA
 from .config import DistillConfig
 from .data import Dataset
 from .models import build_model
-from .training import accuracy, make_sgd, seed_of, train_epochs
+from .training import accuracy, draw_seed, make_sgd, seed_of, train_epochs
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,7 @@ class BatchedCurriculum(Curriculum):
                 idx = [o[start:start + p.batch] for o in orders]
                 xb = [x[i] for i in idx]
                 if aug:
-                    xb = [aug(b, int(torch.randint(2 ** 31 - 1, (1,), generator=g))) for b, g in zip(xb, gens)]
+                    xb = [aug(b, draw_seed(g), siamese=False) for b, g in zip(xb, gens)]
                 out = self.logits(torch.stack(xb))
                 yb = torch.stack([y[i] for i in idx])
                 loss = F.cross_entropy(out.flatten(0, 1), yb.flatten()) * p.models  # = sum of per-network means

@@ -39,6 +39,7 @@ class Progress:
     iteration: int
     iterations: int
     loss: float
+    phase: str = "stage"  # "stage": PDD's stage; "base": the base method alone (P = 1) for comparison
 
 
 @dataclass
@@ -55,7 +56,8 @@ class StageEvaluated:
     stage: int
     acc: list[float]  # per evaluation network, after training on U_1..U_i
     random_acc: list[float]  # same protocol on a random real subset of the same size
-    images_per_class: int
+    images_per_class: int  # cumulative: what U_i holds per class
+    base_acc: Optional[list[float]] = None  # the base method alone (P = 1) at the same IPC, where computed
 
     @property
     def mean(self) -> float:
@@ -73,6 +75,20 @@ class StageEvaluated:
     def random_std(self) -> float:
         return float(np.std(self.random_acc))
 
+    @property
+    def base_mean(self) -> Optional[float]:
+        return None if self.base_acc is None else float(np.mean(self.base_acc))
+
+    @property
+    def base_std(self) -> Optional[float]:
+        return None if self.base_acc is None else float(np.std(self.base_acc))
+
+    def summary(self) -> dict[str, Any]:
+        """The per-stage record of run results and the CLI's JSON (None where the base was not run)."""
+        return {"stage": self.stage, "ipc": self.images_per_class, "mean": self.mean, "std": self.std,
+                "random_mean": self.random_mean, "random_std": self.random_std,
+                "base_mean": self.base_mean, "base_std": self.base_std}
+
 
 @dataclass
 class StageFinished:
@@ -85,7 +101,7 @@ class StageFinished:
 @dataclass
 class Done:
     run_key: str
-    accuracies: list[dict[str, float]]  # per stage: mean, std, random_mean, random_std
+    accuracies: list[dict[str, Any]]  # per stage: StageEvaluated.summary()
     seconds: float
     computed_stages: list[int] = field(default_factory=list)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterator, Optional, Protocol
 
 import numpy as np
@@ -96,19 +96,45 @@ def filter_easy(ctx_ds: Dataset, x: torch.Tensor, y: torch.Tensor, keep: torch.T
     return new
 
 
+@dataclass
+class Union:
+    """U_i as the stage loop carries it: training-form images, what each stage added, and its lr."""
+
+    x: torch.Tensor  # training-form images of U_i, on the device
+    y: torch.Tensor
+    keep: torch.Tensor  # mask over ds.x_train of real images later stages may match against
+    stored: list[torch.Tensor] = field(default_factory=list)  # each stage's stored tensor (display, export)
+    sizes: list[int] = field(default_factory=list)  # training-form images each stage added
+    lrs: list[float] = field(default_factory=list)  # lr to train on each stage's union
+
+    @classmethod
+    def empty(cls, ds: Dataset, device: torch.device) -> "Union":
+        return cls(torch.empty(0, ds.channels, ds.size, ds.size, device=device),
+                   torch.empty(0, dtype=torch.long, device=device), torch.ones(len(ds.y_train), dtype=torch.bool))
+
+    def add(self, tensors: dict[str, torch.Tensor], lr: Optional[float], default_lr: float) -> None:
+        device = self.x.device
+        self.x = torch.cat([self.x, tensors["train_x"].to(device)])
+        self.y = torch.cat([self.y, tensors["train_y"].to(device)])
+        self.keep = tensors["real_keep"]
+        self.stored.append(tensors["stored"])
+        self.sizes.append(len(tensors["train_x"]))
+        self.lrs.append(lr if lr is not None else default_lr)
+
+    @property
+    def lr(self) -> Optional[float]:
+        return self.lrs[-1] if self.lrs else None
+
+
 def stage_context(cfg: DistillConfig, ds: Dataset, i: int = 1, device: Optional[torch.device] = None,
-                  frozen_x: Optional[torch.Tensor] = None, frozen_y: Optional[torch.Tensor] = None,
-                  frozen_lr: Optional[float] = None, keep: Optional[torch.Tensor] = None, store=None,
-                  prefix_key: str = "", report=lambda msg: None, cancel=None) -> StageContext:
-    """The context a method sees at stage ``i``; with defaults, stage 1 of ``cfg`` on ``ds``."""
+                  union: Optional[Union] = None, store=None, prefix_key: str = "", report=lambda msg: None,
+                  cancel=None) -> StageContext:
+    """The context a method sees at stage ``i`` after ``union``; with defaults, stage 1 of ``cfg`` on ``ds``."""
     device = device or torch.device("cpu")
-    if frozen_x is None:
-        frozen_x = torch.empty(0, ds.channels, ds.size, ds.size, device=device)
-        frozen_y = torch.empty(0, dtype=torch.long, device=device)
-    keep = torch.ones(len(ds.y_train), dtype=torch.bool) if keep is None else keep
-    by_class = [torch.nonzero(keep & (ds.y_train == c)).flatten() for c in range(ds.num_classes)]
-    return StageContext(cfg, ds, i, device, frozen_x, frozen_y, frozen_lr or cfg.eval_lr, by_class, store,
-                        prefix_key, report, cancel)
+    u = union if union is not None else Union.empty(ds, device)
+    by_class = [torch.nonzero(u.keep & (ds.y_train == c)).flatten() for c in range(ds.num_classes)]
+    return StageContext(cfg, ds, i, device, u.x, u.y, list(u.lrs), list(u.sizes), by_class, store, prefix_key,
+                        report, cancel)
 
 
 class Engine:
@@ -125,12 +151,11 @@ class Engine:
             raise Cancelled()
 
     # -- one stage --------------------------------------------------------------------------
-    def distil_stage(self, ds: Dataset, keys: Keys, i: int, frozen_x, frozen_y, frozen_lr, keep,
-                     device) -> Iterator[Event]:
+    def distil_stage(self, ds: Dataset, keys: Keys, i: int, union: Union, device, phase: str = "stage") -> Iterator[Event]:
         cfg = self.cfg
         msgs: list[str] = []
-        ctx = stage_context(cfg, ds, i, device, frozen_x, frozen_y, frozen_lr, keep, self.store,
-                            keys.stage(i - 1) if i > 1 else "", msgs.append, self.check_cancel)
+        ctx = stage_context(cfg, ds, i, device, union, self.store, keys.stage(i - 1) if i > 1 else "", msgs.append,
+                            self.check_cancel)
         too_few = [ds.classes[c] for c, idx in enumerate(ctx.real_by_class) if len(idx) < cfg.ipc_per_stage]
         if too_few:
             raise PDDError(f"class(es) {too_few[:5]} have fewer real images than {cfg.ipc_per_stage} per stage",
@@ -144,7 +169,7 @@ class Engine:
         groups = [{"params": [stored], "lr": cfg.effective_lr_img}]
         groups += [{"params": [p], "lr": lr} for p, lr in method.extra_params()]
         opt = torch.optim.SGD(groups, momentum=0.5)
-        frozen_check = frozen_x.clone()
+        frozen_check = union.x.clone()
         losses = []
         every = max(1, cfg.iterations // 100)
         for it in range(cfg.iterations):
@@ -160,18 +185,47 @@ class Engine:
             method.after_step(stored, it)
             if it % every == 0 or it == cfg.iterations - 1:
                 losses.append([it, value])
-                yield Progress(i, it + 1, cfg.iterations, value)
-        assert torch.equal(frozen_check, frozen_x), "frozen subsets changed during a stage"
+                yield Progress(i, it + 1, cfg.iterations, value, phase)
+        assert torch.equal(frozen_check, union.x), "frozen subsets changed during a stage"
         train_x, train_y = (t.detach() for t in method.decode(stored.detach()))
         lr = method.learned_lr()
+        keep = union.keep
         if cfg.filter_easy and i < cfg.stages:
             yield Message(i, "scoring real examples to drop easy ones")
-            keep = filter_easy(ds, torch.cat([frozen_x, train_x]), torch.cat([frozen_y, train_y]), keep, cfg, i, device)
+            keep = filter_easy(ds, torch.cat([union.x, train_x]), torch.cat([union.y, train_y]), keep, cfg, i, device)
         meta = {"stage": i, "lr": lr, "seconds": time.time() - t0, "losses": losses, "method": cfg.method,
                 "real_kept": int(keep.sum())}
         self.store.put(keys.stage(i), {"stored": stored.detach(), "labels": method.labels(), "train_x": train_x,
                                        "train_y": train_y, "real_keep": keep}, meta)
         self.computed.append(i)
+
+    def advance(self, ds: Dataset, keys: Keys, i: int, union: Union, device, phase: str = "stage") -> Iterator[Event]:
+        """Distil stage ``i`` (or replay it from the store) and add it to ``union``."""
+        cached = keys.stage(i) in self.store
+        if not cached:
+            yield from self.distil_stage(ds, keys, i, union, device, phase)
+        tensors, meta = self.store.get(keys.stage(i))
+        if cached:
+            for it, loss in meta["losses"]:
+                yield Progress(i, it + 1, self.cfg.iterations, loss, phase)
+        union.add(tensors, meta["lr"], self.cfg.eval_lr)
+
+    def base(self, ds: Dataset, fingerprint: str, i: int, device) -> Iterator[Event]:
+        """The base method alone (P = 1) at PDD's IPC after stage ``i``, distilled, evaluated and cached
+        like any stage. A generator whose return value is the accuracies of its evaluation networks."""
+        sub = Engine(self.cfg.base_config(i), self.store, self.cancel)
+        keys = Keys(sub.cfg, fingerprint)
+        what = f"base method alone (P=1, IPC {sub.cfg.ipc})"
+        hit = self.store.get(keys.eval(1))
+        if hit is not None:
+            yield Message(i, f"{what}: from cache")
+            return hit[1]["acc"]
+        yield Message(i, f"{what}: distilling and evaluating")
+        union = Union.empty(ds, device)
+        for ev in sub.advance(ds, keys, 1, union, device, phase="base"):
+            yield replace(ev, stage=i)
+        proto = EvalProtocol.from_config(sub.cfg, ds.size)
+        return sub.evaluated(keys.eval(1), ds, proto, None, union.x, union.y, union.lr, device)[1]
 
     # -- the run ----------------------------------------------------------------------------
     def run(self) -> Iterator[Event]:
@@ -185,11 +239,7 @@ class Engine:
             keys = Keys(cfg, ds.fingerprint)
             yield RunStarted(keys.run, cfg.to_dict(), dataset_info(ds), cfg.stages)
             proto = EvalProtocol.from_config(cfg, ds.size)
-            frozen_x = torch.empty(0, ds.channels, ds.size, ds.size, device=device)
-            frozen_y = torch.empty(0, dtype=torch.long, device=device)
-            stored_union: list[torch.Tensor] = []
-            keep = torch.ones(len(ds.y_train), dtype=torch.bool)
-            lr = None
+            union = Union.empty(ds, device)
             pdd_eval = rand_eval = None
             rand_x, rand_y = [], []
             accuracies = []
@@ -197,29 +247,20 @@ class Engine:
                 t_stage = time.time()
                 cached = keys.stage(stage) in self.store
                 yield StageStarted(stage, cfg.stages, cached)
-                if not cached:
-                    yield from self.distil_stage(ds, keys, stage, frozen_x, frozen_y, lr, keep, device)
-                tensors, meta = self.store.get(keys.stage(stage))
-                if cached:
-                    for it, loss in meta["losses"]:
-                        yield Progress(stage, it + 1, cfg.iterations, loss)
-                frozen_x = torch.cat([frozen_x, tensors["train_x"].to(device)])
-                frozen_y = torch.cat([frozen_y, tensors["train_y"].to(device)])
-                stored_union.append(tensors["stored"])
-                keep, lr = tensors["real_keep"], meta["lr"]
-                yield StageImages(stage, *union_view(ds, stored_union, cfg))
+                yield from self.advance(ds, keys, stage, union, device)
+                yield StageImages(stage, *union_view(ds, union.stored, cfg))
                 self.check_cancel()
-                pdd_eval, acc = self.evaluated(keys.eval(stage), ds, proto, pdd_eval, frozen_x, frozen_y, lr, device)
+                pdd_eval, acc = self.evaluated(keys.eval(stage), ds, proto, pdd_eval, union.x, union.y, union.lr, device)
                 rx, ry = random_subset(ds, stage, cfg.ipc_per_stage, cfg.seed)
                 rand_x.append(rx)
                 rand_y.append(ry)
                 rand_eval, racc = self.evaluated(keys.random(stage), ds, proto, rand_eval, torch.cat(rand_x),
                                                  torch.cat(rand_y), None, device)
-                ev = StageEvaluated(stage, acc, racc, cfg.ipc_per_stage * stage)
-                accuracies.append({"stage": stage, "ipc": ev.images_per_class, "mean": ev.mean, "std": ev.std,
-                                   "random_mean": ev.random_mean, "random_std": ev.random_std})
+                bacc = (yield from self.base(ds, ds.fingerprint, stage, device)) if stage in cfg.base_stages() else None
+                ev = StageEvaluated(stage, acc, racc, cfg.ipc_per_stage * stage, bacc)
+                accuracies.append(ev.summary())
                 yield ev
-                yield StageFinished(stage, cached, time.time() - t_stage, lr)
+                yield StageFinished(stage, cached, time.time() - t_stage, union.lr)
             self.store.put(keys.run, {}, {"config": cfg.to_dict(), "dataset": dataset_info(ds), "accuracies": accuracies,
                                           "finished": time.time(), "version": __version__})
             yield Done(keys.run, accuracies, time.time() - t0, list(self.computed))

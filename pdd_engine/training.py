@@ -19,6 +19,11 @@ def seed_of(*parts: int) -> int:
     return h % (2 ** 31 - 1)
 
 
+def draw_seed(g: torch.Generator) -> int:
+    """The next 31-bit seed from ``g``: how every sub-draw (augmentation, minibatch) gets its seed."""
+    return int(torch.randint(2 ** 31 - 1, (1,), generator=g))
+
+
 def make_sgd(net: nn.Module, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4) -> torch.optim.SGD:
     return torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
 
@@ -39,7 +44,7 @@ def train_epochs(net: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, 
             idx = order[start:start + batch].to(x.device)
             xb = x[idx]
             if aug:
-                xb = aug(xb, int(torch.randint(2 ** 31 - 1, (1,), generator=g)))
+                xb = aug(xb, draw_seed(g), siamese=False)
             loss = F.cross_entropy(net(xb), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -26,7 +26,8 @@ def fake_stream():
             E.StageImages(1, imgs[::2], labels[::2], np.ones(10, bool), list("0123456789")),
             E.StageEvaluated(1, [0.5, 0.6], [0.4, 0.4], 1), E.StageFinished(1, False, 1.0),
             E.StageStarted(2, 2, True), E.Progress(2, 10, 10, 0.2),
-            E.StageImages(2, imgs, labels, new, list("0123456789")), E.StageEvaluated(2, [0.7, 0.7], [0.5, 0.6], 2)]
+            E.StageImages(2, imgs, labels, new, list("0123456789")), E.Progress(2, 3, 10, 9.0, "base"),
+            E.StageEvaluated(2, [0.7, 0.7], [0.5, 0.6], 2, [0.6, 0.62])]
 
 
 def test_run_view_folds_events_and_renders():
@@ -36,9 +37,14 @@ def test_run_view_folds_events_and_renders():
     assert "stage 2/2 (from cache): evaluating" in render.status_markdown(view, "running")
     grid = render.grid_image(view.images)
     assert grid.size[1] > 10 * 30 and grid.getpixel((grid.size[0] - 5, 28 + 5)) == render.NEW  # newest image framed orange
-    fig = render.accuracy_figure(view, {"ipc": 2, "mean": 0.65, "std": 0.01})
-    assert [t.name for t in fig.data] == ["PDD+DM", "random real subset", "DM alone (P=1)"]
-    assert len(render.loss_figure(view).data) == 2
+    fig = render.accuracy_figure(view)
+    assert [t.name for t in fig.data] == ["PDD+DM", "DM alone (P=1)", "random real subset"]
+    assert list(fig.data[1].x) == [2] and list(fig.data[1].y) == pytest.approx([61.0])  # only where computed
+    assert list(fig.data[2].y) == pytest.approx([40.0, 55.0])
+    assert len(render.loss_figure(view).data) == 2 and max(v for _, v in view.losses[2]) == 0.2  # base loss kept apart
+    last = E.StageEvaluated(2, [0.7, 0.7], [0.5, 0.6], 2, [0.6, 0.62]).summary()
+    line = render.final_line(last, "dm")
+    assert "PDD+DM 70.0 ± 0.0 %" in line and "DM alone (P=1) 61.0 ± 1.0 %" in line and "random real subset 55.0" in line
     assert "Queued" in render.status_markdown(view, "queued", 3) and "position 3" in render.status_markdown(view, "queued", 3)
 
 

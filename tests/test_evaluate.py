@@ -39,3 +39,16 @@ def test_mtt_auto_switches_to_bounded_unroll_when_memory_is_tight(tiny, store):
     evs = list(run(cfg, store))
     assert isinstance(evs[-1], E.Done)
     assert any(isinstance(e, E.Message) and "bounded-memory unroll" in e.text for e in evs)
+
+
+def test_each_rows_random_baseline_is_p1s_random_subset_split_across_stages(digits):
+    """The random curriculum of P = 5 at IPC 10 uses exactly P = 1's 10 random images per class,
+    2 per stage, disjoint across stages."""
+    from pdd_engine.evaluate import random_subset
+    one_x, one_y = random_subset(digits, 1, 10, seed=3)
+    parts = [random_subset(digits, s, 2, seed=3) for s in range(1, 6)]
+    for c in range(digits.num_classes):
+        whole = one_x[one_y == c]
+        split = torch.cat([x[y == c] for x, y in parts])
+        assert torch.equal(whole, split)
+    assert not torch.equal(one_x, random_subset(digits, 1, 10, seed=4)[0])

@@ -81,9 +81,15 @@ def test_cli_distill_evaluate_and_errors(tmp_path, capsys):
             "--dm-pool", "1", "--cache-dir", cache, "--quiet", "--out", str(tmp_path / "b.zip"), "--json"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "| stage | IPC | PDD+DM acc % | random subset acc % |" in out
+    assert "| stage | IPC | PDD+DM acc % | DM alone (P=1) acc % | random subset acc % |" in out
     result = json.loads(out.strip().splitlines()[-1])
-    assert len(result["accuracies"]) == 2
+    first, last = result["accuracies"]
+    assert first["base_mean"] is None and first["base_std"] is None  # the base runs at the final stage by default
+    assert {"mean", "std", "random_mean", "random_std", "base_mean", "base_std"} <= set(last)
+    assert 0 < last["base_mean"] <= 1 and last["base_mean"] != last["mean"]
+    assert main(args[:-1] + ["--compare-base", "every"]) == 0  # stage 1's base is PDD's stage 1: served from cache
+    every = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 1 |")][0]
+    assert every.split("|")[3] == every.split("|")[4]
     assert main(["evaluate", str(tmp_path / "b.zip"), "--epochs", "5"]) == 0
     assert main(["distill", "--stages", "3", "--ipc", "10", "--cache-dir", cache]) == 2
     assert "not divisible" in capsys.readouterr().err

@@ -122,7 +122,7 @@ def test_gradient_matching_beats_random_at_ipc1(name):
 
 def test_idc_decode_shapes_and_mosaic_init(digits, tiny):
     from pdd_engine.methods.gradmatch import IDC
-    m = IDC(stage_context(tiny(method="idc", stages=1, ipc=2), digits))
+    m = IDC(stage_context(tiny(method="idc", stages=1, ipc=2, idc_factor=2), digits))
     stored = m.init_images()
     assert stored.shape == (20, 1, 8, 8)
     x, y = m.decode(stored)
@@ -163,3 +163,69 @@ def test_bounded_memory_estimate_does_not_grow_with_steps():
     full = unroll_memory_bytes(net, 1, 8, batch=100, syn_steps=80)
     assert many - one == 70 * n_params * 4  # only the parameter checkpoints grow, not activations
     assert full > 40 * one
+
+
+def test_idc_factor_follows_input_size_unless_set(digits, tiny):
+    """Factor 2 on 8x8 inputs makes 4x4 tiles that carry too little: auto is 1 below 16 px, else 2."""
+    from pdd_engine.methods.gradmatch import IDC
+    assert [DistillConfig(method="idc").idc_factor_for(s) for s in (8, 15, 16, 28, 32)] == [1, 1, 2, 2, 2]
+    assert DistillConfig(method="idc", idc_factor=2).idc_factor_for(8) == 2
+    m = IDC(stage_context(tiny(method="idc", stages=1, ipc=2), digits))
+    assert m.factor == 1 and m.decode(m.init_images())[0].shape == (20, 1, 8, 8)
+
+
+def test_mtt_student_never_takes_more_steps_than_its_expert(digits, tiny):
+    """On digits an expert takes 2 epochs x 6 batches = 12 steps: the default student takes no more,
+    and a user setting above that is warned about, with the fix."""
+    from pdd_engine.methods.mtt import MTT, expert_steps
+    n_real = len(digits.y_train)
+    assert expert_steps(DistillConfig(), n_real) == 2 * -(-n_real // 256) == 12
+    msgs = []
+    cfg = tiny(method="mtt", stages=1, ipc=1, syn_steps=None, expert_epochs=2)
+    m = MTT(stage_context(cfg, digits, report=msgs.append))
+    m.setup()
+    assert m.syn_steps == 12 and not any("warning" in t for t in msgs)
+    msgs.clear()
+    m = MTT(stage_context(cfg.replace(syn_steps=30), digits, report=msgs.append))
+    m.setup()
+    assert m.syn_steps == 30
+    warning = next(t for t in msgs if t.startswith("warning"))
+    assert "syn_steps 30 is more than the 12 steps" in warning and "Fix: set syn_steps to 12 or less" in warning
+
+
+def test_chain_transition_reproduces_a_hand_rolled_chain(digits, tiny):
+    """theta_2 = train(train(theta_0, U_1), U_2): each stage at its own lr with a fresh SGD; "fresh"
+    trains a new network on U_2 alone."""
+    from pdd_engine.evaluate import random_subset
+    from pdd_engine.progressive import Union
+    from pdd_engine.training import make_sgd, seed_of, train_epochs
+    cfg = tiny(stages=3, ipc=3, transition_epochs=3, width=8)
+    union = Union.empty(digits, torch.device("cpu"))
+    for stage, lr in ((1, 0.02), (2, 0.005)):
+        x, y = random_subset(digits, stage, 1, 0)
+        union.add({"train_x": x, "train_y": y, "stored": x, "real_keep": union.keep}, lr, cfg.eval_lr)
+    ctx = stage_context(cfg, digits, 3, union=union)
+    got = ctx.transition(ctx.new_model(5), 5)
+    want = ctx.new_model(5)
+    for j, (end, lr) in enumerate(((10, 0.02), (20, 0.005))):
+        train_epochs(want, union.x[:end], union.y[:end], 3, make_sgd(want, lr), lr, cfg.eval_batch, ctx.aug, seed_of(5, j))
+    for a, b in zip(got.parameters(), want.parameters()):
+        assert torch.equal(a, b)
+    fresh_ctx = stage_context(cfg.replace(transition="fresh"), digits, 3, union=union)
+    fresh = fresh_ctx.transition(fresh_ctx.new_model(5), 5)
+    once = ctx.new_model(5)
+    train_epochs(once, union.x, union.y, 3, make_sgd(once, 0.005), 0.005, cfg.eval_batch, ctx.aug, seed_of(5, 0))
+    assert all(torch.equal(a, b) for a, b in zip(fresh.parameters(), once.parameters()))
+    assert not torch.equal(next(fresh.parameters()), next(got.parameters()))
+
+
+def test_dm_draws_a_fresh_network_every_iteration_at_stage_one(digits, tiny):
+    from pdd_engine.methods.dm import DM
+    m = DM(stage_context(tiny(stages=1, ipc=1), digits))
+    m.setup()
+    assert m.pool == []  # stage 1: no pool; loss() builds a new random network per iteration
+    stored = m.init_images()
+    m.g = torch.Generator().manual_seed(0)
+    a = m.loss(stored, 0)
+    m.g = torch.Generator().manual_seed(0)
+    assert not torch.equal(a, m.loss(stored, 1))  # same batch draws, another network

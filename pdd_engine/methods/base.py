@@ -30,7 +30,8 @@ class StageContext:
     device: torch.device
     frozen_x: torch.Tensor  # training-form images of U_{i-1}, on device, never updated
     frozen_y: torch.Tensor
-    transition_lr: float  # lr a network uses when trained on U_{i-1}
+    stage_lrs: list[float]  # lr a network uses on each earlier stage's union U_1..U_{i-1}
+    stage_sizes: list[int]  # training-form images each earlier stage added: U_j = frozen[:sum(sizes[:j])]
     real_by_class: list[torch.Tensor]  # indices into ds.x_train each class may match against
     store: Any = None  # pdd_engine.cache.Store, for methods that cache their own artefacts (MTT experts)
     prefix_key: str = ""  # content hash of U_{i-1}: keys anything derived from it
@@ -51,12 +52,25 @@ class StageContext:
         return build_model(self.ds.channels, self.ds.num_classes, self.ds.size, c.depth_for(self.ds.size), c.width,
                            c.norm).to(self.device)
 
+    @property
+    def transition_lr(self) -> float:
+        """The lr for the last frozen union (the previous stage's learned lr, if any)."""
+        return self.stage_lrs[-1] if self.stage_lrs else self.cfg.eval_lr
+
     def transition(self, net: nn.Module, seed: int) -> nn.Module:
-        """Train ``net`` on the frozen union U_{i-1}: where stage i's matching starts (PDD.md)."""
-        if len(self.frozen_x):
-            opt = make_sgd(net, self.transition_lr)
-            train_epochs(net, self.frozen_x, self.frozen_y, self.cfg.transition_epochs, opt,
-                         self.transition_lr, self.cfg.eval_batch, self.aug, seed)
+        """Bring ``net`` to where stage i's matching starts (PDD.md).
+
+        ``chain`` (the official code): train on U_1, then U_2, ... U_{i-1}, ``transition_epochs`` each,
+        a fresh SGD per stage at that stage's lr, so the network is theta_{i-1} of one carried chain.
+        ``fresh``: train on U_{i-1} alone.
+        """
+        if not len(self.frozen_x):
+            return net
+        ends = torch.tensor(self.stage_sizes).cumsum(0).tolist()
+        plan = list(zip(ends, self.stage_lrs)) if self.cfg.transition == "chain" else [(ends[-1], self.transition_lr)]
+        for j, (end, lr) in enumerate(plan):
+            train_epochs(net, self.frozen_x[:end], self.frozen_y[:end], self.cfg.transition_epochs,
+                         make_sgd(net, lr), lr, self.cfg.eval_batch, self.aug, seed_of(seed, j))
         return net
 
     def real_batch(self, c: int, n: int, g: torch.Generator) -> torch.Tensor:

@@ -1,15 +1,17 @@
 """DM: distribution matching (Zhao & Bilen 2023).
 
 Per class, match the mean embedding of a real batch and of the class's synthetic images under a
-randomly drawn network; one shared DSA draw per class. Under PDD the embedding networks are
-first trained on U_{i-1} (a pool of ``dm_pool`` of them, drawn at random each iteration).
+randomly drawn network; one shared (siamese) DSA draw per class. At stage 1 every iteration draws
+a fresh random network, as the reference does. Under PDD, later stages' embedding networks are first
+brought through the transition on U_1..U_{i-1}; that costs training, so they come from a pool of
+``dm_pool`` networks drawn at random each iteration.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..training import seed_of
+from ..training import draw_seed, seed_of
 from .base import Method
 
 
@@ -19,6 +21,8 @@ class DM(Method):
     def setup(self) -> None:
         ctx = self.ctx
         self.pool = []
+        if not len(ctx.frozen_x):
+            return  # stage 1: a fresh random network every iteration
         for k in range(ctx.cfg.dm_pool):
             ctx.check_cancel()
             s = seed_of(ctx.seed, 7, k)
@@ -28,12 +32,15 @@ class DM(Method):
     def loss(self, stored: torch.Tensor, it: int) -> torch.Tensor:
         ctx = self.ctx
         x, y = self.union(stored)
-        net = self.pool[int(torch.randint(len(self.pool), (1,), generator=self.g))]
+        if self.pool:
+            net = self.pool[int(torch.randint(len(self.pool), (1,), generator=self.g))]
+        else:
+            net = ctx.new_model(seed_of(ctx.seed, 7, it)).requires_grad_(False)
         total = x.new_zeros(())
         for c in range(ctx.ds.num_classes):
             real = ctx.real_batch(c, ctx.cfg.batch_real, self.g)
             syn = x[y == c]
-            seed = int(torch.randint(2 ** 31 - 1, (1,), generator=self.g))
+            seed = draw_seed(self.g)
             with torch.no_grad():
                 real_mean = net.embed(ctx.aug(real, seed)).mean(0)
             syn_mean = net.embed(ctx.aug(syn, seed)).mean(0)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from ..augment import DSA
 from ..errors import PDDError
-from ..training import seed_of
+from ..training import draw_seed, seed_of
 from .base import Method
 
 
@@ -56,7 +56,7 @@ class GradientMatching(Method):
         for c in range(ctx.ds.num_classes):
             real = ctx.real_batch(c, ctx.cfg.batch_real, self.g)
             syn = x[y == c]
-            seed = int(torch.randint(2 ** 31 - 1, (1,), generator=self.g))
+            seed = draw_seed(self.g)
             yr = torch.full((len(real),), c, device=ctx.device)
             ys = torch.full((len(syn),), c, device=ctx.device)
             g_real = torch.autograd.grad(F.cross_entropy(self.net(aug(real, seed)), yr), params)
@@ -74,7 +74,7 @@ class GradientMatching(Method):
             return  # the next iteration draws a fresh network anyway
         for _ in range(self.ctx.cfg.inner_loop):
             for xb, yb in self.inner_batches(stored):
-                xb = self.ctx.aug(xb, int(torch.randint(2 ** 31 - 1, (1,), generator=self.g)))
+                xb = self.ctx.aug(xb, draw_seed(self.g), siamese=False)
                 loss = F.cross_entropy(self.net(xb), yb)
                 self.inner_opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -104,7 +104,7 @@ class IDC(GradientMatching):
 
     @property
     def factor(self) -> int:
-        return self.ctx.cfg.idc_factor
+        return self.ctx.cfg.idc_factor_for(self.ctx.ds.size)
 
     def setup(self) -> None:
         super().setup()

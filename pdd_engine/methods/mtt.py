@@ -17,7 +17,7 @@ from torch.func import functional_call
 
 from ..augment import DSA
 from ..errors import MemoryBudgetError
-from ..training import flat_params, seed_of, train_epochs
+from ..training import draw_seed, flat_params, seed_of, train_epochs
 from ..config import digest
 from .base import Method, StageContext
 
@@ -48,7 +48,7 @@ def unroll_loss(model: nn.Module, start: torch.Tensor, target: torch.Tensor, x: 
         idx = torch.randperm(n, generator=g)[:b].to(x.device)
         xb = x[idx]
         if aug:
-            xb = aug(xb, int(torch.randint(2 ** 31 - 1, (1,), generator=g)))
+            xb = aug(xb, draw_seed(g), siamese=False)
         ce = F.cross_entropy(functional_call(model, unflatten(model, p), (xb,)), y[idx])
         (grad,) = torch.autograd.grad(ce, p, create_graph=True)
         p = p - syn_lr * grad
@@ -74,7 +74,7 @@ class BoundedUnroll(torch.autograd.Function):
         p, thetas, plan = start.clone(), [], []
         for _ in range(syn_steps):
             idx = torch.randperm(n, generator=g)[:b].to(x.device)
-            aseed = int(torch.randint(2 ** 31 - 1, (1,), generator=g)) if aug else 0
+            aseed = draw_seed(g) if aug else 0
             thetas.append(p)
             grad = step_grad(model, p, x, y, idx, aug, aseed, create_graph=False)
             p = p - syn_lr * grad
@@ -106,7 +106,7 @@ class BoundedUnroll(torch.autograd.Function):
 def step_grad(model, p, x, y, idx, aug, aseed, create_graph):
     xb = x[idx]
     if aug:
-        xb = aug(xb, aseed)
+        xb = aug(xb, aseed, siamese=False)
     with torch.enable_grad():
         p = p if p.requires_grad else p.detach().requires_grad_(True)
         ce = F.cross_entropy(functional_call(model, unflatten(model, p), (xb,)), y[idx])
@@ -162,8 +162,10 @@ def available_memory_bytes(device: torch.device, override_gb: Optional[float]) -
 def expert_trajectories(ctx: StageContext) -> torch.Tensor:
     """(num_experts, epochs + 1, n_params) checkpoints; computed once per U_{i-1}, then cached."""
     c = ctx.cfg
-    key = "experts:" + digest({"prefix": ctx.prefix_key, "n": c.num_experts, "epochs": c.max_start_epoch + c.expert_epochs,
-                               "lr": c.expert_lr, "transition": c.transition_epochs, "t_lr": ctx.transition_lr,
+    key = "experts:" + digest({"prefix": ctx.prefix_key, "data": ctx.ds.fingerprint, "zca": c.zca,
+                               "arch": [c.depth_for(ctx.ds.size), c.width, c.norm], "seed": ctx.seed,
+                               "n": c.num_experts, "epochs": c.max_start_epoch + c.expert_epochs, "lr": c.expert_lr,
+                               "transition": [c.transition, c.transition_epochs, ctx.stage_lrs, ctx.stage_sizes],
                                "dsa": c.dsa_strategy, "real": [len(i) for i in ctx.real_by_class]})
     if ctx.store is not None and (hit := ctx.store.get(key)) is not None:
         ctx.report("expert trajectories: served from cache")
@@ -187,22 +189,40 @@ def expert_trajectories(ctx: StageContext) -> torch.Tensor:
     return out
 
 
+def expert_steps(cfg, n_real: int) -> int:
+    """SGD steps an expert takes between the matched checkpoints: expert_epochs x batches per epoch."""
+    return cfg.expert_epochs * max(1, -(-n_real // EXPERT_BATCH))
+
+
+def student_ahead_warning(syn_steps: int, steps: int) -> Optional[str]:
+    """The warning when the student takes more steps than the expert it must match, or None."""
+    if syn_steps <= steps:
+        return None
+    return (f"warning: syn_steps {syn_steps} is more than the {steps} steps the expert takes in expert_epochs; "
+            f"the learned step size will shrink and networks trained on the result will be under-trained. "
+            f"Fix: set syn_steps to {steps} or less (or leave it unset), or raise expert_epochs")
+
+
 class MTT(Method):
     name = "mtt"
 
     def setup(self) -> None:
         ctx, c = self.ctx, self.ctx.cfg
         self.model = ctx.new_model(0)
+        steps = expert_steps(c, sum(len(i) for i in ctx.real_by_class))
+        self.syn_steps = c.syn_steps_for(steps)
+        if (warning := student_ahead_warning(self.syn_steps, steps)) is not None:
+            ctx.report(warning)
         n_union = len(ctx.frozen_x) + ctx.ds.num_classes * self.ipc
         batch = min(c.batch_syn or n_union, n_union)
-        full = unroll_memory_bytes(self.model, ctx.ds.channels, ctx.ds.size, batch, c.syn_steps)
-        bounded = unroll_memory_bytes(self.model, ctx.ds.channels, ctx.ds.size, batch, 1, c.syn_steps)
+        full = unroll_memory_bytes(self.model, ctx.ds.channels, ctx.ds.size, batch, self.syn_steps)
+        bounded = unroll_memory_bytes(self.model, ctx.ds.channels, ctx.ds.size, batch, 1, self.syn_steps)
         have = available_memory_bytes(ctx.device, c.max_memory_gb)
         self.bounded = c.mtt_unroll == "bounded" or (c.mtt_unroll == "auto" and full > 0.5 * have)
         need = bounded if self.bounded else full
         if need > 0.8 * have:
             raise MemoryBudgetError(
-                f"an MTT unroll of {c.syn_steps} steps x batch {batch} needs about {need / 2**30:.1f} GiB "
+                f"an MTT unroll of {self.syn_steps} steps x batch {batch} needs about {need / 2**30:.1f} GiB "
                 f"({'bounded' if self.bounded else 'full'} unroll), {have / 2**30:.1f} GiB is available",
                 "set batch_syn (e.g. --batch-syn 32), use --mtt-unroll bounded, or a narrower model (--width)")
         if self.bounded and c.mtt_unroll == "auto":
@@ -219,9 +239,9 @@ class MTT(Method):
         e = int(torch.randint(len(self.experts), (1,), generator=self.g))
         t = int(torch.randint(max(1, c.max_start_epoch), (1,), generator=self.g))
         start, target = self.experts[e, t], self.experts[e, t + c.expert_epochs]
-        seed = int(torch.randint(2 ** 31 - 1, (1,), generator=self.g))
+        seed = draw_seed(self.g)
         fn = unroll_loss_bounded if self.bounded else unroll_loss
-        return fn(self.model, start, target, x, y, self.syn_lr, c.syn_steps, c.batch_syn, self.ctx.aug, seed)
+        return fn(self.model, start, target, x, y, self.syn_lr, self.syn_steps, c.batch_syn, self.ctx.aug, seed)
 
     def learned_lr(self) -> float:
         return max(float(self.syn_lr.detach()), 1e-5)
