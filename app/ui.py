@@ -28,7 +28,9 @@ METHOD_NAMES = {"dm": "DM: distribution matching", "mtt": "MTT: trajectory match
                 "idc": "IDC: gradient matching + multi-formation"}
 # Advanced fields shown as controls, in order; everything else comes from the preset.
 ADVANCED = ["iterations", "lr_img", "width", "depth", "eval_epochs", "eval_models", "seed", "syn_steps",
-            "num_experts", "transition_epochs", "filter_easy", "zca", "device"]
+            "num_experts", "transition_epochs", "filter_easy", "zca", "device", "transition", "compare_base"]
+CHOICES = ("filter_easy", "zca", "device", "transition", "compare_base")  # passed through as they are
+AUTO_WHEN_EMPTY = ("lr_img", "depth", "syn_steps")  # empty (or 0, which an emptied number box sends): auto
 POLL_S = 0.25
 
 
@@ -55,12 +57,12 @@ class Studio:
         values = dict(PRESETS.get(preset, {}))
         values.update(dataset=dataset, method=method, stages=int_or(stages, "stages"), ipc=int_or(ipc, "IPC"))
         for name, value in zip(ADVANCED, advanced):
-            if name in ("lr_img", "depth") and value in (None, "", 0):
-                values[name] = None  # empty (or 0, which an emptied number box sends): the default
+            if name in AUTO_WHEN_EMPTY and value in (None, "", 0):
+                values[name] = None
                 continue
             if value is None or value == "":
                 continue
-            values[name] = value if name in ("filter_easy", "zca", "device") else (
+            values[name] = value if name in CHOICES else (
                 float(value) if name == "lr_img" else int_or(value, name))
         return DistillConfig(**{**values, "data_root": self.data_root})
 
@@ -243,12 +245,18 @@ def build(studio: Studio) -> gr.Blocks:
                                 gr.Number(defaults.eval_epochs, label="Evaluation epochs per stage", precision=0),
                                 gr.Number(defaults.eval_models, label="Evaluation networks", precision=0),
                                 gr.Number(defaults.seed, label="Seed", precision=0),
-                                gr.Number(defaults.syn_steps, label="MTT: unrolled steps", precision=0),
+                                gr.Number(None, label="MTT: unrolled steps (empty or 0: the expert's steps, at most 20)",
+                                          precision=0),
                                 gr.Number(defaults.num_experts, label="MTT: experts", precision=0),
                                 gr.Number(defaults.transition_epochs, label="PDD transition epochs", precision=0),
                                 gr.Checkbox(defaults.filter_easy, label="Drop easy real examples between stages"),
                                 gr.Checkbox(defaults.zca, label="ZCA whitening"),
                                 gr.Dropdown(["auto", "cpu", "cuda"], value="auto", label="Device"),
+                                gr.Dropdown([("chain: one network through U_1, U_2, ... (paper)", "chain"),
+                                             ("fresh: a new network on U_{i-1}", "fresh")],
+                                            value=defaults.transition, label="PDD transition"),
+                                gr.Dropdown([("at the final stage", "final"), ("at every stage", "every"), ("off", "off")],
+                                            value=defaults.compare_base, label="Compare with the base method alone (P=1)"),
                             ]
                     with gr.Column(scale=2):
                         status = gr.Markdown("Pick a dataset and press **Run**.", elem_id="pdd-status")

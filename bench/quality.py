@@ -1,22 +1,32 @@
-"""Quality table: random subset vs each base method (P = 1) vs PDD + method (P = 2, 5), and whole set.
+"""Quality table: does PDD beat its own base method (P = 1) and its own random curriculum?
 
-Every row runs in its own subprocess (fresh cache, its own peak-memory reading) under the same
-evaluation protocol; PDD rows use the same *total* number of distillation iterations as P = 1.
+Every row is one (dataset, IPC, method, P, protocol) over several seeds, each seed in its own
+subprocess with a fresh cache. Two protocols (PDD.md):
 
-    .venv/bin/python bench/quality.py --datasets digits --ipcs 10 --methods dm,mtt --seeds 0,1,2
-    .venv/bin/python bench/quality.py --budget 1800      # scale iterations to fit ~30 minutes
+- **paper**: every stage gets the full distillation iterations and the full evaluation epochs, as the
+  official code does (P x the compute of P = 1);
+- **matched**: both are split by P, so every row of a block costs about the same.
 
-Writes bench/results/quality.json and quality.md and prints the markdown table.
+P = 1 is the same under both, so it runs once. Each row's random baseline is its *own*: the same
+number of real images per class, split into the same P stages and trained with the same curriculum
+(for P > 1 the union of the stages' random images is exactly P = 1's random subset).
+
+    .venv/bin/python bench/quality.py --datasets digits --ipcs 10 --methods dm,mtt --stages 1,5 --seeds 0,1,2
+    .venv/bin/python bench/quality.py --datasets mnist --ipcs 10,50 --methods dm --budget 3600 --jobs 2
+
+Writes bench/results/<out>.json and .md and prints the markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -25,119 +35,149 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT))
 
-ROW = r"""
-import json, resource, sys, tempfile, time, torch
-sys.path.insert(0, {root!r})
-from pdd_engine import DistillConfig, distill
-from pdd_engine.cache import Store
-torch.set_num_threads({threads})
-t = time.time()
-d = distill(DistillConfig(**json.loads(sys.argv[1])), Store(tempfile.mkdtemp()))
-print(json.dumps({{"accuracies": d.accuracies, "seconds": time.time() - t,
-                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
-"""
 
-WHOLE = r"""
-import json, resource, sys, time, torch
-sys.path.insert(0, {root!r})
-from pdd_engine import DistillConfig
-from pdd_engine.evaluate import Curriculum, EvalProtocol
-from pdd_engine.progressive import dataset_for
-torch.set_num_threads({threads})
-cfg = DistillConfig(**json.loads(sys.argv[1]))
-ds = dataset_for(cfg)
-proto = EvalProtocol(**{{**EvalProtocol.from_config(cfg, ds.size).to_dict(), "epochs": {epochs}}})
-t = time.time()
-acc = Curriculum(ds, proto, torch.device("cpu")).train_stage(ds.x_train, ds.y_train)
-print(json.dumps({{"acc": acc, "seconds": time.time() - t, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
-"""
+# -- one seed of one row, in a child process ------------------------------------------------
+def child_main(cfg: dict, threads: int, whole_epochs: int) -> dict:
+    import resource
+    import tempfile
+
+    import torch
+
+    from pdd_engine import DistillConfig, distill
+    from pdd_engine.cache import Store
+
+    torch.set_num_threads(threads)
+    t = time.time()
+    if whole_epochs:
+        from pdd_engine.evaluate import Curriculum, EvalProtocol
+        from pdd_engine.progressive import dataset_for
+
+        c = DistillConfig(**cfg)
+        ds = dataset_for(c)
+        proto = EvalProtocol(**{**EvalProtocol.from_config(c, ds.size).to_dict(), "epochs": whole_epochs})
+        out = {"acc": Curriculum(ds, proto, torch.device("cpu")).train_stage(ds.x_train, ds.y_train)}
+    else:
+        d = distill(DistillConfig(**cfg), Store(tempfile.mkdtemp()))
+        out = {"accuracies": d.accuracies}
+    out.update(seconds=time.time() - t, peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return out
 
 
-def child(script: str, cfg: dict, threads: int, **fmt) -> dict:
-    code = script.format(root=str(ROOT), threads=threads, **fmt)
-    out = subprocess.run([sys.executable, "-c", code, json.dumps(cfg)], capture_output=True, text=True)
+def child(cfg: dict, threads: int, whole_epochs: int = 0) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(cfg), "--threads", str(threads),
+                          "--whole-epochs", str(whole_epochs)], capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "row failed")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# -- the plan -------------------------------------------------------------------------------
+def plan(args) -> list[dict]:
+    """Rows to run: P = 1 once, every P > 1 under each protocol."""
+    from pdd_engine import DistillConfig
+    from pdd_engine.errors import ConfigError
+
+    rows = []
+    for dataset in args.datasets:
+        for ipc in args.ipcs:
+            for method in args.methods:
+                for p in args.stages:
+                    try:  # the engine's own rules decide which (P, IPC) pairs exist
+                        DistillConfig(dataset=dataset, method=method, stages=p, ipc=ipc)
+                    except ConfigError:
+                        continue
+                    for protocol in (["paper"] if p == 1 else args.protocols):
+                        rows.append({"dataset": dataset, "ipc": ipc, "method": method, "stages": p, "protocol": protocol})
+    return rows
+
+
+def row_config(row: dict, args, iterations: int) -> dict:
+    split = row["stages"] if row["protocol"] == "matched" else 1
+    return {"eval_models": args.eval_models, "max_train": args.max_train, "compare_base": "off", **args.extra,
+            "dataset": row["dataset"], "method": row["method"], "stages": row["stages"], "ipc": row["ipc"],
+            "iterations": max(1, iterations // split), "eval_epochs": max(1, args.eval_epochs // split)}
+
+
+def run_row(row: dict, args, iterations: int) -> dict | None:
+    cfg = row_config(row, args, iterations)
+    results = []
+    for seed in args.seeds:
+        try:
+            results.append(child({**cfg, "seed": seed}, args.threads))
+        except RuntimeError as e:
+            print(f"  {row} seed {seed}: {e}", file=sys.stderr)
+    if not results:
+        return None
+    per_stage = [[r["accuracies"][s] for r in results] for s in range(row["stages"])]
+    res = {**row, "iterations_per_stage": cfg["iterations"], "eval_epochs_per_stage": cfg["eval_epochs"],
+           "total_iterations": cfg["iterations"] * row["stages"], "total_eval_epochs": cfg["eval_epochs"] * row["stages"],
+           "acc": [a["mean"] for a in per_stage[-1]], "random": [a["random_mean"] for a in per_stage[-1]],
+           "stage_acc": [[a["mean"] for a in s] for s in per_stage],
+           "stage_random": [[a["random_mean"] for a in s] for s in per_stage],
+           "seconds": float(np.mean([r["seconds"] for r in results])),
+           "peak_mb": float(np.max([r["peak_mb"] for r in results]))}
+    print(f"{row['dataset']} IPC {row['ipc']} {row['method']} P={row['stages']} {row['protocol']}: {pct(res['acc'])} "
+          f"(own random {pct(res['random'])}; {res['seconds']:.0f} s)", file=sys.stderr, flush=True)
+    return res
 
 
 def pct(values: list[float]) -> str:
     return f"{100 * np.mean(values):.1f} ± {100 * np.std(values):.1f}"
 
 
-def plan(args) -> list[dict]:
-    rows = []
-    for dataset in args.datasets:
-        for ipc in args.ipcs:
-            for method in args.methods:
-                for p in args.stages:
-                    if p > ipc or ipc % p:
-                        continue
-                    rows.append({"dataset": dataset, "ipc": ipc, "method": method, "stages": p})
-    return rows
+def delta(a: list[float], b: list[float]) -> str:
+    """Difference of means in points, with ✓ when it is larger than both standard deviations."""
+    d = 100 * (np.mean(a) - np.mean(b))
+    clear = abs(d) > 100 * max(np.std(a), np.std(b))
+    return f"{d:+.1f}{' ✓' if clear else ''}"
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     split = lambda t: lambda s: [t(v) for v in s.split(",")]  # noqa: E731
     ap.add_argument("--datasets", type=split(str), default=["digits"])
-    ap.add_argument("--ipcs", type=split(int), default=[1, 10])
+    ap.add_argument("--ipcs", type=split(int), default=[10])
     ap.add_argument("--methods", type=split(str), default=["dm", "mtt", "dc", "dsa", "idc"])
-    ap.add_argument("--stages", type=split(int), default=[1, 2, 5])
+    ap.add_argument("--stages", type=split(int), default=[1, 5])
+    ap.add_argument("--protocols", type=split(str), default=["paper", "matched"])
     ap.add_argument("--seeds", type=split(int), default=[0, 1, 2])
-    ap.add_argument("--iterations", type=int, default=200, help="total distillation iterations (all stages together)")
-    ap.add_argument("--eval-epochs", type=int, default=300,
-                    help="evaluation epochs in total, split evenly across stages so every row trains as long")
+    ap.add_argument("--iterations", type=int, default=200, help="distillation iterations of P = 1 (and of each paper-protocol stage)")
+    ap.add_argument("--eval-epochs", type=int, default=300, help="evaluation epochs of P = 1 (and of each paper-protocol stage)")
     ap.add_argument("--eval-models", type=int, default=3)
-    ap.add_argument("--whole-epochs", type=int, default=50, help="epochs for the whole-dataset row")
-    ap.add_argument("--max-train", type=int, default=None, help="stratified real-train subset (e.g. 10000 for mnist)")
-    ap.add_argument("--budget", type=float, default=None, help="seconds for the whole table: iterations are scaled down to fit")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--whole-epochs", type=int, default=50, help="epochs for the whole-dataset row (0: skip it)")
+    ap.add_argument("--max-train", type=int, default=None, help="stratified real-train subset (default: all of it)")
+    ap.add_argument("--budget", type=float, default=None, help="seconds for the table: iterations are scaled down to fit")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per child")
+    ap.add_argument("--jobs", type=int, default=2, help="rows run at once")
     ap.add_argument("--extra", type=json.loads, default={}, help="JSON of further config fields for every row")
     ap.add_argument("--out", default=str(RESULTS / "quality"))
+    ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child_main(json.loads(args.child), args.threads, args.whole_epochs)))
+        return 0
 
     rows = plan(args)
-    common = {"eval_epochs": args.eval_epochs, "eval_models": args.eval_models, "max_train": args.max_train, **args.extra}
     iterations = args.iterations
-    if args.budget:  # probe: seconds per iteration of the first row's method at its size, then scale
-        probe = child(ROW, {**common, **rows[0], "stages": 1, "iterations": 10, "seed": 0}, args.threads)
-        per_row = args.budget / (len(rows) * len(args.seeds))
+    if args.budget:  # probe seconds per iteration of the first row's method, then scale every row
+        probe_cfg = {**row_config({**rows[0], "stages": 1, "protocol": "paper"}, args, 10), "eval_epochs": 1}
+        probe = child(probe_cfg, args.threads)
+        work = sum(r["stages"] if r["protocol"] == "paper" else 1 for r in rows) * len(args.seeds) / args.jobs
         per_iter = max(probe["seconds"] / 10, 1e-3)
-        iterations = int(np.clip(per_row / per_iter, 10, args.iterations))
-        print(f"budget {args.budget:.0f} s -> {iterations} total iterations per row (probe {per_iter:.2f} s/iteration)", file=sys.stderr)
+        iterations = int(np.clip(args.budget / work / per_iter, 10, args.iterations))
+        print(f"budget {args.budget:.0f} s -> {iterations} iterations per P=1 row (probe {per_iter:.2f} s/iteration)",
+              file=sys.stderr)
 
-    results, t0 = [], time.time()
-    baseline: dict[tuple, list] = {}
-    for row in rows:
-        cfg = {**common, "dataset": row["dataset"], "method": row["method"], "stages": row["stages"], "ipc": row["ipc"],
-               "iterations": max(1, iterations // row["stages"]), "eval_epochs": max(1, args.eval_epochs // row["stages"])}
-        accs, rand, secs, peaks = [], [], [], []
-        for seed in args.seeds:
-            try:
-                r = child(ROW, {**cfg, "seed": seed}, args.threads)
-            except RuntimeError as e:
-                print(f"  {row} seed {seed}: {e}", file=sys.stderr)
-                continue
-            accs.append(r["accuracies"][-1]["mean"])
-            rand.append(r["accuracies"][-1]["random_mean"])
-            secs.append(r["seconds"])
-            peaks.append(r["peak_mb"])
-        if not accs:
-            continue
-        res = {**row, "iterations_per_stage": cfg["iterations"], "acc": accs, "seconds": float(np.mean(secs)),
-               "peak_mb": float(np.max(peaks))}
-        results.append(res)
-        baseline.setdefault((row["dataset"], row["ipc"]), rand)
-        print(f"{row['dataset']} IPC {row['ipc']} {row['method']} P={row['stages']}: {pct(accs)} "
-              f"({res['seconds']:.0f} s, {res['peak_mb']:.0f} MB)", file=sys.stderr, flush=True)
-    whole = {}
-    for dataset in args.datasets:
-        w = child(WHOLE, {**common, "dataset": dataset}, args.threads, epochs=args.whole_epochs)
-        whole[dataset] = w
-    report = {"machine": machine(), "args": {k: v for k, v in vars(args).items()}, "total_iterations": iterations,
-              "rows": results, "random": {f"{d}/{i}": v for (d, i), v in baseline.items()},
-              "whole": whole, "seconds": time.time() - t0}
+    t0 = time.time()
+    with ThreadPoolExecutor(args.jobs) as pool:
+        results = [r for r in pool.map(lambda row: run_row(row, args, iterations), rows) if r is not None]
+        whole = {}
+        if args.whole_epochs:
+            for d in args.datasets:
+                whole[d] = child({"dataset": d, "max_train": args.max_train, "eval_models": args.eval_models, **args.extra},
+                                 args.threads, args.whole_epochs)
+    report = {"machine": machine(), "args": vars(args), "iterations": iterations, "rows": results, "whole": whole,
+              "seconds": time.time() - t0}
     md = markdown(report, args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out + ".json").write_text(json.dumps(report, indent=2))
@@ -149,27 +189,34 @@ def main() -> int:
 def machine() -> dict:
     import torch
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpus": __import__("os").cpu_count(), "torch": torch.__version__,
+            "cpus": os.cpu_count(), "torch": torch.__version__,
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 def markdown(report: dict, args) -> str:
-    out = [f"Test accuracy % (mean ± std over seeds {args.seeds}; each seed averages {args.eval_models} eval networks), "
-           f"{report['total_iterations']} distillation iterations and {args.eval_epochs} evaluation epochs in total per row "
-           f"(PDD rows split both evenly across stages). "
-           f"Machine: {report['machine']['cpus']} CPUs, torch {report['machine']['torch']}.", "",
-           "| dataset | IPC | method | P | accuracy % | iterations/stage | wall s | peak MB |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    keys = sorted({(r["dataset"], r["ipc"]) for r in report["rows"]}, key=lambda k: (k[0], k[1]))
-    for d, i in keys:
-        out.append(f"| {d} | {i} | random real subset | – | {pct(report['random'][f'{d}/{i}'])} | – | – | – |")
-        for r in (r for r in report["rows"] if (r["dataset"], r["ipc"]) == (d, i)):
-            name = r["method"].upper() if r["stages"] == 1 else f"PDD+{r['method'].upper()}"
-            out.append(f"| {d} | {i} | {name} | {r['stages']} | {pct(r['acc'])} | {r['iterations_per_stage']} | "
-                       f"{r['seconds']:.0f} | {r['peak_mb']:.0f} |")
+    m = report["machine"]
+    out = [f"Test accuracy % at the last stage, mean ± std over seeds {args.seeds} (each seed averages "
+           f"{args.eval_models} evaluation networks). P = 1: {report['iterations']} distillation iterations, "
+           f"{args.eval_epochs} evaluation epochs. *paper*: every stage gets both in full; *matched*: both split by P. "
+           f"Own random: the same number of real images per class in the same P stages and curriculum. "
+           f"Δ in points; ✓ = larger than both stds. Machine: {m['cpus']} CPUs, torch {m['torch']}"
+           f"{', ' + m['cuda'] if m['cuda'] else ''}; wall s is per seed with {args.jobs} rows at once, "
+           f"{args.threads} thread(s) each.", "",
+           "| dataset | IPC | method | P | protocol | iterations | eval epochs | accuracy % | own random % | "
+           "Δ vs P=1 | Δ vs own random | wall s |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    rows = report["rows"]
+    for r in rows:
+        base = next((b for b in rows if b["stages"] == 1 and (b["dataset"], b["ipc"], b["method"]) ==
+                     (r["dataset"], r["ipc"], r["method"])), None)
+        name = r["method"].upper() if r["stages"] == 1 else f"PDD+{r['method'].upper()}"
+        vs_base = "–" if base is None or base is r else delta(r["acc"], base["acc"])
+        out.append(f"| {r['dataset']} | {r['ipc']} | {name} | {r['stages']} | {r['protocol'] if r['stages'] > 1 else 'both'} | "
+                   f"{r['total_iterations']} | {r['total_eval_epochs']} | {pct(r['acc'])} | {pct(r['random'])} | "
+                   f"{vs_base} | {delta(r['acc'], r['random'])} | {r['seconds']:.0f} |")
     for d, w in report["whole"].items():
-        out.append(f"| {d} | all | whole training set ({args.whole_epochs} epochs) | – | {pct(w['acc'])} | – | "
-                   f"{w['seconds']:.0f} | {w['peak_mb']:.0f} |")
+        out.append(f"| {d} | all | whole training set | – | – | – | {args.whole_epochs} | {pct(w['acc'])} | – | – | – | "
+                   f"{w['seconds']:.0f} |")
     return "\n".join(out) + "\n"
 
 

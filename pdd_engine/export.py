@@ -62,10 +62,11 @@ def _png(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def collect(cfg: DistillConfig, store: Store, ds: Dataset) -> tuple[list, list, list]:
-    """The stored stage, eval and random-baseline records of a finished run, or a clear error."""
+def collect(cfg: DistillConfig, store: Store, ds: Dataset) -> tuple[list, list, list, list]:
+    """The stored stage, eval, random-baseline and base-method records of a finished run (the last
+    None where the run did not compare with the base method), or a clear error."""
     keys = Keys(cfg, ds.fingerprint)
-    stages, evals, randoms = [], [], []
+    stages, evals, randoms, bases = [], [], [], []
     for i in range(1, cfg.stages + 1):
         recs = [store.get(k) for k in (keys.stage(i), keys.eval(i), keys.random(i))]
         if any(r is None for r in recs):
@@ -74,21 +75,28 @@ def collect(cfg: DistillConfig, store: Store, ds: Dataset) -> tuple[list, list, 
         stages.append(recs[0])
         evals.append(recs[1][1]["acc"])
         randoms.append(recs[2][1]["acc"])
-    return stages, evals, randoms
+        base = store.get(Keys(cfg.base_config(i), ds.fingerprint).eval(1)) if i in cfg.base_stages() else None
+        bases.append(None if base is None else base[1]["acc"])
+    return stages, evals, randoms, bases
 
 
-def build_manifest(cfg: DistillConfig, ds: Dataset, stages: list, evals: list, randoms: list) -> dict[str, Any]:
+def _acc(values: Optional[list[float]]) -> Optional[dict[str, Any]]:
+    return None if values is None else {"mean": float(np.mean(values)), "std": float(np.std(values)), "per_model": values}
+
+
+def build_manifest(cfg: DistillConfig, ds: Dataset, stages: list, evals: list, randoms: list,
+                   bases: list) -> dict[str, Any]:
     proto = EvalProtocol.from_config(cfg, ds.size)
     keys = Keys(cfg, ds.fingerprint)
     stage_entries = []
-    for i, ((t, meta), acc, racc) in enumerate(zip(stages, evals, randoms), start=1):
+    for i, ((t, meta), acc, racc, bacc) in enumerate(zip(stages, evals, randoms, bases), start=1):
         stage_entries.append({
             "stage": i, "images_per_class": cfg.ipc_per_stage, "cumulative_images_per_class": cfg.ipc_per_stage * i,
             "stored": f"stage_{i}/images.pt", "train": f"stage_{i}/train_images.pt", "union": f"union_{i}.pt",
             "stored_shape": list(t["stored"].shape), "train_shape": list(t["train_x"].shape),
             "learned_lr": meta["lr"], "eval_lr": meta["lr"] or proto.lr,
-            "accuracy": {"mean": float(np.mean(acc)), "std": float(np.std(acc)), "per_model": acc},
-            "random_subset_accuracy": {"mean": float(np.mean(racc)), "std": float(np.std(racc)), "per_model": racc},
+            "accuracy": _acc(acc), "random_subset_accuracy": _acc(racc),
+            "base_method_accuracy": _acc(bacc),  # the base method alone (P = 1) at this IPC, if the run compared
             "distill_seconds": meta["seconds"], "real_examples_kept": meta["real_kept"],
         })
     return {
@@ -102,7 +110,12 @@ def build_manifest(cfg: DistillConfig, ds: Dataset, stages: list, evals: list, r
                    "images in .pt/.npz are already in model space, PNGs are de-normalised pixels",
         },
         "augmentation": {"evaluation": proto.dsa_strategy, "matching": "none" if cfg.method == "dc" else cfg.dsa_strategy,
-                         "mode": "DSA: one op group per batch, per-sample params, one shared draw for real and synthetic"},
+                         "mode": "DSA, one op per call: matching draws one transform for the whole real and synthetic "
+                                 "batch of a class (siamese); training draws parameters per sample"},
+        "transition": {"mode": cfg.transition, "epochs": cfg.transition_epochs,
+                       "note": "chain: stage i's networks are one network trained on union_1, union_2, ... union_{i-1} "
+                               "(each at its stage's lr, fresh SGD); fresh: a new network trained on union_{i-1}"},
+        "resolved": {"idc_factor": cfg.idc_factor_for(ds.size) if cfg.method == "idc" else None},
         "easy_example_filter": {"enabled": cfg.filter_easy, "keep_easy": cfg.keep_easy, "scorers": cfg.filter_models,
                                 "note": "real examples all scorers (trained on U_i) classify correctly are kept with "
                                         "probability keep_easy in the pool stage i+1 matches against"},
@@ -122,7 +135,7 @@ def export_bundle(cfg: DistillConfig, out: str | Path, store: Optional[Store] = 
     """Write the bundle of a finished run (all stages cached) to ``out`` (a .zip path)."""
     store = store if store is not None else Store(cfg.cache_dir)
     ds = ds if ds is not None else dataset_for(cfg)
-    stages, evals, randoms = collect(cfg, store, ds)
+    stages, evals, randoms, bases = collect(cfg, store, ds)
     files: dict[str, bytes] = {}
     union_x, union_y = [], []
     for i, (t, meta) in enumerate(stages, start=1):
@@ -143,7 +156,7 @@ def export_bundle(cfg: DistillConfig, out: str | Path, store: Optional[Store] = 
             files[f"png/stage_{i}/{safe_name(ds.classes[label])}/{k}.png"] = _png(px)
     if ds.zca is not None:
         files["zca.npz"] = _npz({"mean": ds.zca.mean, "matrix": ds.zca.matrix, "inverse": ds.zca.inverse})
-    manifest = build_manifest(cfg, ds, stages, evals, randoms)
+    manifest = build_manifest(cfg, ds, stages, evals, randoms, bases)
     manifest["files"] = {name: hashlib.sha256(b).hexdigest() for name, b in sorted(files.items())}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -14,8 +14,9 @@ from pdd_engine.export import load_bundle
 from tests.apphelpers import running_app
 
 # dataset, upload, method, stages, ipc, preset, iterations, lr_img, width, depth, eval_epochs, eval_models, seed,
-# syn_steps, experts, transition, filter_easy, zca, device
-TINY_CONTROLS = ["digits", None, "dm", 2, 2, "cpu-quick", 15, None, 16, None, 20, 2, 0, 5, 2, 5, False, False, "cpu"]
+# syn_steps, experts, transition epochs, filter_easy, zca, device, transition, compare_base
+TINY_CONTROLS = ["digits", None, "dm", 2, 2, "cpu-quick", 15, None, 16, None, 20, 2, 0, 5, 2, 5, False, False, "cpu",
+                 "chain", "final"]
 
 
 def fake_stream():

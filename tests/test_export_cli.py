@@ -33,6 +33,16 @@ def test_bundle_contents_and_manifest(bundle):
     assert npz["images"].shape == (10, 1, 8, 8)
     pngs = [n for n in z.namelist() if n.startswith("png/stage_1/")]
     assert len(pngs) == 10 and "png/stage_1/7/0.png" in pngs
+    assert m["transition"]["mode"] == "chain" and all(e["base_method_accuracy"] is None for e in m["stage_entries"])
+
+
+def test_manifest_carries_the_base_method_where_the_run_compared(tiny, store, tmp_path):
+    cfg = tiny(compare_base="final")
+    done = distill(cfg, store)
+    m = load_bundle(export_bundle(cfg, tmp_path / "b.zip", store)).manifest
+    first, last = m["stage_entries"]
+    assert first["base_method_accuracy"] is None
+    assert last["base_method_accuracy"]["mean"] == pytest.approx(done.accuracies[-1]["base_mean"])
 
 
 def test_export_load_evaluate_round_trip_reproduces_manifest(bundle):
@@ -99,7 +109,7 @@ def test_cli_distill_evaluate_and_errors(tmp_path, capsys):
 
 
 def test_idc_bundle_stores_compact_and_training_images(tiny, store, tmp_path):
-    cfg = tiny(method="idc", stages=1, ipc=1)
+    cfg = tiny(method="idc", stages=1, ipc=1, idc_factor=2)
     distill(cfg, store)
     path = export_bundle(cfg, tmp_path / "idc.zip", store)
     b = load_bundle(path)

@@ -1,10 +1,11 @@
 """DM: distribution matching (Zhao & Bilen 2023).
 
 Per class, match the mean embedding of a real batch and of the class's synthetic images under a
-randomly drawn network; one shared (siamese) DSA draw per class. At stage 1 every iteration draws
-a fresh random network, as the reference does. Under PDD, later stages' embedding networks are first
-brought through the transition on U_1..U_{i-1}; that costs training, so they come from a pool of
-``dm_pool`` networks drawn at random each iteration.
+randomly drawn network; one shared (siamese) DSA draw per class. At stage 1 (and whenever
+``transition_epochs`` is 0) every iteration draws a fresh random network, as the reference does.
+Under PDD, later stages' embedding networks are first brought through the transition on
+U_1..U_{i-1}; that costs training, so they come from a pool of ``dm_pool`` networks drawn at random
+each iteration.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ class DM(Method):
     def setup(self) -> None:
         ctx = self.ctx
         self.pool = []
-        if not len(ctx.frozen_x):
-            return  # stage 1: a fresh random network every iteration
+        if not len(ctx.frozen_x) or ctx.cfg.transition_epochs == 0:
+            return  # no transition to pay for: a fresh random network every iteration
         for k in range(ctx.cfg.dm_pool):
             ctx.check_cancel()
             s = seed_of(ctx.seed, 7, k)

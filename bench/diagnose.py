@@ -1,0 +1,104 @@
+"""Per-stage diagnostics of one PDD run: why does (or doesn't) each stage add something?
+
+For every stage i of a config it prints and records:
+- **acc / gain**: curriculum accuracy after U_i and its gain over U_{i-1} (and the same for the
+  random curriculum), from the run itself;
+- **start acc**: test accuracy of the network stage i's matching starts from (theta_{i-1}: the
+  transition network, the start of its experts for MTT), so one can see whether later stages really
+  see a later phase of training;
+- **NN dist**: mean distance of each new image to its nearest real image of its class, relative
+  to the mean nearest-neighbour distance between real images of that class (1.0 = as close as a
+  typical real neighbour; far above 1 = off the data manifold);
+- **spread**: mean pairwise distance among the new images of a class relative to real images'
+  (low = the stage's images collapse onto one prototype).
+
+    .venv/bin/python bench/diagnose.py --method dm --stages 5 --ipc 10
+    .venv/bin/python bench/diagnose.py --method mtt --stages 5 --ipc 10 --transition fresh
+
+Writes bench/results/diagnose_<dataset>_<method>_P<stages>.json and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pdd_engine import DistillConfig, distill  # noqa: E402
+from pdd_engine.__main__ import add_config_flags  # noqa: E402
+from pdd_engine.cache import Store  # noqa: E402
+from pdd_engine.progressive import Keys, Union, dataset_for, stage_context  # noqa: E402
+from pdd_engine.training import accuracy, seed_of  # noqa: E402
+
+
+def nn_ratio(new: torch.Tensor, real: torch.Tensor) -> float:
+    """Mean distance from each new image to its nearest real image, over real images' own NN distance."""
+    d_new = torch.cdist(new.flatten(1), real.flatten(1)).min(1).values.mean()
+    rr = torch.cdist(real.flatten(1), real.flatten(1))
+    rr.fill_diagonal_(float("inf"))
+    return float(d_new / rr.min(1).values.mean())
+
+
+def spread_ratio(new: torch.Tensor, real: torch.Tensor) -> float:
+    if len(new) < 2:
+        return float("nan")
+    pair = lambda x: torch.pdist(x.flatten(1)).mean()  # noqa: E731
+    return float(pair(new) / pair(real[:200]))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_flags(ap)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    cfg = DistillConfig(**{k: v for k, v in vars(args).items() if k != "out" and v is not None})
+    cfg = cfg.replace(compare_base="off")
+    store = Store(tempfile.mkdtemp())
+    done = distill(cfg, store)
+    ds = dataset_for(cfg)
+    keys = Keys(cfg, ds.fingerprint)
+    union = Union.empty(ds, torch.device("cpu"))
+    rows = []
+    for i in range(1, cfg.stages + 1):
+        ctx = stage_context(cfg, ds, i, union=union)
+        starts = [accuracy(ctx.transition(ctx.new_model(seed_of(k, 77)), seed_of(k, 78)), ds.x_test, ds.y_test)
+                  for k in range(3)] if i > 1 else []
+        tensors, meta = store.get(keys.stage(i))
+        x, y = tensors["train_x"], tensors["train_y"]
+        nn, spread = [], []
+        for c in range(ds.num_classes):
+            real = ds.x_train[ds.y_train == c]
+            nn.append(nn_ratio(x[y == c], real))
+            spread.append(spread_ratio(x[y == c], real))
+        a, prev = done.accuracies[i - 1], done.accuracies[i - 2] if i > 1 else None
+        rows.append({"stage": i, "acc": a["mean"], "gain": a["mean"] - (prev["mean"] if prev else 0.0),
+                     "random": a["random_mean"], "random_gain": a["random_mean"] - (prev["random_mean"] if prev else 0.0),
+                     "start_acc": sum(starts) / len(starts) if starts else None, "nn_ratio": sum(nn) / len(nn),
+                     "spread_ratio": sum(spread) / len(spread), "lr": meta["lr"]})
+        union.add(tensors, meta["lr"], cfg.eval_lr)
+    out = ["| stage | acc % | gain | random % | random gain | start acc % | NN dist | spread | lr |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        start = "–" if r["start_acc"] is None else f"{100 * r['start_acc']:.1f}"
+        lr = "–" if r["lr"] is None else f"{r['lr']:.4f}"
+        out.append(f"| {r['stage']} | {100 * r['acc']:.1f} | {100 * r['gain']:+.1f} | {100 * r['random']:.1f} | "
+                   f"{100 * r['random_gain']:+.1f} | {start} | {r['nn_ratio']:.2f} | {r['spread_ratio']:.2f} | "
+                   f"{lr} |")
+    md = "\n".join(out) + "\n"
+    path = Path(args.out or ROOT / "bench" / "results" / f"diagnose_{cfg.dataset}_{cfg.method}_P{cfg.stages}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".json").write_text(json.dumps({"config": cfg.to_dict(), "rows": rows}, indent=2))
+    path.with_suffix(".md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
