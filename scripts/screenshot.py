@@ -1,4 +1,4 @@
-"""Take the README's screenshots: the default run (digits, DM, P=5, IPC 10) in headless Chromium.
+"""Take the README's screenshots: the default (cpu-quick) run in headless Chromium.
 
     .venv/bin/python scripts/screenshot.py assets/   # writes studio_running.png, studio_done.png
 """
@@ -23,7 +23,8 @@ def main(out: str) -> None:
         page.wait_for_selector("#pdd-run:not([disabled])")
         t = time.time()
         page.locator("#pdd-run").click()
-        page.wait_for_function("document.querySelector('#pdd-status')?.innerText.includes('stage 3/5: iteration')", timeout=600_000)
+        page.wait_for_function(r"/stage [2-9]\/\d+: iteration [0-9]{2}/.test(document.querySelector('#pdd-status')?.innerText)",
+                               timeout=600_000)
         page.screenshot(path=str(out_dir / "studio_running.png"))
         page.wait_for_function("document.querySelector('#pdd-status')?.innerText.includes('Done')", timeout=1_800_000)
         print(f"default run finished in {time.time() - t:.0f} s (click to Done)")
