@@ -25,6 +25,7 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -169,21 +170,41 @@ def main() -> int:
               file=sys.stderr)
 
     t0 = time.time()
+    done: list[dict] = []
+    lock = threading.Lock()
+
+    def one(row: dict) -> None:
+        res = run_row(row, args, iterations)
+        with lock:
+            if res is not None:
+                done.append(res)
+            write(report_of(args, iterations, sorted(done, key=planned), {}, t0), args)  # keep partial tables
+
+    def planned(r: dict) -> int:  # finished rows in the plan's order
+        return rows.index({k: r[k] for k in ("dataset", "ipc", "method", "stages", "protocol")})
+
     with ThreadPoolExecutor(args.jobs) as pool:
-        results = [r for r in pool.map(lambda row: run_row(row, args, iterations), rows) if r is not None]
-        whole = {}
-        if args.whole_epochs:
-            for d in args.datasets:
-                whole[d] = child({"dataset": d, "max_train": args.max_train, "eval_models": args.eval_models, **args.extra},
-                                 args.threads, args.whole_epochs)
-    report = {"machine": machine(), "args": vars(args), "iterations": iterations, "rows": results, "whole": whole,
-              "seconds": time.time() - t0}
+        list(pool.map(one, rows))
+    whole = {}
+    if args.whole_epochs:
+        for d in args.datasets:
+            whole[d] = child({"dataset": d, "max_train": args.max_train, "eval_models": args.eval_models, **args.extra},
+                             args.threads, args.whole_epochs)
+    print(write(report_of(args, iterations, sorted(done, key=planned), whole, t0), args))
+    return 0
+
+
+def report_of(args, iterations: int, results: list[dict], whole: dict, t0: float) -> dict:
+    return {"machine": machine(), "args": vars(args), "iterations": iterations, "rows": results, "whole": whole,
+            "seconds": time.time() - t0}
+
+
+def write(report: dict, args) -> str:
     md = markdown(report, args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out + ".json").write_text(json.dumps(report, indent=2))
     Path(args.out + ".md").write_text(md)
-    print(md)
-    return 0
+    return md
 
 
 def machine() -> dict:

@@ -79,6 +79,12 @@ def cmd_distill(args: argparse.Namespace) -> int:
         elif isinstance(ev, E.StageStarted):
             bar = tqdm(total=cfg.iterations, desc=f"stage {ev.stage}/{ev.stages}" + (" (cached)" if ev.cached else ""),
                        disable=args.quiet, file=sys.stderr, leave=True)
+        elif isinstance(ev, E.Progress) and ev.phase == "base" and (bar is None or not bar.desc.startswith("base")):
+            if bar is not None:
+                bar.close()
+            bar = tqdm(total=cfg.iterations, desc="base method alone (P=1)", disable=args.quiet, file=sys.stderr,
+                       leave=True)
+            bar.update(ev.iteration)
         elif isinstance(ev, E.Progress) and bar is not None:
             bar.update(ev.iteration - bar.n)
             bar.set_postfix(loss=f"{ev.loss:.4g}")
