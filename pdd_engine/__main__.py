@@ -73,15 +73,18 @@ def cmd_distill(args: argparse.Namespace) -> int:
         print(w, file=sys.stderr)
     store = Store(cfg.cache_dir)
     bar: Optional[tqdm] = None
+    bar_phase = ""
     for ev in run(cfg, store):
         if isinstance(ev, E.RunStarted):
             print(f"{ev.run_key}  {cfg.dataset} / {cfg.method} / P={cfg.stages} / IPC={cfg.ipc}", file=sys.stderr)
         elif isinstance(ev, E.StageStarted):
+            bar_phase = "stage"
             bar = tqdm(total=cfg.iterations, desc=f"stage {ev.stage}/{ev.stages}" + (" (cached)" if ev.cached else ""),
                        disable=args.quiet, file=sys.stderr, leave=True)
-        elif isinstance(ev, E.Progress) and ev.phase == "base" and (bar is None or not bar.desc.startswith("base")):
+        elif isinstance(ev, E.Progress) and ev.phase == "base" and bar_phase != "base":
             if bar is not None:
                 bar.close()
+            bar_phase = "base"
             bar = tqdm(total=cfg.iterations, desc="base method alone (P=1)", disable=args.quiet, file=sys.stderr,
                        leave=True)
             bar.update(ev.iteration)
