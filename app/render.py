@@ -119,8 +119,13 @@ def final_line(last: dict, method: str) -> str:
         return f"{100 * mean:.1f} ± {100 * std:.1f} %"
     base = (f", {method.upper()} alone (P=1) {pm(last['base_mean'], last['base_std'])}"
             if last.get("base_mean") is not None else "")
+    verdict = ""
+    if last.get("base_mean") is not None:
+        d = 100 * (last["mean"] - last["base_mean"])
+        verdict = (f" PDD is {abs(d):.1f} points {'ahead of' if d >= 0 else 'behind'} {method.upper()} alone"
+                   f"{' (within the std: no clear difference)' if abs(d) <= 100 * max(last['std'], last['base_std']) else ''}.")
     return (f"Final accuracy: PDD+{method.upper()} {pm(last['mean'], last['std'])}{base}, "
-            f"random real subset {pm(last['random_mean'], last['random_std'])} (same IPC and curriculum).")
+            f"random real subset {pm(last['random_mean'], last['random_std'])} (same IPC and curriculum).{verdict}")
 
 
 def progress_html(view: RunView) -> str:

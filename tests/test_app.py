@@ -46,6 +46,9 @@ def test_run_view_folds_events_and_renders():
     last = E.StageEvaluated(2, [0.7, 0.7], [0.5, 0.6], 2, [0.6, 0.62]).summary()
     line = render.final_line(last, "dm")
     assert "PDD+DM 70.0 ± 0.0 %" in line and "DM alone (P=1) 61.0 ± 1.0 %" in line and "random real subset 55.0" in line
+    assert "PDD is 9.0 points ahead of DM alone." in line
+    tie = dict(last, mean=0.605, std=0.01)
+    assert "0.5 points behind DM alone (within the std: no clear difference)" in render.final_line(tie, "dm")
     assert "Queued" in render.status_markdown(view, "queued", 3) and "position 3" in render.status_markdown(view, "queued", 3)
 
 
