@@ -82,7 +82,7 @@ def main() -> int:
                      "random": a["random_mean"], "random_gain": a["random_mean"] - (prev["random_mean"] if prev else 0.0),
                      "start_acc": sum(starts) / len(starts) if starts else None, "nn_ratio": sum(nn) / len(nn),
                      "spread_ratio": sum(spread) / len(spread), "lr": meta["lr"]})
-        union.add(tensors, meta["lr"], cfg.eval_lr)
+        union.add(tensors, meta["lr"])
     out = ["| stage | acc % | gain | random % | random gain | start acc % | NN dist | spread | lr |",
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:

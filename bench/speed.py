@@ -115,7 +115,7 @@ def m_transition(a: dict) -> dict:
     ds = dataset_for(cfg)
     x, y = random_subset(ds, 1, a["ipc"], 0)
     union = Union.empty(ds, torch.device("cpu"))
-    union.add({"train_x": x, "train_y": y, "stored": x, "real_keep": union.keep}, None, cfg.eval_lr)
+    union.add({"train_x": x, "train_y": y, "stored": x, "real_keep": union.keep}, None)
     ctx = stage_context(cfg, ds, 2, union=union)
     t = time.perf_counter()
     ctx.transition(ctx.new_model(0), 0)

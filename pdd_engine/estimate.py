@@ -104,13 +104,14 @@ def estimate(cfg: DistillConfig, shape: tuple[int, int, int, int] | None = None,
         it = cfg.iterations
         if cfg.method == "dm":
             calls, samples = calls + it * 2 * classes, samples + it * (classes * cfg.batch_real / 3 + union)
-            for _ in range(cfg.dm_pool if prefixes else 0):
+            for _ in range(cfg.dm_pool if prefixes and cfg.transition_epochs else 0):  # else fresh nets (DM.setup)
                 transition(prefixes)
         elif cfg.method == "mtt":
             b = min(cfg.batch_syn or union, union)
             calls, samples = calls + it * 3 * syn_steps, samples + it * 3 * syn_steps * b
             for _ in range(cfg.num_experts):
-                transition(prefixes) if prefixes else None
+                if prefixes:
+                    transition(prefixes)
                 train(n_train, cfg.max_start_epoch + cfg.expert_epochs, 256)
         else:
             inner = cfg.batch_real if cfg.method == "idc" else union

@@ -75,7 +75,7 @@ def collect(cfg: DistillConfig, store: Store, ds: Dataset) -> tuple[list, list, 
         stages.append(recs[0])
         evals.append(recs[1][1]["acc"])
         randoms.append(recs[2][1]["acc"])
-        base = store.get(Keys(cfg.base_config(i), ds.fingerprint).eval(1)) if i in cfg.base_stages() else None
+        base = store.get(keys.base(i).eval(1)) if i in cfg.base_stages() else None
         bases.append(None if base is None else base[1]["acc"])
     return stages, evals, randoms, bases
 

@@ -60,6 +60,10 @@ class Keys:
         return "random:" + digest({"v": __version__, "data": self.fingerprint, "ipc": c.ipc_per_stage, "seed": c.seed,
                                    "eval": c.eval_key_fields(), "arch": self.arch, "i": i})
 
+    def base(self, i: int) -> "Keys":
+        """Keys of the base method alone (P = 1) at the IPC PDD has after stage ``i``."""
+        return Keys(self.cfg.base_config(i), self.fingerprint)
+
     @property
     def arch(self) -> list:
         return [self.cfg.depth, self.cfg.width, self.cfg.norm]
@@ -105,21 +109,21 @@ class Union:
     keep: torch.Tensor  # mask over ds.x_train of real images later stages may match against
     stored: list[torch.Tensor] = field(default_factory=list)  # each stage's stored tensor (display, export)
     sizes: list[int] = field(default_factory=list)  # training-form images each stage added
-    lrs: list[float] = field(default_factory=list)  # lr to train on each stage's union
+    lrs: list[Optional[float]] = field(default_factory=list)  # each stage's learned lr (None: the method learns none)
 
     @classmethod
     def empty(cls, ds: Dataset, device: torch.device) -> "Union":
         return cls(torch.empty(0, ds.channels, ds.size, ds.size, device=device),
                    torch.empty(0, dtype=torch.long, device=device), torch.ones(len(ds.y_train), dtype=torch.bool))
 
-    def add(self, tensors: dict[str, torch.Tensor], lr: Optional[float], default_lr: float) -> None:
+    def add(self, tensors: dict[str, torch.Tensor], lr: Optional[float]) -> None:
         device = self.x.device
         self.x = torch.cat([self.x, tensors["train_x"].to(device)])
         self.y = torch.cat([self.y, tensors["train_y"].to(device)])
         self.keep = tensors["real_keep"]
         self.stored.append(tensors["stored"])
         self.sizes.append(len(tensors["train_x"]))
-        self.lrs.append(lr if lr is not None else default_lr)
+        self.lrs.append(lr)
 
     @property
     def lr(self) -> Optional[float]:
@@ -133,7 +137,8 @@ def stage_context(cfg: DistillConfig, ds: Dataset, i: int = 1, device: Optional[
     device = device or torch.device("cpu")
     u = union if union is not None else Union.empty(ds, device)
     by_class = [torch.nonzero(u.keep & (ds.y_train == c)).flatten() for c in range(ds.num_classes)]
-    return StageContext(cfg, ds, i, device, u.x, u.y, list(u.lrs), list(u.sizes), by_class, store, prefix_key,
+    lrs = [lr if lr is not None else cfg.eval_lr for lr in u.lrs]  # what a network trains on each union with
+    return StageContext(cfg, ds, i, device, u.x, u.y, lrs, list(u.sizes), by_class, store, prefix_key,
                         report, cancel)
 
 
@@ -208,13 +213,13 @@ class Engine:
         if cached:
             for it, loss in meta["losses"]:
                 yield Progress(i, it + 1, self.cfg.iterations, loss, phase)
-        union.add(tensors, meta["lr"], self.cfg.eval_lr)
+        union.add(tensors, meta["lr"])
 
-    def base(self, ds: Dataset, fingerprint: str, i: int, device) -> Iterator[Event]:
+    def base(self, ds: Dataset, keys: Keys, i: int, device) -> Iterator[Event]:
         """The base method alone (P = 1) at PDD's IPC after stage ``i``, distilled, evaluated and cached
         like any stage. A generator whose return value is the accuracies of its evaluation networks."""
-        sub = Engine(self.cfg.base_config(i), self.store, self.cancel)
-        keys = Keys(sub.cfg, fingerprint)
+        keys = keys.base(i)
+        sub = Engine(keys.cfg, self.store, self.cancel)
         what = f"base method alone (P=1, IPC {sub.cfg.ipc})"
         hit = self.store.get(keys.eval(1))
         if hit is not None:
@@ -256,7 +261,7 @@ class Engine:
                 rand_y.append(ry)
                 rand_eval, racc = self.evaluated(keys.random(stage), ds, proto, rand_eval, torch.cat(rand_x),
                                                  torch.cat(rand_y), None, device)
-                bacc = (yield from self.base(ds, ds.fingerprint, stage, device)) if stage in cfg.base_stages() else None
+                bacc = (yield from self.base(ds, keys, stage, device)) if stage in cfg.base_stages() else None
                 ev = StageEvaluated(stage, acc, racc, cfg.ipc_per_stage * stage, bacc)
                 accuracies.append(ev.summary())
                 yield ev

@@ -27,6 +27,7 @@ def test_stream_has_every_event_kind_in_order(tiny, store):
     imgs = [e for e in evs if isinstance(e, E.StageImages)]
     assert imgs[1].images.shape == (20, 8, 8, 1) and imgs[1].images.dtype.name == "uint8"
     assert imgs[1].new.sum() == 10 and imgs[0].new.all()
+    assert all(e.learned_lr is None for e in evs if isinstance(e, E.StageFinished))  # DM learns no lr
 
 
 def test_frozen_subsets_stay_bit_identical(tiny, store, digits):
