@@ -6,6 +6,7 @@ from pathlib import Path
 from app.jobs import JobManager, zerogpu_stage_fn
 from app.ui import Studio, build
 from pdd_engine.cache import Store, default_cache_dir
+from pdd_engine.errors import PDDError
 
 ROOT = Path(__file__).resolve().parent
 
@@ -13,9 +14,13 @@ ROOT = Path(__file__).resolve().parent
 def main() -> None:
     cache_dir = os.environ.get("PDD_CACHE_DIR") or str(default_cache_dir())
     export_dir = Path(os.environ.get("PDD_EXPORT_DIR") or Path(cache_dir).parent / "exports")
+    try:
+        store = Store(cache_dir)
+    except PDDError as e:  # e.g. a cache folder that is not writable: one line with the fix
+        raise SystemExit(f"error: {e}") from None
     manager = JobManager(cache_dir, max_concurrent=int(os.environ.get("PDD_MAX_JOBS", "1")),
                          threads=int(os.environ.get("PDD_ENGINE_THREADS", "0")), stage_fn=zerogpu_stage_fn())
-    studio = Studio(manager, Store(cache_dir), export_dir, os.environ.get("PDD_DATA_DIR"))
+    studio = Studio(manager, store, export_dir, os.environ.get("PDD_DATA_DIR"))
     demo = build(studio)
     demo.queue(default_concurrency_limit=int(os.environ.get("PDD_UI_CONCURRENCY", "8")))
     try:

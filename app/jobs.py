@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 from pdd_engine import events as E
 from pdd_engine.config import DistillConfig
+from pdd_engine.errors import PDDError
 
 STOP_GRACE_S = 10.0
 
@@ -35,6 +36,8 @@ def worker_main(cfg_dict: dict, cache_dir: Optional[str], out: "mp.Queue", cance
             torch.set_num_threads(threads)
         for ev in run(DistillConfig(**cfg_dict), Store(cache_dir), cancel):
             out.put(ev)
+    except PDDError as e:  # e.g. an unusable cache directory: the user's problem, said in one line
+        out.put(E.Failed(str(e), None))
     except BaseException as e:  # noqa: BLE001 - the process must report, not die silently
         out.put(E.Failed(f"the engine crashed ({type(e).__name__}: {e}). Fix: finished stages are cached; "
                          "start the run again to resume.", None, traceback.format_exc()))

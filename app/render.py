@@ -204,13 +204,13 @@ def accuracy_figure(view: RunView) -> go.Figure:
     return fig
 
 
-def compare_figure(runs: list[dict]) -> go.Figure:
-    """Cached runs on one accuracy plot: each run's per-stage curve."""
+def compare_figure(runs: list) -> go.Figure:
+    """Cached runs (pdd_engine.runs.RunRecord) on one accuracy plot: each run's per-stage curve."""
     fig = go.Figure()
     for r in runs:
-        c, acc = r["config"], r["accuracies"]
-        fig.add_trace(go.Scatter(x=[a["ipc"] for a in acc], y=[100 * a["mean"] for a in acc], mode="lines+markers",
-                                 error_y=dict(type="data", array=[100 * a["std"] for a in acc]),
-                                 name=f"{c['dataset']} {c['method']} P={c['stages']} IPC={c['ipc']}"))
+        c, acc = r.config, r.stages
+        fig.add_trace(go.Scatter(x=[a.ipc for a in acc], y=[100 * a.mean for a in acc], mode="lines+markers",
+                                 error_y=dict(type="data", array=[100 * a.std for a in acc]),
+                                 name=f"{c.dataset} {c.method} P={c.stages} IPC={c.ipc}"))
     fig.update_layout(xaxis_title="images per class (cumulative)", yaxis_title="test accuracy %", **LAYOUT)
     return fig

@@ -12,12 +12,12 @@ from typing import Any, Optional
 
 import gradio as gr
 
-from pdd_engine import METHODS, PRESETS, PDDError
+from pdd_engine import METHODS, PRESETS, PDDError, runs
 from pdd_engine.cache import Store
 from pdd_engine.config import BUILTIN_DATASETS, DistillConfig
 from pdd_engine.data import availability
 from pdd_engine.estimate import config_warnings, estimate
-from pdd_engine.export import export_bundle, stage_archive
+from pdd_engine.export import stage_archive
 
 from . import render
 from .jobs import JobManager
@@ -136,7 +136,7 @@ class Studio:
         status = render.status_markdown(view, state, position) + (f" {extra}" if extra else "")
         if job is not None and view.done:
             try:
-                bundle = self.bundle(job.config, view.run_key)
+                bundle = self.bundle(view.run_key)
                 stages = [str(stage_archive(bundle, i, bundle.with_name(f"{bundle.stem}_stage{i}.zip")))
                           for i in range(1, job.config.stages + 1)]
             except PDDError as e:
@@ -146,50 +146,45 @@ class Studio:
                 render.accuracy_figure(view), str(bundle) if bundle else None, stages,
                 gr.update(interactive=running), gr.update(interactive=not running and state != "done"))
 
-    def bundle(self, cfg: DistillConfig, run_key: str) -> Path:
-        path = self.export_dir / f"pdd_{cfg.dataset.split(':')[0]}_{cfg.method}_P{cfg.stages}_ipc{cfg.ipc}_{run_key[4:14]}.zip"
+    def bundle(self, run_key: str) -> Path:
+        rec = runs.get(self.store, run_key)
+        path = self.export_dir / f"{rec.file_stem}.zip"
         if not path.exists():
-            export_bundle(cfg, path, self.store)
+            runs.export(self.store, rec.key, path)
         return path
 
     # -- runs tab -----------------------------------------------------------------------
-    def runs(self) -> list[dict]:
-        out = []
-        for key in self.store.keys("run:"):
-            _, meta = self.store.get(key)
-            out.append({"key": key, **meta})
-        return sorted(out, key=lambda r: -r.get("finished", 0))
-
     def runs_table(self) -> tuple[list[list], dict]:
         rows, choices = [], []
-        for r in self.runs():
-            c, last = r["config"], r["accuracies"][-1]
-            label = f"{r['key'][4:14]} {c['dataset']} {c['method']} P={c['stages']} IPC={c['ipc']}"
-            rows.append([r["key"][4:14], c["dataset"], c["method"], c["stages"], c["ipc"], c["iterations"],
-                         f"{100 * last['mean']:.1f} ± {100 * last['std']:.1f}", f"{100 * last['random_mean']:.1f}",
-                         time.strftime("%Y-%m-%d %H:%M", time.localtime(r.get("finished", 0)))])
-            choices.append((label, r["key"]))
+        for r in runs.list_runs(self.store):
+            c, last = r.config, r.final
+            rows.append([r.id, c.dataset, c.method, c.stages, c.ipc, c.iterations,
+                         f"{100 * last.mean:.1f} ± {100 * last.std:.1f}",
+                         "–" if last.base_mean is None else f"{100 * last.base_mean:.1f}", f"{100 * last.random_mean:.1f}",
+                         time.strftime("%Y-%m-%d %H:%M", time.localtime(r.finished))])
+            choices.append((r.label, r.key))
         return rows, gr.update(choices=choices, value=[])
 
-    def compare(self, keys: list[str]):
-        runs = [r for r in self.runs() if r["key"] in (keys or [])]
-        return render.compare_figure(runs)
+    def selected(self, keys: Optional[list[str]]) -> list[runs.RunRecord]:
+        return [r for r in runs.list_runs(self.store) if r.key in (keys or [])]
 
-    def download_runs(self, keys: list[str]):
-        files = []
-        for r in self.runs():
-            if r["key"] in (keys or []):
-                try:
-                    files.append(str(self.bundle(DistillConfig(**r["config"]), r["key"])))
-                except PDDError:
-                    pass
-        return files or None
+    def compare(self, keys: list[str]):
+        return render.compare_figure(self.selected(keys))
+
+    def download_runs(self, keys: list[str]) -> tuple[Optional[list[str]], str]:
+        files, problems = [], []
+        for r in self.selected(keys):
+            try:
+                files.append(str(self.bundle(r.key)))
+            except PDDError as e:
+                problems.append(f"⚠ {r.id}: {e}")
+        return files or None, "<br>".join(problems)
 
     def delete_runs(self, keys: list[str]) -> str:
-        busy = {DistillConfig(**r["config"]) for r in self.runs() if r["key"] in (keys or [])} & set(self.manager.active_configs())
+        busy = {r.config for r in self.selected(keys)} & set(self.manager.active_configs())
         if busy:
             return "⚠ a selected run is running right now and cannot be deleted. Fix: wait until it finishes."
-        n = sum(self.store.delete(k) for k in (keys or []))
+        n = runs.delete(self.store, [r.key for r in self.selected(keys)])
         return f"Deleted {n} run record(s); their stages stay cached for runs that share them."
 
 
@@ -271,7 +266,7 @@ def build(studio: Studio) -> gr.Blocks:
                             stage_files = gr.File(label="Each stage's images", file_count="multiple")
             with gr.Tab("Runs", id="runs"):
                 runs_df = gr.Dataframe(headers=["run", "dataset", "method", "P", "IPC", "iterations", "accuracy %",
-                                                "random %", "finished"], interactive=False)
+                                                "base alone %", "random %", "finished"], interactive=False)
                 with gr.Row():
                     pick = gr.Dropdown([], multiselect=True, label="Select runs", scale=3)
                     refresh = gr.Button("Refresh", scale=1)
@@ -314,16 +309,16 @@ def build(studio: Studio) -> gr.Blocks:
         refresh.click(studio.runs_table, None, [runs_df, pick], api_name="runs")
         demo.load(studio.runs_table, None, [runs_df, pick], api_visibility="private")
         compare_btn.click(studio.compare, pick, compare_plot, api_visibility="private")
-        dl_btn.click(studio.download_runs, pick, runs_files, api_name="download")
+        dl_btn.click(studio.download_runs, pick, [runs_files, runs_msg], api_name="download")
         del_btn.click(studio.delete_runs, pick, runs_msg, api_name="delete").then(
             studio.runs_table, None, [runs_df, pick], api_visibility="private")
 
         def reopen(keys, who):
             """Open a cached run: a job that replays it from the cache (no training happens)."""
-            run = next((r for r in studio.runs() if keys and r["key"] == keys[0]), None)
+            run = next(iter(studio.selected(keys[:1] if keys else [])), None)
             if run is None:
                 return "", gr.update(), "⚠ select a run first."
-            job = studio.manager.submit(DistillConfig(**run["config"]), who or secrets.token_hex(8))
+            job = studio.manager.submit(run.config, who or secrets.token_hex(8))
             return job.id, gr.Tabs(selected="distil"), ""
 
         launch(open_btn.click(reopen, [pick, owner], [job_id, tabs, runs_msg], queue=False, api_visibility="private"))

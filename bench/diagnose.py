@@ -34,7 +34,8 @@ sys.path.insert(0, str(ROOT))
 from pdd_engine import DistillConfig, distill  # noqa: E402
 from pdd_engine.__main__ import add_config_flags  # noqa: E402
 from pdd_engine.cache import Store  # noqa: E402
-from pdd_engine.progressive import Keys, Union, dataset_for, stage_context  # noqa: E402
+from pdd_engine.keys import Keys
+from pdd_engine.progressive import Union, dataset_for, stage_context  # noqa: E402
 from pdd_engine.training import accuracy, seed_of  # noqa: E402
 
 
@@ -63,7 +64,7 @@ def main() -> int:
     store = Store(tempfile.mkdtemp())
     done = distill(cfg, store)
     ds = dataset_for(cfg)
-    keys = Keys(cfg, ds.fingerprint)
+    keys = Keys.of(cfg, ds)
     union = Union.empty(ds, torch.device("cpu"))
     rows = []
     for i in range(1, cfg.stages + 1):

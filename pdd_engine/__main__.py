@@ -159,15 +159,39 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    """``runs [list|show|delete|export|compare] [ID ...]``: finished runs in the cache."""
+    import time
+
+    from . import runs
     from .cache import Store
 
     store = Store(args.cache_dir)
-    for key in store.keys("run:"):
-        _, meta = store.get(key)
-        c = meta["config"]
-        last = meta["accuracies"][-1]
-        print(f"{key[4:16]}  {c['dataset']:<8} {c['method']:<4} P={c['stages']} IPC={c['ipc']:<3} "
-              f"acc {100 * last['mean']:.1f}% (random {100 * last['random_mean']:.1f}%)")
+    need = {"list": (0, None), "show": (1, 1), "delete": (1, None), "export": (1, 1), "compare": (1, None)}[args.action]
+    if len(args.ids) < need[0] or (need[1] is not None and len(args.ids) > need[1]):
+        raise PDDError(f"`runs {args.action}` takes {'one run id' if need[1] == 1 else 'run ids'} (got {len(args.ids)})",
+                       f"e.g. `python -m pdd_engine runs {args.action} <id>`; ids come from `runs list`")
+    if args.action == "list":
+        records = runs.list_runs(store)
+        if args.json:
+            print(json.dumps([r.to_dict() for r in records]))
+        for r in records if not args.json else []:
+            f = r.final
+            print(f"{r.id}  {time.strftime('%Y-%m-%d %H:%M', time.localtime(r.finished))}  {r.config.dataset:<8} "
+                  f"{r.config.method:<4} P={r.config.stages} IPC={r.config.ipc:<3} acc {100 * f.mean:.1f}% "
+                  f"(random {100 * f.random_mean:.1f}%)" + ("" if r.current else "  [older engine: results only]"))
+        if not records and not args.json:
+            print("no finished runs in this cache", file=sys.stderr)
+    elif args.action == "show":
+        r = runs.get(store, args.ids[0])
+        print(json.dumps(r.to_dict(), indent=2) if args.json else runs.compare_table([r]))
+    elif args.action == "delete":
+        n = runs.delete(store, args.ids)
+        print(f"deleted {n} run record(s); their stages stay cached for runs that share them", file=sys.stderr)
+    elif args.action == "export":
+        rec = runs.get(store, args.ids[0])
+        print(f"bundle written to {runs.export(store, rec.id, args.out or rec.file_stem + '.zip')}", file=sys.stderr)
+    elif args.action == "compare":
+        print(runs.compare_table([runs.get(store, ref) for ref in args.ids]))
     return 0
 
 
@@ -195,7 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--data-root")
     f.set_defaults(func=cmd_fetch)
     sub.add_parser("presets", help="list presets").set_defaults(func=cmd_presets)
-    r = sub.add_parser("runs", help="list finished runs in the cache")
+    r = sub.add_parser("runs", help="finished runs in the cache: list, show, delete, export, compare")
+    r.add_argument("action", nargs="?", default="list", choices=["list", "show", "delete", "export", "compare"])
+    r.add_argument("ids", nargs="*", help="run ids from `runs list` (a unique prefix is enough)")
+    r.add_argument("--out", help="export: the bundle's path (default: <name>.zip here)")
+    r.add_argument("--json", action="store_true", help="list/show: JSON instead of text")
     r.add_argument("--cache-dir")
     r.set_defaults(func=cmd_runs)
     return p

@@ -6,15 +6,20 @@ pickles, so a cache written by one version can be inspected, and never executes 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import sqlite3
+import sys
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import diskcache
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
+
+from .errors import CacheError
 
 DEFAULT_SIZE_LIMIT_GB = float(os.environ.get("PDD_CACHE_GB", "4"))
 
@@ -36,27 +41,65 @@ def unpack(blob: bytes) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     return tensors, meta
 
 
-class Store:
-    """A diskcache-backed map ``key -> (tensors, meta)``; ``size_limit_gb`` bounds its disk use."""
+# What the store's layout and records mean. A cache written with a higher format is refused (an
+# older engine could misread it); a lower one is upgraded in place (its keys simply never match).
+FORMAT = 2
+FORMAT_KEY = "_store:format"
+Check = Callable[[dict[str, torch.Tensor], dict[str, Any]], Optional[str]]
 
-    def __init__(self, directory: Optional[str | Path] = None, size_limit_gb: Optional[float] = None):
+
+class Store:
+    """A diskcache-backed map ``key -> (tensors, meta)``; ``size_limit_gb`` bounds its disk use.
+
+    Reads never crash and never return a value written for another key: an unreadable, foreign or
+    (per the caller's ``check``) malformed entry is dropped with a one-line notice and reads as a miss,
+    so the caller recomputes it. Only that entry is dropped.
+    """
+
+    def __init__(self, directory: Optional[str | Path] = None, size_limit_gb: Optional[float] = None,
+                 notice: Optional[Callable[[str], None]] = None):
         size_limit_gb = size_limit_gb or DEFAULT_SIZE_LIMIT_GB
         self.directory = Path(directory) if directory else default_cache_dir()
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._cache = diskcache.Cache(str(self.directory), size_limit=int(size_limit_gb * 2 ** 30),
-                                      eviction_policy="least-recently-used")
-        self.reads = 0
+        self.notice = notice or (lambda msg: print(msg, file=sys.stderr))
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._cache = diskcache.Cache(str(self.directory), size_limit=int(size_limit_gb * 2 ** 30),
+                                          eviction_policy="least-recently-used")
+            found = self._cache.get(FORMAT_KEY)
+            if found is None or found < FORMAT:
+                self._cache.set(FORMAT_KEY, FORMAT)
+        except (OSError, sqlite3.Error) as e:
+            raise self._error(e, "open") from None
+        if found is not None and found > FORMAT:
+            raise CacheError(f"the cache {self.directory} was written by a newer PDD Studio (cache format {found}, "
+                             f"this version reads {FORMAT})",
+                             "upgrade PDD Studio, or use another folder with --cache-dir (app: PDD_CACHE_DIR)")
         self.writes = 0
 
-    def get(self, key: str) -> Optional[tuple[dict[str, torch.Tensor], dict[str, Any]]]:
-        blob = self._cache.get(key)
+    def get(self, key: str, check: Optional[Check] = None) -> Optional[tuple[dict[str, torch.Tensor], dict[str, Any]]]:
+        """The entry under ``key``, or None if there is none or it cannot be trusted (then it is dropped)."""
+        try:
+            blob = self._cache.get(key)
+        except (OSError, sqlite3.Error) as e:
+            return self._drop(key, f"unreadable ({type(e).__name__})")
         if blob is None:
             return None
-        self.reads += 1
-        return unpack(blob)
+        try:
+            tensors, meta = unpack(blob)
+        except Exception as e:  # truncated or not safetensors at all: any parse error means the same
+            return self._drop(key, f"unreadable ({type(e).__name__})")
+        if meta.get("_key", key) != key:
+            return self._drop(key, "written for another key")
+        why = check(tensors, meta) if check is not None else None
+        if why:
+            return self._drop(key, why)
+        return tensors, meta
 
     def put(self, key: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-        self._cache.set(key, pack(tensors, meta))
+        try:
+            self._cache.set(key, pack(tensors, {**meta, "_key": key}))
+        except (OSError, sqlite3.Error) as e:
+            raise self._error(e, "write") from None
         self.writes += 1
 
     def __contains__(self, key: str) -> bool:
@@ -70,3 +113,17 @@ class Store:
 
     def close(self) -> None:
         self._cache.close()
+
+    def _drop(self, key: str, why: str) -> None:
+        self._cache.delete(key)
+        self.notice(f"cache entry {key[:24]}… {why}: dropped it, recomputing")
+        return None
+
+    def _error(self, e: Exception, doing: str) -> CacheError:
+        full = getattr(e, "errno", None) == errno.ENOSPC or "full" in str(e).lower()
+        if full:
+            return CacheError(f"the disk holding the cache {self.directory} is full",
+                              "free space there, lower PDD_CACHE_GB, or use another folder with --cache-dir "
+                              "(app: PDD_CACHE_DIR); finished stages stay cached")
+        return CacheError(f"cannot {doing} the cache {self.directory} ({e})",
+                          "use a writable folder with --cache-dir (app: PDD_CACHE_DIR), or fix its permissions")

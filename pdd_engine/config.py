@@ -1,7 +1,7 @@
 """One typed, validated config for a distillation run, and the presets.
 
-The config is flat on purpose: every field maps one-to-one onto a CLI flag and an app control,
-and its canonical JSON is what the cache hashes.
+The config is flat on purpose: every field maps one-to-one onto a CLI flag and an app control;
+which fields feed which cached artefact is declared in :mod:`pdd_engine.keys`.
 """
 
 from __future__ import annotations
@@ -19,12 +19,6 @@ BUILTIN_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "
 DSA_OPS = ("color", "crop", "cutout", "flip", "scale", "rotate")
 Norm = Literal["instance", "batch", "none"]
 Device = Literal["auto", "cpu", "cuda"]
-
-# Fields that change where or how fast work runs, not what it computes: left out of cache keys.
-NON_SEMANTIC = frozenset({"device", "data_root", "cache_dir", "max_memory_gb", "eval_batched", "mtt_unroll",
-                          "compare_base"})
-# Fields that only affect evaluation: stages are shared across different evaluation protocols.
-EVAL_FIELDS = frozenset({"eval_epochs", "eval_models", "eval_lr", "eval_batch", "eval_dsa"})
 
 # Per-method defaults for the synthetic-image learning rate (SGD, momentum 0.5) on normalised,
 # un-whitened inputs, chosen on digits at IPC 1 (the paper presets set their own lr_img).
@@ -141,21 +135,6 @@ class DistillConfig:
         if unknown:
             raise ConfigError(f"unknown config field(s) {unknown}", f"use only {sorted(known)}")
         return cls(**d)
-
-    # -- hashing -------------------------------------------------------------------------
-    def stage_key_fields(self) -> dict[str, Any]:
-        """What determines stage i's images: everything but the eval protocol and the stage count.
-
-        Total IPC and P are replaced by IPC per stage, so a run with more stages at the same
-        per-stage IPC shares its prefix with a shorter one.
-        """
-        d = {k: v for k, v in self.to_dict().items()
-             if k not in NON_SEMANTIC and k not in EVAL_FIELDS and k not in ("stages", "ipc")}
-        d["ipc_per_stage"] = self.ipc_per_stage
-        return d
-
-    def eval_key_fields(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in sorted(EVAL_FIELDS) if k != "eval_batched"}
 
 
 def auto_depth(size: int) -> int:

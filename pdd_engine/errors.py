@@ -26,5 +26,9 @@ class MemoryBudgetError(PDDError):
     """The estimated peak memory of a step exceeds what this machine has."""
 
 
+class CacheError(PDDError):
+    """The cache directory cannot be used (not writable, full, or from a newer engine)."""
+
+
 class Cancelled(Exception):
     """Raised inside the engine when the cancel token is set; finished stages stay cached."""

@@ -36,7 +36,8 @@ from .data import Dataset
 from .errors import BundleError, PDDError
 from .evaluate import EvalProtocol, make_curriculum
 from .models import parse_arch
-from .progressive import Keys, dataset_for, dataset_info, resolve_device, to_uint8
+from .keys import Keys
+from .progressive import dataset_for, dataset_info, resolve_device, to_uint8
 
 FORMAT = "pdd-studio-bundle"
 FORMAT_VERSION = 1
@@ -65,7 +66,7 @@ def _png(pixels: np.ndarray) -> bytes:
 def collect(cfg: DistillConfig, store: Store, ds: Dataset) -> tuple[list, list, list, list]:
     """The stored stage, eval, random-baseline and base-method records of a finished run (the last
     None where the run did not compare with the base method), or a clear error."""
-    keys = Keys(cfg, ds.fingerprint)
+    keys = Keys.of(cfg, ds)
     stages, evals, randoms, bases = [], [], [], []
     for i in range(1, cfg.stages + 1):
         recs = [store.get(k) for k in (keys.stage(i), keys.eval(i), keys.random(i))]
@@ -87,7 +88,7 @@ def _acc(values: Optional[list[float]]) -> Optional[dict[str, Any]]:
 def build_manifest(cfg: DistillConfig, ds: Dataset, stages: list, evals: list, randoms: list,
                    bases: list) -> dict[str, Any]:
     proto = EvalProtocol.from_config(cfg, ds.size)
-    keys = Keys(cfg, ds.fingerprint)
+    keys = Keys.of(cfg, ds)
     stage_entries = []
     for i, ((t, meta), acc, racc, bacc) in enumerate(zip(stages, evals, randoms, bases), start=1):
         stage_entries.append({

@@ -16,15 +16,17 @@ from typing import Any, Iterator, Optional, Protocol
 import numpy as np
 import torch
 
-from . import __version__
+from . import runs
 from .cache import Store
-from .config import DistillConfig, digest
+from .config import DistillConfig
 from .data import Dataset, load_dataset
 from .errors import Cancelled, PDDError
 from .evaluate import Curriculum, EvalProtocol, make_curriculum, random_subset
 from .events import (Done, Event, Failed, Message, Progress, RunStarted, StageEvaluated, StageFinished,
                      StageImages, StageStarted, Stopped)
+from .keys import Keys
 from .methods import StageContext, get_method
+from .methods.base import Memo
 from .training import predict, seed_of
 
 
@@ -40,37 +42,6 @@ def resolve_device(name: str) -> torch.device:
 
 def dataset_for(cfg: DistillConfig) -> Dataset:
     return load_dataset(cfg.dataset, cfg.data_root, cfg.zca, cfg.image_size, cfg.max_train)
-
-
-@dataclass(frozen=True)
-class Keys:
-    """Content-hash keys of everything a run stores."""
-
-    cfg: DistillConfig
-    fingerprint: str
-
-    def stage(self, i: int) -> str:
-        return "stage:" + digest({"v": __version__, "data": self.fingerprint, "cfg": self.cfg.stage_key_fields(), "i": i})
-
-    def eval(self, i: int) -> str:
-        return "eval:" + digest({"stage": self.stage(i), "eval": self.cfg.eval_key_fields(), "arch": self.arch})
-
-    def random(self, i: int) -> str:
-        c = self.cfg
-        return "random:" + digest({"v": __version__, "data": self.fingerprint, "ipc": c.ipc_per_stage, "seed": c.seed,
-                                   "eval": c.eval_key_fields(), "arch": self.arch, "i": i})
-
-    def base(self, i: int) -> "Keys":
-        """Keys of the base method alone (P = 1) at the IPC PDD has after stage ``i``."""
-        return Keys(self.cfg.base_config(i), self.fingerprint)
-
-    @property
-    def arch(self) -> list:
-        return [self.cfg.depth, self.cfg.width, self.cfg.norm]
-
-    @property
-    def run(self) -> str:
-        return "run:" + digest({"last": self.stage(self.cfg.stages), "eval": self.cfg.eval_key_fields(), "p": self.cfg.stages})
 
 
 def to_uint8(ds: Dataset, x: torch.Tensor) -> np.ndarray:
@@ -131,15 +102,51 @@ class Union:
 
 
 def stage_context(cfg: DistillConfig, ds: Dataset, i: int = 1, device: Optional[torch.device] = None,
-                  union: Optional[Union] = None, store=None, prefix_key: str = "", report=lambda msg: None,
+                  union: Optional[Union] = None, memo: Optional[Memo] = None, report=lambda msg: None,
                   cancel=None) -> StageContext:
     """The context a method sees at stage ``i`` after ``union``; with defaults, stage 1 of ``cfg`` on ``ds``."""
     device = device or torch.device("cpu")
     u = union if union is not None else Union.empty(ds, device)
     by_class = [torch.nonzero(u.keep & (ds.y_train == c)).flatten() for c in range(ds.num_classes)]
     lrs = [lr if lr is not None else cfg.eval_lr for lr in u.lrs]  # what a network trains on each union with
-    return StageContext(cfg, ds, i, device, u.x, u.y, lrs, list(u.sizes), by_class, store, prefix_key,
-                        report, cancel)
+    return StageContext(cfg, ds, i, device, u.x, u.y, lrs, list(u.sizes), by_class, memo, report, cancel)
+
+
+def store_memo(store: Store, keys: Keys, i: int, report) -> Memo:
+    """A method's memo at stage ``i``: values live in ``store`` under ``keys.memo(name, i)``."""
+    def memo(name, compute, check=None):
+        key = keys.memo(name, i)
+        hit = store.get(key, (lambda t, m: check(t)) if check is not None else None)
+        if hit is not None:
+            report(f"{name}: served from cache")
+            return hit[0]
+        out = compute()
+        store.put(key, out, {"kind": name, "stage": i})
+        return out
+    return memo
+
+
+def stage_check(ds: Dataset, cfg: DistillConfig):
+    """Why a stored stage record cannot be S_i of ``cfg`` on ``ds`` (None: it can)."""
+    n = ds.num_classes * cfg.ipc_per_stage
+
+    def check(t: dict, meta: dict) -> Optional[str]:
+        if not {"stored", "labels", "train_x", "train_y", "real_keep"} <= set(t) or not {"lr", "losses"} <= set(meta):
+            return "is not a stage record"
+        if len(t["stored"]) != n or tuple(t["train_x"].shape[1:]) != (ds.channels, ds.size, ds.size):
+            return f"holds images of shape {tuple(t['train_x'].shape)}, expected {n} of {(ds.channels, ds.size, ds.size)}"
+        if len(t["train_x"]) != len(t["train_y"]) or len(t["real_keep"]) != len(ds.y_train):
+            return "has mismatched labels or real-image mask"
+        return None
+    return check
+
+
+def eval_check(proto: EvalProtocol):
+    def check(t: dict, meta: dict) -> Optional[str]:
+        acc = meta.get("acc")
+        ok = isinstance(acc, list) and len(acc) == proto.models and all(0 <= a <= 1 for a in acc)
+        return None if ok else "is not an evaluation of this protocol"
+    return check
 
 
 class Engine:
@@ -150,6 +157,7 @@ class Engine:
         self.store = store if store is not None else Store(cfg.cache_dir)
         self.cancel = cancel
         self.computed: list[int] = []
+        self.pending: list[str] = []  # notices from the store during run(), shown as messages
 
     def check_cancel(self) -> None:
         if self.cancel is not None and self.cancel.is_set():
@@ -159,7 +167,7 @@ class Engine:
     def distil_stage(self, ds: Dataset, keys: Keys, i: int, union: Union, device, phase: str = "stage") -> Iterator[Event]:
         cfg = self.cfg
         msgs: list[str] = []
-        ctx = stage_context(cfg, ds, i, device, union, self.store, keys.stage(i - 1) if i > 1 else "", msgs.append,
+        ctx = stage_context(cfg, ds, i, device, union, store_memo(self.store, keys, i, msgs.append), msgs.append,
                             self.check_cancel)
         too_few = [ds.classes[c] for c, idx in enumerate(ctx.real_by_class) if len(idx) < cfg.ipc_per_stage]
         if too_few:
@@ -206,14 +214,24 @@ class Engine:
 
     def advance(self, ds: Dataset, keys: Keys, i: int, union: Union, device, phase: str = "stage") -> Iterator[Event]:
         """Distil stage ``i`` (or replay it from the store) and add it to ``union``."""
-        cached = keys.stage(i) in self.store
-        if not cached:
+        check = stage_check(ds, keys.cfg)
+        hit = self.store.get(keys.stage(i), check)
+        yield from self.notes(i)
+        if phase == "stage":
+            yield StageStarted(i, self.cfg.stages, hit is not None)
+        if hit is None:
             yield from self.distil_stage(ds, keys, i, union, device, phase)
-        tensors, meta = self.store.get(keys.stage(i))
-        if cached:
+            tensors, meta = self.store.get(keys.stage(i), check)
+        else:
+            tensors, meta = hit
             for it, loss in meta["losses"]:
                 yield Progress(i, it + 1, self.cfg.iterations, loss, phase)
         union.add(tensors, meta["lr"])
+
+    def notes(self, stage: int) -> Iterator[Event]:
+        """The store's notices (dropped entries) since the last call, as messages."""
+        while self.pending:
+            yield Message(stage, self.pending.pop(0))
 
     def base(self, ds: Dataset, keys: Keys, i: int, device) -> Iterator[Event]:
         """The base method alone (P = 1) at PDD's IPC after stage ``i``, distilled, evaluated and cached
@@ -221,7 +239,9 @@ class Engine:
         keys = keys.base(i)
         sub = Engine(keys.cfg, self.store, self.cancel)
         what = f"base method alone (P=1, IPC {sub.cfg.ipc})"
-        hit = self.store.get(keys.eval(1))
+        proto = EvalProtocol.from_config(sub.cfg, ds.size)
+        hit = self.store.get(keys.eval(1), eval_check(proto))
+        yield from self.notes(i)
         if hit is not None:
             yield Message(i, f"{what}: from cache")
             return hit[1]["acc"]
@@ -229,11 +249,17 @@ class Engine:
         union = Union.empty(ds, device)
         for ev in sub.advance(ds, keys, 1, union, device, phase="base"):
             yield replace(ev, stage=i)
-        proto = EvalProtocol.from_config(sub.cfg, ds.size)
         return sub.evaluated(keys.eval(1), ds, proto, None, union.x, union.y, union.lr, device)[1]
 
     # -- the run ----------------------------------------------------------------------------
     def run(self) -> Iterator[Event]:
+        notice, self.store.notice = self.store.notice, self.pending.append
+        try:
+            yield from self._run()
+        finally:
+            self.store.notice = notice
+
+    def _run(self) -> Iterator[Event]:
         t0 = time.time()
         stage = 0
         try:
@@ -241,7 +267,7 @@ class Engine:
             device = resolve_device(cfg.device)
             torch.manual_seed(cfg.seed)
             ds = dataset_for(cfg)
-            keys = Keys(cfg, ds.fingerprint)
+            keys = Keys.of(cfg, ds)
             yield RunStarted(keys.run, cfg.to_dict(), dataset_info(ds), cfg.stages)
             proto = EvalProtocol.from_config(cfg, ds.size)
             union = Union.empty(ds, device)
@@ -250,9 +276,9 @@ class Engine:
             accuracies = []
             for stage in range(1, cfg.stages + 1):
                 t_stage = time.time()
-                cached = keys.stage(stage) in self.store
-                yield StageStarted(stage, cfg.stages, cached)
+                computed = len(self.computed)
                 yield from self.advance(ds, keys, stage, union, device)
+                cached = len(self.computed) == computed
                 yield StageImages(stage, *union_view(ds, union.stored, cfg))
                 self.check_cancel()
                 pdd_eval, acc = self.evaluated(keys.eval(stage), ds, proto, pdd_eval, union.x, union.y, union.lr, device)
@@ -262,12 +288,12 @@ class Engine:
                 rand_eval, racc = self.evaluated(keys.random(stage), ds, proto, rand_eval, torch.cat(rand_x),
                                                  torch.cat(rand_y), None, device)
                 bacc = (yield from self.base(ds, keys, stage, device)) if stage in cfg.base_stages() else None
+                yield from self.notes(stage)
                 ev = StageEvaluated(stage, acc, racc, cfg.ipc_per_stage * stage, bacc)
                 accuracies.append(ev.summary())
                 yield ev
                 yield StageFinished(stage, cached, time.time() - t_stage, union.lr)
-            self.store.put(keys.run, {}, {"config": cfg.to_dict(), "dataset": dataset_info(ds), "accuracies": accuracies,
-                                          "finished": time.time(), "version": __version__})
+            runs.save(self.store, keys, dataset_info(ds), accuracies)
             yield Done(keys.run, accuracies, time.time() - t0, list(self.computed))
         except Cancelled:
             yield Stopped(stage)
@@ -285,7 +311,7 @@ class Engine:
 
     def evaluated(self, key: str, ds: Dataset, proto: EvalProtocol, state: Optional[dict], x, y, lr, device):
         """Curriculum step for one stage, from the store or computed from the previous stage's state."""
-        hit = self.store.get(key)
+        hit = self.store.get(key, eval_check(proto))
         if hit is not None:
             tensors, meta = hit
             return tensors, meta["acc"]

@@ -41,13 +41,6 @@ def test_presets_are_valid_and_defaults_are_cpu_sized():
         preset("nope")
 
 
-def test_stage_key_shares_prefix_across_stage_counts_and_ignores_eval():
-    a = DistillConfig(stages=2, ipc=4)
-    assert a.stage_key_fields() == DistillConfig(stages=3, ipc=6).stage_key_fields()
-    assert a.stage_key_fields() == a.replace(eval_epochs=7, device="cpu").stage_key_fields()
-    assert a.stage_key_fields() != DistillConfig(stages=2, ipc=6).stage_key_fields()
-
-
 def test_from_dict_round_trip_and_unknown_field():
     c = DistillConfig(method="mtt", ipc=4, stages=2)
     assert DistillConfig.from_dict(c.to_dict()) == c

@@ -8,7 +8,7 @@ import torch
 
 from pdd_engine import distill
 from pdd_engine.__main__ import main
-from pdd_engine.errors import BundleError
+from pdd_engine.errors import BundleError, PDDError
 from pdd_engine.export import evaluate_bundle, export_bundle, load_bundle
 
 
@@ -126,3 +126,33 @@ def test_manifest_records_filtering_and_matching_augmentation(tiny, store, tmp_p
     assert m["easy_example_filter"]["enabled"] and m["augmentation"]["matching"] == "none"
     kept = [e["real_examples_kept"] for e in m["stage_entries"]]
     assert kept[0] < m["dataset"]["train"]  # stage 1's scorers removed easy examples for stage 2
+
+
+def test_runs_records_and_cli(tiny, tmp_path, capsys):
+    from pdd_engine import runs
+    from pdd_engine.cache import Store
+    cache = str(tmp_path / "c")
+    store = Store(cache)
+    a, b = tiny(stages=1, ipc=1), tiny(stages=2, ipc=2, compare_base="final")
+    distill(a, store)
+    distill(b, store)
+    recs = runs.list_runs(store)
+    assert [r.config for r in recs] == [b, a] and all(r.current for r in recs)  # newest first, typed
+    rb = recs[0]
+    assert rb.final.stage == 2 and rb.final.base_mean is not None and rb.stages[0].base_mean is None
+    assert runs.get(store, rb.id[:6]) == rb and runs.get(store, rb.key) == rb
+    with pytest.raises(PDDError, match="no run matches 'zzz'.*runs list"):
+        runs.get(store, "zzz")
+    assert main(["runs", "show", rb.id, "--json", "--cache-dir", cache]) == 0
+    assert json.loads(capsys.readouterr().out)["stages"][1]["ipc"] == 2
+    assert main(["runs", "compare", rb.id, recs[1].id, "--cache-dir", cache]) == 0
+    table = capsys.readouterr().out
+    assert table.count(f"| {rb.id} |") == 2 and table.count(f"| {recs[1].id} |") == 1
+    out = tmp_path / "x.zip"
+    assert main(["runs", "export", rb.id, "--out", str(out), "--cache-dir", cache]) == 0
+    assert load_bundle(out).manifest["config"]["stages"] == 2
+    assert main(["runs", "show", "--cache-dir", cache]) == 2  # no id: one line with the fix
+    assert "takes one run id" in capsys.readouterr().err
+    stage_keys = set(store.keys("stage:"))
+    assert main(["runs", "delete", rb.id, "--cache-dir", cache]) == 0
+    assert [r.id for r in runs.list_runs(store)] == [recs[1].id] and set(store.keys("stage:")) == stage_keys

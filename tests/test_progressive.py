@@ -4,7 +4,7 @@ import torch
 
 from pdd_engine import events as E
 from pdd_engine import run
-from pdd_engine.progressive import Keys
+from pdd_engine.keys import Keys
 
 
 def events(cfg, store, cancel=None):
@@ -34,7 +34,7 @@ def test_frozen_subsets_stay_bit_identical(tiny, store, digits):
     for method in ("dm", "mtt"):
         cfg = tiny(method=method)
         done(events(cfg, store))
-        keys = Keys(cfg, digits.fingerprint)
+        keys = Keys.of(cfg, digits)
         s1, _ = store.get(keys.stage(1))
         s2, _ = store.get(keys.stage(2))
         # stage 2 was distilled with stage 1 frozen: its record does not contain or alter stage 1,
@@ -100,7 +100,7 @@ def test_mtt_learns_step_size_and_experts_are_cached(tiny, store):
     d = events(tiny(method="mtt"), store)
     lrs = [e.learned_lr for e in d if isinstance(e, E.StageFinished)]
     assert all(lr is not None and lr > 0 for lr in lrs) and lrs[0] != 0.01
-    assert sum(1 for _ in store.keys("experts:")) == 2  # one set of trajectories per stage prefix
+    assert sum(1 for _ in store.keys("memo:experts:")) == 2  # one set of trajectories per stage prefix
 
 
 def test_easy_example_filter_drops_only_easy_examples(tiny, store, digits):
@@ -138,7 +138,7 @@ def test_killed_process_resumes_at_first_unfinished_stage(tiny, tmp_path, digits
 
     from pdd_engine.cache import Store
     cfg = tiny(stages=3, ipc=3, iterations=200)
-    keys = Keys(cfg, digits.fingerprint)
+    keys = Keys.of(cfg, digits)
     proc = mp.get_context("spawn").Process(target=_run_forever, args=(cfg.to_dict(), str(tmp_path)))
     proc.start()
     store = Store(tmp_path)

@@ -9,6 +9,9 @@ REGISTRY: dict[str, type[Method]] = {"dm": DM, "mtt": MTT, "dc": DC, "dsa": DSAM
 
 
 def get_method(name: str) -> type[Method]:
+    if name not in REGISTRY:
+        from ..errors import ConfigError
+        raise ConfigError(f"unknown method '{name}'", f"choose one of {', '.join(REGISTRY)}")
     return REGISTRY[name]
 
 

@@ -8,7 +8,7 @@ parameters (MTT's step size) it learns. That is all PDD needs to wrap any method
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -18,6 +18,12 @@ from ..config import DistillConfig
 from ..data import Dataset
 from ..models import build_model
 from ..training import make_sgd, seed_of, train_epochs
+
+
+# memo(name, compute, check) -> tensors: the cached value of the method's artefact ``name`` at this
+# stage, or compute() stored under a key derived from the fields the method declares in ``memos[name]``
+# (pdd_engine.keys); ``check(tensors)`` returns why a cached value is unusable, or None.
+Memo = Callable[[str, Callable[[], dict], Optional[Callable[[dict], Optional[str]]]], dict]
 
 
 @dataclass
@@ -33,8 +39,7 @@ class StageContext:
     stage_lrs: list[float]  # lr a network uses on each earlier stage's union U_1..U_{i-1}
     stage_sizes: list[int]  # training-form images each earlier stage added: U_j = frozen[:sum(sizes[:j])]
     real_by_class: list[torch.Tensor]  # indices into ds.x_train each class may match against
-    store: Any = None  # pdd_engine.cache.Store, for methods that cache their own artefacts (MTT experts)
-    prefix_key: str = ""  # content hash of U_{i-1}: keys anything derived from it
+    memo: Optional[Memo] = None  # caches a method's own artefacts (MTT experts) under derived keys
     report: Callable[[str], None] = field(default=lambda msg: None)
     cancel: Optional[Callable[[], None]] = None  # raises Cancelled when the run is stopped
 
@@ -82,11 +87,20 @@ class StageContext:
         if self.cancel:
             self.cancel()
 
+    def cached(self, name: str, compute: Callable[[], dict], check=None) -> dict:
+        """``compute()``, or its stored value from an earlier run with the same inputs."""
+        return self.memo(name, compute, check) if self.memo is not None else compute()
+
 
 class Method:
-    """Base class. Subclasses set ``name`` and implement :meth:`loss`."""
+    """Base class. Subclasses set ``name``, ``params`` and implement :meth:`loss`."""
 
     name = "base"
+    # The config fields this method reads (they enter its stage keys, and only its: pdd_engine.keys).
+    params: tuple[str, ...] = ()
+    # Artefacts it caches through ctx.cached(name, ...), each with the config fields it depends on
+    # beyond the stage context.
+    memos: dict[str, tuple[str, ...]] = {}
 
     def __init__(self, ctx: StageContext):
         self.ctx = ctx

@@ -18,6 +18,7 @@ from .base import Method
 
 class DM(Method):
     name = "dm"
+    params = ("batch_real", "dm_pool")
 
     def setup(self) -> None:
         ctx = self.ctx

@@ -32,6 +32,7 @@ def match(g_syn: list[torch.Tensor], g_real: list[torch.Tensor], metric: str) ->
 
 class GradientMatching(Method):
     metric = "cos"
+    params = ("batch_real", "outer_loop", "inner_loop")
 
     def matching_aug(self) -> DSA:
         return self.ctx.aug
@@ -100,6 +101,7 @@ class IDC(GradientMatching):
     """Multi-formation: each stored image holds factor x factor tiles, each decoded to a full image."""
 
     name = "idc"
+    params = GradientMatching.params + ("idc_factor",)
     metric = "mse"
 
     @property

@@ -18,7 +18,6 @@ from torch.func import functional_call
 from ..augment import DSA
 from ..errors import MemoryBudgetError
 from ..training import draw_seed, flat_params, seed_of, train_epochs
-from ..config import digest
 from .base import Method, StageContext
 
 EXPERT_BATCH = 256
@@ -160,33 +159,33 @@ def available_memory_bytes(device: torch.device, override_gb: Optional[float]) -
 
 
 def expert_trajectories(ctx: StageContext) -> torch.Tensor:
-    """(num_experts, epochs + 1, n_params) checkpoints; computed once per U_{i-1}, then cached."""
+    """(num_experts, epochs + 1, n_params) checkpoints; computed once per stage context, then cached."""
     c = ctx.cfg
-    key = "experts:" + digest({"prefix": ctx.prefix_key, "data": ctx.ds.fingerprint, "zca": c.zca,
-                               "arch": [c.depth_for(ctx.ds.size), c.width, c.norm], "seed": ctx.seed,
-                               "n": c.num_experts, "epochs": c.max_start_epoch + c.expert_epochs, "lr": c.expert_lr,
-                               "transition": [c.transition, c.transition_epochs, ctx.stage_lrs, ctx.stage_sizes],
-                               "dsa": c.dsa_strategy, "real": [len(i) for i in ctx.real_by_class]})
-    if ctx.store is not None and (hit := ctx.store.get(key)) is not None:
-        ctx.report("expert trajectories: served from cache")
-        return hit[0]["trajectories"].to(ctx.device)
-    real_idx = torch.cat(ctx.real_by_class)
-    x, y = ctx.ds.x_train[real_idx].to(ctx.device), ctx.ds.y_train[real_idx].to(ctx.device)
-    trajs = []
-    for e in range(c.num_experts):
-        ctx.check_cancel()
-        ctx.report(f"training expert {e + 1}/{c.num_experts}")
-        s = seed_of(ctx.seed, 11, e)
-        net = ctx.transition(ctx.new_model(s), s)
-        checkpoints = [flat_params(net)]
-        opt = torch.optim.SGD(net.parameters(), lr=c.expert_lr, momentum=0, weight_decay=0)
-        train_epochs(net, x, y, c.max_start_epoch + c.expert_epochs, opt, c.expert_lr, EXPERT_BATCH, ctx.aug, s,
-                     decay_at_half=False, on_epoch=lambda _: checkpoints.append(flat_params(net)))
-        trajs.append(torch.stack(checkpoints))
-    out = torch.stack(trajs)
-    if ctx.store is not None:
-        ctx.store.put(key, {"trajectories": out}, {"kind": "experts"})
-    return out
+    epochs = c.max_start_epoch + c.expert_epochs
+    n_params = sum(p.numel() for p in ctx.new_model(0).parameters())
+
+    def train() -> dict:
+        real_idx = torch.cat(ctx.real_by_class)
+        x, y = ctx.ds.x_train[real_idx].to(ctx.device), ctx.ds.y_train[real_idx].to(ctx.device)
+        trajs = []
+        for e in range(c.num_experts):
+            ctx.check_cancel()
+            ctx.report(f"training expert {e + 1}/{c.num_experts}")
+            s = seed_of(ctx.seed, 11, e)
+            net = ctx.transition(ctx.new_model(s), s)
+            checkpoints = [flat_params(net)]
+            opt = torch.optim.SGD(net.parameters(), lr=c.expert_lr, momentum=0, weight_decay=0)
+            train_epochs(net, x, y, epochs, opt, c.expert_lr, EXPERT_BATCH, ctx.aug, s,
+                         decay_at_half=False, on_epoch=lambda _: checkpoints.append(flat_params(net)))
+            trajs.append(torch.stack(checkpoints))
+        return {"trajectories": torch.stack(trajs)}
+
+    def check(t: dict) -> Optional[str]:
+        want = (c.num_experts, epochs + 1, n_params)
+        got = tuple(t["trajectories"].shape) if "trajectories" in t else None
+        return None if got == want else f"expert trajectories of shape {got}, expected {want}"
+
+    return ctx.cached("experts", train, check)["trajectories"].to(ctx.device)
 
 
 def expert_steps(cfg, n_real: int) -> int:
@@ -205,6 +204,8 @@ def student_ahead_warning(syn_steps: int, steps: int) -> Optional[str]:
 
 class MTT(Method):
     name = "mtt"
+    params = ("syn_steps", "expert_epochs", "max_start_epoch", "num_experts", "expert_lr", "lr_lr", "batch_syn")
+    memos = {"experts": ("num_experts", "max_start_epoch", "expert_epochs", "expert_lr")}
 
     def setup(self) -> None:
         ctx, c = self.ctx, self.ctx.cfg

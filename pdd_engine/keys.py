@@ -1,0 +1,132 @@
+"""Cache keys, derived from one table of what determines each stored artefact.
+
+Every artefact the engine stores (a stage, a curriculum evaluation, the random baseline, a method's
+memo such as MTT's expert trajectories, a run record) is keyed by the sha256 of exactly the inputs
+that determine it: the engine's key version, the dataset's content fingerprint (taken after
+subsampling and resizing), the config fields in :func:`table`, and, for per-stage artefacts, the stage
+index and the key of the union U_{i-1} it builds on. Nothing else may go into a key, and nothing
+that changes a result may stay out: ``tests/test_keys.py`` walks every config field and checks that
+changing it changes exactly the keys the table says it feeds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Callable
+
+from . import __version__
+from .config import DistillConfig, digest
+from .evaluate import EvalProtocol
+from .methods import REGISTRY, get_method
+
+# Bump when what a stored value means changes without any input changing (a bug fix in a method).
+KEY_VERSION = f"{__version__}+keys2"
+
+# Fields that change where or how fast work runs, not what it computes: in no key.
+NON_SEMANTIC = frozenset({"device", "data_root", "cache_dir", "max_memory_gb", "eval_batched", "mtt_unroll"})
+
+DATA = ("dataset", "image_size", "max_train", "zca")  # with the content fingerprint
+MODEL = ("depth", "width", "norm")  # depth resolved for the input size
+# What a stage context is (before the method's own fields): the real data and its augmentation,
+# the network, the seeds. From stage 2 on also the transition that brings networks to U_{i-1}.
+CONTEXT = DATA + MODEL + ("seed", "dsa_strategy")
+TRANSITION = ("transition", "transition_epochs", "eval_lr", "eval_batch")
+# The curriculum evaluation protocol (EvalProtocol.from_config reads exactly these).
+EVAL = MODEL + ("seed", "eval_epochs", "eval_models", "eval_lr", "eval_batch", "eval_dsa", "dsa_strategy")
+# The easy-example filter's scorers train with the evaluation protocol (only when filter_easy is on).
+FILTER = ("keep_easy", "filter_models", "eval_epochs", "eval_models", "eval_lr", "eval_batch", "eval_dsa")
+STAGE = CONTEXT + ("method", "iterations", "lr_img", "init", "ipc", "filter_easy")  # "ipc": per stage
+RUN = EVAL + ("stages", "compare_base")
+
+# Inputs hashed as a resolved value rather than as the raw field: name -> (fields it reads, value).
+Resolve = Callable[[DistillConfig, int], Any]
+DERIVED: dict[str, tuple[tuple[str, ...], Resolve]] = {
+    "depth": (("depth",), lambda c, size: c.depth_for(size)),
+    "lr_img": (("lr_img", "method"), lambda c, size: c.effective_lr_img),
+    "idc_factor": (("idc_factor",), lambda c, size: c.idc_factor_for(size)),
+    "ipc": (("ipc", "stages"), lambda c, size: c.ipc_per_stage),  # stage keys: a longer run shares the prefix
+}
+
+
+def table(cfg: DistillConfig, stage: int = 2) -> dict[str, tuple[str, ...]]:
+    """The declarative table: artefact -> the config fields that determine it, for ``cfg`` at ``stage``.
+
+    Per-stage artefacts also hash the stage index and U_{i-1}'s key; evaluations hash their stage's
+    key; the run record hashes its last stage's key.
+    """
+    method = get_method(cfg.method)  # declares the fields it reads (params) and those of its memos
+    later = TRANSITION if stage > 1 else ()
+    stage_fields = STAGE + later + tuple(method.params) + (FILTER if cfg.filter_easy else ())
+    out = {"stage": stage_fields, "eval": EVAL, "random": DATA + EVAL + ("ipc",), "context": CONTEXT + later,
+           "run": RUN}
+    for name, memo_fields in method.memos.items():
+        out[f"memo:{name}"] = CONTEXT + later + tuple(memo_fields)
+    return out
+
+
+def inputs(cfg: DistillConfig, names: tuple[str, ...], size: int) -> dict[str, Any]:
+    """The values of ``names`` as they enter a key (derived names resolved for ``size``-pixel inputs)."""
+    return {n: DERIVED[n][1](cfg, size) if n in DERIVED else getattr(cfg, n) for n in sorted(set(names))}
+
+
+def fields_read(names: tuple[str, ...]) -> set[str]:
+    """The raw config fields behind ``names`` (a derived name reads several)."""
+    return {f for n in names for f in (DERIVED[n][0] if n in DERIVED else (n,))}
+
+
+def unclassified() -> set[str]:
+    """Config fields that feed no artefact and are not declared non-semantic (must be empty)."""
+    every = set(STAGE + TRANSITION + EVAL + FILTER + RUN + DATA)
+    for cls in REGISTRY.values():
+        every |= set(cls.params) | {f for fs in cls.memos.values() for f in fs}
+    return {f.name for f in fields(DistillConfig)} - fields_read(tuple(every)) - NON_SEMANTIC
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Content-hash keys of everything a run of ``cfg`` stores, for a dataset of ``size`` pixels."""
+
+    cfg: DistillConfig
+    fingerprint: str
+    size: int
+
+    @classmethod
+    def of(cls, cfg: DistillConfig, ds) -> "Keys":
+        return cls(cfg, ds.fingerprint, ds.size)
+
+    def _hash(self, kind: str, at: int, **extra: Any) -> str:
+        names = table(self.cfg, at)[kind]
+        return digest({"v": KEY_VERSION, "kind": kind, "data": self.fingerprint,
+                       "fields": inputs(self.cfg, names, self.size), **extra})
+
+    def stage(self, i: int) -> str:
+        """S_i: its images, labels, learned lr and the real-image mask later stages match against."""
+        prefix = self.stage(i - 1) if i > 1 else ""
+        filters = self.cfg.filter_easy and i < self.cfg.stages
+        return "stage:" + self._hash("stage", i, i=i, prefix=prefix, filters=filters)
+
+    def eval(self, i: int) -> str:
+        """The curriculum evaluation's state after U_i (it resumes from U_{i-1}'s, inside stage i's key)."""
+        return "eval:" + self._hash("eval", i, stage=self.stage(i), protocol=self._protocol())
+
+    def random(self, i: int) -> str:
+        return "random:" + self._hash("random", i, i=i, protocol=self._protocol())
+
+    def context(self, i: int) -> str:
+        """What a method sees at stage i before its own fields: data, network, seeds, transition, U_{i-1}."""
+        return "context:" + self._hash("context", i, i=i, prefix=self.stage(i - 1) if i > 1 else "")
+
+    def memo(self, name: str, i: int) -> str:
+        """A method's cached artefact ``name`` at stage i (MTT: ``experts``)."""
+        return f"memo:{name}:" + self._hash(f"memo:{name}", i, context=self.context(i))
+
+    def base(self, i: int) -> "Keys":
+        """Keys of the base method alone (P = 1) at the IPC PDD has after stage ``i``."""
+        return Keys(self.cfg.base_config(i), self.fingerprint, self.size)
+
+    @property
+    def run(self) -> str:
+        return "run:" + self._hash("run", self.cfg.stages, last=self.stage(self.cfg.stages))
+
+    def _protocol(self) -> dict:
+        return EvalProtocol.from_config(self.cfg, self.size).to_dict()
