@@ -19,7 +19,8 @@ def main() -> None:
     except PDDError as e:  # e.g. a cache folder that is not writable: one line with the fix
         raise SystemExit(f"error: {e}") from None
     manager = JobManager(cache_dir, max_concurrent=int(os.environ.get("PDD_MAX_JOBS", "1")),
-                         threads=int(os.environ.get("PDD_ENGINE_THREADS", "0")), stage_fn=zerogpu_stage_fn())
+                         threads=int(os.environ.get("PDD_ENGINE_THREADS", "0")), stage_fn=zerogpu_stage_fn(),
+                         export_dir=str(export_dir))
     studio = Studio(manager, store, export_dir, os.environ.get("PDD_DATA_DIR"))
     demo = build(studio)
     demo.queue(default_concurrency_limit=int(os.environ.get("PDD_UI_CONCURRENCY", "8")))

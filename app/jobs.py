@@ -9,6 +9,8 @@ run at once; other jobs wait in a FIFO queue and know their position.
 from __future__ import annotations
 
 import multiprocessing as mp
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 import queue
 import secrets
 import threading
@@ -24,8 +26,10 @@ from pdd_engine.errors import PDDError
 STOP_GRACE_S = 10.0
 
 
-def worker_main(cfg_dict: dict, cache_dir: Optional[str], out: "mp.Queue", cancel: "mp.Event", threads: int) -> None:
-    """Worker process entry: run the engine and forward every event. Never raises."""
+def worker_main(cfg_dict: dict, cache_dir: Optional[str], out: "mp.Queue", cancel: "mp.Event", threads: int,
+                export_dir: Optional[str] = None) -> None:
+    """Worker process entry: run the engine and forward every event; a finished run's bundle is
+    written here, before Done, so the web server never loads data or exports. Never raises."""
     try:
         import torch
 
@@ -34,13 +38,39 @@ def worker_main(cfg_dict: dict, cache_dir: Optional[str], out: "mp.Queue", cance
 
         if threads:
             torch.set_num_threads(threads)
-        for ev in run(DistillConfig(**cfg_dict), Store(cache_dir), cancel):
+        store = Store(cache_dir)
+        for ev in run(DistillConfig(**cfg_dict), store, cancel):
+            if isinstance(ev, E.Done) and export_dir:
+                out.put(export_run(store, ev.run_key, export_dir))
             out.put(ev)
     except PDDError as e:  # e.g. an unusable cache directory: the user's problem, said in one line
         out.put(E.Failed(str(e), None))
     except BaseException as e:  # noqa: BLE001 - the process must report, not die silently
         out.put(E.Failed(f"the engine crashed ({type(e).__name__}: {e}). Fix: finished stages are cached; "
                          "start the run again to resume.", None, traceback.format_exc()))
+
+
+def export_run(store, run_key: str, export_dir: str) -> "E.Exported":
+    """The bundle and per-stage archives of a finished run in ``export_dir`` (kept if already there)."""
+    from pdd_engine import runs
+    from pdd_engine.export import stage_archive
+
+    try:
+        rec = runs.get(store, run_key)
+        path = Path(export_dir) / f"{rec.file_stem}.zip"
+        if not path.exists():
+            runs.export(store, rec.key, path)
+        stages = [str(stage_archive(path, i, path.with_name(f"{path.stem}_stage{i}.zip")))
+                  for i in range(1, rec.config.stages + 1)]
+        return E.Exported(str(path), stages)
+    except PDDError as e:
+        return E.Exported(None, [], str(e))
+
+
+def export_call(cache_dir: Optional[str], run_key: str, export_dir: str) -> "E.Exported":
+    """:func:`export_run` for a process of its own (the Runs tab's downloads)."""
+    from pdd_engine.cache import Store
+    return export_run(Store(cache_dir), run_key, export_dir)
 
 
 def stage_call(cfg_dict: dict, cache_dir: Optional[str], stage: int) -> list:
@@ -93,10 +123,14 @@ class Job:
 class JobManager:
     """Owns the worker processes. Thread-safe; one instance per server."""
 
-    def __init__(self, cache_dir: Optional[str] = None, max_concurrent: int = 1, threads: int = 0, stage_fn=None):
-        """``stage_fn``: run jobs as one call per stage (see :func:`stage_call`) instead of a worker process."""
+    def __init__(self, cache_dir: Optional[str] = None, max_concurrent: int = 1, threads: int = 0, stage_fn=None,
+                 export_dir: Optional[str] = None):
+        """``stage_fn``: run jobs as one call per stage (see :func:`stage_call`) instead of a worker process.
+        ``export_dir``: where finished runs' bundles are written (by the worker, not the server)."""
         self.stage_fn = stage_fn
         self.cache_dir = cache_dir
+        self.export_dir = export_dir
+        self._exporter: Optional[ProcessPoolExecutor] = None
         self.max_concurrent = max(1, max_concurrent)
         self.threads = threads
         self.ctx = mp.get_context("spawn")
@@ -149,7 +183,16 @@ class JobManager:
     def running(self) -> int:
         return sum(1 for j in self.jobs.values() if j.state == "running")
 
+    def export(self, run_key: str) -> "E.Exported":
+        """A cached run's bundle, written by a helper process (data loading stays out of the server)."""
+        with self.lock:
+            if self._exporter is None:
+                self._exporter = ProcessPoolExecutor(max_workers=1, mp_context=self.ctx)
+        return self._exporter.submit(export_call, self.cache_dir, run_key, self.export_dir).result()
+
     def shutdown(self) -> None:
+        if self._exporter is not None:
+            self._exporter.shutdown(wait=False, cancel_futures=True)
         for job in list(self.jobs.values()):
             if job.process is not None and job.process.is_alive():
                 job.process.terminate()
@@ -167,7 +210,8 @@ class JobManager:
                     continue
                 job.queue, job.cancel = self.ctx.Queue(), self.ctx.Event()
                 job.process = self.ctx.Process(target=worker_main, daemon=True, name=f"pdd-engine-{job.id}",
-                                               args=(job.config.to_dict(), self.cache_dir, job.queue, job.cancel, self.threads))
+                                               args=(job.config.to_dict(), self.cache_dir, job.queue, job.cancel, self.threads,
+                                                     self.export_dir))
                 job.process.start()
 
     def _drain(self, job: Job) -> None:
@@ -225,6 +269,9 @@ class JobManager:
                         ev.stages = stages
                     elif isinstance(ev, E.Done) and i < stages:
                         continue
+                    elif isinstance(ev, E.Done) and self.export_dir:  # this thread, not a request thread
+                        from pdd_engine.cache import Store
+                        job.events.append(export_run(Store(self.cache_dir), ev.run_key, self.export_dir))
                     job.events.append(ev)
                     if isinstance(ev, (E.Failed, E.Stopped)):
                         job.state = "failed" if isinstance(ev, E.Failed) else "stopped"

@@ -38,6 +38,7 @@ class RunView:
     messages: list = field(default_factory=list)
     finished: dict = field(default_factory=dict)  # stage -> StageFinished
     done: Optional[E.Done] = None
+    exported: Optional[E.Exported] = None
     failed: Optional[E.Failed] = None
     stopped: Optional[E.Stopped] = None
 
@@ -60,6 +61,8 @@ class RunView:
             self.finished[ev.stage] = ev
         elif isinstance(ev, E.Message):
             self.messages.append(f"stage {ev.stage}: {ev.text}")
+        elif isinstance(ev, E.Exported):
+            self.exported = ev
         elif isinstance(ev, E.Done):
             self.done = ev
         elif isinstance(ev, E.Failed):

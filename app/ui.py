@@ -12,20 +12,17 @@ from typing import Any, Optional
 
 import gradio as gr
 
-from pdd_engine import METHODS, PRESETS, PDDError, runs
+from pdd_engine import PRESETS, PDDError, runs
+from pdd_engine.methods import REGISTRY
 from pdd_engine.cache import Store
 from pdd_engine.config import BUILTIN_DATASETS, DistillConfig
 from pdd_engine.data import availability
 from pdd_engine.estimate import config_warnings, estimate
-from pdd_engine.export import stage_archive
 
 from . import render
 from .jobs import JobManager
 
 UPLOAD = "upload your own (.zip)"
-METHOD_NAMES = {"dm": "DM: distribution matching", "mtt": "MTT: trajectory matching",
-                "dc": "DC: gradient matching", "dsa": "DSA: gradient matching + siamese augmentation",
-                "idc": "IDC: gradient matching + multi-formation"}
 # Advanced fields shown as controls, in order; everything else comes from the preset.
 ADVANCED = ["iterations", "lr_img", "width", "depth", "eval_epochs", "eval_models", "seed", "syn_steps",
             "num_experts", "transition_epochs", "filter_easy", "zca", "device", "transition", "compare_base"]
@@ -134,24 +131,14 @@ class Studio:
     def frame(self, view: render.RunView, state: str, position: int = 0, job=None, extra: str = "") -> tuple:
         bundle, stages = None, None
         status = render.status_markdown(view, state, position) + (f" {extra}" if extra else "")
-        if job is not None and view.done:
-            try:
-                bundle = self.bundle(view.run_key)
-                stages = [str(stage_archive(bundle, i, bundle.with_name(f"{bundle.stem}_stage{i}.zip")))
-                          for i in range(1, job.config.stages + 1)]
-            except PDDError as e:
-                status += f"<br>⚠ export failed: {e}"
+        if view.done and view.exported is not None:  # written by the engine's worker before Done
+            bundle, stages = view.exported.path, view.exported.stage_paths or None
+            if view.exported.error:
+                status += f"<br>⚠ export failed: {view.exported.error}"
         running = state in ("queued", "running")
         return (status, render.progress_html(view), render.grid_image(view.images), render.loss_figure(view),
-                render.accuracy_figure(view), str(bundle) if bundle else None, stages,
+                render.accuracy_figure(view), bundle, stages,
                 gr.update(interactive=running), gr.update(interactive=not running and state != "done"))
-
-    def bundle(self, run_key: str) -> Path:
-        rec = runs.get(self.store, run_key)
-        path = self.export_dir / f"{rec.file_stem}.zip"
-        if not path.exists():
-            runs.export(self.store, rec.key, path)
-        return path
 
     # -- runs tab -----------------------------------------------------------------------
     def runs_table(self) -> tuple[list[list], dict]:
@@ -174,10 +161,11 @@ class Studio:
     def download_runs(self, keys: list[str]) -> tuple[Optional[list[str]], str]:
         files, problems = [], []
         for r in self.selected(keys):
-            try:
-                files.append(str(self.bundle(r.key)))
-            except PDDError as e:
-                problems.append(f"⚠ {r.id}: {e}")
+            done = self.manager.export(r.key)  # in a helper process: data loading stays out of the server
+            if done.path:
+                files.append(done.path)
+            else:
+                problems.append(f"⚠ {r.id}: {done.error}")
         return files or None, "<br>".join(problems)
 
     def delete_runs(self, keys: list[str]) -> str:
@@ -186,6 +174,17 @@ class Studio:
             return "⚠ a selected run is running right now and cannot be deleted. Fix: wait until it finishes."
         n = runs.delete(self.store, [r.key for r in self.selected(keys)])
         return f"Deleted {n} run record(s); their stages stay cached for runs that share them."
+
+
+def method_choices() -> list[tuple[str, str]]:
+    """(title, name) of every registered base method, for the menu."""
+    return [(cls.title, name) for name, cls in REGISTRY.items()]
+
+
+def shown_for(field: str, method: str) -> bool:
+    """A control is shown unless it belongs to other methods only (no MTT fields for DM)."""
+    owners = [name for name, cls in REGISTRY.items() if field in cls.params]
+    return not owners or method in owners
 
 
 def int_or(value: Any, name: str) -> int:
@@ -220,7 +219,7 @@ def build(studio: Studio) -> gr.Blocks:
                     with gr.Column(scale=1, min_width=320):
                         dataset = gr.Dropdown(studio.dataset_choices(), value="digits", label="Dataset")
                         upload = gr.File(label="Your dataset: a .zip of class_name/*.png", file_types=[".zip"], visible=False)
-                        method = gr.Dropdown([(METHOD_NAMES[m], m) for m in METHODS], value=defaults.method, label="Base method")
+                        method = gr.Dropdown(method_choices(), value=defaults.method, label="Base method")
                         with gr.Row():
                             stages = gr.Number(defaults.stages, label="Stages P", precision=0, minimum=1, maximum=50)
                             ipc = gr.Number(defaults.ipc, label="Total IPC", precision=0, minimum=1, maximum=1000)
@@ -253,6 +252,8 @@ def build(studio: Studio) -> gr.Blocks:
                                 gr.Dropdown([("at the final stage", "final"), ("at every stage", "every"), ("off", "off")],
                                             value=defaults.compare_base, label="Compare with the base method alone (P=1)"),
                             ]
+                            for name, control in zip(ADVANCED, adv):
+                                control.visible = shown_for(name, defaults.method)
                     with gr.Column(scale=2):
                         status = gr.Markdown("Pick a dataset and press **Run**.", elem_id="pdd-status")
                         progress = gr.HTML(render.progress_html(render.RunView()))
@@ -285,6 +286,8 @@ def build(studio: Studio) -> gr.Blocks:
               trigger_mode="always_last", show_progress="hidden", api_visibility="private")
         dataset.change(lambda d: gr.update(visible=d == UPLOAD), dataset, upload, queue=False, api_visibility="private")
         preset.change(studio.preset_values, preset, [dataset, method, stages, ipc, *adv], queue=False,
+                      api_visibility="private")
+        method.change(lambda m: [gr.update(visible=shown_for(n, m)) for n in ADVANCED], method, adv, queue=False,
                       api_visibility="private")
 
         def launch(evt, private=True):

@@ -21,7 +21,6 @@ Writes bench/results/diagnose_<dataset>_<method>_P<stages>.json and prints a mar
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -35,7 +34,9 @@ from pdd_engine import DistillConfig, distill  # noqa: E402
 from pdd_engine.__main__ import add_config_flags  # noqa: E402
 from pdd_engine.cache import Store  # noqa: E402
 from pdd_engine.keys import Keys
-from pdd_engine.progressive import Union, dataset_for, stage_context  # noqa: E402
+from bench.common import RESULTS, write_report  # noqa: E402
+from pdd_engine.data import dataset_for  # noqa: E402
+from pdd_engine.progressive import Union, stage_context  # noqa: E402
 from pdd_engine.training import accuracy, seed_of  # noqa: E402
 
 
@@ -93,10 +94,8 @@ def main() -> int:
                    f"{100 * r['random_gain']:+.1f} | {start} | {r['nn_ratio']:.2f} | {r['spread_ratio']:.2f} | "
                    f"{lr} |")
     md = "\n".join(out) + "\n"
-    path = Path(args.out or ROOT / "bench" / "results" / f"diagnose_{cfg.dataset}_{cfg.method}_P{cfg.stages}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.with_suffix(".json").write_text(json.dumps({"config": cfg.to_dict(), "rows": rows}, indent=2))
-    path.with_suffix(".md").write_text(md)
+    write_report(args.out or RESULTS / f"diagnose_{cfg.dataset}_{cfg.method}_P{cfg.stages}",
+                 {"config": cfg.to_dict(), "rows": rows}, md)
     print(md)
     return 0
 

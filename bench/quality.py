@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import threading
@@ -33,8 +31,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT))
+
+from bench.common import RESULTS, machine, write_report  # noqa: E402
 
 
 # -- one seed of one row, in a child process ------------------------------------------------
@@ -51,7 +50,7 @@ def child_main(cfg: dict, threads: int, whole_epochs: int) -> dict:
     t = time.time()
     if whole_epochs:
         from pdd_engine.evaluate import Curriculum, EvalProtocol
-        from pdd_engine.progressive import dataset_for
+        from pdd_engine.data import dataset_for
 
         c = DistillConfig(**cfg)
         ds = dataset_for(c)
@@ -201,17 +200,8 @@ def report_of(args, iterations: int, results: list[dict], whole: dict, t0: float
 
 def write(report: dict, args) -> str:
     md = markdown(report, args)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out + ".json").write_text(json.dumps(report, indent=2))
-    Path(args.out + ".md").write_text(md)
+    write_report(args.out, report, md)
     return md
-
-
-def machine() -> dict:
-    import torch
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(), "torch": torch.__version__,
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 def markdown(report: dict, args) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
@@ -19,7 +18,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "bench" / "results"
+
+from bench.common import RESULTS, machine, write_report  # noqa: E402
 
 
 def peak_mb() -> float:
@@ -51,7 +51,9 @@ def m_method(a: dict) -> dict:
     import torch
     from pdd_engine import DistillConfig
     from pdd_engine.methods import get_method
-    from pdd_engine.progressive import dataset_for, resolve_device, stage_context
+    from pdd_engine.data import dataset_for
+    from pdd_engine.device import resolve_device
+    from pdd_engine.progressive import stage_context
 
     cfg = DistillConfig(**a["cfg"])
     ds = dataset_for(cfg)
@@ -109,7 +111,8 @@ def m_transition(a: dict) -> dict:
     import torch
     from pdd_engine import DistillConfig
     from pdd_engine.evaluate import random_subset
-    from pdd_engine.progressive import Union, dataset_for, stage_context
+    from pdd_engine.data import dataset_for
+    from pdd_engine.progressive import Union, stage_context
 
     cfg = DistillConfig(transition_epochs=a["epochs"], transition="fresh")
     ds = dataset_for(cfg)
@@ -175,8 +178,7 @@ def main() -> int:
         return 0
 
     import torch
-    report = {"machine": {"platform": platform.platform(), "cpus": __import__("os").cpu_count(), "torch": torch.__version__,
-                          "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}}
+    report = {"machine": machine()}
     md = [f"Machine: {report['machine']['cpus']} CPUs, torch {torch.__version__}, "
           f"{'GPU ' + report['machine']['cuda'] if report['machine']['cuda'] else 'CPU only'}.", ""]
 
@@ -215,9 +217,7 @@ def main() -> int:
                     ["syn_steps", "unroll", "measured peak MB", "estimate MB", "seconds"], rows))
 
     text = "\n".join(md)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out + ".json").write_text(json.dumps(report, indent=2))
-    Path(args.out + ".md").write_text(text)
+    write_report(args.out, report, text)
     print(text)
     return 0
 

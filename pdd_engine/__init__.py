@@ -7,9 +7,9 @@
 
 __version__ = "0.1.0"
 
-from .config import METHODS, PRESETS, DistillConfig, preset  # noqa: E402
+from .config import PRESETS, DistillConfig, preset  # noqa: E402
 from .errors import BundleError, ConfigError, DataUnavailable, PDDError  # noqa: E402
 from .progressive import distill, run  # noqa: E402
 
-__all__ = ["DistillConfig", "preset", "PRESETS", "METHODS", "run", "distill", "PDDError", "ConfigError",
+__all__ = ["DistillConfig", "preset", "PRESETS", "run", "distill", "PDDError", "ConfigError",
            "DataUnavailable", "BundleError", "__version__"]

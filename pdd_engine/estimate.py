@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import DistillConfig
-from .methods.mtt import available_memory_bytes, expert_steps, student_ahead_warning, unroll_memory_bytes
+from .methods import get_method
 from .models import build_model
 
 # image-sized datasets when nothing is loaded yet: (channels, size, classes, train examples)
@@ -70,10 +70,9 @@ def config_warnings(cfg: DistillConfig, n_train: Optional[int] = None) -> list[s
     """Settings that are valid but will likely hurt quality, found before a run starts (the engine
     repeats them once it knows the real data size). ``n_train``: real training images, if known."""
     n = n_train or SHAPES.get(cfg.dataset, (0, 0, 0, None))[3]
-    if cfg.method != "mtt" or cfg.syn_steps is None or n is None:
+    if n is None:
         return []
-    warning = student_ahead_warning(cfg.syn_steps, expert_steps(cfg, min(n, cfg.max_train or n)))
-    return [warning] if warning else []
+    return get_method(cfg.method).warnings(cfg, min(n, cfg.max_train or n))
 
 
 def estimate(cfg: DistillConfig, shape: tuple[int, int, int, int] | None = None, device: str = "cpu") -> Estimate:
@@ -90,9 +89,9 @@ def estimate(cfg: DistillConfig, shape: tuple[int, int, int, int] | None = None,
         calls += epochs * math.ceil(n / batch) if n else 0
         samples += epochs * n
 
-    mult = cfg.idc_factor_for(size) ** 2 if cfg.method == "idc" else 1
+    method = get_method(cfg.method)
+    mult = method.images_per_stored(cfg, size)
     per_stage = classes * cfg.ipc_per_stage * mult
-    syn_steps = cfg.syn_steps_for(expert_steps(cfg, n_train))
 
     def transition(sizes: list[float]) -> None:
         """One network brought to a stage's start: every prefix union (chain) or the last one (fresh)."""
@@ -101,24 +100,12 @@ def estimate(cfg: DistillConfig, shape: tuple[int, int, int, int] | None = None,
 
     def distil(union: float, prefixes: list[float]) -> None:
         nonlocal calls, samples
-        it = cfg.iterations
-        if cfg.method == "dm":
-            calls, samples = calls + it * 2 * classes, samples + it * (classes * cfg.batch_real / 3 + union)
-            for _ in range(cfg.dm_pool if prefixes and cfg.transition_epochs else 0):  # else fresh nets (DM.setup)
-                transition(prefixes)
-        elif cfg.method == "mtt":
-            b = min(cfg.batch_syn or union, union)
-            calls, samples = calls + it * 3 * syn_steps, samples + it * 3 * syn_steps * b
-            for _ in range(cfg.num_experts):
-                if prefixes:
-                    transition(prefixes)
-                train(n_train, cfg.max_start_epoch + cfg.expert_epochs, 256)
-        else:
-            inner = cfg.batch_real if cfg.method == "idc" else union
-            calls += it * (3 * classes + cfg.inner_loop)
-            samples += it * (classes * cfg.batch_real + 3 * union + cfg.inner_loop * inner)
-            for _ in range(math.ceil(it / cfg.outer_loop) if prefixes else 0):
-                transition(prefixes)
+        work = method.cost(cfg, classes, union, n_train, bool(prefixes))
+        calls, samples = calls + work.calls, samples + work.samples
+        for _ in range(work.transitions):
+            transition(prefixes)
+        for n, epochs, batch in work.training:
+            train(n, epochs, batch)
 
     for i in range(1, cfg.stages + 1):
         union = per_stage * i
@@ -132,12 +119,5 @@ def estimate(cfg: DistillConfig, shape: tuple[int, int, int, int] | None = None,
     union_last = classes * cfg.ipc * mult
     data_bytes = 4 * ch * size * size * (n_train + union_last) * 2
     mem = data_bytes + RUNTIME_BYTES
-    if cfg.method == "mtt":  # the unroll the engine will pick (see MTT.setup)
-        net = build_model(ch, classes, size, depth, cfg.width, cfg.norm)
-        batch = min(cfg.batch_syn or union_last, union_last)
-        full = unroll_memory_bytes(net, ch, size, batch, syn_steps)
-        bounded = unroll_memory_bytes(net, ch, size, batch, 1, syn_steps)
-        have = available_memory_bytes(torch.device(device), cfg.max_memory_gb)
-        use_bounded = cfg.mtt_unroll == "bounded" or (cfg.mtt_unroll == "auto" and full > 0.5 * have)
-        mem += bounded if use_bounded else full
+    mem += method.extra_memory(cfg, ch, size, classes, union_last, n_train, device)
     return Estimate(STARTUP_S + calls * per_call + samples * per_sample, int(mem), per_call, per_sample)

@@ -119,4 +119,15 @@ class Stopped:
     message: str = "stopped; finished stages are cached and a new run resumes from them"
 
 
-Event = RunStarted | StageStarted | Message | Progress | StageImages | StageEvaluated | StageFinished | Done | Failed | Stopped
+@dataclass
+class Exported:
+    """A finished run's bundle and per-stage archives are on disk (sent before Done by front ends
+    that export in the engine's process, such as the studio's workers); ``error`` if that failed."""
+
+    path: Optional[str]
+    stage_paths: list[str] = field(default_factory=list)
+    error: str = ""
+
+
+Event = (RunStarted | StageStarted | Message | Progress | StageImages | StageEvaluated | StageFinished | Exported | Done
+         | Failed | Stopped)

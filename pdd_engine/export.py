@@ -32,12 +32,13 @@ from PIL import Image
 from . import __version__
 from .cache import Store
 from .config import DistillConfig
-from .data import Dataset
+from .data import Dataset, dataset_for, dataset_info, to_uint8
+from .device import resolve_device
 from .errors import BundleError, PDDError
 from .evaluate import EvalProtocol, make_curriculum
 from .models import parse_arch
 from .keys import Keys
-from .progressive import dataset_for, dataset_info, resolve_device, to_uint8
+from .methods import get_method
 
 FORMAT = "pdd-studio-bundle"
 FORMAT_VERSION = 1
@@ -89,6 +90,7 @@ def build_manifest(cfg: DistillConfig, ds: Dataset, stages: list, evals: list, r
                    bases: list) -> dict[str, Any]:
     proto = EvalProtocol.from_config(cfg, ds.size)
     keys = Keys.of(cfg, ds)
+    notes = get_method(cfg.method).manifest(cfg, ds.size)  # what the method says about its images
     stage_entries = []
     for i, ((t, meta), acc, racc, bacc) in enumerate(zip(stages, evals, randoms, bases), start=1):
         stage_entries.append({
@@ -110,13 +112,13 @@ def build_manifest(cfg: DistillConfig, ds: Dataset, stages: list, evals: list, r
             "how": "model input = ZCA((pixels_in_[0,1] - mean) / std) if zca else (pixels - mean) / std; "
                    "images in .pt/.npz are already in model space, PNGs are de-normalised pixels",
         },
-        "augmentation": {"evaluation": proto.dsa_strategy, "matching": "none" if cfg.method == "dc" else cfg.dsa_strategy,
+        "augmentation": {"evaluation": proto.dsa_strategy, "matching": notes["matching_augmentation"],
                          "mode": "DSA, one op per call: matching draws one transform for the whole real and synthetic "
                                  "batch of a class (siamese); training draws parameters per sample"},
         "transition": {"mode": cfg.transition, "epochs": cfg.transition_epochs,
                        "note": "chain: stage i's networks are one network trained on union_1, union_2, ... union_{i-1} "
                                "(each at its stage's lr, fresh SGD); fresh: a new network trained on union_{i-1}"},
-        "resolved": {"idc_factor": cfg.idc_factor_for(ds.size) if cfg.method == "idc" else None},
+        "resolved": notes["resolved"],
         "easy_example_filter": {"enabled": cfg.filter_easy, "keep_easy": cfg.keep_easy, "scorers": cfg.filter_models,
                                 "note": "real examples all scorers (trained on U_i) classify correctly are kept with "
                                         "probability keep_easy in the pool stage i+1 matches against"},
@@ -124,8 +126,7 @@ def build_manifest(cfg: DistillConfig, ds: Dataset, stages: list, evals: list, r
         "evaluation": {**proto.to_dict(), "curriculum": "fresh networks train eval_epochs on union_1, then continue "
                        "(optimizer state carried) on union_2, ...; lr x0.1 after half of each stage; accuracy on "
                        "the test split after each stage", "test_examples": len(ds.y_test)},
-        "training_form": "stored images decode to training images by IDC multi-formation" if cfg.method == "idc"
-                         else "stored images are the training images",
+        "training_form": notes["training_form"],
         "stage_entries": stage_entries,
         "versions": {"pdd_engine": __version__, "torch": torch.__version__, "python": platform.python_version()},
     }

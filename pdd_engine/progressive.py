@@ -19,7 +19,8 @@ import torch
 from . import runs
 from .cache import Store
 from .config import DistillConfig
-from .data import Dataset, load_dataset
+from .data import Dataset, dataset_for, dataset_info, to_uint8
+from .device import resolve_device
 from .errors import Cancelled, PDDError
 from .evaluate import Curriculum, EvalProtocol, make_curriculum, random_subset
 from .events import (Done, Event, Failed, Message, Progress, RunStarted, StageEvaluated, StageFinished,
@@ -32,20 +33,6 @@ from .training import predict, seed_of
 
 class CancelToken(Protocol):
     def is_set(self) -> bool: ...
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise PDDError("device 'cuda' was requested but no CUDA GPU is available", "use --device cpu or auto")
-    return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
-
-
-def dataset_for(cfg: DistillConfig) -> Dataset:
-    return load_dataset(cfg.dataset, cfg.data_root, cfg.zca, cfg.image_size, cfg.max_train)
-
-
-def to_uint8(ds: Dataset, x: torch.Tensor) -> np.ndarray:
-    return (ds.to_unit(x).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
 
 
 def filter_easy(ctx_ds: Dataset, x: torch.Tensor, y: torch.Tensor, keep: torch.Tensor, cfg: DistillConfig,
@@ -334,11 +321,6 @@ def union_view(ds: Dataset, stored: list[torch.Tensor], cfg: DistillConfig):
             labs += [c] * per
             new += [s == len(stored) - 1] * per
     return to_uint8(ds, torch.cat(imgs)), np.array(labs), np.array(new), list(ds.classes)
-
-
-def dataset_info(ds: Dataset) -> dict[str, Any]:
-    return {"name": ds.name, "classes": ds.classes, "channels": ds.channels, "size": ds.size,
-            "train": len(ds.y_train), "test": len(ds.y_test), "source": ds.source, "fingerprint": ds.fingerprint}
 
 
 def run(cfg: DistillConfig, store: Optional[Store] = None, cancel: Optional[CancelToken] = None) -> Iterator[Event]:

@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .data import read_idx, split_holdout
+from .formats import read_idx, split_holdout
 from .errors import DataUnavailable
 
 IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}

@@ -59,6 +59,24 @@ def wait(job, timeout=120):
     return job
 
 
+def test_worker_writes_the_bundle_before_done_and_the_manager_exports_cached_runs(tmp_path, tiny):
+    from pathlib import Path
+    m = JobManager(str(tmp_path / "cache"), threads=1, export_dir=str(tmp_path / "ex"))
+    try:
+        job = wait(m.submit(tiny(stages=2, ipc=2), "me"))
+        assert job.state == "done", job.events[-1]
+        exported = [e for e in job.events if isinstance(e, E.Exported)]
+        assert len(exported) == 1 and isinstance(job.events[job.events.index(exported[0]) + 1], E.Done)
+        assert Path(exported[0].path).exists() and len(exported[0].stage_paths) == 2
+        Path(exported[0].path).unlink()
+        again = m.export(job.events[-1].run_key)  # a helper process, not the caller, writes it
+        assert again.path == exported[0].path and Path(again.path).exists() and again.error == ""
+        missing = m.export("run:0000")
+        assert missing.path is None and "no run matches" in missing.error
+    finally:
+        m.shutdown()
+
+
 def test_job_manager_queues_stops_and_survives_a_dead_engine(tmp_path):
     m = JobManager(str(tmp_path / "cache"), max_concurrent=1, threads=1)
     slow = DistillConfig(stages=2, ipc=2, iterations=5000, eval_epochs=5, eval_models=1, dm_pool=1)
@@ -161,10 +179,11 @@ def test_stagewise_jobs_match_a_normal_run_one_call_per_stage(tmp_path, monkeypa
     monkeypatch.setitem(sys.modules, "spaces", fake)
     monkeypatch.setenv("SPACES_ZERO_GPU", "1")
     cfg = DistillConfig(stages=3, ipc=3, iterations=4, eval_epochs=4, eval_models=2, dm_pool=1)
-    m = JobManager(str(tmp_path / "a"), stage_fn=jobs.zerogpu_stage_fn())
+    m = JobManager(str(tmp_path / "a"), stage_fn=jobs.zerogpu_stage_fn(), export_dir=str(tmp_path / "ex"))
     job = wait(m.submit(cfg, "me"))
     assert job.state == "done" and calls == [1, 2, 3]
     view = render.RunView.of(job.events)
+    assert view.exported.path and load_bundle(view.exported.path).manifest["stages"] == 3
     assert view.stages == 3 and sorted(view.evals) == [1, 2, 3] and sorted(view.losses) == [1, 2, 3]
     reference = distill(cfg, Store(tmp_path / "b"))
     assert view.done.accuracies == reference.accuracies

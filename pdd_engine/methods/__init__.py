@@ -1,11 +1,13 @@
-"""Base methods behind one interface (:class:`~pdd_engine.methods.base.Method`)."""
+"""Base methods behind one interface (:class:`~pdd_engine.methods.base.Method`).
 
-from .base import Method, StageContext
-from .dm import DM
-from .gradmatch import DC, IDC, DSAMatching
-from .mtt import MTT
+Each method is one file whose class registers itself (``@register``) with its spec: name, title,
+default image lr, the config fields it reads, what it caches, its cost model and manifest notes.
+Everything else (config validation, CLI, studio, cache keys, estimate, export, bench) reads
+:data:`REGISTRY`, so a new method needs no edit outside its own file.
+"""
 
-REGISTRY: dict[str, type[Method]] = {"dm": DM, "mtt": MTT, "dc": DC, "dsa": DSAMatching, "idc": IDC}
+from .base import REGISTRY, Method, StageContext, Work, register
+from . import dm, gradmatch, mtt  # noqa: E402,F401  (they register themselves)
 
 
 def get_method(name: str) -> type[Method]:
@@ -15,4 +17,8 @@ def get_method(name: str) -> type[Method]:
     return REGISTRY[name]
 
 
-__all__ = ["Method", "StageContext", "REGISTRY", "get_method"]
+def method_names() -> tuple[str, ...]:
+    return tuple(REGISTRY)
+
+
+__all__ = ["Method", "StageContext", "Work", "REGISTRY", "register", "get_method", "method_names"]

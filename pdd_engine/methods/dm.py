@@ -13,12 +13,22 @@ from __future__ import annotations
 import torch
 
 from ..training import draw_seed, seed_of
-from .base import Method
+from ..config import DistillConfig
+from .base import Method, Work, register
 
 
+@register
 class DM(Method):
     name = "dm"
+    title = "DM: distribution matching"
+    lr_img = 3.0  # chosen on digits at IPC 1
     params = ("batch_real", "dm_pool")
+
+    @classmethod
+    def cost(cls, cfg: DistillConfig, classes: int, union: float, n_train: int, later: bool) -> Work:
+        # a real batch forward only (~1/3 of forward + backward) and the union forward + backward per class
+        transitions = cfg.dm_pool if later and cfg.transition_epochs else 0  # else fresh nets (setup)
+        return Work(cfg.iterations * 2 * classes, cfg.iterations * (classes * cfg.batch_real / 3 + union), transitions)
 
     def setup(self) -> None:
         ctx = self.ctx

@@ -10,10 +10,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+import math
+
 from ..augment import DSA
+from ..config import DistillConfig
 from ..errors import PDDError
 from ..training import draw_seed, seed_of
-from .base import Method
+from .base import Method, Work, register
 
 
 def layer_distance(gs: torch.Tensor, gr: torch.Tensor) -> torch.Tensor:
@@ -32,7 +35,15 @@ def match(g_syn: list[torch.Tensor], g_real: list[torch.Tensor], metric: str) ->
 
 class GradientMatching(Method):
     metric = "cos"
+    lr_img = 0.1
     params = ("batch_real", "outer_loop", "inner_loop")
+
+    @classmethod
+    def cost(cls, cfg: DistillConfig, classes: int, union: float, n_train: int, later: bool) -> Work:
+        inner = cfg.batch_real if cls.name == "idc" else union  # IDC's inner steps train on real data
+        it = cfg.iterations
+        return Work(it * (3 * classes + cfg.inner_loop), it * (classes * cfg.batch_real + 3 * union + cfg.inner_loop * inner),
+                    math.ceil(it / cfg.outer_loop) if later else 0)
 
     def matching_aug(self) -> DSA:
         return self.ctx.aug
@@ -82,27 +93,47 @@ class GradientMatching(Method):
                 self.inner_opt.step()
 
 
+@register
 class DC(GradientMatching):
     """Gradient matching without augmentation in the matching step (the original DC)."""
 
     name = "dc"
+    title = "DC: gradient matching"
+
+    @classmethod
+    def manifest(cls, cfg: DistillConfig, size: int) -> dict:
+        return {**super().manifest(cfg, size), "matching_augmentation": "none"}
 
     def matching_aug(self) -> DSA:
         return DSA([])
 
 
+@register
 class DSAMatching(GradientMatching):
     """DC with differentiable siamese augmentation: one shared draw for the real and synthetic batch."""
 
     name = "dsa"
+    title = "DSA: gradient matching + siamese augmentation"
 
 
+@register
 class IDC(GradientMatching):
     """Multi-formation: each stored image holds factor x factor tiles, each decoded to a full image."""
 
     name = "idc"
+    title = "IDC: gradient matching + multi-formation"
+    lr_img = 0.01
     params = GradientMatching.params + ("idc_factor",)
     metric = "mse"
+
+    @classmethod
+    def images_per_stored(cls, cfg: DistillConfig, size: int) -> int:
+        return cfg.idc_factor_for(size) ** 2
+
+    @classmethod
+    def manifest(cls, cfg: DistillConfig, size: int) -> dict:
+        return {**super().manifest(cfg, size), "resolved": {"idc_factor": cfg.idc_factor_for(size)},
+                "training_form": "stored images decode to training images by IDC multi-formation"}
 
     @property
     def factor(self) -> int:

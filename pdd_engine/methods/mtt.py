@@ -18,7 +18,9 @@ from torch.func import functional_call
 from ..augment import DSA
 from ..errors import MemoryBudgetError
 from ..training import draw_seed, flat_params, seed_of, train_epochs
-from .base import Method, StageContext
+from ..config import DistillConfig
+from ..models import build_model
+from .base import Method, StageContext, Work, register
 
 EXPERT_BATCH = 256
 
@@ -202,10 +204,41 @@ def student_ahead_warning(syn_steps: int, steps: int) -> Optional[str]:
             f"Fix: set syn_steps to {steps} or less (or leave it unset), or raise expert_epochs")
 
 
+@register
 class MTT(Method):
     name = "mtt"
+    title = "MTT: trajectory matching"
+    lr_img = 100.0
     params = ("syn_steps", "expert_epochs", "max_start_epoch", "num_experts", "expert_lr", "lr_lr", "batch_syn")
     memos = {"experts": ("num_experts", "max_start_epoch", "expert_epochs", "expert_lr")}
+
+    @classmethod
+    def warnings(cls, cfg: DistillConfig, n_train: int) -> list[str]:
+        if cfg.syn_steps is None:
+            return []
+        warning = student_ahead_warning(cfg.syn_steps, expert_steps(cfg, n_train))
+        return [warning] if warning else []
+
+    @classmethod
+    def cost(cls, cfg: DistillConfig, classes: int, union: float, n_train: int, later: bool) -> Work:
+        steps = cfg.syn_steps_for(expert_steps(cfg, n_train))
+        b = min(cfg.batch_syn or union, union)
+        epochs = cfg.max_start_epoch + cfg.expert_epochs
+        return Work(cfg.iterations * 3 * steps, cfg.iterations * 3 * steps * b, cfg.num_experts if later else 0,
+                    [(n_train, epochs, EXPERT_BATCH)] * cfg.num_experts)
+
+    @classmethod
+    def extra_memory(cls, cfg: DistillConfig, channels: int, size: int, classes: int, union: int, n_train: int,
+                     device) -> int:
+        """The unroll the engine will pick (see setup), for the largest union."""
+        net = build_model(channels, classes, size, cfg.depth_for(size), cfg.width, cfg.norm)
+        steps = cfg.syn_steps_for(expert_steps(cfg, n_train))
+        batch = min(cfg.batch_syn or union, union)
+        full = unroll_memory_bytes(net, channels, size, batch, steps)
+        bounded = unroll_memory_bytes(net, channels, size, batch, 1, steps)
+        have = available_memory_bytes(torch.device(device), cfg.max_memory_gb)
+        use_bounded = cfg.mtt_unroll == "bounded" or (cfg.mtt_unroll == "auto" and full > 0.5 * have)
+        return bounded if use_bounded else full
 
     def setup(self) -> None:
         ctx, c = self.ctx, self.ctx.cfg
