@@ -15,8 +15,8 @@ import gradio as gr
 from pdd_engine import PRESETS, PDDError, runs
 from pdd_engine.methods import REGISTRY
 from pdd_engine.cache import Store
-from pdd_engine.config import BUILTIN_DATASETS, DistillConfig
-from pdd_engine.data import availability
+from pdd_engine import datasets
+from pdd_engine.config import DistillConfig
 from pdd_engine.estimate import config_warnings, estimate
 
 from . import render
@@ -38,8 +38,7 @@ class Studio:
 
     # -- controls -> config -------------------------------------------------------------
     def dataset_choices(self) -> list[tuple[str, str]]:
-        out = [(f"{name} ({availability(name, self.data_root)})", name) for name in BUILTIN_DATASETS]
-        return out + [(UPLOAD, UPLOAD)]
+        return dataset_choices(self.data_root)
 
     def config(self, dataset: str, upload: Any, method: str, stages: float, ipc: float, preset: str,
                *advanced: Any) -> DistillConfig:
@@ -70,7 +69,7 @@ class Studio:
         except PDDError as e:
             return f'<span class="pdd-error">⚠ {e}</span>', "", gr.update(interactive=False)
         note = ""
-        if not cfg.dataset.startswith("folder:") and availability(cfg.dataset, self.data_root) != "offline":
+        if datasets.find(cfg.dataset).availability(self.data_root) != "offline":
             note = f"<br>ℹ {cfg.dataset} is not on this machine: it is downloaded on first use (needs internet)."
         for w in config_warnings(cfg):
             note += f'<br><span class="pdd-warning">⚠ {w.removeprefix("warning: ")}</span>'
@@ -174,6 +173,12 @@ class Studio:
             return "⚠ a selected run is running right now and cannot be deleted. Fix: wait until it finishes."
         n = runs.delete(self.store, [r.key for r in self.selected(keys)])
         return f"Deleted {n} run record(s); their stages stay cached for runs that share them."
+
+
+def dataset_choices(data_root: Optional[str] = None) -> list[tuple[str, str]]:
+    """Every registered dataset, marked offline or needs download, then the upload entry."""
+    out = [(f"{name} ({datasets.find(name).availability(data_root)})", name) for name in datasets.named()]
+    return out + [(UPLOAD, UPLOAD)]
 
 
 def method_choices() -> list[tuple[str, str]]:

@@ -14,7 +14,6 @@ from typing import Any, Literal, Optional, get_args
 
 from .errors import ConfigError
 
-BUILTIN_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn")
 DSA_OPS = ("color", "crop", "cutout", "flip", "scale", "rotate")
 Norm = Literal["instance", "batch", "none"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -154,9 +153,8 @@ def validate(c: DistillConfig) -> None:
     """Reject bad values and combinations with a message that names the fix."""
     from .methods import REGISTRY  # the registry imports torch; config itself does not
     _check(c.method in REGISTRY, f"unknown method '{c.method}'", f"choose one of {', '.join(REGISTRY)}")
-    _check(c.dataset in BUILTIN_DATASETS or c.dataset.startswith(("folder:", "idx:")),
-           f"unknown dataset '{c.dataset}'",
-           f"choose one of {', '.join(BUILTIN_DATASETS)}, or 'folder:/path' / 'idx:/path' for your own data")
+    from .datasets import find
+    find(c.dataset)  # a ConfigError naming the registered datasets if unknown
     _check(c.depth is None or (isinstance(c.depth, int) and 1 <= c.depth <= 6), f"depth {c.depth} is out of range",
            "use a depth from 1 to 6, or leave it unset to follow the input size")
     for name in ("stages", "ipc", "iterations", "width", "eval_epochs", "eval_models",

