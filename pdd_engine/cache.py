@@ -41,6 +41,33 @@ def unpack(blob: bytes) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     return tensors, meta
 
 
+class BytesOnlyDisk(diskcache.Disk):
+    """diskcache's serialiser, restricted to what the store writes: str keys and bytes (or int) values.
+
+    diskcache unpickles any row stored in pickle mode, and anything that can write the cache folder
+    could plant one; a pickled value reads as ``Refused`` and a pickled key as a non-str key, so
+    nothing in the folder can run code when read.
+    """
+
+    def get(self, key, raw):
+        return super().get(key, raw) if raw else Refused("a pickled key")
+
+    def fetch(self, mode, filename, value, read):
+        if mode == diskcache.core.MODE_PICKLE:
+            return Refused("a pickled value")
+        return super().fetch(mode, filename, value, read)
+
+    def store(self, value, read, key=diskcache.core.UNKNOWN):
+        if not isinstance(value, (bytes, int)):
+            raise TypeError(f"the store holds bytes only, not {type(value).__name__}")
+        return super().store(value, read, key)
+
+
+class Refused:
+    def __init__(self, what: str):
+        self.what = what
+
+
 # What the store's layout and records mean. A cache written with a higher format is refused (an
 # older engine could misread it); a lower one is upgraded in place (its keys simply never match).
 FORMAT = 2
@@ -64,8 +91,9 @@ class Store:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._cache = diskcache.Cache(str(self.directory), size_limit=int(size_limit_gb * 2 ** 30),
-                                          eviction_policy="least-recently-used")
+                                          eviction_policy="least-recently-used", disk=BytesOnlyDisk)
             found = self._cache.get(FORMAT_KEY)
+            found = found if isinstance(found, int) else None
             if found is None or found < FORMAT:
                 self._cache.set(FORMAT_KEY, FORMAT)
         except (OSError, sqlite3.Error) as e:
@@ -84,6 +112,8 @@ class Store:
             return self._drop(key, f"unreadable ({type(e).__name__})")
         if blob is None:
             return None
+        if not isinstance(blob, bytes):
+            return self._drop(key, "is not stored as bytes (refused unread)")
         try:
             tensors, meta = unpack(blob)
         except Exception as e:  # truncated or not safetensors at all: any parse error means the same

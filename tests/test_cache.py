@@ -93,3 +93,33 @@ def test_full_disk_fails_the_run_with_the_fix_and_keeps_finished_stages(tiny, tm
     assert isinstance(evs[-1], E.Failed)
     assert "disk holding the cache" in evs[-1].message and "Fix: free space there" in evs[-1].message
     assert set(store.keys()) == before
+
+
+class Planted:
+    """A value whose unpickling would write a file: reading the cache must never do it."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_planted_pickles_are_refused_without_running(tmp_path, capsys):
+    import diskcache
+
+    from pdd_engine import runs
+    from pdd_engine.__main__ import main
+
+    marker = tmp_path / "pwned"
+    raw = diskcache.Cache(str(tmp_path / "c"))  # another tool writing the same folder in pickle mode
+    raw.set("run:evil", Planted(marker))
+    raw.set(("run:", "tuple key"), b"x")  # a pickled key
+    raw.set(Planted(marker), b"x")
+    raw.close()
+    notes = []
+    s = Store(tmp_path / "c", notice=notes.append)
+    assert s.get("run:evil") is None and any("not stored as bytes" in n for n in notes)
+    assert runs.list_runs(s) == [] and sorted(s.keys()) == [FORMAT_KEY]
+    assert main(["runs", "--cache-dir", str(tmp_path / "c")]) == 0
+    assert not marker.exists()

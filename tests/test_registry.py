@@ -12,6 +12,15 @@ from pdd_engine.keys import Keys, unclassified
 from pdd_engine.methods import REGISTRY, Method, register
 
 
+def distill_by_cli(tmp_path, *args) -> dict:
+    """A tiny 2-stage run through ``python -m pdd_engine distill``; returns its bundle's manifest."""
+    out = tmp_path / "run.zip"
+    assert main(["distill", *args, "--stages", "2", "--ipc", "2", "--iterations", "5", "--eval-epochs", "5",
+                 "--eval-models", "1", "--compare-base", "off", "--cache-dir", str(tmp_path / "c"), "--quiet",
+                 "--out", str(out)]) == 0
+    return load_bundle(out).manifest
+
+
 @pytest.fixture
 def toy():
     @register
@@ -42,12 +51,8 @@ def toy():
 def test_a_method_defined_in_one_file_runs_everywhere(toy, tmp_path, capsys):
     from app.ui import method_choices, shown_for
 
-    out = tmp_path / "toy.zip"
-    assert main(["distill", "--method", "toy", "--stages", "2", "--ipc", "2", "--iterations", "5", "--eval-epochs", "5",
-                 "--eval-models", "1", "--compare-base", "off", "--cache-dir", str(tmp_path / "c"), "--quiet",
-                 "--out", str(out)]) == 0
+    m = distill_by_cli(tmp_path, "--method", "toy")
     assert "| stage | IPC | PDD+TOY acc %" in capsys.readouterr().out
-    m = load_bundle(out).manifest
     assert m["method"] == "toy" and m["training_form"].startswith("toy:") and len(m["stage_entries"]) == 2
     assert ("Toy: class-mean matching", "toy") in method_choices()
     assert shown_for("iterations", "toy") and not shown_for("syn_steps", "toy") and shown_for("syn_steps", "mtt")
@@ -84,11 +89,7 @@ def toyset():
 def test_a_dataset_source_registered_in_one_place_reaches_every_front_end(toyset, tmp_path, capsys):
     from app.ui import dataset_choices
 
-    out = tmp_path / "toy.zip"
-    assert main(["distill", "--dataset", "toyset", "--stages", "2", "--ipc", "2", "--iterations", "5", "--eval-epochs", "5",
-                 "--eval-models", "1", "--compare-base", "off", "--cache-dir", str(tmp_path / "c"), "--quiet",
-                 "--out", str(out)]) == 0
-    m = load_bundle(out).manifest
+    m = distill_by_cli(tmp_path, "--dataset", "toyset")
     assert m["dataset"]["licence"] == "made up by the test (public domain)" and m["dataset"]["classes"] == ["low", "mid", "high"]
     assert m["dataset"]["size"] == 6 and "mean and std" in m["dataset"]["normalisation"]
     assert ("toyset (offline)", "toyset") in dataset_choices()
