@@ -9,6 +9,7 @@ run at once; other jobs wait in a FIFO queue and know their position.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 import queue
@@ -73,6 +74,12 @@ def export_call(cache_dir: Optional[str], run_key: str, export_dir: str) -> "E.E
     return export_run(Store(cache_dir), run_key, export_dir)
 
 
+def pass_cost_call(*shape) -> tuple[float, float]:
+    """:func:`pdd_engine.estimate.pass_cost` for the helper process."""
+    from pdd_engine.estimate import pass_cost
+    return pass_cost(*shape)
+
+
 def stage_call(cfg_dict: dict, cache_dir: Optional[str], stage: int) -> list:
     """Run the engine up to ``stage`` (earlier stages replay from the cache); return stage's events.
 
@@ -131,6 +138,7 @@ class JobManager:
         self.cache_dir = cache_dir
         self.export_dir = export_dir
         self._exporter: Optional[ProcessPoolExecutor] = None
+        self._costs: dict[tuple, tuple[float, float]] = {}
         self.max_concurrent = max(1, max_concurrent)
         self.threads = threads
         self.ctx = mp.get_context("spawn")
@@ -183,12 +191,29 @@ class JobManager:
     def running(self) -> int:
         return sum(1 for j in self.jobs.values() if j.state == "running")
 
-    def export(self, run_key: str) -> "E.Exported":
-        """A cached run's bundle, written by a helper process (data loading stays out of the server)."""
+    def helper(self) -> ProcessPoolExecutor:
+        """One long-lived helper process for engine work the server needs an answer to (exports, the
+        estimate's timing), so none of it runs, or is skewed, in the server's request threads."""
         with self.lock:
             if self._exporter is None:
-                self._exporter = ProcessPoolExecutor(max_workers=1, mp_context=self.ctx)
-        return self._exporter.submit(export_call, self.cache_dir, run_key, self.export_dir).result()
+                # niced: its start (importing torch) must not slow the server's own start-up
+                self._exporter = ProcessPoolExecutor(max_workers=1, mp_context=self.ctx, initializer=os.nice,
+                                                     initargs=(10,))
+            return self._exporter
+
+    def export(self, run_key: str) -> "E.Exported":
+        """A cached run's bundle, written by the helper process (data loading stays out of the server)."""
+        return self.helper().submit(export_call, self.cache_dir, run_key, self.export_dir).result()
+
+    def pass_cost(self, *shape) -> tuple[float, float]:
+        """:func:`pdd_engine.estimate.pass_cost`, measured once per shape in the helper process."""
+        if shape not in self._costs:
+            self._costs[shape] = self.helper().submit(pass_cost_call, *shape).result(timeout=120)
+        return self._costs[shape]
+
+    def calibrate(self, shapes: list[tuple]) -> None:
+        """Measure ``shapes`` in the background now (at start, before any engine loads the machine)."""
+        threading.Thread(target=lambda: [self.pass_cost(*s) for s in shapes], daemon=True, name="pdd-calibrate").start()
 
     def shutdown(self) -> None:
         if self._exporter is not None:

@@ -73,7 +73,7 @@ class Studio:
             note = f"<br>ℹ {cfg.dataset} is not on this machine: it is downloaded on first use (needs internet)."
         for w in config_warnings(cfg):
             note += f'<br><span class="pdd-warning">⚠ {w.removeprefix("warning: ")}</span>'
-        est = estimate(cfg, device="cuda" if cfg.device != "cpu" and _cuda() else "cpu")
+        est = estimate(cfg, device="cuda" if cfg.device != "cpu" and _cuda() else "cpu", cost=self.manager.pass_cost)
         return f"✓ valid: {cfg.stages} stage(s) × {cfg.ipc_per_stage} image(s) per class{note}", \
             f"Estimate on this machine: **{est}** (rough, ±2×).", gr.update(interactive=True)
 

@@ -12,7 +12,7 @@ import math
 import time
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -71,13 +71,29 @@ def config_warnings(cfg: DistillConfig, n_train: Optional[int] = None) -> list[s
     return get_method(cfg.method).warnings(cfg, min(n, cfg.max_train or n))
 
 
-def estimate(cfg: DistillConfig, shape: tuple[int, int, int, int] | None = None, device: str = "cpu") -> Estimate:
-    """Counted calls and samples of every phase, times this machine's measured cost of each."""
+def data_shape(cfg: DistillConfig, shape: tuple[int, int, int, int] | None = None) -> tuple[int, int, int, int]:
+    """(channels, size, classes, real training images) of the config's data, before loading it."""
     ch, size, classes, n_train = shape or find(cfg.dataset).shape or (3, cfg.image_size or 32, 10, 10000)
-    size = cfg.image_size or size
-    n_train = min(n_train, cfg.max_train or n_train)
-    depth = cfg.depth_for(size)
-    per_call, per_sample = pass_cost(ch, size, classes, depth, cfg.width, cfg.norm, device)
+    return ch, cfg.image_size or size, classes, min(n_train, cfg.max_train or n_train)
+
+
+def cost_key(cfg: DistillConfig, device: str = "cpu", shape: tuple[int, int, int, int] | None = None) -> tuple:
+    """The arguments of :func:`pass_cost` for this config: what its timing depends on."""
+    ch, size, classes, _ = data_shape(cfg, shape)
+    return ch, size, classes, cfg.depth_for(size), cfg.width, cfg.norm, device
+
+
+CostFn = Callable[[int, int, int, int, int, str, str], tuple[float, float]]
+
+
+def estimate(cfg: DistillConfig, shape: tuple[int, int, int, int] | None = None, device: str = "cpu",
+             cost: Optional[CostFn] = None) -> Estimate:
+    """Counted calls and samples of every phase, times this machine's measured cost of each.
+
+    ``cost``: where :func:`pass_cost` is measured (default: here). A web server passes one that
+    measures in a helper process, away from its request threads, whose load would skew the timing."""
+    ch, size, classes, n_train = data_shape(cfg, shape)
+    per_call, per_sample = (cost or pass_cost)(*cost_key(cfg, device, shape))
     calls = samples = 0.0
 
     def train(n: float, epochs: float, batch: int) -> None:

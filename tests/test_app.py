@@ -77,6 +77,26 @@ def test_worker_writes_the_bundle_before_done_and_the_manager_exports_cached_run
         m.shutdown()
 
 
+def test_control_changes_never_time_networks_in_the_server(tmp_path, monkeypatch):
+    import pdd_engine.estimate
+    from app.ui import ADVANCED, Studio
+    from pdd_engine.cache import Store
+
+    def in_server(*a):
+        raise AssertionError("timed a network in the server process")
+    monkeypatch.setattr(pdd_engine.estimate, "pass_cost", in_server)
+    m = JobManager(str(tmp_path / "cache"))
+    try:
+        studio = Studio(m, Store(tmp_path / "cache"), tmp_path / "ex")
+        d = DistillConfig()
+        controls = [d.dataset, None, d.method, d.stages, d.ipc, "cpu-quick"] + [getattr(d, n) for n in ADVANCED]
+        valid, est, _ = studio.check(*controls)
+        assert valid.startswith("✓ valid") and "Estimate on this machine: **about" in est
+        assert len(m._costs) == 1  # measured once, in the helper process
+    finally:
+        m.shutdown()
+
+
 def test_job_manager_queues_stops_and_survives_a_dead_engine(tmp_path):
     m = JobManager(str(tmp_path / "cache"), max_concurrent=1, threads=1)
     slow = DistillConfig(stages=2, ipc=2, iterations=5000, eval_epochs=5, eval_models=1, dm_pool=1)
