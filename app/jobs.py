@@ -9,8 +9,7 @@ run at once; other jobs wait in a FIFO queue and know their position.
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 import queue
 import secrets
@@ -138,7 +137,7 @@ class JobManager:
         self.cache_dir = cache_dir
         self.export_dir = export_dir
         self._exporter: Optional[ProcessPoolExecutor] = None
-        self._costs: dict[tuple, tuple[float, float]] = {}
+        self._costs: dict[tuple, Future] = {}  # pass_cost measurements, by shape
         self.max_concurrent = max(1, max_concurrent)
         self.threads = threads
         self.ctx = mp.get_context("spawn")
@@ -196,24 +195,28 @@ class JobManager:
         estimate's timing), so none of it runs, or is skewed, in the server's request threads."""
         with self.lock:
             if self._exporter is None:
-                # niced: its start (importing torch) must not slow the server's own start-up
-                self._exporter = ProcessPoolExecutor(max_workers=1, mp_context=self.ctx, initializer=os.nice,
-                                                     initargs=(10,))
+                self._exporter = ProcessPoolExecutor(max_workers=1, mp_context=self.ctx)
             return self._exporter
 
     def export(self, run_key: str) -> "E.Exported":
         """A cached run's bundle, written by the helper process (data loading stays out of the server)."""
         return self.helper().submit(export_call, self.cache_dir, run_key, self.export_dir).result()
 
-    def pass_cost(self, *shape) -> tuple[float, float]:
-        """:func:`pdd_engine.estimate.pass_cost`, measured once per shape in the helper process."""
-        if shape not in self._costs:
-            self._costs[shape] = self.helper().submit(pass_cost_call, *shape).result(timeout=120)
-        return self._costs[shape]
+    def pass_cost(self, *shape, timeout: Optional[float] = 120) -> tuple[float, float]:
+        """:func:`pdd_engine.estimate.pass_cost`, measured once per shape in the helper process;
+        raises TimeoutError if the measurement is not done within ``timeout`` s (it goes on)."""
+        return self._measure(shape).result(timeout=timeout)
 
     def calibrate(self, shapes: list[tuple]) -> None:
-        """Measure ``shapes`` in the background now (at start, before any engine loads the machine)."""
-        threading.Thread(target=lambda: [self.pass_cost(*s) for s in shapes], daemon=True, name="pdd-calibrate").start()
+        """Start measuring ``shapes`` now (at launch, before any engine loads the machine)."""
+        for shape in shapes:
+            self._measure(shape)
+
+    def _measure(self, shape: tuple) -> Future:
+        with self.lock:
+            if shape not in self._costs:
+                self._costs[shape] = self.helper().submit(pass_cost_call, *shape)
+            return self._costs[shape]
 
     def shutdown(self) -> None:
         if self._exporter is not None:

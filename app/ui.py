@@ -29,6 +29,7 @@ ADVANCED = ["iterations", "lr_img", "width", "depth", "eval_epochs", "eval_model
 CHOICES = ("filter_easy", "zca", "device", "transition", "compare_base")  # passed through as they are
 AUTO_WHEN_EMPTY = ("lr_img", "depth", "syn_steps")  # empty (or 0, which an emptied number box sends): auto
 POLL_S = 0.25
+ESTIMATE_WAIT_S = 1.0  # a control change waits at most this long for a network's timing
 
 
 class Studio:
@@ -73,9 +74,16 @@ class Studio:
             note = f"<br>ℹ {cfg.dataset} is not on this machine: it is downloaded on first use (needs internet)."
         for w in config_warnings(cfg):
             note += f'<br><span class="pdd-warning">⚠ {w.removeprefix("warning: ")}</span>'
-        est = estimate(cfg, device="cuda" if cfg.device != "cpu" and _cuda() else "cpu", cost=self.manager.pass_cost)
-        return f"✓ valid: {cfg.stages} stage(s) × {cfg.ipc_per_stage} image(s) per class{note}", \
-            f"Estimate on this machine: **{est}** (rough, ±2×).", gr.update(interactive=True)
+        valid = f"✓ valid: {cfg.stages} stage(s) × {cfg.ipc_per_stage} image(s) per class{note}"
+        cost = lambda *shape: self.manager.pass_cost(*shape, timeout=ESTIMATE_WAIT_S)  # noqa: E731
+        try:
+            est = f"Estimate on this machine: **{estimate(cfg, device=self.device(cfg), cost=cost)}** (rough, ±2×)."
+        except TimeoutError:  # the helper process is still timing this network: answer now, not later
+            est = "Estimate on this machine: timing this network… (change any value to see it)."
+        return valid, est, gr.update(interactive=True)
+
+    def device(self, cfg: DistillConfig) -> str:
+        return "cuda" if cfg.device != "cpu" and _cuda() else "cpu"
 
     def preset_values(self, preset: str) -> list:
         cfg = DistillConfig(**PRESETS.get(preset, {}))

@@ -81,6 +81,7 @@ def test_control_changes_never_time_networks_in_the_server(tmp_path, monkeypatch
     import pdd_engine.estimate
     from app.ui import ADVANCED, Studio
     from pdd_engine.cache import Store
+    from pdd_engine.estimate import cost_key
 
     def in_server(*a):
         raise AssertionError("timed a network in the server process")
@@ -90,9 +91,14 @@ def test_control_changes_never_time_networks_in_the_server(tmp_path, monkeypatch
         studio = Studio(m, Store(tmp_path / "cache"), tmp_path / "ex")
         d = DistillConfig()
         controls = [d.dataset, None, d.method, d.stages, d.ipc, "cpu-quick"] + [getattr(d, n) for n in ADVANCED]
+        m.pass_cost(*cost_key(d))  # what app.py starts at launch
         valid, est, _ = studio.check(*controls)
         assert valid.startswith("✓ valid") and "Estimate on this machine: **about" in est
         assert len(m._costs) == 1  # measured once, in the helper process
+        m.helper().submit(time.sleep, 5)  # the helper is busy: a new shape's timing must not hold the answer
+        controls[ADVANCED.index("width") + 6] = 48
+        valid, est, _ = studio.check(*controls)
+        assert valid.startswith("✓ valid") and "timing this network" in est
     finally:
         m.shutdown()
 

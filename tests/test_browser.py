@@ -46,6 +46,20 @@ def test_invalid_input_shows_its_message_and_disables_run(page_url):
     assert page.locator("#pdd-run").is_enabled()
 
 
+def test_advanced_shows_only_the_chosen_methods_fields(page_url):
+    first, url, _ = page_url
+    page = first.browser_for_test.new_page(viewport={"width": 1400, "height": 1000})  # a fresh page: default method
+    page.goto(url)
+    page.wait_for_selector("#pdd-run")
+    page.get_by_text("Advanced").click()
+    page.get_by_label("Network width", exact=True).wait_for()
+    assert page.get_by_label("MTT: experts", exact=True).count() == 0  # DM, the default, has no MTT fields
+    page.get_by_label("Base method").first.click()
+    page.get_by_role("option", name="MTT: trajectory matching").click()
+    page.get_by_label("MTT: experts", exact=True).wait_for(timeout=30_000)
+    page.close()
+
+
 def test_run_shows_grid_and_plots_and_reattaches(page_url):
     page, url, tmp = page_url
     set_number(page, "Stages P", 2)
