@@ -146,19 +146,24 @@ def progress_html(view: RunView) -> str:
             f'<div class="pdd-stages">{"".join(cells)}</div></div>')
 
 
-def grid_image(ev: Optional[E.StageImages], cell: int = 40, pad: int = 3, label_w: int = 56,
+def grid_image(ev: Optional[E.StageImages], current: int = 0, cell: int = 40, pad: int = 3, label_w: int = 56,
                top: int = 28) -> Optional[Image.Image]:
     """One row per class; this stage's images framed orange, frozen earlier ones grey.
-    ``top`` leaves room for the caption Gradio overlays on the image's top-left corner."""
+    ``top`` leaves room for the caption Gradio overlays on the image's top-left corner; the grid's
+    own caption goes below it, where that overlay cannot hide it on a narrow grid."""
     if ev is None:
         return None
     classes = ev.classes
     per_class = int(np.sum(ev.labels == 0))
     w = label_w + per_class * (cell + pad) + pad
-    h = top + len(classes) * (cell + pad) + pad
+    h = top + len(classes) * (cell + pad) + pad + 20
     canvas = Image.new("RGB", (w, h), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
-    draw.text((label_w + pad, 8), f"stage {ev.stage}: {int(ev.new.sum())} new images (orange)", fill=(0, 0, 0))
+    running = current > ev.stage  # a later stage is being distilled: everything shown is frozen now
+    new = np.zeros_like(ev.new) if running else ev.new
+    caption = (f"stages 1-{ev.stage}, frozen while stage {current} is distilled" if running
+               else f"stage {ev.stage}: {int(ev.new.sum())} new images (orange)")
+    draw.text((label_w + pad, h - 16), caption, fill=(0, 0, 0))
     for c, name in enumerate(classes):
         y0 = top + pad + c * (cell + pad)
         draw.text((4, y0 + cell // 2 - 6), name[:8], fill=(0, 0, 0))
@@ -168,7 +173,7 @@ def grid_image(ev: Optional[E.StageImages], cell: int = 40, pad: int = 3, label_
             img = Image.fromarray(px[..., 0] if px.shape[-1] == 1 else px).convert("RGB")
             img = img.resize((cell - 4, cell - 4), Image.Resampling.NEAREST)
             x0 = label_w + pad + k * (cell + pad)
-            draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=NEW if ev.new[i] else FROZEN)
+            draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=NEW if new[i] else FROZEN)
             canvas.paste(img, (x0 + 2, y0 + 2))
     return canvas
 

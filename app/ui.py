@@ -143,7 +143,7 @@ class Studio:
             if view.exported.error:
                 status += f"<br>⚠ export failed: {view.exported.error}"
         running = state in ("queued", "running")
-        return (status, render.progress_html(view), render.grid_image(view.images), render.loss_figure(view),
+        return (status, render.progress_html(view), render.grid_image(view.images, view.current), render.loss_figure(view),
                 render.accuracy_figure(view), bundle, stages,
                 gr.update(interactive=running), gr.update(interactive=not running and state != "done"))
 

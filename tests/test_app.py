@@ -38,6 +38,8 @@ def test_run_view_folds_events_and_renders():
     assert "stage 2/2 (from cache): evaluating" in render.status_markdown(view, "running")
     grid = render.grid_image(view.images)
     assert grid.size[1] > 10 * 30 and grid.getpixel((grid.size[0] - 5, 28 + 5)) == render.NEW  # newest image framed orange
+    later = render.grid_image(view.images, current=3)  # stage 3 running: the shown stages are all frozen
+    assert later.getpixel((later.size[0] - 5, 28 + 5)) == render.FROZEN
     fig = render.accuracy_figure(view)
     assert [t.name for t in fig.data] == ["PDD+DM", "DM alone (P=1)", "random real subset"]
     assert list(fig.data[1].x) == [2] and list(fig.data[1].y) == pytest.approx([61.0])  # only where computed
