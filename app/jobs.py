@@ -9,6 +9,7 @@ run at once; other jobs wait in a FIFO queue and know their position.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 import queue
@@ -26,10 +27,21 @@ from pdd_engine.errors import PDDError
 STOP_GRACE_S = 10.0
 
 
+def exit_with_parent(parent: int) -> None:
+    """Process initializer: exit as soon as the server that started this process is gone, even
+    after kill -9 (then nothing runs atexit handlers), so no engine or helper outlives it."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+    threading.Thread(target=watch, daemon=True, name="pdd-parent-watch").start()
+
+
 def worker_main(cfg_dict: dict, cache_dir: Optional[str], out: "mp.Queue", cancel: "mp.Event", threads: int,
                 export_dir: Optional[str] = None) -> None:
     """Worker process entry: run the engine and forward every event; a finished run's bundle is
     written here, before Done, so the web server never loads data or exports. Never raises."""
+    exit_with_parent(os.getppid())
     try:
         import torch
 
@@ -195,7 +207,8 @@ class JobManager:
         estimate's timing), so none of it runs, or is skewed, in the server's request threads."""
         with self.lock:
             if self._exporter is None:
-                self._exporter = ProcessPoolExecutor(max_workers=1, mp_context=self.ctx)
+                self._exporter = ProcessPoolExecutor(max_workers=1, mp_context=self.ctx, initializer=exit_with_parent,
+                                                     initargs=(os.getpid(),))
             return self._exporter
 
     def export(self, run_key: str) -> "E.Exported":

@@ -105,6 +105,41 @@ def test_control_changes_never_time_networks_in_the_server(tmp_path, monkeypatch
         m.shutdown()
 
 
+def test_engine_and_helper_exit_when_the_server_is_killed(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    server = subprocess.Popen([sys.executable, "-c", f"""
+import sys, time
+sys.path.insert(0, {str(root)!r})
+from app.jobs import JobManager
+from pdd_engine import DistillConfig
+m = JobManager({str(tmp_path / "c")!r}, threads=1)
+job = m.submit(DistillConfig(iterations=100000), "me")
+m.helper().submit(time.sleep, 0).result()
+while job.process is None or not job.events:
+    time.sleep(0.1)
+print(job.process.pid, *m.helper()._processes, flush=True)
+time.sleep(600)
+"""], stdout=subprocess.PIPE, text=True)
+    children = [int(p) for p in server.stdout.readline().split()]
+    assert len(children) == 2
+    server.kill()  # kill -9: no atexit, no finally
+    server.wait()
+
+    def alive(pid):
+        try:
+            return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] != "Z"
+        except (FileNotFoundError, IndexError):
+            return False
+    deadline = time.time() + 30
+    while any(alive(p) for p in children) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not any(alive(p) for p in children)
+
+
 def test_job_manager_queues_stops_and_survives_a_dead_engine(tmp_path):
     m = JobManager(str(tmp_path / "cache"), max_concurrent=1, threads=1)
     slow = DistillConfig(stages=2, ipc=2, iterations=5000, eval_epochs=5, eval_models=1, dm_pool=1)
