@@ -249,11 +249,29 @@ class JobManager:
                     job.thread = threading.Thread(target=self._stagewise, args=(job,), daemon=True)
                     job.thread.start()
                     continue
-                job.queue, job.cancel = self.ctx.Queue(), self.ctx.Event()
-                job.process = self.ctx.Process(target=worker_main, daemon=True, name=f"pdd-engine-{job.id}",
-                                               args=(job.config.to_dict(), self.cache_dir, job.queue, job.cancel, self.threads,
-                                                     self.export_dir))
-                job.process.start()
+                try:
+                    job.queue, job.cancel = self.ctx.Queue(), self.ctx.Event()
+                    job.process = self.ctx.Process(target=worker_main, daemon=True, name=f"pdd-engine-{job.id}",
+                                                   args=(job.config.to_dict(), self.cache_dir, job.queue, job.cancel,
+                                                         self.threads, self.export_dir))
+                    job.process.start()
+                except Exception as e:  # e.g. "Too many open files": this job fails, the server goes on
+                    job.events.append(E.Failed(f"the engine process could not start ({type(e).__name__}: {e}). Fix: "
+                                               "wait for other runs to finish and start it again.", None,
+                                               traceback.format_exc()))
+                    job.state = "failed"
+                    self._release(job)
+
+    def _release(self, job: Job) -> None:
+        """Close a finished job's queue and process handles (file descriptors); its events stay."""
+        if job.queue is not None:
+            job.queue.close()
+            job.queue = None
+        if job.process is not None and job.process.pid is not None and not job.process.is_alive():
+            job.process.close()
+            job.process = None
+        elif job.process is not None and job.process.pid is None:  # never started
+            job.process = None
 
     def _drain(self, job: Job) -> None:
         while True:
@@ -272,25 +290,36 @@ class JobManager:
     def _loop(self) -> None:
         while True:
             time.sleep(0.1)
-            with self.lock:
-                running = [j for j in self.jobs.values() if j.state == "running" and j.process is not None]
-            for job in running:
+            try:
+                self._pump_once()
+            except Exception:  # noqa: BLE001 - the pump must outlive any one job's trouble
+                traceback.print_exc()
+
+    def _pump_once(self) -> None:
+        with self.lock:
+            live = [j for j in self.jobs.values() if j.process is not None]
+        for job in live:
+            if job.finished:  # ended earlier: free its handles once its process has exited
+                job.process.join(timeout=0.05)
+                self._release(job)
+                continue
+            self._drain(job)
+            alive = job.process.is_alive()
+            if job.state == "running" and job.stop_requested and time.time() - job.stop_requested > STOP_GRACE_S:
+                job.process.terminate()
+                job.events.append(E.Stopped(self._stage(job), "stopped (engine terminated); finished stages are cached"))
+                job.state = "stopped"
+            elif job.state == "running" and not alive:
                 self._drain(job)
-                alive = job.process.is_alive()
-                if job.state == "running" and job.stop_requested and time.time() - job.stop_requested > STOP_GRACE_S:
-                    job.process.terminate()
-                    job.events.append(E.Stopped(self._stage(job), "stopped (engine terminated); finished stages are cached"))
-                    job.state = "stopped"
-                elif job.state == "running" and not alive:
-                    self._drain(job)
-                    if job.state == "running":
-                        job.events.append(E.Failed(f"the engine process exited unexpectedly (code {job.process.exitcode}). "
-                                                   "Fix: finished stages are cached; start the run again to resume.",
-                                                   self._stage(job)))
-                        job.state = "failed"
-                if job.finished and job.process is not None:
-                    job.process.join(timeout=1)
-            self._schedule()
+                if job.state == "running":
+                    job.events.append(E.Failed(f"the engine process exited unexpectedly (code {job.process.exitcode}). "
+                                               "Fix: finished stages are cached; start the run again to resume.",
+                                               self._stage(job)))
+                    job.state = "failed"
+            if job.finished:
+                job.process.join(timeout=1)
+                self._release(job)
+        self._schedule()
 
     def _stagewise(self, job: Job) -> None:
         """One ``stage_fn`` call per stage; stop requests take effect between stages."""

@@ -140,6 +140,31 @@ time.sleep(600)
     assert not any(alive(p) for p in children)
 
 
+def test_a_failed_engine_start_fails_one_job_and_the_next_runs(tmp_path, tiny):
+    m = JobManager(str(tmp_path / "cache"), threads=1)
+    real = m.ctx.Process
+    calls = []
+
+    def flaky(*a, **k):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError(24, "Too many open files")
+        return real(*a, **k)
+    m.ctx.Process = flaky
+    try:
+        first = wait(m.submit(tiny(stages=1, ipc=1), "me"))
+        assert first.state == "failed" and "could not start (OSError" in first.events[-1].message
+        assert "Fix: wait for other runs to finish" in first.events[-1].message
+        second = wait(m.submit(tiny(stages=1, ipc=1), "me"))
+        assert second.state == "done", second.events[-1]
+        deadline = time.time() + 10
+        while (second.queue is not None or second.process is not None) and time.time() < deadline:
+            time.sleep(0.1)
+        assert second.queue is None and second.process is None and second.events  # handles released, events kept
+    finally:
+        m.shutdown()
+
+
 def test_job_manager_queues_stops_and_survives_a_dead_engine(tmp_path):
     m = JobManager(str(tmp_path / "cache"), max_concurrent=1, threads=1)
     slow = DistillConfig(stages=2, ipc=2, iterations=5000, eval_epochs=5, eval_models=1, dm_pool=1)
