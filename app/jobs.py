@@ -91,6 +91,15 @@ def pass_cost_call(*shape) -> tuple[float, float]:
     return pass_cost(*shape)
 
 
+def device_call(name: str) -> str:
+    """:func:`pdd_engine.device.resolve_device` for the helper process: the device a run would use."""
+    from pdd_engine.device import resolve_device
+    try:
+        return resolve_device(name).type
+    except Exception:  # "cuda" without a GPU: the run itself reports it; the estimate assumes CPU
+        return "cpu"
+
+
 def stage_call(cfg_dict: dict, cache_dir: Optional[str], stage: int) -> list:
     """Run the engine up to ``stage`` (earlier stages replay from the cache); return stage's events.
 
@@ -150,6 +159,7 @@ class JobManager:
         self.export_dir = export_dir
         self._exporter: Optional[ProcessPoolExecutor] = None
         self._costs: dict[tuple, Future] = {}  # pass_cost measurements, by shape
+        self._devices: dict[str, Future] = {}  # resolved devices, by requested name
         self.max_concurrent = max(1, max_concurrent)
         self.threads = threads
         self.ctx = mp.get_context("spawn")
@@ -219,6 +229,15 @@ class JobManager:
         """:func:`pdd_engine.estimate.pass_cost`, measured once per shape in the helper process;
         raises TimeoutError if the measurement is not done within ``timeout`` s (it goes on)."""
         return self._measure(shape).result(timeout=timeout)
+
+    def device(self, name: str) -> str:
+        """The device a run asking for ``name`` would use, answered once by the helper process (the
+        server never imports torch or creates a CUDA context for it)."""
+        with self.lock:
+            if name not in self._devices:
+                self._devices[name] = self.helper().submit(device_call, name)
+            future = self._devices[name]
+        return future.result()
 
     def calibrate(self, shapes: list[tuple]) -> None:
         """Start measuring ``shapes`` now (at launch, before any engine loads the machine)."""

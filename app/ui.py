@@ -7,13 +7,16 @@ from __future__ import annotations
 import os
 import secrets
 import time
+import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import gradio as gr
 
 from pdd_engine import PRESETS, PDDError, runs
-from pdd_engine.methods import REGISTRY
+from pdd_engine.methods import REGISTRY, owners
+from pdd_engine.methods.spec import base_type
 from pdd_engine.cache import Store
 from pdd_engine import datasets
 from pdd_engine.config import DistillConfig
@@ -23,18 +26,56 @@ from . import render
 from .jobs import JobManager
 
 UPLOAD = "upload your own (.zip)"
-# Advanced fields shown as controls, in order; everything else comes from the preset.
-ADVANCED = ["iterations", "lr_img", "width", "depth", "eval_epochs", "eval_models", "seed", "syn_steps",
-            "num_experts", "transition_epochs", "filter_easy", "zca", "device", "transition", "compare_base"]
-CHOICES = ("filter_easy", "zca", "device", "transition", "compare_base")  # passed through as they are
-AUTO_WHEN_EMPTY = ("lr_img", "depth", "syn_steps")  # empty (or 0, which an emptied number box sends): auto
+# Shared fields shown under Advanced, in order, with their labels; after them come the registered
+# methods' own hyper-parameters (each shown only for its methods). The rest comes from the preset.
+SHARED = {"iterations": "Iterations per stage", "lr_img": "Image learning rate (empty or 0: method default)",
+          "width": "Network width", "depth": "Network depth (empty or 0: by image size)",
+          "eval_epochs": "Evaluation epochs per stage", "eval_models": "Evaluation networks", "seed": "Seed",
+          "transition_epochs": "PDD transition epochs", "filter_easy": "Drop easy real examples between stages",
+          "zca": "ZCA whitening", "device": "Device", "transition": "PDD transition",
+          "compare_base": "Compare with the base method alone (P=1)"}
+CHOICE_LABELS = {"transition": [("chain: one network through U_1, U_2, ... (paper)", "chain"),
+                                ("fresh: a new network on U_{i-1}", "fresh")],
+                 "compare_base": [("at the final stage", "final"), ("at every stage", "every"), ("off", "off")]}
 POLL_S = 0.25
 ESTIMATE_WAIT_S = 1.0  # a control change waits at most this long for a network's timing
+
+
+@dataclass(frozen=True)
+class Field:
+    """One Advanced control: a config field or a method hyper-parameter."""
+
+    name: str
+    label: str
+    type: Any  # without Optional: int, float, bool or a Literal
+    optional: bool  # empty (or 0, which an emptied number box sends) means "automatic"
+    default: Any
+
+    def parse(self, value: Any) -> Any:
+        if self.optional and value in (None, "", 0):
+            return None
+        if self.type is int:
+            return int_or(value, self.label)
+        if self.type is float:
+            return float(value)
+        return value
+
+
+def advanced_fields() -> list[Field]:
+    """The shared fields, then every registered method's hyper-parameters (a shared name once)."""
+    hints, defaults = typing.get_type_hints(DistillConfig), DistillConfig()
+    out = [Field(name, label, *base_type(hints[name]), getattr(defaults, name)) for name, label in SHARED.items()]
+    for cls in REGISTRY.values():
+        for name, t, default, meta in cls.Params.specs():
+            if name not in {f.name for f in out}:
+                out.append(Field(name, meta["label"], *base_type(t), default))
+    return out
 
 
 class Studio:
     def __init__(self, manager: JobManager, store: Store, export_dir: Path, data_root: Optional[str] = None):
         self.manager, self.store, self.export_dir, self.data_root = manager, store, export_dir, data_root
+        self.fields = advanced_fields()  # read once the registry is complete
         export_dir.mkdir(parents=True, exist_ok=True)
 
     # -- controls -> config -------------------------------------------------------------
@@ -53,15 +94,11 @@ class Studio:
             dataset = f"folder:{path}"
         values = dict(PRESETS.get(preset, {}))
         values.update(dataset=dataset, method=method, stages=int_or(stages, "stages"), ipc=int_or(ipc, "IPC"))
-        for name, value in zip(ADVANCED, advanced):
-            if name in AUTO_WHEN_EMPTY and value in (None, "", 0):
-                values[name] = None
-                continue
-            if value is None or value == "":
-                continue
-            values[name] = value if name in CHOICES else (
-                float(value) if name == "lr_img" else int_or(value, name))
-        return DistillConfig(**{**values, "data_root": self.data_root})
+        for f, value in zip(self.fields, advanced):
+            if not shown_for(f.name, method) or (not f.optional and value in (None, "")):
+                continue  # another method's setting (hidden), or an empty box: the preset's value
+            values[f.name] = f.parse(value)
+        return DistillConfig.make({**values, "data_root": self.data_root}, other_methods="drop")
 
     def check(self, *controls) -> tuple[str, str, dict]:
         """Validation message, time/memory estimate, and whether Run is enabled."""
@@ -83,11 +120,17 @@ class Studio:
         return valid, est, gr.update(interactive=True)
 
     def device(self, cfg: DistillConfig) -> str:
-        return "cuda" if cfg.device != "cpu" and _cuda() else "cpu"
+        return self.manager.device(cfg.device)
 
     def preset_values(self, preset: str) -> list:
-        cfg = DistillConfig(**PRESETS.get(preset, {}))
-        return [cfg.dataset, cfg.method, cfg.stages, cfg.ipc] + [getattr(cfg, n) for n in ADVANCED]
+        cfg = DistillConfig.make(PRESETS.get(preset, {}))
+        return [cfg.dataset, cfg.method, cfg.stages, cfg.ipc] + self.advanced_values(cfg)
+
+    def advanced_values(self, cfg: DistillConfig) -> list:
+        return advanced_values(cfg, self.fields)
+
+    def control_values(self, cfg: DistillConfig, preset: str = "cpu-quick") -> list:
+        return control_values(cfg, preset, self.fields)
 
     # -- runs ---------------------------------------------------------------------------
     def start(self, owner: str, *controls) -> tuple[str, str, str]:
@@ -160,7 +203,8 @@ class Studio:
         return rows, gr.update(choices=choices, value=[])
 
     def selected(self, keys: Optional[list[str]]) -> list[runs.RunRecord]:
-        return [r for r in runs.list_runs(self.store) if r.key in (keys or [])]
+        """The chosen runs still in the cache (each read on its own, not the whole list)."""
+        return list(filter(None, (runs.read(self.store, k) for k in keys or [])))
 
     def compare(self, keys: list[str]):
         return render.compare_figure(self.selected(keys))
@@ -183,6 +227,17 @@ class Studio:
         return f"Deleted {n} run record(s); their stages stay cached for runs that share them."
 
 
+def advanced_values(cfg: DistillConfig, fields: Optional[list[Field]] = None) -> list:
+    """The Advanced controls' values for ``cfg`` (other methods' controls keep their defaults)."""
+    flat = cfg.flat()
+    return [flat.get(f.name, f.default) for f in fields or advanced_fields()]
+
+
+def control_values(cfg: DistillConfig, preset: str = "cpu-quick", fields: Optional[list[Field]] = None) -> list:
+    """Every control's value for ``cfg``, in the order the page (and the /start API) takes them."""
+    return [cfg.dataset, None, cfg.method, cfg.stages, cfg.ipc, preset] + advanced_values(cfg, fields)
+
+
 def dataset_choices(data_root: Optional[str] = None) -> list[tuple[str, str]]:
     """Every registered dataset, marked offline or needs download, then the upload entry."""
     out = [(f"{name} ({datasets.find(name).availability(data_root)})", name) for name in datasets.named()]
@@ -195,9 +250,17 @@ def method_choices() -> list[tuple[str, str]]:
 
 
 def shown_for(field: str, method: str) -> bool:
-    """A control is shown unless it belongs to other methods only (no MTT fields for DM)."""
-    owners = [name for name, cls in REGISTRY.items() if field in cls.params]
-    return not owners or method in owners
+    """A control is shown unless it is another method's hyper-parameter (no MTT fields for DM)."""
+    return not owners(field) or method in owners(field)
+
+
+def control(f: Field):
+    """The Gradio control for one Advanced field."""
+    if typing.get_origin(f.type) is typing.Literal:
+        return gr.Dropdown(CHOICE_LABELS.get(f.name, list(typing.get_args(f.type))), value=f.default, label=f.label)
+    if f.type is bool:
+        return gr.Checkbox(f.default, label=f.label)
+    return gr.Number(None if f.optional else f.default, label=f.label, precision=0 if f.type is int else None)
 
 
 def int_or(value: Any, name: str) -> int:
@@ -208,11 +271,6 @@ def int_or(value: Any, name: str) -> int:
     if f != int(f):
         raise PDDError(f"{name} must be a whole number (got {value})", f"enter a whole number for {name}")
     return int(f)
-
-
-def _cuda() -> bool:
-    import torch
-    return torch.cuda.is_available()
 
 
 SET_URL = """(id) => { if (id) { const u = new URL(window.location); u.searchParams.set('run', id);
@@ -244,29 +302,9 @@ def build(studio: Studio) -> gr.Blocks:
                             stop_btn = gr.Button("Stop", variant="stop", interactive=False, elem_id="pdd-stop")
                             resume_btn = gr.Button("Resume", interactive=False, elem_id="pdd-resume")
                         with gr.Accordion("Advanced", open=False):
-                            adv = [
-                                gr.Number(defaults.iterations, label="Iterations per stage", precision=0),
-                                gr.Number(None, label="Image learning rate (empty or 0: method default)"),
-                                gr.Number(defaults.width, label="Network width", precision=0),
-                                gr.Number(None, label="Network depth (empty or 0: by image size)", precision=0),
-                                gr.Number(defaults.eval_epochs, label="Evaluation epochs per stage", precision=0),
-                                gr.Number(defaults.eval_models, label="Evaluation networks", precision=0),
-                                gr.Number(defaults.seed, label="Seed", precision=0),
-                                gr.Number(None, label="MTT: unrolled steps (empty or 0: the expert's steps, at most 20)",
-                                          precision=0),
-                                gr.Number(defaults.num_experts, label="MTT: experts", precision=0),
-                                gr.Number(defaults.transition_epochs, label="PDD transition epochs", precision=0),
-                                gr.Checkbox(defaults.filter_easy, label="Drop easy real examples between stages"),
-                                gr.Checkbox(defaults.zca, label="ZCA whitening"),
-                                gr.Dropdown(["auto", "cpu", "cuda"], value="auto", label="Device"),
-                                gr.Dropdown([("chain: one network through U_1, U_2, ... (paper)", "chain"),
-                                             ("fresh: a new network on U_{i-1}", "fresh")],
-                                            value=defaults.transition, label="PDD transition"),
-                                gr.Dropdown([("at the final stage", "final"), ("at every stage", "every"), ("off", "off")],
-                                            value=defaults.compare_base, label="Compare with the base method alone (P=1)"),
-                            ]
-                            for name, control in zip(ADVANCED, adv):
-                                control.visible = shown_for(name, defaults.method)
+                            adv = [control(f) for f in studio.fields]
+                            for f, c in zip(studio.fields, adv):
+                                c.visible = shown_for(f.name, defaults.method)
                     with gr.Column(scale=2):
                         status = gr.Markdown("Pick a dataset and press **Run**.", elem_id="pdd-status")
                         progress = gr.HTML(render.progress_html(render.RunView()))
@@ -300,7 +338,7 @@ def build(studio: Studio) -> gr.Blocks:
         dataset.change(lambda d: gr.update(visible=d == UPLOAD), dataset, upload, queue=False, api_visibility="private")
         preset.change(studio.preset_values, preset, [dataset, method, stages, ipc, *adv], queue=False,
                       api_visibility="private")
-        method.change(lambda m: [gr.update(visible=shown_for(n, m)) for n in ADVANCED], method, adv, queue=False,
+        method.change(lambda m: [gr.update(visible=shown_for(f.name, m)) for f in studio.fields], method, adv, queue=False,
                       api_visibility="private")
 
         def launch(evt, private=True):

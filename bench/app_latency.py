@@ -38,7 +38,7 @@ def start_to_first_page(repeats: int) -> list[float]:
 
 def control_change() -> dict[str, float]:
     from app.jobs import JobManager
-    from app.ui import ADVANCED, Studio
+    from app.ui import Studio
     from pdd_engine import DistillConfig
     from pdd_engine.cache import Store
 
@@ -51,8 +51,13 @@ def control_change() -> dict[str, float]:
     t = time.perf_counter()
     manager.pass_cost(*cost_key(d))  # what app.py starts in the background at launch
     calibration = time.perf_counter() - t
-    controls = lambda **kw: [kw.get("dataset", d.dataset), None, kw.get("method", d.method), d.stages, d.ipc,  # noqa: E731
-                             "cpu-quick"] + [kw.get(n, getattr(d, n)) for n in ADVANCED]
+    names = ["dataset", "upload", "method", "stages", "ipc", "preset"] + [f.name for f in studio.fields]
+
+    def controls(**kw) -> list:  # the page's controls, with raw (possibly invalid) values set
+        values = studio.control_values(d)
+        for name, value in kw.items():
+            values[names.index(name)] = value
+        return values
 
     def timed(**kw) -> float:
         t = time.perf_counter()

@@ -60,7 +60,7 @@ def main() -> int:
     add_config_flags(ap)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    cfg = DistillConfig(**{k: v for k, v in vars(args).items() if k != "out" and v is not None})
+    cfg = DistillConfig.make({k: v for k, v in vars(args).items() if k != "out" and v is not None})
     cfg = cfg.replace(compare_base="off")
     store = Store(tempfile.mkdtemp())
     done = distill(cfg, store)

@@ -52,12 +52,12 @@ def child_main(cfg: dict, threads: int, whole_epochs: int) -> dict:
         from pdd_engine.evaluate import Curriculum, EvalProtocol
         from pdd_engine.data import dataset_for
 
-        c = DistillConfig(**cfg)
+        c = DistillConfig.make(cfg, other_methods="drop")  # --extra may name another method's settings
         ds = dataset_for(c)
         proto = EvalProtocol(**{**EvalProtocol.from_config(c, ds.size).to_dict(), "epochs": whole_epochs})
         out = {"acc": Curriculum(ds, proto, torch.device("cpu")).train_stage(ds.x_train, ds.y_train)}
     else:
-        d = distill(DistillConfig(**cfg), Store(tempfile.mkdtemp()))
+        d = distill(DistillConfig.make(cfg, other_methods="drop"), Store(tempfile.mkdtemp()))
         out = {"accuracies": d.accuracies}
     out.update(seconds=time.time() - t, peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return out
@@ -83,7 +83,7 @@ def plan(args) -> list[dict]:
             for method in args.methods:
                 for p in args.stages:
                     try:  # the engine's own rules decide which (P, IPC) pairs exist
-                        DistillConfig(dataset=dataset, method=method, stages=p, ipc=ipc)
+                        DistillConfig.make(dict(dataset=dataset, method=method, stages=p, ipc=ipc))
                     except ConfigError:
                         continue
                     for protocol in (["paper"] if p == 1 else args.protocols):

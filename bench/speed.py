@@ -55,7 +55,7 @@ def m_method(a: dict) -> dict:
     from pdd_engine.device import resolve_device
     from pdd_engine.progressive import stage_context
 
-    cfg = DistillConfig(**a["cfg"])
+    cfg = DistillConfig.make(a["cfg"], other_methods="drop")  # one base dict for every method
     ds = dataset_for(cfg)
     device = resolve_device("auto")
     method = get_method(cfg.method)(stage_context(cfg, ds, device=device))

@@ -16,35 +16,56 @@ from .config import PRESETS, DistillConfig
 from .errors import PDDError
 
 
-def _field_type(f) -> tuple[Any, bool]:
-    """(python type, is_optional) of a dataclass field, resolving ``Optional[...]`` and ``Literal``."""
-    hints = typing.get_type_hints(DistillConfig)
-    t = hints[f.name]
+def _flag_type(t: Any) -> Any:
+    """The argparse type of a field annotation (``Optional[...]`` unwrapped, ``Literal`` as str)."""
     optional = type(None) in typing.get_args(t)
     if optional:
         t = next(a for a in typing.get_args(t) if a is not type(None))
-    if typing.get_origin(t) is typing.Literal:
-        return str, optional
-    return t, optional
+    return str if typing.get_origin(t) is typing.Literal else t
+
+
+def config_flags() -> list[tuple[str, Any, str]]:
+    """(field, type, help) for every flag: the shared config fields, then each registered method's
+    hyper-parameters (a name two methods share is one flag)."""
+    from .methods import REGISTRY
+    hints = typing.get_type_hints(DistillConfig)
+    out = [(f.name, _flag_type(hints[f.name]), f"default {f.default!r}") for f in fields(DistillConfig)
+           if f.name != "params"]
+    seen = {name for name, _, _ in out}
+    for method, cls in REGISTRY.items():
+        for name, t, default, meta in cls.Params.specs():
+            if name not in seen:
+                seen.add(name)
+                users = ", ".join(m for m, c in REGISTRY.items() if name in c.Params.names())
+                out.append((name, _flag_type(t), f"{meta['label']} [{users}; default {default!r}]"))
+    return out
 
 
 def add_config_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("config (defaults: the preset's values)")
-    for f in fields(DistillConfig):
-        flag = "--" + f.name.replace("_", "-")
-        t, _ = _field_type(f)
+    g = p.add_argument_group("config (defaults: the preset's values; a method's own settings apply to it only)")
+    for name, t, help_text in config_flags():
+        flag = "--" + name.replace("_", "-")
         if t is bool:
-            g.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+            g.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
-            g.add_argument(flag, dest=f.name, type=t, default=None, metavar=t.__name__.upper(),
-                           help=f"default {f.default!r}")
+            g.add_argument(flag, dest=name, type=t, default=None, metavar=t.__name__.upper(), help=help_text)
 
 
 def config_from_args(args: argparse.Namespace) -> DistillConfig:
-    overrides = {f.name: getattr(args, f.name) for f in fields(DistillConfig) if getattr(args, f.name) is not None}
+    """The preset, then the flags given. A flag of another method than the chosen one is an error
+    naming the fix; a preset's value for another method is dropped."""
+    from .methods import get_method, owners
+    overrides = {name: getattr(args, name) for name, _, _ in config_flags() if getattr(args, name) is not None}
     if args.preset not in PRESETS:
         raise PDDError(f"unknown preset '{args.preset}'", f"choose one of {', '.join(PRESETS)}")
-    return DistillConfig(**{**PRESETS[args.preset], **overrides})
+    method = overrides.get("method", PRESETS[args.preset].get("method", DistillConfig.method))
+    mine = get_method(method).Params.names()
+    for name in overrides:
+        if owners(name) and name not in mine:
+            flag = "--" + name.replace("_", "-")
+            raise PDDError(f"{flag} is a setting of {', '.join(owners(name))}, not of {method}",
+                           f"leave {flag} out, or use --method {owners(name)[0]}")
+    return DistillConfig.make({**PRESETS[args.preset], **overrides}, other_methods="drop")
 
 
 def format_table(accuracies: list[dict], method: str) -> str:

@@ -1,7 +1,10 @@
 """One typed, validated config for a distillation run, and the presets.
 
-The config is flat on purpose: every field maps one-to-one onto a CLI flag and an app control;
-which fields feed which cached artefact is declared in :mod:`pdd_engine.keys`.
+The fields every method shares are flat; a method's own hyper-parameters are its registered
+``Params`` dataclass in ``params`` (``cfg.params.syn_steps`` for MTT). Front ends speak flat names
+(``--syn-steps``, one control per field): :meth:`DistillConfig.make` routes each name to its place and
+refuses a setting of another method with a fix. Which fields feed which cached artefact is declared
+in :mod:`pdd_engine.keys`.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, fields
-from typing import Any, Literal, Optional, get_args
+from typing import Any, Literal, Mapping, Optional, get_args
 
 from .errors import ConfigError
 
@@ -23,6 +26,8 @@ class DistillConfig:
     # what to distil
     dataset: str = "digits"
     method: str = "dm"
+    # the method's own hyper-parameters (its registered Params dataclass; None: its defaults)
+    params: Any = None
     stages: int = 2  # cpu-quick: the measured best PDD row on digits within 3 minutes (README, Results)
     ipc: int = 10
     iterations: int = 200
@@ -30,7 +35,6 @@ class DistillConfig:
     # synthetic images
     lr_img: Optional[float] = None
     init: Literal["real", "noise"] = "real"
-    batch_real: int = 128
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
     zca: bool = False
     image_size: Optional[int] = None
@@ -44,22 +48,6 @@ class DistillConfig:
     # trained on U_{i-1} alone.
     transition: Literal["chain", "fresh"] = "chain"
     transition_epochs: int = 50
-    # DM: stage 1 draws a fresh random network every iteration (as the reference does); later
-    # stages draw from a pool of dm_pool networks that went through the transition.
-    dm_pool: int = 16
-    # MTT (syn_steps None: as many student steps as the expert takes in expert_epochs, at most 20)
-    syn_steps: Optional[int] = None
-    expert_epochs: int = 2
-    max_start_epoch: int = 5
-    num_experts: int = 5
-    expert_lr: float = 0.01
-    lr_lr: float = 1e-5
-    batch_syn: Optional[int] = None
-    mtt_unroll: Literal["auto", "full", "bounded"] = "auto"  # auto: full unless it would not fit in memory
-    # DC / DSA / IDC
-    outer_loop: int = 10
-    inner_loop: int = 5
-    idc_factor: Optional[int] = None  # None: 1 below 16 px (tiles of 4x4 carry too little), else 2
     # easy-example filtering between stages (PDD, optional)
     filter_easy: bool = False
     keep_easy: float = 0.2
@@ -80,7 +68,39 @@ class DistillConfig:
     max_memory_gb: Optional[float] = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "params", method_params(self.method, self.params))
         validate(self)
+
+    @classmethod
+    def make(cls, values: Mapping[str, Any], *, other_methods: Literal["error", "drop"] = "error") -> "DistillConfig":
+        """A config from flat names, as front ends and presets give them: shared fields go to the
+        config, the chosen method's hyper-parameters to ``params``. A hyper-parameter of another method
+        is an error naming the fix (``other_methods="drop"`` ignores it: a preset's values for a method
+        the user switched away from)."""
+        from .methods import get_method, owners
+        own = {f.name for f in fields(cls)} - {"params"}
+        method = values.get("method", cls.method)
+        mine = set(get_method(method).Params.names())
+        common = {k: v for k, v in values.items() if k in own}
+        params = dict(values.get("params") or {})
+        for name, value in values.items():
+            if name in own or name == "params":
+                continue
+            if name in mine:
+                params[name] = value
+            elif owners(name):
+                if other_methods == "error":
+                    raise ConfigError(f"{name} is a setting of {', '.join(owners(name))}, not of {method}",
+                                      f"leave {name} out, or choose method {owners(name)[0]}")
+            else:
+                raise ConfigError(f"unknown config field '{name}'",
+                                  f"use only {', '.join(sorted(own | mine))}")
+        return cls(**common, params=params)
+
+    def flat(self) -> dict[str, Any]:
+        """Every value under its front-end name (shared fields, then the method's hyper-parameters)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "params"}
+        return {**out, **self.params.to_dict()}
 
     # -- derived -------------------------------------------------------------------------
     @property
@@ -89,15 +109,6 @@ class DistillConfig:
 
     def depth_for(self, size: int) -> int:
         return self.depth if self.depth is not None else auto_depth(size)
-
-    def idc_factor_for(self, size: int) -> int:
-        return self.idc_factor if self.idc_factor is not None else (1 if size < 16 else 2)
-
-    def syn_steps_for(self, expert_steps: int) -> int:
-        """Student steps: the user's, or as many as the expert takes in ``expert_epochs`` (at most 20).
-        A student with more steps than its expert must shrink its learned lr to match, and then every
-        network trained on the result is under-trained (PDD.md)."""
-        return self.syn_steps if self.syn_steps is not None else max(1, min(20, expert_steps))
 
     def base_config(self, stage: int) -> "DistillConfig":
         """The base method alone (P = 1) at the IPC that PDD has after ``stage`` stages."""
@@ -118,18 +129,21 @@ class DistillConfig:
         return () if self.dsa_strategy in ("", "none") else tuple(self.dsa_strategy.split("_"))
 
     def replace(self, **changes: Any) -> "DistillConfig":
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes`` (flat names). A new method keeps the hyper-parameters it shares with
+        the old one (DC to IDC keeps outer_loop) and takes its defaults for the rest."""
+        from .methods import get_method
+        method = changes.get("method", self.method)
+        carried = {k: v for k, v in self.params.to_dict().items() if k in get_method(method).Params.names()}
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "params"}
+        return DistillConfig.make({**values, **carried, **changes})
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return dataclasses.asdict(self)  # the method's hyper-parameters nested under "params"
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DistillConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown config field(s) {unknown}", f"use only {sorted(known)}")
-        return cls(**d)
+    def from_dict(cls, d: Mapping[str, Any]) -> "DistillConfig":
+        """From :meth:`to_dict` (nested ``params``) or from flat names (records of engine 0.x)."""
+        return cls.make(d)
 
 
 def auto_depth(size: int) -> int:
@@ -157,12 +171,10 @@ def validate(c: DistillConfig) -> None:
     find(c.dataset)  # a ConfigError naming the registered datasets if unknown
     _check(c.depth is None or (isinstance(c.depth, int) and 1 <= c.depth <= 6), f"depth {c.depth} is out of range",
            "use a depth from 1 to 6, or leave it unset to follow the input size")
-    for name in ("stages", "ipc", "iterations", "width", "eval_epochs", "eval_models",
-                 "eval_batch", "batch_real", "expert_epochs", "num_experts",
-                 "dm_pool", "outer_loop", "inner_loop", "filter_models"):
+    for name in ("stages", "ipc", "iterations", "width", "eval_epochs", "eval_models", "eval_batch", "filter_models"):
         _check(isinstance(getattr(c, name), int) and getattr(c, name) >= 1,
                f"{name} must be a whole number >= 1 (got {getattr(c, name)!r})", f"set {name} to 1 or more")
-    for name in ("transition_epochs", "max_start_epoch", "seed"):
+    for name in ("transition_epochs", "seed"):
         _check(isinstance(getattr(c, name), int) and getattr(c, name) >= 0,
                f"{name} must be a whole number >= 0 (got {getattr(c, name)!r})", f"set {name} to 0 or more")
     _check(c.stages <= c.ipc, f"stages P={c.stages} exceeds IPC={c.ipc}: a stage needs at least one image per class",
@@ -174,30 +186,37 @@ def validate(c: DistillConfig) -> None:
     _check(c.width <= 1024, f"width {c.width} is out of range", "use a width from 1 to 1024")
     _check(c.norm in get_args(Norm), f"unknown norm '{c.norm}'", "use instance, batch or none")
     _check(c.device in get_args(Device), f"unknown device '{c.device}'", "use auto, cpu or cuda")
-    _check(c.mtt_unroll in ("auto", "full", "bounded"), f"unknown mtt_unroll '{c.mtt_unroll}'",
-           "use auto, full or bounded")
     _check(c.init in ("real", "noise"), f"unknown init '{c.init}'", "use real or noise")
     _check(c.transition in ("chain", "fresh"), f"unknown transition '{c.transition}'", "use chain or fresh")
     _check(c.compare_base in ("final", "every", "off"), f"unknown compare_base '{c.compare_base}'",
            "use final, every or off")
-    _check(c.syn_steps is None or (isinstance(c.syn_steps, int) and c.syn_steps >= 1),
-           f"syn_steps must be a whole number >= 1 (got {c.syn_steps!r})", "set syn_steps to 1 or more, or leave it unset")
     bad_ops = [op for op in c.dsa_ops if op not in DSA_OPS]
     _check(not bad_ops, f"unknown augmentation(s) {bad_ops} in dsa_strategy",
            f"join names from {', '.join(DSA_OPS)} with '_', or use 'none'")
-    for name in ("expert_lr", "lr_lr", "eval_lr"):
-        _check(getattr(c, name) > 0, f"{name} must be > 0", f"set {name} to a positive number")
+    _check(c.eval_lr > 0, "eval_lr must be > 0", "set eval_lr to a positive number")
     _check(c.lr_img is None or c.lr_img > 0, "lr_img must be > 0", "set lr_img to a positive number or leave it unset")
     _check(0.0 <= c.keep_easy <= 1.0, f"keep_easy {c.keep_easy} is not a probability", "use a value in [0, 1]")
-    _check(c.batch_syn is None or c.batch_syn >= 1, "batch_syn must be >= 1", "set batch_syn >= 1 or leave it unset")
-    _check(c.idc_factor in (None, 1, 2, 3, 4), f"idc_factor {c.idc_factor} is out of range", "use 1, 2, 3 or 4")
     _check(c.image_size is None or 4 <= c.image_size <= 128, f"image_size {c.image_size} is out of range",
            "use an image size from 4 to 128")
     _check(c.max_train is None or c.max_train >= 10, "max_train must be >= 10",
            "set max_train to 10 or more, or leave it unset for the whole training set")
     _check(c.max_memory_gb is None or c.max_memory_gb > 0, "max_memory_gb must be > 0",
            "set a positive number of GB or leave it unset")
-    REGISTRY[c.method].validate(c)  # the method's own rules
+    REGISTRY[c.method].validate(c)  # the method's own rules across fields (each field's bounds: its Params)
+
+
+def method_params(method: str, given: Any) -> Any:
+    """The method's Params from ``given`` (None: defaults; a dict: those values; or a Params of that method)."""
+    from .methods import Params, get_method  # the registry's specs do not import torch
+    cls = get_method(method).Params
+    if given is None:
+        return cls()
+    if isinstance(given, Mapping):
+        return cls.from_dict(given)
+    if isinstance(given, Params) and type(given) is cls:
+        return given
+    raise ConfigError(f"params of type {type(given).__name__} do not belong to method '{method}'",
+                      f"pass {cls.__name__}(...) or a dict of {method}'s settings")
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -208,24 +227,24 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper-cifar10-ipc10": dict(dataset="cifar10", method="mtt", stages=5, ipc=10, iterations=5000,
                                 syn_steps=50, expert_epochs=2, max_start_epoch=5, lr_img=1000.0,
                                 lr_lr=1e-7, expert_lr=0.01, zca=True, width=128, num_experts=100,
-                                eval_epochs=1000, batch_real=256, transition_epochs=300),
+                                eval_epochs=1000, transition_epochs=300),
     "paper-cifar10-ipc50": dict(dataset="cifar10", method="mtt", stages=5, ipc=50, iterations=5000,
                                 syn_steps=30, expert_epochs=2, max_start_epoch=15, lr_img=1000.0,
                                 lr_lr=1e-5, expert_lr=0.01, zca=True, width=128, num_experts=100,
-                                eval_epochs=1000, batch_real=256, transition_epochs=300),
+                                eval_epochs=1000, transition_epochs=300),
     "paper-cifar100-ipc10": dict(dataset="cifar100", method="mtt", stages=5, ipc=10, iterations=5000,
                                  syn_steps=20, expert_epochs=3, max_start_epoch=20, lr_img=1000.0,
                                  lr_lr=1e-5, expert_lr=0.01, zca=True, width=128, num_experts=100,
-                                 eval_epochs=1000, batch_real=256, transition_epochs=300),
+                                 eval_epochs=1000, transition_epochs=300),
     "paper-cifar100-ipc50": dict(dataset="cifar100", method="mtt", stages=5, ipc=50, iterations=5000,
                                  syn_steps=20, expert_epochs=2, max_start_epoch=20, lr_img=1000.0,
                                  lr_lr=1e-5, expert_lr=0.01, zca=True, width=128, num_experts=100,
-                                 eval_epochs=1000, batch_real=256, transition_epochs=300),
+                                 eval_epochs=1000, transition_epochs=300),
 }
 
 
 def preset(name: str, **overrides: Any) -> DistillConfig:
-    """A preset config with ``overrides`` applied on top."""
+    """A preset config with ``overrides`` (flat names) applied on top."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset '{name}'", f"choose one of {', '.join(PRESETS)}")
-    return DistillConfig(**{**PRESETS[name], **overrides})
+    return DistillConfig.make({**PRESETS[name], **overrides})

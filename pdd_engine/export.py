@@ -38,6 +38,7 @@ from .errors import BundleError, PDDError
 from .evaluate import EvalProtocol, make_curriculum
 from .models import parse_arch
 from .keys import Keys
+from .records import eval_check, stage_check
 from .methods import get_method
 
 FORMAT = "pdd-studio-bundle"
@@ -68,16 +69,17 @@ def collect(cfg: DistillConfig, store: Store, ds: Dataset) -> tuple[list, list, 
     """The stored stage, eval, random-baseline and base-method records of a finished run (the last
     None where the run did not compare with the base method), or a clear error."""
     keys = Keys.of(cfg, ds)
+    evals_ok, stage_ok = eval_check(EvalProtocol.from_config(cfg, ds.size)), stage_check(ds, cfg)
     stages, evals, randoms, bases = [], [], [], []
     for i in range(1, cfg.stages + 1):
-        recs = [store.get(k) for k in (keys.stage(i), keys.eval(i), keys.random(i))]
+        recs = [store.get(keys.stage(i), stage_ok), store.get(keys.eval(i), evals_ok), store.get(keys.random(i), evals_ok)]
         if any(r is None for r in recs):
             raise PDDError(f"stage {i} of this run is not finished (not in the cache)",
                            "run `python -m pdd_engine distill` with the same settings first; it resumes")
         stages.append(recs[0])
         evals.append(recs[1][1]["acc"])
         randoms.append(recs[2][1]["acc"])
-        base = store.get(keys.base(i).eval(1)) if i in cfg.base_stages() else None
+        base = store.get(keys.base(i).eval(1), evals_ok) if i in cfg.base_stages() else None
         bases.append(None if base is None else base[1]["acc"])
     return stages, evals, randoms, bases
 

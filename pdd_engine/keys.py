@@ -12,7 +12,7 @@ changing it changes exactly the keys the table says it feeds.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from . import __version__
 from .config import DistillConfig, digest
@@ -20,10 +20,11 @@ from .evaluate import EvalProtocol
 from .methods import REGISTRY, get_method
 
 # Bump when what a stored value means changes without any input changing (a bug fix in a method).
-KEY_VERSION = f"{__version__}+keys2"
+KEY_VERSION = f"{__version__}+keys3"
 
 # Fields that change where or how fast work runs, not what it computes: in no key.
-NON_SEMANTIC = frozenset({"device", "data_root", "cache_dir", "max_memory_gb", "eval_batched", "mtt_unroll"})
+# (A method's own hyper-parameters say so in their Params: ``param(..., semantic=False)``.)
+NON_SEMANTIC = frozenset({"device", "data_root", "cache_dir", "max_memory_gb", "eval_batched"})
 
 DATA = ("dataset", "image_size", "max_train", "zca")  # with the content fingerprint
 MODEL = ("depth", "width", "norm")  # depth resolved for the input size
@@ -43,7 +44,8 @@ Resolve = Callable[[DistillConfig, int], Any]
 DERIVED: dict[str, tuple[tuple[str, ...], Resolve]] = {
     "depth": (("depth",), lambda c, size: c.depth_for(size)),
     "lr_img": (("lr_img", "method"), lambda c, size: c.effective_lr_img),
-    "idc_factor": (("idc_factor",), lambda c, size: c.idc_factor_for(size)),
+    # the method's hyper-parameters, automatic values resolved (its Params and key_params)
+    "params": (("params",), lambda c, size: get_method(c.method).key_params(c, size)),
     "ipc": (("ipc", "stages"), lambda c, size: c.ipc_per_stage),  # stage keys: a longer run shares the prefix
 }
 
@@ -54,32 +56,44 @@ def table(cfg: DistillConfig, stage: int = 2) -> dict[str, tuple[str, ...]]:
     Per-stage artefacts also hash the stage index and U_{i-1}'s key; evaluations hash their stage's
     key; the run record hashes its last stage's key.
     """
-    method = get_method(cfg.method)  # declares the fields it reads (params) and those of its memos
+    method = get_method(cfg.method)  # its memos declare the hyper-parameters each depends on
     later = TRANSITION if stage > 1 else ()
-    stage_fields = STAGE + later + tuple(method.params) + (FILTER if cfg.filter_easy else ())
+    stage_fields = STAGE + later + ("params",) + (FILTER if cfg.filter_easy else ())
     out = {"stage": stage_fields, "eval": EVAL, "random": DATA + EVAL + ("ipc",), "context": CONTEXT + later,
            "run": RUN}
     for name, memo_fields in method.memos.items():
-        out[f"memo:{name}"] = CONTEXT + later + tuple(memo_fields)
+        out[f"memo:{name}"] = CONTEXT + later + tuple(f"params.{f}" for f in memo_fields)
     return out
 
 
 def inputs(cfg: DistillConfig, names: tuple[str, ...], size: int) -> dict[str, Any]:
-    """The values of ``names`` as they enter a key (derived names resolved for ``size``-pixel inputs)."""
-    return {n: DERIVED[n][1](cfg, size) if n in DERIVED else getattr(cfg, n) for n in sorted(set(names))}
+    """The values of ``names`` as they enter a key (derived names resolved for ``size``-pixel inputs;
+    ``params.x``: the method's hyper-parameter ``x``)."""
+    return {n: DERIVED[n][1](cfg, size) if n in DERIVED else getattr(cfg.params, n[7:]) if n.startswith("params.")
+            else getattr(cfg, n) for n in sorted(set(names))}
 
 
-def fields_read(names: tuple[str, ...]) -> set[str]:
-    """The raw config fields behind ``names`` (a derived name reads several)."""
-    return {f for n in names for f in (DERIVED[n][0] if n in DERIVED else (n,))}
+def fields_read(names: tuple[str, ...], cfg: Optional[DistillConfig] = None) -> set[str]:
+    """The raw config fields behind ``names`` (a derived name reads several). With ``cfg``,
+    ``params`` stands for each hyper-parameter of its method that changes results, as ``params.<name>``."""
+    out = set()
+    for n in names:
+        if n == "params" and cfg is not None:
+            out |= {f"params.{k}" for k in cfg.params.semantic()}
+        else:
+            out |= set(DERIVED[n][0] if n in DERIVED else (n,))
+    return out
 
 
 def unclassified() -> set[str]:
-    """Config fields that feed no artefact and are not declared non-semantic (must be empty)."""
-    every = set(STAGE + TRANSITION + EVAL + FILTER + RUN + DATA)
-    for cls in REGISTRY.values():
-        every |= set(cls.params) | {f for fs in cls.memos.values() for f in fs}
-    return {f.name for f in fields(DistillConfig)} - fields_read(tuple(every)) - NON_SEMANTIC
+    """Config fields that feed no artefact and are not declared non-semantic (must be empty). A
+    method's hyper-parameters all feed its stage keys through ``params`` (bar those it marks
+    non-semantic); its memos must name real hyper-parameters."""
+    every = set(STAGE + TRANSITION + EVAL + FILTER + RUN + DATA + ("params",))
+    missing = {f.name for f in fields(DistillConfig)} - fields_read(tuple(every)) - NON_SEMANTIC
+    for name, cls in REGISTRY.items():
+        missing |= {f"{name}.{f}" for fs in cls.memos.values() for f in fs if f not in cls.Params.names()}
+    return missing
 
 
 @dataclass(frozen=True)

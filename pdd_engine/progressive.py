@@ -26,6 +26,7 @@ from .evaluate import Curriculum, EvalProtocol, make_curriculum, random_subset
 from .events import (Done, Event, Failed, Message, Progress, RunStarted, StageEvaluated, StageFinished,
                      StageImages, StageStarted, Stopped)
 from .keys import Keys
+from .records import eval_check, stage_check
 from .methods import StageContext, get_method
 from .methods.base import Memo
 from .training import predict, seed_of
@@ -111,29 +112,6 @@ def store_memo(store: Store, keys: Keys, i: int, report) -> Memo:
         store.put(key, out, {"kind": name, "stage": i})
         return out
     return memo
-
-
-def stage_check(ds: Dataset, cfg: DistillConfig):
-    """Why a stored stage record cannot be S_i of ``cfg`` on ``ds`` (None: it can)."""
-    n = ds.num_classes * cfg.ipc_per_stage
-
-    def check(t: dict, meta: dict) -> Optional[str]:
-        if not {"stored", "labels", "train_x", "train_y", "real_keep"} <= set(t) or not {"lr", "losses"} <= set(meta):
-            return "is not a stage record"
-        if len(t["stored"]) != n or tuple(t["train_x"].shape[1:]) != (ds.channels, ds.size, ds.size):
-            return f"holds images of shape {tuple(t['train_x'].shape)}, expected {n} of {(ds.channels, ds.size, ds.size)}"
-        if len(t["train_x"]) != len(t["train_y"]) or len(t["real_keep"]) != len(ds.y_train):
-            return "has mismatched labels or real-image mask"
-        return None
-    return check
-
-
-def eval_check(proto: EvalProtocol):
-    def check(t: dict, meta: dict) -> Optional[str]:
-        acc = meta.get("acc")
-        ok = isinstance(acc, list) and len(acc) == proto.models and all(0 <= a <= 1 for a in acc)
-        return None if ok else "is not an evaluation of this protocol"
-    return check
 
 
 class Engine:

@@ -92,20 +92,22 @@ def _record(key: str, meta: dict[str, Any]) -> Optional[RunRecord]:
                      meta.get("keys") == KEY_VERSION)
 
 
+def read(store: Store, key: str) -> Optional[RunRecord]:
+    """The record under exactly ``key``, or None if there is none or it cannot be read."""
+    hit = store.get(key)
+    return None if hit is None else _record(key, hit[1])
+
+
 def list_runs(store: Store) -> list[RunRecord]:
     """Every readable run record, newest first."""
-    out = []
-    for key in list(store.keys(PREFIX)):
-        hit = store.get(key)
-        if hit is not None and (rec := _record(key, hit[1])) is not None:
-            out.append(rec)
-    return sorted(out, key=lambda r: -r.finished)
+    return sorted(filter(None, (read(store, key) for key in list(store.keys(PREFIX)))), key=lambda r: -r.finished)
 
 
 def get(store: Store, ref: str) -> RunRecord:
-    """The run whose key or id starts with ``ref`` (``run:`` prefix optional)."""
+    """The run whose key or id starts with ``ref`` (``run:`` prefix optional); reads only the matches."""
     ref = ref.removeprefix(PREFIX)
-    found = [r for r in list_runs(store) if r.key[len(PREFIX):].startswith(ref)] if ref else []
+    keys = [k for k in list(store.keys(PREFIX)) if k[len(PREFIX):].startswith(ref)] if ref else []
+    found = list(filter(None, (read(store, k) for k in keys)))
     if len(found) != 1:
         problem = f"no run matches '{ref}'" if not found else f"'{ref}' matches {len(found)} runs"
         raise PDDError(problem, "give a run id from `python -m pdd_engine runs list` (a unique prefix is enough)")

@@ -8,15 +8,15 @@ import pytest
 
 from app import render
 from app.jobs import JobManager
+from app.ui import control_values
 from pdd_engine import DistillConfig
 from pdd_engine import events as E
 from pdd_engine.export import load_bundle
 from tests.apphelpers import running_app
 
-# dataset, upload, method, stages, ipc, preset, iterations, lr_img, width, depth, eval_epochs, eval_models, seed,
-# syn_steps, experts, transition epochs, filter_easy, zca, device, transition, compare_base
-TINY_CONTROLS = ["digits", None, "dm", 2, 2, "cpu-quick", 15, None, 16, None, 20, 2, 0, 5, 2, 5, False, False, "cpu",
-                 "chain", "final"]
+# every control of the page, in the order the /start API takes them
+TINY_CONTROLS = control_values(DistillConfig.make(dict(stages=2, ipc=2, iterations=15, width=16, eval_epochs=20,
+                                                       eval_models=2, transition_epochs=5, device="cpu")))
 
 
 def fake_stream():
@@ -81,7 +81,7 @@ def test_worker_writes_the_bundle_before_done_and_the_manager_exports_cached_run
 
 def test_control_changes_never_time_networks_in_the_server(tmp_path, monkeypatch):
     import pdd_engine.estimate
-    from app.ui import ADVANCED, Studio
+    from app.ui import Studio
     from pdd_engine.cache import Store
     from pdd_engine.estimate import cost_key
 
@@ -92,13 +92,13 @@ def test_control_changes_never_time_networks_in_the_server(tmp_path, monkeypatch
     try:
         studio = Studio(m, Store(tmp_path / "cache"), tmp_path / "ex")
         d = DistillConfig()
-        controls = [d.dataset, None, d.method, d.stages, d.ipc, "cpu-quick"] + [getattr(d, n) for n in ADVANCED]
+        controls = studio.control_values(d)
         m.pass_cost(*cost_key(d))  # what app.py starts at launch
         valid, est, _ = studio.check(*controls)
         assert valid.startswith("✓ valid") and "Estimate on this machine: **about" in est
         assert len(m._costs) == 1  # measured once, in the helper process
         m.helper().submit(time.sleep, 5)  # the helper is busy: a new shape's timing must not hold the answer
-        controls[ADVANCED.index("width") + 6] = 48
+        controls = studio.control_values(d.replace(width=48))
         valid, est, _ = studio.check(*controls)
         assert valid.startswith("✓ valid") and "timing this network" in est
     finally:
@@ -115,6 +115,7 @@ def test_engine_and_helper_exit_when_the_server_is_killed(tmp_path):
 import sys, time
 sys.path.insert(0, {str(root)!r})
 from app.jobs import JobManager
+from app.ui import control_values
 from pdd_engine import DistillConfig
 m = JobManager({str(tmp_path / "c")!r}, threads=1)
 job = m.submit(DistillConfig(iterations=100000), "me")
@@ -167,7 +168,7 @@ def test_a_failed_engine_start_fails_one_job_and_the_next_runs(tmp_path, tiny):
 
 def test_job_manager_queues_stops_and_survives_a_dead_engine(tmp_path):
     m = JobManager(str(tmp_path / "cache"), max_concurrent=1, threads=1)
-    slow = DistillConfig(stages=2, ipc=2, iterations=5000, eval_epochs=5, eval_models=1, dm_pool=1)
+    slow = DistillConfig.make(dict(stages=2, ipc=2, iterations=5000, eval_epochs=5, eval_models=1, dm_pool=1))
     a = m.submit(slow, owner="alice")
     b = m.submit(slow.replace(seed=1), owner="bob")
     assert m.position(b.id) == 1 and b.state == "queued"
@@ -180,7 +181,7 @@ def test_job_manager_queues_stops_and_survives_a_dead_engine(tmp_path):
         time.sleep(0.1)
     b.process.kill()  # an engine crash: the manager reports it and keeps serving
     assert wait(b).state == "failed" and "exited unexpectedly" in b.events[-1].message
-    c = m.submit(DistillConfig(stages=1, ipc=1, iterations=3, eval_epochs=3, eval_models=1, dm_pool=1), owner="carol")
+    c = m.submit(DistillConfig.make(dict(stages=1, ipc=1, iterations=3, eval_epochs=3, eval_models=1, dm_pool=1)), owner="carol")
     assert wait(c).state == "done"
     m.shutdown()
 
@@ -266,7 +267,7 @@ def test_stagewise_jobs_match_a_normal_run_one_call_per_stage(tmp_path, monkeypa
     fake = types.SimpleNamespace(GPU=lambda duration: (lambda fn: (lambda *a: calls.append(a[2]) or fn(*a))))
     monkeypatch.setitem(sys.modules, "spaces", fake)
     monkeypatch.setenv("SPACES_ZERO_GPU", "1")
-    cfg = DistillConfig(stages=3, ipc=3, iterations=4, eval_epochs=4, eval_models=2, dm_pool=1)
+    cfg = DistillConfig.make(dict(stages=3, ipc=3, iterations=4, eval_epochs=4, eval_models=2, dm_pool=1))
     m = JobManager(str(tmp_path / "a"), stage_fn=jobs.zerogpu_stage_fn(), export_dir=str(tmp_path / "ex"))
     job = wait(m.submit(cfg, "me"))
     assert job.state == "done" and calls == [1, 2, 3]

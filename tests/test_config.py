@@ -16,11 +16,17 @@ from pdd_engine.errors import ConfigError
     (dict(depth=9), "depth"),
     (dict(keep_easy=1.5), "not a probability"),
     (dict(dsa_strategy="color_warp"), "unknown augmentation"),
-    (dict(expert_lr=0), "expert_lr must be > 0"),
+    (dict(method="mtt", expert_lr=0), "expert_lr must be > 0"),
+    (dict(method="mtt", num_experts=1.5), "num_experts must be a whole number"),
+    (dict(method="mtt", mtt_unroll="lazy"), "unknown mtt_unroll 'lazy'"),
+    (dict(method="idc", idc_factor=5), "idc_factor must be <= 4"),
+    (dict(method="dm", syn_steps=3), "syn_steps is a setting of mtt, not of dm. Fix: leave syn_steps out, or choose "
+                                     "method mtt"),
+    (dict(method="dm", warp=3), "unknown config field 'warp'"),
 ])
 def test_bad_values_name_problem_and_fix(kw, words):
     with pytest.raises(ConfigError) as e:
-        DistillConfig(**kw)
+        DistillConfig.make(kw)
     assert words in str(e.value)
     assert "Fix:" in str(e.value) and "\n" not in str(e.value)
 
@@ -36,7 +42,7 @@ def test_presets_are_valid_and_defaults_are_cpu_sized():
     quick = preset("cpu-quick")
     assert quick.dataset == "digits" and quick.width <= 64 and quick.iterations <= 500
     paper = preset("paper-cifar10-ipc10")
-    assert (paper.stages, paper.ipc, paper.syn_steps, paper.lr_lr, paper.zca) == (5, 10, 50, 1e-7, True)
+    assert (paper.stages, paper.ipc, paper.params.syn_steps, paper.params.lr_lr, paper.zca) == (5, 10, 50, 1e-7, True)
     with pytest.raises(ConfigError):
         preset("nope")
 
@@ -50,3 +56,18 @@ def test_from_dict_round_trip_and_unknown_field():
 
 def test_auto_depth_follows_input_size():
     assert [auto_depth(s) for s in (8, 28, 32, 64)] == [2, 3, 3, 4]
+
+
+def test_a_method_owns_its_hyper_parameters():
+    mtt = DistillConfig.make(dict(method="mtt", syn_steps=3, ipc=4))
+    assert type(mtt.params).__name__ == "MTTParams" and mtt.params.syn_steps == 3
+    assert DistillConfig(method="mtt", ipc=4, params={"syn_steps": 3}) == mtt
+    assert DistillConfig.from_dict(mtt.flat()) == mtt  # flat records (engine 0.x) still load
+    assert not hasattr(DistillConfig(), "syn_steps")  # DM has no MTT settings at all
+    idc = DistillConfig.make(dict(method="idc", outer_loop=3))
+    assert idc.replace(method="dc").params.outer_loop == 3  # a shared name carries over
+    assert idc.replace(method="dm").params == DistillConfig().params  # the rest: the new method's defaults
+    with pytest.raises(ConfigError, match="do not belong to method 'dm'"):
+        DistillConfig(method="dm", params=mtt.params)
+    with pytest.raises(ConfigError, match=r"unknown setting\(s\) \['dm_pool'\]"):
+        DistillConfig(method="mtt", params={"dm_pool": 3})

@@ -72,7 +72,7 @@ def test_method_lowers_its_own_loss(name, digits, tiny):
 def test_distilled_beats_random_subset_at_ipc1_over_seeds(name, extra):
     """Real runs on digits (IPC 1, P = 1): the distilled set must beat the random real subset."""
     for seed in range(3):
-        cfg = DistillConfig(method=name, stages=1, ipc=1, iterations=100, eval_epochs=200, eval_models=2, seed=seed, **extra)
+        cfg = DistillConfig.make(dict(method=name, stages=1, ipc=1, iterations=100, eval_epochs=200, eval_models=2, seed=seed, **extra))
         with tempfile.TemporaryDirectory() as d:
             acc = distill(cfg, Store(d)).accuracies[0]
         assert acc["mean"] > acc["random_mean"] + 0.05, (seed, acc)
@@ -168,8 +168,8 @@ def test_bounded_memory_estimate_does_not_grow_with_steps():
 def test_idc_factor_follows_input_size_unless_set(digits, tiny):
     """Factor 2 on 8x8 inputs makes 4x4 tiles that carry too little: auto is 1 below 16 px, else 2."""
     from pdd_engine.methods.gradmatch import IDC
-    assert [DistillConfig(method="idc").idc_factor_for(s) for s in (8, 15, 16, 28, 32)] == [1, 1, 2, 2, 2]
-    assert DistillConfig(method="idc", idc_factor=2).idc_factor_for(8) == 2
+    assert [IDC.factor_for(DistillConfig(method="idc"), s) for s in (8, 15, 16, 28, 32)] == [1, 1, 2, 2, 2]
+    assert IDC.factor_for(DistillConfig.make(dict(method="idc", idc_factor=2)), 8) == 2
     m = IDC(stage_context(tiny(method="idc", stages=1, ipc=2), digits))
     assert m.factor == 1 and m.decode(m.init_images())[0].shape == (20, 1, 8, 8)
 
@@ -179,7 +179,7 @@ def test_mtt_student_never_takes_more_steps_than_its_expert(digits, tiny):
     and a user setting above that is warned about, with the fix."""
     from pdd_engine.methods.mtt import MTT, expert_steps
     n_real = len(digits.y_train)
-    assert expert_steps(DistillConfig(), n_real) == 2 * -(-n_real // 256) == 12
+    assert expert_steps(DistillConfig(method="mtt").params, n_real) == 2 * -(-n_real // 256) == 12
     msgs = []
     cfg = tiny(method="mtt", stages=1, ipc=1, syn_steps=None, expert_epochs=2)
     m = MTT(stage_context(cfg, digits, report=msgs.append))

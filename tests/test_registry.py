@@ -9,7 +9,7 @@ from pdd_engine.errors import ConfigError
 from pdd_engine.estimate import estimate
 from pdd_engine.export import load_bundle
 from pdd_engine.keys import Keys, unclassified
-from pdd_engine.methods import REGISTRY, Method, register
+from pdd_engine.methods import REGISTRY, Method, Params, param, register
 
 
 def distill_by_cli(tmp_path, *args) -> dict:
@@ -23,6 +23,13 @@ def distill_by_cli(tmp_path, *args) -> dict:
 
 @pytest.fixture
 def toy():
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class ToyParams(Params):
+        batch_real: int = param(32, "Toy: real images per class", minimum=1)
+        pull: float = param(1.0, "Toy: pull towards the real mean", positive=True)
+
     @register
     class Toy(Method):
         """Match each class's mean image to the mean of a real batch."""
@@ -30,14 +37,15 @@ def toy():
         name = "toy"
         title = "Toy: class-mean matching"
         lr_img = 1.0
-        params = ("batch_real",)
+        Params = ToyParams
 
         def loss(self, stored, it):
-            ctx = self.ctx
+            ctx, p = self.ctx, self.ctx.cfg.params
             x, y = self.union(stored)
             total = x.new_zeros(())
             for c in range(ctx.ds.num_classes):
-                total = total + ((ctx.real_batch(c, ctx.cfg.batch_real, self.g).mean(0) - x[y == c].mean(0)) ** 2).sum()
+                real = ctx.real_batch(c, p.batch_real, self.g).mean(0)
+                total = total + p.pull * ((real - x[y == c].mean(0)) ** 2).sum()
             return total
 
         @classmethod
@@ -49,17 +57,22 @@ def toy():
 
 
 def test_a_method_defined_in_one_file_runs_everywhere(toy, tmp_path, capsys):
-    from app.ui import method_choices, shown_for
+    from app.ui import advanced_fields, method_choices, shown_for
 
-    m = distill_by_cli(tmp_path, "--method", "toy")
+    m = distill_by_cli(tmp_path, "--method", "toy", "--pull", "2")
     assert "| stage | IPC | PDD+TOY acc %" in capsys.readouterr().out
     assert m["method"] == "toy" and m["training_form"].startswith("toy:") and len(m["stage_entries"]) == 2
     assert ("Toy: class-mean matching", "toy") in method_choices()
+    assert m["config"]["params"] == {"batch_real": 32, "pull": 2.0}
     assert shown_for("iterations", "toy") and not shown_for("syn_steps", "toy") and shown_for("syn_steps", "mtt")
+    assert shown_for("pull", "toy") and not shown_for("pull", "dm")
+    assert [f.label for f in advanced_fields() if f.name == "pull"] == ["Toy: pull towards the real mean"]
     cfg = DistillConfig(method="toy")
     assert cfg.effective_lr_img == 1.0 and estimate(cfg).seconds > 0
     k = lambda c: Keys(c, "f" * 16, 8).stage(2)  # noqa: E731
-    assert k(cfg) == k(cfg.replace(syn_steps=3)) and k(cfg) != k(cfg.replace(batch_real=64))
+    assert k(cfg) != k(cfg.replace(pull=3.0)) and k(cfg) != k(cfg.replace(batch_real=64))
+    with pytest.raises(ConfigError, match="pull must be > 0"):
+        cfg.replace(pull=0.0)
     assert unclassified() == set()
 
 

@@ -18,6 +18,7 @@ from ..config import DistillConfig
 from ..data import Dataset
 from ..models import build_model
 from ..training import make_sgd, seed_of, train_epochs
+from .spec import MethodSpec
 
 
 # memo(name, compute, check) -> tensors: the cached value of the method's artefact ``name`` at this
@@ -92,73 +93,10 @@ class StageContext:
         return self.memo(name, compute, check) if self.memo is not None else compute()
 
 
-@dataclass
-class Work:
-    """Counted work of one stage's distillation, for the estimate (pdd_engine.estimate)."""
-
-    calls: float = 0.0  # forward + backward calls through the network
-    samples: float = 0.0  # samples through those calls
-    transitions: int = 0  # networks first brought through the transition (stage 2 on)
-    training: list[tuple[float, float, int]] = field(default_factory=list)  # (real examples, epochs, batch)
-
-
-REGISTRY: dict[str, type["Method"]] = {}
-
-
-def register(cls: type["Method"]) -> type["Method"]:
-    """Class decorator: make a base method available to every front end under ``cls.name``."""
-    if not cls.title or not cls.name or cls.name == "base":
-        raise TypeError(f"{cls.__name__} needs a name and a title to be registered")
-    REGISTRY[cls.name] = cls
-    return cls
-
-
-class Method:
-    """Base class: one file per method subclasses it, sets the spec attributes below, implements
-    :meth:`loss` and registers with ``@register``. Config validation, CLI, studio, cache keys,
-    estimate and export all read the spec from the registry."""
-
-    name = "base"
-    title = ""  # shown in the studio's method menu and the CLI's help
-    lr_img = 0.1  # default synthetic-image lr (SGD, momentum 0.5) on normalised, un-whitened inputs
-    # The config fields this method reads (they enter its stage keys, and only its: pdd_engine.keys;
-    # the studio shows only these among the method-specific controls).
-    params: tuple[str, ...] = ()
-    # Artefacts it caches through ctx.cached(name, ...), each with the config fields it depends on
-    # beyond the stage context.
-    memos: dict[str, tuple[str, ...]] = {}
-
-    # -- the spec's class-level hooks (no stage needed) -----------------------------------
-    @classmethod
-    def validate(cls, cfg: DistillConfig) -> None:
-        """Reject bad values of this method's fields (raise ConfigError naming the fix)."""
-
-    @classmethod
-    def warnings(cls, cfg: DistillConfig, n_train: int) -> list[str]:
-        """Valid settings that will likely hurt quality, given ``n_train`` real training images."""
-        return []
-
-    @classmethod
-    def cost(cls, cfg: DistillConfig, classes: int, union: float, n_train: int, later: bool) -> Work:
-        """Work of one stage whose union holds ``union`` training images; ``later``: stage 2 on."""
-        return Work(cfg.iterations * 2 * classes, cfg.iterations * (classes * cfg.batch_real + union))
-
-    @classmethod
-    def extra_memory(cls, cfg: DistillConfig, channels: int, size: int, classes: int, union: int, n_train: int,
-                     device) -> int:
-        """Peak bytes beyond data and union (MTT: the unrolled trajectory)."""
-        return 0
-
-    @classmethod
-    def images_per_stored(cls, cfg: DistillConfig, size: int) -> int:
-        """Training images one stored image decodes to (IDC: factor^2)."""
-        return 1
-
-    @classmethod
-    def manifest(cls, cfg: DistillConfig, size: int) -> dict:
-        """What a bundle's manifest says about this method's images."""
-        return {"matching_augmentation": cfg.dsa_strategy, "training_form": "stored images are the training images",
-                "resolved": {}}
+class Method(MethodSpec):
+    """Base class: one file per method subclasses it, sets the spec (:class:`MethodSpec`: name, title,
+    image lr, ``Params``, memos, cost, manifest), implements :meth:`loss` and registers with
+    ``@register``. Config validation, CLI, studio, cache keys, estimate and export read the spec."""
 
     def __init__(self, ctx: StageContext):
         self.ctx = ctx

@@ -10,11 +10,20 @@ each iteration.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..training import draw_seed, seed_of
 from ..config import DistillConfig
-from .base import Method, Work, register
+from .base import Method
+from .spec import Params, Work, param, register
+
+
+@dataclass(frozen=True)
+class DMParams(Params):
+    batch_real: int = param(128, "Real images per class per iteration", minimum=1)
+    dm_pool: int = param(16, "DM: pool of transitioned networks (stage 2 on)", minimum=1)
 
 
 @register
@@ -22,20 +31,21 @@ class DM(Method):
     name = "dm"
     title = "DM: distribution matching"
     lr_img = 3.0  # chosen on digits at IPC 1
-    params = ("batch_real", "dm_pool")
+    Params = DMParams
 
     @classmethod
     def cost(cls, cfg: DistillConfig, classes: int, union: float, n_train: int, later: bool) -> Work:
         # a real batch forward only (~1/3 of forward + backward) and the union forward + backward per class
-        transitions = cfg.dm_pool if later and cfg.transition_epochs else 0  # else fresh nets (setup)
-        return Work(cfg.iterations * 2 * classes, cfg.iterations * (classes * cfg.batch_real / 3 + union), transitions)
+        p: DMParams = cfg.params
+        transitions = p.dm_pool if later and cfg.transition_epochs else 0  # else fresh nets (setup)
+        return Work(cfg.iterations * 2 * classes, cfg.iterations * (classes * p.batch_real / 3 + union), transitions)
 
     def setup(self) -> None:
         ctx = self.ctx
         self.pool = []
         if not len(ctx.frozen_x) or ctx.cfg.transition_epochs == 0:
             return  # no transition to pay for: a fresh random network every iteration
-        for k in range(ctx.cfg.dm_pool):
+        for k in range(ctx.cfg.params.dm_pool):
             ctx.check_cancel()
             s = seed_of(ctx.seed, 7, k)
             net = ctx.transition(ctx.new_model(s), s)
@@ -50,7 +60,7 @@ class DM(Method):
             net = ctx.new_model(seed_of(ctx.seed, 7, it)).requires_grad_(False)
         total = x.new_zeros(())
         for c in range(ctx.ds.num_classes):
-            real = ctx.real_batch(c, ctx.cfg.batch_real, self.g)
+            real = ctx.real_batch(c, ctx.cfg.params.batch_real, self.g)
             syn = x[y == c]
             seed = draw_seed(self.g)
             with torch.no_grad():

@@ -7,16 +7,32 @@ network takes ``inner_loop`` SGD steps: on the synthetic union for DC/DSA, on re
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
-
-import math
 
 from ..augment import DSA
 from ..config import DistillConfig
 from ..errors import PDDError
 from ..training import draw_seed, seed_of
-from .base import Method, Work, register
+from .base import Method
+from .spec import Params, Work, param, register
+
+
+@dataclass(frozen=True)
+class GradientMatchingParams(Params):
+    batch_real: int = param(128, "Real images per class per iteration", minimum=1)
+    outer_loop: int = param(10, "Gradient matching: iterations per fresh network", minimum=1)
+    inner_loop: int = param(5, "Gradient matching: network steps between image updates", minimum=1)
+
+
+@dataclass(frozen=True)
+class IDCParams(GradientMatchingParams):
+    # None: 1 below 16 px (tiles of 4x4 carry too little), else 2
+    idc_factor: Optional[int] = param(None, "IDC: tiles per side (empty: by image size)", minimum=1, maximum=4)
 
 
 def layer_distance(gs: torch.Tensor, gr: torch.Tensor) -> torch.Tensor:
@@ -36,14 +52,15 @@ def match(g_syn: list[torch.Tensor], g_real: list[torch.Tensor], metric: str) ->
 class GradientMatching(Method):
     metric = "cos"
     lr_img = 0.1
-    params = ("batch_real", "outer_loop", "inner_loop")
+    Params = GradientMatchingParams
 
     @classmethod
     def cost(cls, cfg: DistillConfig, classes: int, union: float, n_train: int, later: bool) -> Work:
-        inner = cfg.batch_real if cls.name == "idc" else union  # IDC's inner steps train on real data
+        p: GradientMatchingParams = cfg.params
+        inner = p.batch_real if cls.name == "idc" else union  # IDC's inner steps train on real data
         it = cfg.iterations
-        return Work(it * (3 * classes + cfg.inner_loop), it * (classes * cfg.batch_real + 3 * union + cfg.inner_loop * inner),
-                    math.ceil(it / cfg.outer_loop) if later else 0)
+        return Work(it * (3 * classes + p.inner_loop), it * (classes * p.batch_real + 3 * union + p.inner_loop * inner),
+                    math.ceil(it / p.outer_loop) if later else 0)
 
     def matching_aug(self) -> DSA:
         return self.ctx.aug
@@ -59,14 +76,14 @@ class GradientMatching(Method):
 
     def loss(self, stored: torch.Tensor, it: int) -> torch.Tensor:
         ctx = self.ctx
-        if it % ctx.cfg.outer_loop == 0 or self.net is None:
+        if it % ctx.cfg.params.outer_loop == 0 or self.net is None:
             self.fresh_net(it)
         x, y = self.union(stored)
         params = [p for p in self.net.parameters()]
         aug = self.matching_aug()
         total = x.new_zeros(())
         for c in range(ctx.ds.num_classes):
-            real = ctx.real_batch(c, ctx.cfg.batch_real, self.g)
+            real = ctx.real_batch(c, ctx.cfg.params.batch_real, self.g)
             syn = x[y == c]
             seed = draw_seed(self.g)
             yr = torch.full((len(real),), c, device=ctx.device)
@@ -82,9 +99,9 @@ class GradientMatching(Method):
         yield x, y
 
     def after_step(self, stored: torch.Tensor, it: int) -> None:
-        if (it + 1) % self.ctx.cfg.outer_loop == 0:
+        if (it + 1) % self.ctx.cfg.params.outer_loop == 0:
             return  # the next iteration draws a fresh network anyway
-        for _ in range(self.ctx.cfg.inner_loop):
+        for _ in range(self.ctx.cfg.params.inner_loop):
             for xb, yb in self.inner_batches(stored):
                 xb = self.ctx.aug(xb, draw_seed(self.g), siamese=False)
                 loss = F.cross_entropy(self.net(xb), yb)
@@ -123,28 +140,37 @@ class IDC(GradientMatching):
     name = "idc"
     title = "IDC: gradient matching + multi-formation"
     lr_img = 0.01
-    params = GradientMatching.params + ("idc_factor",)
+    Params = IDCParams
     metric = "mse"
+
+    @staticmethod
+    def factor_for(cfg: DistillConfig, size: int) -> int:
+        """The user's factor, or 1 below 16 px (4x4 tiles carry too little), else 2."""
+        return cfg.params.idc_factor if cfg.params.idc_factor is not None else (1 if size < 16 else 2)
+
+    @classmethod
+    def key_params(cls, cfg: DistillConfig, size: int) -> dict:
+        return {**super().key_params(cfg, size), "idc_factor": cls.factor_for(cfg, size)}
 
     @classmethod
     def images_per_stored(cls, cfg: DistillConfig, size: int) -> int:
-        return cfg.idc_factor_for(size) ** 2
+        return cls.factor_for(cfg, size) ** 2
 
     @classmethod
     def manifest(cls, cfg: DistillConfig, size: int) -> dict:
-        return {**super().manifest(cfg, size), "resolved": {"idc_factor": cfg.idc_factor_for(size)},
+        return {**super().manifest(cfg, size), "resolved": {"idc_factor": cls.factor_for(cfg, size)},
                 "training_form": "stored images decode to training images by IDC multi-formation"}
 
     @property
     def factor(self) -> int:
-        return self.ctx.cfg.idc_factor_for(self.ctx.ds.size)
+        return self.factor_for(self.ctx.cfg, self.ctx.ds.size)
 
     def setup(self) -> None:
         super().setup()
         size, f = self.ctx.ds.size, self.factor
         if size % f:
             raise PDDError(f"IDC factor {f} does not divide the image size {size}",
-                           f"use --idc-factor {max(d for d in (1, 2, 3, 4) if size % d == 0)} or --image-size {size - size % f}")
+                           f"set idc_factor to {max(d for d in (1, 2, 3, 4) if size % d == 0)}, or image_size to {size - size % f}")
 
     def init_images(self) -> torch.Tensor:
         """Real-image mosaics: each stored image tiles factor^2 downsampled real images of its class."""
@@ -175,5 +201,5 @@ class IDC(GradientMatching):
         """IDC updates its network on real data between matching steps."""
         ctx = self.ctx
         idx = torch.cat(ctx.real_by_class)
-        pick = idx[torch.randperm(len(idx), generator=self.g)[:ctx.cfg.batch_real]]
+        pick = idx[torch.randperm(len(idx), generator=self.g)[:ctx.cfg.params.batch_real]]
         yield ctx.ds.x_train[pick].to(ctx.device), ctx.ds.y_train[pick].to(ctx.device)

@@ -8,7 +8,8 @@ training. Trajectories are cached by the content hash of U_{i-1} and the expert 
 from __future__ import annotations
 
 import os
-from typing import Optional
+from dataclasses import dataclass
+from typing import Literal, Optional
 
 import torch
 import torch.nn as nn
@@ -20,7 +21,8 @@ from ..errors import MemoryBudgetError
 from ..training import draw_seed, flat_params, seed_of, train_epochs
 from ..config import DistillConfig
 from ..models import build_model
-from .base import Method, StageContext, Work, register
+from .base import Method, StageContext
+from .spec import Params, Work, param, register
 
 EXPERT_BATCH = 256
 
@@ -162,7 +164,7 @@ def available_memory_bytes(device: torch.device, override_gb: Optional[float]) -
 
 def expert_trajectories(ctx: StageContext) -> torch.Tensor:
     """(num_experts, epochs + 1, n_params) checkpoints; computed once per stage context, then cached."""
-    c = ctx.cfg
+    c: MTTParams = ctx.cfg.params
     epochs = c.max_start_epoch + c.expert_epochs
     n_params = sum(p.numel() for p in ctx.new_model(0).parameters())
 
@@ -190,9 +192,16 @@ def expert_trajectories(ctx: StageContext) -> torch.Tensor:
     return ctx.cached("experts", train, check)["trajectories"].to(ctx.device)
 
 
-def expert_steps(cfg, n_real: int) -> int:
+def expert_steps(p: "MTTParams", n_real: int) -> int:
     """SGD steps an expert takes between the matched checkpoints: expert_epochs x batches per epoch."""
-    return cfg.expert_epochs * max(1, -(-n_real // EXPERT_BATCH))
+    return p.expert_epochs * max(1, -(-n_real // EXPERT_BATCH))
+
+
+def syn_steps_for(p: "MTTParams", steps: int) -> int:
+    """Student steps: the user's, or as many as the expert takes in ``expert_epochs`` (at most 20).
+    A student with more steps than its expert must shrink its learned lr to match, and then every
+    network trained on the result is under-trained (PDD.md)."""
+    return p.syn_steps if p.syn_steps is not None else max(1, min(20, steps))
 
 
 def student_ahead_warning(syn_steps: int, steps: int) -> Optional[str]:
@@ -204,71 +213,89 @@ def student_ahead_warning(syn_steps: int, steps: int) -> Optional[str]:
             f"Fix: set syn_steps to {steps} or less (or leave it unset), or raise expert_epochs")
 
 
+@dataclass(frozen=True)
+class MTTParams(Params):
+    # None: as many student steps as the expert takes in expert_epochs, at most 20
+    syn_steps: Optional[int] = param(None, "MTT: unrolled steps (empty: the expert's steps, at most 20)", minimum=1)
+    expert_epochs: int = param(2, "MTT: expert epochs matched", minimum=1)
+    max_start_epoch: int = param(5, "MTT: latest expert epoch a match starts from", minimum=0)
+    num_experts: int = param(5, "MTT: experts", minimum=1)
+    expert_lr: float = param(0.01, "MTT: expert learning rate", positive=True)
+    lr_lr: float = param(1e-5, "MTT: learning rate of the learned step size", positive=True)
+    batch_syn: Optional[int] = param(None, "MTT: synthetic batch per step (empty: the whole union)", minimum=1)
+    # auto: full unless it would not fit in memory; changes memory and speed, not the result
+    mtt_unroll: Literal["auto", "full", "bounded"] = param("auto", "MTT: unroll (memory strategy)", semantic=False)
+
+
 @register
 class MTT(Method):
     name = "mtt"
     title = "MTT: trajectory matching"
     lr_img = 100.0
-    params = ("syn_steps", "expert_epochs", "max_start_epoch", "num_experts", "expert_lr", "lr_lr", "batch_syn")
+    Params = MTTParams
     memos = {"experts": ("num_experts", "max_start_epoch", "expert_epochs", "expert_lr")}
 
     @classmethod
     def warnings(cls, cfg: DistillConfig, n_train: int) -> list[str]:
-        if cfg.syn_steps is None:
+        p: MTTParams = cfg.params
+        if p.syn_steps is None:
             return []
-        warning = student_ahead_warning(cfg.syn_steps, expert_steps(cfg, n_train))
+        warning = student_ahead_warning(p.syn_steps, expert_steps(p, n_train))
         return [warning] if warning else []
 
     @classmethod
     def cost(cls, cfg: DistillConfig, classes: int, union: float, n_train: int, later: bool) -> Work:
-        steps = cfg.syn_steps_for(expert_steps(cfg, n_train))
-        b = min(cfg.batch_syn or union, union)
-        epochs = cfg.max_start_epoch + cfg.expert_epochs
-        return Work(cfg.iterations * 3 * steps, cfg.iterations * 3 * steps * b, cfg.num_experts if later else 0,
-                    [(n_train, epochs, EXPERT_BATCH)] * cfg.num_experts)
+        p: MTTParams = cfg.params
+        steps = syn_steps_for(p, expert_steps(p, n_train))
+        b = min(p.batch_syn or union, union)
+        epochs = p.max_start_epoch + p.expert_epochs
+        return Work(cfg.iterations * 3 * steps, cfg.iterations * 3 * steps * b, p.num_experts if later else 0,
+                    [(n_train, epochs, EXPERT_BATCH)] * p.num_experts)
 
     @classmethod
     def extra_memory(cls, cfg: DistillConfig, channels: int, size: int, classes: int, union: int, n_train: int,
                      device) -> int:
         """The unroll the engine will pick (see setup), for the largest union."""
+        p: MTTParams = cfg.params
         net = build_model(channels, classes, size, cfg.depth_for(size), cfg.width, cfg.norm)
-        steps = cfg.syn_steps_for(expert_steps(cfg, n_train))
-        batch = min(cfg.batch_syn or union, union)
+        steps = syn_steps_for(p, expert_steps(p, n_train))
+        batch = min(p.batch_syn or union, union)
         full = unroll_memory_bytes(net, channels, size, batch, steps)
         bounded = unroll_memory_bytes(net, channels, size, batch, 1, steps)
         have = available_memory_bytes(torch.device(device), cfg.max_memory_gb)
-        use_bounded = cfg.mtt_unroll == "bounded" or (cfg.mtt_unroll == "auto" and full > 0.5 * have)
+        use_bounded = p.mtt_unroll == "bounded" or (p.mtt_unroll == "auto" and full > 0.5 * have)
         return bounded if use_bounded else full
 
     def setup(self) -> None:
         ctx, c = self.ctx, self.ctx.cfg
+        p: MTTParams = c.params
         self.model = ctx.new_model(0)
-        steps = expert_steps(c, sum(len(i) for i in ctx.real_by_class))
-        self.syn_steps = c.syn_steps_for(steps)
+        steps = expert_steps(p, sum(len(i) for i in ctx.real_by_class))
+        self.syn_steps = syn_steps_for(p, steps)
         if (warning := student_ahead_warning(self.syn_steps, steps)) is not None:
             ctx.report(warning)
         n_union = len(ctx.frozen_x) + ctx.ds.num_classes * self.ipc
-        batch = min(c.batch_syn or n_union, n_union)
+        batch = min(p.batch_syn or n_union, n_union)
         full = unroll_memory_bytes(self.model, ctx.ds.channels, ctx.ds.size, batch, self.syn_steps)
         bounded = unroll_memory_bytes(self.model, ctx.ds.channels, ctx.ds.size, batch, 1, self.syn_steps)
         have = available_memory_bytes(ctx.device, c.max_memory_gb)
-        self.bounded = c.mtt_unroll == "bounded" or (c.mtt_unroll == "auto" and full > 0.5 * have)
+        self.bounded = p.mtt_unroll == "bounded" or (p.mtt_unroll == "auto" and full > 0.5 * have)
         need = bounded if self.bounded else full
         if need > 0.8 * have:
             raise MemoryBudgetError(
                 f"an MTT unroll of {self.syn_steps} steps x batch {batch} needs about {need / 2**30:.1f} GiB "
                 f"({'bounded' if self.bounded else 'full'} unroll), {have / 2**30:.1f} GiB is available",
-                "set batch_syn (e.g. --batch-syn 32), use --mtt-unroll bounded, or a narrower model (--width)")
-        if self.bounded and c.mtt_unroll == "auto":
+                "set batch_syn (e.g. 32), mtt_unroll to bounded, or a smaller width")
+        if self.bounded and p.mtt_unroll == "auto":
             ctx.report(f"full unroll needs ~{full / 2**30:.1f} GiB: using the bounded-memory unroll")
         self.experts = expert_trajectories(ctx)
-        self.syn_lr = torch.tensor(float(c.expert_lr), device=ctx.device, requires_grad=True)
+        self.syn_lr = torch.tensor(float(p.expert_lr), device=ctx.device, requires_grad=True)
 
     def extra_params(self):
-        return [(self.syn_lr, self.ctx.cfg.lr_lr)]
+        return [(self.syn_lr, self.ctx.cfg.params.lr_lr)]
 
     def loss(self, stored: torch.Tensor, it: int) -> torch.Tensor:
-        c = self.ctx.cfg
+        c: MTTParams = self.ctx.cfg.params
         x, y = self.union(stored)
         e = int(torch.randint(len(self.experts), (1,), generator=self.g))
         t = int(torch.randint(max(1, c.max_start_epoch), (1,), generator=self.g))
