@@ -22,6 +22,7 @@ def main() -> None:
                          threads=int(os.environ.get("PDD_ENGINE_THREADS", "0")), stage_fn=zerogpu_stage_fn(),
                          export_dir=str(export_dir))
     studio = Studio(manager, store, export_dir, os.environ.get("PDD_DATA_DIR"))
+    studio.prime()
     demo = build(studio)
     demo.queue(default_concurrency_limit=int(os.environ.get("PDD_UI_CONCURRENCY", "8")))
     try:

@@ -91,6 +91,12 @@ def pass_cost_call(*shape) -> tuple[float, float]:
     return pass_cost(*shape)
 
 
+def extra_memory_call(cfg_dict: dict, *shape) -> int:
+    """:func:`pdd_engine.estimate.extra_memory` for the helper process."""
+    from pdd_engine.estimate import extra_memory
+    return extra_memory(DistillConfig(**cfg_dict), *shape)
+
+
 def device_call(name: str) -> str:
     """:func:`pdd_engine.device.resolve_device` for the helper process: the device a run would use."""
     from pdd_engine.device import resolve_device
@@ -160,6 +166,7 @@ class JobManager:
         self._exporter: Optional[ProcessPoolExecutor] = None
         self._costs: dict[tuple, Future] = {}  # pass_cost measurements, by shape
         self._devices: dict[str, Future] = {}  # resolved devices, by requested name
+        self._memory: dict[tuple, Future] = {}  # methods' extra memory, by (config, shape)
         self.max_concurrent = max(1, max_concurrent)
         self.threads = threads
         self.ctx = mp.get_context("spawn")
@@ -230,14 +237,25 @@ class JobManager:
         raises TimeoutError if the measurement is not done within ``timeout`` s (it goes on)."""
         return self._measure(shape).result(timeout=timeout)
 
-    def device(self, name: str) -> str:
+    def extra_memory(self, cfg: DistillConfig, *shape, timeout: Optional[float] = 120) -> int:
+        """:func:`pdd_engine.estimate.extra_memory`, answered by the helper process (once per input)."""
+        key = (repr(cfg), shape)
+        with self.lock:
+            if key not in self._memory:
+                while len(self._memory) >= 256:  # one entry per config seen: keep the recent ones
+                    self._memory.pop(next(iter(self._memory)))
+                self._memory[key] = self.helper().submit(extra_memory_call, cfg.to_dict(), *shape)
+            future = self._memory[key]
+        return future.result(timeout=timeout)
+
+    def device(self, name: str, timeout: Optional[float] = 120) -> str:
         """The device a run asking for ``name`` would use, answered once by the helper process (the
         server never imports torch or creates a CUDA context for it)."""
         with self.lock:
             if name not in self._devices:
                 self._devices[name] = self.helper().submit(device_call, name)
             future = self._devices[name]
-        return future.result()
+        return future.result(timeout=timeout)
 
     def calibrate(self, shapes: list[tuple]) -> None:
         """Start measuring ``shapes`` now (at launch, before any engine loads the machine)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import threading
 import time
 import typing
 from dataclasses import dataclass
@@ -113,14 +114,20 @@ class Studio:
             note += f'<br><span class="pdd-warning">⚠ {w.removeprefix("warning: ")}</span>'
         valid = f"✓ valid: {cfg.stages} stage(s) × {cfg.ipc_per_stage} image(s) per class{note}"
         cost = lambda *shape: self.manager.pass_cost(*shape, timeout=ESTIMATE_WAIT_S)  # noqa: E731
+        memory = lambda c, *shape: self.manager.extra_memory(c, *shape, timeout=ESTIMATE_WAIT_S)  # noqa: E731
         try:
-            est = f"Estimate on this machine: **{estimate(cfg, device=self.device(cfg), cost=cost)}** (rough, ±2×)."
+            est = f"Estimate on this machine: **{estimate(cfg, device=self.device(cfg), cost=cost, memory=memory)}** (rough, ±2×)."
         except TimeoutError:  # the helper process is still timing this network: answer now, not later
             est = "Estimate on this machine: timing this network… (change any value to see it)."
         return valid, est, gr.update(interactive=True)
 
+    def prime(self) -> None:
+        """Start the helper process's answers for the default controls (device, the network's timing,
+        memory) so the first page load finds them ready; returns at once, the work goes on there."""
+        threading.Thread(target=self.check, args=self.control_values(DistillConfig()), daemon=True).start()
+
     def device(self, cfg: DistillConfig) -> str:
-        return self.manager.device(cfg.device)
+        return self.manager.device(cfg.device, timeout=ESTIMATE_WAIT_S)
 
     def preset_values(self, preset: str) -> list:
         cfg = DistillConfig.make(PRESETS.get(preset, {}))

@@ -137,7 +137,7 @@ def main() -> int:
     split = lambda t: lambda s: [t(v) for v in s.split(",")]  # noqa: E731
     ap.add_argument("--datasets", type=split(str), default=["digits"])
     ap.add_argument("--ipcs", type=split(int), default=[10])
-    ap.add_argument("--methods", type=split(str), default=["dm", "mtt", "dc", "dsa", "idc"])
+    ap.add_argument("--methods", type=split(str), default=None, help="default: every registered method")
     ap.add_argument("--stages", type=split(int), default=[1, 5])
     ap.add_argument("--protocols", type=split(str), default=["paper", "matched"])
     ap.add_argument("--seeds", type=split(int), default=[0, 1, 2])
@@ -157,6 +157,9 @@ def main() -> int:
         print(json.dumps(child_main(json.loads(args.child), args.threads, args.whole_epochs)))
         return 0
 
+    if args.methods is None:
+        from pdd_engine.methods import REGISTRY
+        args.methods = list(REGISTRY)
     rows = plan(args)
     iterations = args.iterations
     if args.budget:  # probe seconds per iteration of the first row's method, then scale every row

@@ -129,7 +129,7 @@ def m_unroll(a: dict) -> dict:
     """Peak memory and time of one MTT loss + backward, full vs bounded unroll."""
     import torch
     from pdd_engine.augment import DSA
-    from pdd_engine.methods.mtt import unroll_loss, unroll_loss_bounded, unroll_memory_bytes
+    from pdd_engine.methods.unroll import unroll_loss, unroll_loss_bounded, unroll_memory_bytes
     from pdd_engine.models import ConvNet
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -184,7 +184,8 @@ def main() -> int:
 
     base = dict(dataset="digits", stages=1, ipc=10, iterations=100, num_experts=2, dm_pool=4)
     rows = []
-    for m in ("dm", "mtt", "dc", "dsa", "idc"):
+    from pdd_engine.methods import REGISTRY
+    for m in REGISTRY:  # every registered base method
         r = child("method", cfg={**base, "method": m}, iters=args.iters)
         rows.append([m, f"{r['it_per_s']:.2f}", f"{r['setup_s']:.1f}", f"{r['peak_mb']:.0f}"])
         report[f"method_{m}"] = r

@@ -18,8 +18,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-import torch
-import torch.nn.functional as F
+from .lazy import F, torch
 
 SCALE, ROTATE, CROP_PAD, CUTOUT = 1.2, 15.0, 0.125, 0.5
 BRIGHTNESS, SATURATION, CONTRAST = 1.0, 2.0, 0.5

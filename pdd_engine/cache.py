@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 import diskcache
-import torch
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
 from .errors import CacheError
+from .lazy import LazyModule, torch
+
+safetensors = LazyModule("safetensors.torch")  # listing runs (the web process) reads no tensors
 
 DEFAULT_SIZE_LIMIT_GB = float(os.environ.get("PDD_CACHE_GB", "4"))
 
@@ -30,15 +30,20 @@ def default_cache_dir() -> Path:
 
 def pack(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> bytes:
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
-    return st_save(tensors, metadata={"json": json.dumps(meta, sort_keys=True)})
+    return safetensors.save(tensors, metadata={"json": json.dumps(meta, sort_keys=True)})
 
 
 def unpack(blob: bytes) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    tensors = st_load(blob)
+    """(tensors, meta) of a safetensors blob. A record without tensors (a run record) is read from
+    its header alone, so listing runs needs no torch."""
     header_len = int.from_bytes(blob[:8], "little")
     header = json.loads(blob[8:8 + header_len])
     meta = json.loads(header.get("__metadata__", {}).get("json", "{}"))
-    return tensors, meta
+    if set(header) <= {"__metadata__"}:
+        if len(blob) != 8 + header_len:
+            raise ValueError("a record without tensors has trailing bytes")
+        return {}, meta
+    return safetensors.load(blob), meta
 
 
 class BytesOnlyDisk(diskcache.Disk):
@@ -72,7 +77,7 @@ class Refused:
 # older engine could misread it); a lower one is upgraded in place (its keys simply never match).
 FORMAT = 2
 FORMAT_KEY = "_store:format"
-Check = Callable[[dict[str, torch.Tensor], dict[str, Any]], Optional[str]]
+Check = Callable[[dict[str, Any], dict[str, Any]], Optional[str]]  # (tensors, meta) -> why unusable
 
 
 class Store:

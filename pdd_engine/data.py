@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
-import torch
+
+from .lazy import torch
 
 from .datasets import NORMALISATION, DatasetSpec, Loader, find, register_dataset
 from .errors import DataUnavailable

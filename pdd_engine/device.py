@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import torch
-
 from .errors import PDDError
+from .lazy import torch
 
 
 def resolve_device(name: str) -> torch.device:

@@ -14,13 +14,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable, Optional
 
-import torch
-import torch.nn.functional as F
-
 from .config import DistillConfig
 from .datasets import find
+from .lazy import F, LazyModule, torch
 from .methods import get_method
-from .models import build_model
+
+models = LazyModule("pdd_engine.models")  # timing a network needs torch; the arithmetic does not
 
 RUNTIME_BYTES = 800 * 2 ** 20  # resident size of Python + torch before any data (measured: ~800 MB)
 STARTUP_S = 6.0  # engine process start, imports and data loading, measured on the 2-core machines
@@ -44,7 +43,7 @@ def human_time(s: float) -> str:
 @lru_cache(maxsize=32)
 def pass_cost(channels: int, size: int, classes: int, depth: int, width: int, norm: str, device: str) -> tuple[float, float]:
     """Measured (seconds per call, seconds per sample) of forward + backward through the ConvNet."""
-    net = build_model(channels, classes, size, depth, width, norm).to(device)
+    net = models.build_model(channels, classes, size, depth, width, norm).to(device)
 
     def timed(batch: int) -> float:
         x = torch.randn(batch, channels, size, size, device=device)
@@ -84,14 +83,23 @@ def cost_key(cfg: DistillConfig, device: str = "cpu", shape: tuple[int, int, int
 
 
 CostFn = Callable[[int, int, int, int, int, str, str], tuple[float, float]]
+# (cfg, channels, size, classes, union, real images, device) -> the method's extra peak bytes
+MemoryFn = Callable[[DistillConfig, int, int, int, int, int, str], int]
+
+
+def extra_memory(cfg: DistillConfig, channels: int, size: int, classes: int, union: int, n_train: int,
+                 device: str) -> int:
+    """The method's peak bytes beyond data and union (MTT sizes its unroll with a network: torch)."""
+    return get_method(cfg.method).extra_memory(cfg, channels, size, classes, union, n_train, device)
 
 
 def estimate(cfg: DistillConfig, shape: tuple[int, int, int, int] | None = None, device: str = "cpu",
-             cost: Optional[CostFn] = None) -> Estimate:
+             cost: Optional[CostFn] = None, memory: Optional[MemoryFn] = None) -> Estimate:
     """Counted calls and samples of every phase, times this machine's measured cost of each.
 
-    ``cost``: where :func:`pass_cost` is measured (default: here). A web server passes one that
-    measures in a helper process, away from its request threads, whose load would skew the timing."""
+    ``cost`` and ``memory``: where :func:`pass_cost` and :func:`extra_memory` run (default: here). A
+    web server passes ones that run in a helper process: away from its request threads, whose load
+    would skew the timing, and without importing torch."""
     ch, size, classes, n_train = data_shape(cfg, shape)
     per_call, per_sample = (cost or pass_cost)(*cost_key(cfg, device, shape))
     calls = samples = 0.0
@@ -131,5 +139,5 @@ def estimate(cfg: DistillConfig, shape: tuple[int, int, int, int] | None = None,
     union_last = classes * cfg.ipc * mult
     data_bytes = 4 * ch * size * size * (n_train + union_last) * 2
     mem = data_bytes + RUNTIME_BYTES
-    mem += method.extra_memory(cfg, ch, size, classes, union_last, n_train, device)
+    mem += (memory or extra_memory)(cfg, ch, size, classes, union_last, n_train, device)
     return Estimate(STARTUP_S + calls * per_call + samples * per_sample, int(mem), per_call, per_sample)

@@ -12,16 +12,14 @@ from typing import Optional
 
 import copy
 
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-from torch.func import functional_call, stack_module_state, vmap
-
 from .augment import DSA
 from .config import DistillConfig
 from .data import Dataset
-from .models import build_model
+from .lazy import F, LazyModule, nn, torch
 from .training import accuracy, draw_seed, make_sgd, seed_of, train_epochs
+
+
+models = LazyModule("pdd_engine.models")  # the protocol (cache keys, the web process) needs no torch
 
 
 @dataclass(frozen=True)
@@ -62,7 +60,7 @@ class Curriculum:
         self.opts: list[torch.optim.SGD] = []
         for k in range(proto.models):
             torch.manual_seed(seed_of(proto.seed, 1000 + k))
-            net = build_model(ds.channels, ds.num_classes, ds.size, proto.depth, proto.width, proto.norm,
+            net = models.build_model(ds.channels, ds.num_classes, ds.size, proto.depth, proto.width, proto.norm,
                               proto.family).to(device)
             self.nets.append(net)
             self.opts.append(make_sgd(net, proto.lr, proto.momentum, proto.weight_decay))
@@ -111,13 +109,13 @@ class BatchedCurriculum(Curriculum):
     def __init__(self, ds: Dataset, proto: EvalProtocol, device: torch.device):
         super().__init__(ds, proto, device)
         self.base = copy.deepcopy(self.nets[0]).to("meta")
-        self.params, self.buffers = stack_module_state(self.nets)
+        self.params, self.buffers = torch.func.stack_module_state(self.nets)
         self.opt = torch.optim.SGD(list(self.params.values()), lr=proto.lr, momentum=proto.momentum,
                                    weight_decay=proto.weight_decay)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        call = lambda p, b, xb: functional_call(self.base, (p, b), (xb,))  # noqa: E731
-        return vmap(call)(self.params, self.buffers, x)
+        call = lambda p, b, xb: torch.func.functional_call(self.base, (p, b), (xb,))  # noqa: E731
+        return torch.func.vmap(call)(self.params, self.buffers, x)
 
     def train_stage(self, x: torch.Tensor, y: torch.Tensor, lr: Optional[float] = None) -> list[float]:
         self.stage += 1
@@ -142,13 +140,13 @@ class BatchedCurriculum(Curriculum):
                 self.opt.step()
         return self.test_accuracy()
 
-    @torch.no_grad()
     def test_accuracy(self) -> list[float]:
         xt, yt = self.ds.x_test.to(self.device), self.ds.y_test.to(self.device)
         correct = torch.zeros(self.proto.models, device=self.device)
-        for i in range(0, len(xt), 1024):
-            xb = xt[i:i + 1024]
-            correct += (self.logits(xb.expand(self.proto.models, *xb.shape)).argmax(-1) == yt[i:i + 1024]).sum(1)
+        with torch.no_grad():
+            for i in range(0, len(xt), 1024):
+                xb = xt[i:i + 1024]
+                correct += (self.logits(xb.expand(self.proto.models, *xb.shape)).argmax(-1) == yt[i:i + 1024]).sum(1)
         return (correct / len(yt)).tolist()
 
     def state(self) -> dict[str, torch.Tensor]:

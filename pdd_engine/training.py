@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
+from .lazy import F, nn, torch
 
 from .augment import DSA
 
@@ -53,10 +51,10 @@ def train_epochs(net: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, 
             on_epoch(epoch)
 
 
-@torch.no_grad()
 def predict(net: nn.Module, x: torch.Tensor, batch: int = 1024) -> torch.Tensor:
     net.eval()
-    out = torch.cat([net(x[i:i + batch]).argmax(1) for i in range(0, len(x), batch)])
+    with torch.no_grad():
+        out = torch.cat([net(x[i:i + batch]).argmax(1) for i in range(0, len(x), batch)])
     net.train()
     return out
 

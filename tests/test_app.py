@@ -296,3 +296,55 @@ def test_hostile_upload_is_refused_with_the_reason(app_url, tmp_path):
     with pytest.raises(Exception) as err:
         c.predict("", *controls, api_name="/start")
     assert "Invalid file type" in str(err.value) and "Traceback" not in str(err.value)
+
+
+WEB_PROCESS = """
+import sys, time
+from pathlib import Path
+from app.jobs import JobManager
+from app.ui import Studio, build
+from pdd_engine import DistillConfig
+from pdd_engine.cache import Store
+
+tmp = Path(sys.argv[1])
+manager = JobManager(str(tmp / "cache"), export_dir=str(tmp / "ex"))
+studio = Studio(manager, Store(tmp / "cache"), tmp / "ex")
+build(studio)
+for method in ("dm", "mtt", "idc"):  # validation and the whole estimate, MTT's unroll memory included
+    controls = studio.control_values(DistillConfig.make({"method": method}))
+    for _ in range(120):
+        valid, est, _ = studio.check(*controls)
+        if "about" in est:
+            break
+    assert valid.startswith("✓ valid") and "about" in est, (valid, est)
+rows, _ = studio.runs_table()
+assert len(rows) == 1, rows
+job = manager.submit(DistillConfig(stages=1, ipc=1, iterations=3, eval_epochs=2, eval_models=1,
+                                   compare_base="off", device="cpu"), "web")
+frames = list(studio.follow(job.id))  # the engine's events, rendered as the page shows them
+assert frames[-1][0].startswith("**Done**") and frames[-1][5], frames[-1][0]
+files, problems = studio.download_runs([key for _, key in studio.runs_table()[1]["choices"]])
+assert files and not problems, problems
+manager.shutdown()
+print("TORCH" if any(m == "torch" or m.startswith("torch.") for m in sys.modules) else "NO TORCH")
+"""
+
+
+def test_the_web_process_never_imports_torch(tmp_path, tiny):
+    """Validation, estimates (timing and memory in the helper), the Runs tab, following a run and
+    exporting one: the server process does all of it without importing torch."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from pdd_engine import distill
+    from pdd_engine.cache import Store
+
+    store = Store(tmp_path / "cache")
+    distill(tiny(stages=1, ipc=1, iterations=3, eval_epochs=2, eval_models=1), store)  # one run record to list
+    store.close()
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", WEB_PROCESS, str(tmp_path)], cwd=root, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "NO TORCH"

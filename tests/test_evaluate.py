@@ -32,7 +32,7 @@ def test_batched_state_round_trips_into_sequential(digits):
 
 
 def test_mtt_auto_switches_to_bounded_unroll_when_memory_is_tight(tiny, store):
-    from pdd_engine.methods.mtt import unroll_memory_bytes
+    from pdd_engine.methods.unroll import unroll_memory_bytes
     from pdd_engine.models import ConvNet
     full = unroll_memory_bytes(ConvNet(1, 10, 8, 2, 32), 1, 8, 20, 5)
     cfg = tiny(method="mtt", max_memory_gb=1.5 * full / 2 ** 30)

@@ -9,7 +9,7 @@ from pdd_engine import DistillConfig, distill
 from pdd_engine.augment import DSA
 from pdd_engine.cache import Store
 from pdd_engine.methods import get_method
-from pdd_engine.methods.mtt import unroll_loss, unroll_memory_bytes
+from pdd_engine.methods.unroll import unroll_loss, unroll_memory_bytes
 from pdd_engine.models import ConvNet
 from pdd_engine.progressive import stage_context
 
@@ -136,7 +136,7 @@ def test_idc_decode_shapes_and_mosaic_init(digits, tiny):
 
 
 def test_bounded_unroll_matches_full_unroll_value_and_gradients():
-    from pdd_engine.methods.mtt import unroll_loss_bounded
+    from pdd_engine.methods.unroll import unroll_loss_bounded
     torch.manual_seed(0)
     model = ConvNet(1, 3, 8, depth=2, width=4, norm="instance").double()
     n_params = sum(p.numel() for p in model.parameters())

@@ -10,15 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-import torch
-import torch.nn as nn
-
 from ..augment import DSA
 from ..config import DistillConfig
 from ..data import Dataset
-from ..models import build_model
+from ..lazy import LazyModule, nn, torch
 from ..training import make_sgd, seed_of, train_epochs
 from .spec import MethodSpec
+
+models = LazyModule("pdd_engine.models")  # registering a method (and reading its spec) needs no torch
 
 
 # memo(name, compute, check) -> tensors: the cached value of the method's artefact ``name`` at this
@@ -55,7 +54,7 @@ class StageContext:
     def new_model(self, seed: int) -> nn.Module:
         torch.manual_seed(seed)
         c = self.cfg
-        return build_model(self.ds.channels, self.ds.num_classes, self.ds.size, c.depth_for(self.ds.size), c.width,
+        return models.build_model(self.ds.channels, self.ds.num_classes, self.ds.size, c.depth_for(self.ds.size), c.width,
                            c.norm).to(self.device)
 
     @property

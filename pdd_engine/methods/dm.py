@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
+from ..lazy import torch
 from ..training import draw_seed, seed_of
 from ..config import DistillConfig
 from .base import Method

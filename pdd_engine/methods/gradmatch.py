@@ -11,8 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-import torch
-import torch.nn.functional as F
+from ..lazy import F, torch
 
 from ..augment import DSA
 from ..config import DistillConfig
