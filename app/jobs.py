@@ -117,7 +117,8 @@ def stage_call(cfg_dict: dict, cache_dir: Optional[str], stage: int) -> list:
 
     cfg = DistillConfig(**cfg_dict)
     base = cfg.compare_base if stage == cfg.stages or cfg.compare_base == "every" else "off"
-    sub = cfg.replace(stages=stage, ipc=cfg.ipc_per_stage * stage, compare_base=base)
+    sub = cfg.replace(stages=stage, ipc=cfg.cum_ipc(stage), stage_ipc=cfg.ipcs[:stage] if cfg.stage_ipc else None,
+                      compare_base=base)
     keep = (E.RunStarted, E.Done, E.Failed, E.Stopped)
     return [ev for ev in run(sub, Store(cache_dir)) if isinstance(ev, keep) or getattr(ev, "stage", None) == stage]
 

@@ -29,7 +29,8 @@ from .jobs import JobManager
 UPLOAD = "upload your own (.zip)"
 # Shared fields shown under Advanced, in order, with their labels; after them come the registered
 # methods' own hyper-parameters (each shown only for its methods). The rest comes from the preset.
-SHARED = {"iterations": "Iterations per stage", "lr_img": "Image learning rate (empty or 0: method default)",
+SHARED = {"stage_ipc": "Images per class of each stage (empty: Total IPC split evenly; e.g. 6,4)",
+          "iterations": "Iterations per stage", "lr_img": "Image learning rate (empty or 0: method default)",
           "width": "Network width", "depth": "Network depth (empty or 0: by image size)",
           "eval_epochs": "Evaluation epochs per stage", "eval_models": "Evaluation networks", "seed": "Seed",
           "transition_epochs": "PDD transition epochs", "filter_easy": "Drop easy real examples between stages",
@@ -112,7 +113,8 @@ class Studio:
             note = f"<br>ℹ {cfg.dataset} is not on this machine: it is downloaded on first use (needs internet)."
         for w in config_warnings(cfg):
             note += f'<br><span class="pdd-warning">⚠ {w.removeprefix("warning: ")}</span>'
-        valid = f"✓ valid: {cfg.stages} stage(s) × {cfg.ipc_per_stage} image(s) per class{note}"
+        per = f"{cfg.ipcs[0]}" if len(set(cfg.ipcs)) == 1 else ", ".join(map(str, cfg.ipcs))
+        valid = f"✓ valid: {cfg.stages} stage(s) × {per} image(s) per class{note}"
         cost = lambda *shape: self.manager.pass_cost(*shape, timeout=ESTIMATE_WAIT_S)  # noqa: E731
         memory = lambda c, *shape: self.manager.extra_memory(c, *shape, timeout=ESTIMATE_WAIT_S)  # noqa: E731
         try:
@@ -236,7 +238,7 @@ class Studio:
 
 def advanced_values(cfg: DistillConfig, fields: Optional[list[Field]] = None) -> list:
     """The Advanced controls' values for ``cfg`` (other methods' controls keep their defaults)."""
-    flat = cfg.flat()
+    flat = {k: ",".join(map(str, v)) if isinstance(v, tuple) else v for k, v in cfg.flat().items()}
     return [flat.get(f.name, f.default) for f in fields or advanced_fields()]
 
 
@@ -267,6 +269,8 @@ def control(f: Field):
         return gr.Dropdown(CHOICE_LABELS.get(f.name, list(typing.get_args(f.type))), value=f.default, label=f.label)
     if f.type is bool:
         return gr.Checkbox(f.default, label=f.label)
+    if typing.get_origin(f.type) is tuple:  # a list of numbers, typed as text ("6,4")
+        return gr.Textbox(f.default or "", label=f.label)
     return gr.Number(None if f.optional else f.default, label=f.label, precision=0 if f.type is int else None)
 
 

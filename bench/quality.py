@@ -87,7 +87,13 @@ def plan(args) -> list[dict]:
                     except ConfigError:
                         continue
                     for protocol in (["paper"] if p == 1 else args.protocols):
-                        rows.append({"dataset": dataset, "ipc": ipc, "method": method, "stages": p, "protocol": protocol})
+                        rows.append({"dataset": dataset, "ipc": ipc, "method": method, "stages": p, "protocol": protocol,
+                                     "schedule": None})
+                for schedule in args.schedules:  # uneven stages (PDD's IPC-schedule ablation)
+                    sizes = [int(v) for v in schedule.split(",")]
+                    if sum(sizes) == ipc:
+                        rows += [{"dataset": dataset, "ipc": ipc, "method": method, "stages": len(sizes),
+                                  "protocol": protocol, "schedule": schedule} for protocol in args.protocols]
     return rows
 
 
@@ -95,6 +101,7 @@ def row_config(row: dict, args, iterations: int) -> dict:
     split = row["stages"] if row["protocol"] == "matched" else 1
     return {"eval_models": args.eval_models, "max_train": args.max_train, "compare_base": "off", **args.extra,
             "dataset": row["dataset"], "method": row["method"], "stages": row["stages"], "ipc": row["ipc"],
+            "stage_ipc": row["schedule"],
             "iterations": max(1, iterations // split), "eval_epochs": max(1, args.eval_epochs // split)}
 
 
@@ -116,7 +123,8 @@ def run_row(row: dict, args, iterations: int) -> dict | None:
            "stage_random": [[a["random_mean"] for a in s] for s in per_stage],
            "seconds": float(np.mean([r["seconds"] for r in results])),
            "peak_mb": float(np.max([r["peak_mb"] for r in results]))}
-    print(f"{row['dataset']} IPC {row['ipc']} {row['method']} P={row['stages']} {row['protocol']}: {pct(res['acc'])} "
+    print(f"{row['dataset']} IPC {row['ipc']} {row['method']} P={row['stages']} {row['schedule'] or ''} {row['protocol']}: "
+          f"{pct(res['acc'])} "
           f"(own random {pct(res['random'])}; {res['seconds']:.0f} s)", file=sys.stderr, flush=True)
     return res
 
@@ -137,6 +145,9 @@ def main() -> int:
     split = lambda t: lambda s: [t(v) for v in s.split(",")]  # noqa: E731
     ap.add_argument("--datasets", type=split(str), default=["digits"])
     ap.add_argument("--ipcs", type=split(int), default=[10])
+    ap.add_argument("--schedules", type=str.split, default=[],
+                    help='uneven stages to add, e.g. "7,3 4,3,2,1": images per class of each stage (rows where they '
+                         'add up to the IPC)')
     ap.add_argument("--methods", type=split(str), default=None, help="default: every registered method")
     ap.add_argument("--stages", type=split(int), default=[1, 5])
     ap.add_argument("--protocols", type=split(str), default=["paper", "matched"])
@@ -163,7 +174,7 @@ def main() -> int:
     rows = plan(args)
     iterations = args.iterations
     if args.budget:  # probe seconds per iteration of the first row's method, then scale every row
-        probe_cfg = {**row_config({**rows[0], "stages": 1, "protocol": "paper"}, args, 10), "eval_epochs": 1}
+        probe_cfg = {**row_config({**rows[0], "stages": 1, "protocol": "paper", "schedule": None}, args, 10), "eval_epochs": 1}
         probe = child(probe_cfg, args.threads)
         work = sum(r["stages"] if r["protocol"] == "paper" else 1 for r in rows) * len(args.seeds) / args.jobs
         per_iter = max(probe["seconds"] / 10, 1e-3)
@@ -183,7 +194,7 @@ def main() -> int:
             write(report_of(args, iterations, sorted(done, key=planned), {}, t0), args)  # keep partial tables
 
     def planned(r: dict) -> int:  # finished rows in the plan's order
-        return rows.index({k: r[k] for k in ("dataset", "ipc", "method", "stages", "protocol")})
+        return rows.index({k: r[k] for k in ("dataset", "ipc", "method", "stages", "protocol", "schedule")})
 
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(one, rows))
@@ -221,11 +232,12 @@ def markdown(report: dict, args) -> str:
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     rows = report["rows"]
     for r in rows:
+        p = f"{r['stages']} ({r['schedule']})" if r.get("schedule") else r["stages"]
         base = next((b for b in rows if b["stages"] == 1 and (b["dataset"], b["ipc"], b["method"]) ==
                      (r["dataset"], r["ipc"], r["method"])), None)
         name = r["method"].upper() if r["stages"] == 1 else f"PDD+{r['method'].upper()}"
         vs_base = "–" if base is None or base is r else delta(r["acc"], base["acc"])
-        out.append(f"| {r['dataset']} | {r['ipc']} | {name} | {r['stages']} | {r['protocol'] if r['stages'] > 1 else 'both'} | "
+        out.append(f"| {r['dataset']} | {r['ipc']} | {name} | {p} | {r['protocol'] if r['stages'] > 1 else 'both'} | "
                    f"{r['total_iterations']} | {r['total_eval_epochs']} | {pct(r['acc'])} | {pct(r['random'])} | "
                    f"{vs_base} | {delta(r['acc'], r['random'])} | {r['seconds']:.0f} |")
     for d, w in report["whole"].items():

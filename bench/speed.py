@@ -90,7 +90,7 @@ def m_eval(a: dict) -> dict:
 
     torch.set_num_threads(a["threads"])
     ds = load_dataset("digits")
-    x, y = random_subset(ds, 1, a["ipc"], 0)
+    x, y = random_subset(ds, 0, a["ipc"], 0)
     proto = EvalProtocol(epochs=a["epochs"], models=a["models"], depth=2, width=a["width"])
     cls = BatchedCurriculum if a["batched"] else Curriculum
     cur = cls(ds, proto, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
@@ -116,7 +116,7 @@ def m_transition(a: dict) -> dict:
 
     cfg = DistillConfig(transition_epochs=a["epochs"], transition="fresh")
     ds = dataset_for(cfg)
-    x, y = random_subset(ds, 1, a["ipc"], 0)
+    x, y = random_subset(ds, 0, a["ipc"], 0)
     union = Union.empty(ds, torch.device("cpu"))
     union.add({"train_x": x, "train_y": y, "stored": x, "real_keep": union.keep}, None)
     ctx = stage_context(cfg, ds, 2, union=union)

@@ -17,11 +17,12 @@ from .errors import PDDError
 
 
 def _flag_type(t: Any) -> Any:
-    """The argparse type of a field annotation (``Optional[...]`` unwrapped, ``Literal`` as str)."""
+    """The argparse type of a field annotation (``Optional[...]`` unwrapped; ``Literal`` and lists
+    such as ``--stage-ipc 6,4`` as text, which the config parses and checks)."""
     optional = type(None) in typing.get_args(t)
     if optional:
         t = next(a for a in typing.get_args(t) if a is not type(None))
-    return str if typing.get_origin(t) is typing.Literal else t
+    return str if typing.get_origin(t) in (typing.Literal, tuple) else t
 
 
 def config_flags() -> list[tuple[str, Any, str]]:

@@ -30,6 +30,9 @@ class DistillConfig:
     params: Any = None
     stages: int = 2  # cpu-quick: the measured best PDD row on digits within 3 minutes (README, Results)
     ipc: int = 10
+    # images per class each stage adds, e.g. (6, 4): more in the first stage, as the paper's ablation
+    # tries; None splits IPC evenly. Its length is P and its sum is IPC ("6,4" on the CLI and the page)
+    stage_ipc: Optional[tuple[int, ...]] = None
     iterations: int = 200
     seed: int = 0
     # synthetic images
@@ -69,6 +72,7 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "params", method_params(self.method, self.params))
+        object.__setattr__(self, "stage_ipc", parse_stage_ipc(self.stage_ipc))
         validate(self)
 
     @classmethod
@@ -104,15 +108,24 @@ class DistillConfig:
 
     # -- derived -------------------------------------------------------------------------
     @property
-    def ipc_per_stage(self) -> int:
-        return self.ipc // self.stages
+    def ipcs(self) -> tuple[int, ...]:
+        """Images per class each stage adds: the schedule, or IPC split evenly over the P stages."""
+        return self.stage_ipc or (self.ipc // self.stages,) * self.stages
+
+    def ipc_at(self, stage: int) -> int:
+        """Images per class stage ``stage`` (1-based) adds."""
+        return self.ipcs[stage - 1]
+
+    def cum_ipc(self, stage: int) -> int:
+        """Images per class in the union U_stage (0 for stage 0)."""
+        return sum(self.ipcs[:stage])
 
     def depth_for(self, size: int) -> int:
         return self.depth if self.depth is not None else auto_depth(size)
 
     def base_config(self, stage: int) -> "DistillConfig":
         """The base method alone (P = 1) at the IPC that PDD has after ``stage`` stages."""
-        return self.replace(stages=1, ipc=self.ipc_per_stage * stage, compare_base="off")
+        return self.replace(stages=1, ipc=self.cum_ipc(stage), stage_ipc=None, compare_base="off")
 
     def base_stages(self) -> list[int]:
         """Stages after which the base method alone is compared with PDD."""
@@ -179,9 +192,16 @@ def validate(c: DistillConfig) -> None:
                f"{name} must be a whole number >= 0 (got {getattr(c, name)!r})", f"set {name} to 0 or more")
     _check(c.stages <= c.ipc, f"stages P={c.stages} exceeds IPC={c.ipc}: a stage needs at least one image per class",
            f"use at most {c.ipc} stages, or raise IPC to {c.stages} or more")
-    _check(c.ipc % c.stages == 0, f"IPC {c.ipc} is not divisible by stages P={c.stages}",
-           f"pick IPC as a multiple of P, e.g. IPC {c.stages * max(1, round(c.ipc / c.stages))} "
-           f"with P={c.stages}")
+    if c.stage_ipc is not None:
+        schedule = ",".join(map(str, c.stage_ipc))
+        _check(len(c.stage_ipc) == c.stages, f"stage_ipc {schedule} has {len(c.stage_ipc)} stages but P is {c.stages}",
+               f"set stages to {len(c.stage_ipc)}, or give {c.stages} numbers")
+        _check(sum(c.stage_ipc) == c.ipc, f"stage_ipc {schedule} adds up to {sum(c.stage_ipc)} images per class "
+               f"but IPC is {c.ipc}", f"set IPC to {sum(c.stage_ipc)}, or change stage_ipc to add up to {c.ipc}")
+    else:
+        _check(c.ipc % c.stages == 0, f"IPC {c.ipc} is not divisible by stages P={c.stages}",
+               f"pick IPC as a multiple of P, e.g. IPC {c.stages * max(1, round(c.ipc / c.stages))} "
+               f"with P={c.stages}, or give the images per stage (stage_ipc)")
     _check(c.ipc <= 1000, f"IPC {c.ipc} is larger than this tool supports (1000)", "use IPC <= 1000")
     _check(c.width <= 1024, f"width {c.width} is out of range", "use a width from 1 to 1024")
     _check(c.norm in get_args(Norm), f"unknown norm '{c.norm}'", "use instance, batch or none")
@@ -203,6 +223,22 @@ def validate(c: DistillConfig) -> None:
     _check(c.max_memory_gb is None or c.max_memory_gb > 0, "max_memory_gb must be > 0",
            "set a positive number of GB or leave it unset")
     REGISTRY[c.method].validate(c)  # the method's own rules across fields (each field's bounds: its Params)
+
+
+def parse_stage_ipc(value: Any) -> Optional[tuple[int, ...]]:
+    """A schedule from a tuple, a list (JSON) or text ("6,4", as the CLI and the page give it);
+    None or an empty text: no schedule (IPC split evenly)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    parts = value.replace(" ", "").split(",") if isinstance(value, str) else list(value)
+    try:
+        out = tuple(int(p) for p in parts)
+    except (TypeError, ValueError):
+        out = ()
+    _check(bool(out) and all(n >= 1 and str(n) == str(p).strip() for n, p in zip(out, parts)),
+           f"stage_ipc {value!r} is not a list of whole numbers >= 1",
+           "give the images per class of each stage, e.g. 6,4 (or leave it empty to split IPC evenly)")
+    return out
 
 
 def method_params(method: str, given: Any) -> Any:

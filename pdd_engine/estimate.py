@@ -111,7 +111,6 @@ def estimate(cfg: DistillConfig, shape: tuple[int, int, int, int] | None = None,
 
     method = get_method(cfg.method)
     mult = method.images_per_stored(cfg, size)
-    per_stage = classes * cfg.ipc_per_stage * mult
 
     def transition(sizes: list[float]) -> None:
         """One network brought to a stage's start: every prefix union (chain) or the last one (fresh)."""
@@ -128,8 +127,8 @@ def estimate(cfg: DistillConfig, shape: tuple[int, int, int, int] | None = None,
             train(n, epochs, batch)
 
     for i in range(1, cfg.stages + 1):
-        union = per_stage * i
-        distil(union, [per_stage * j for j in range(1, i)])
+        union = classes * cfg.cum_ipc(i) * mult
+        distil(union, [classes * cfg.cum_ipc(j) * mult for j in range(1, i)])
         for _ in range(2 * cfg.eval_models):  # distilled and random-subset curricula
             train(union, cfg.eval_epochs, cfg.eval_batch)
         if i in cfg.base_stages() and i > 1:  # the base method alone at this IPC (stage 1 is PDD's own)

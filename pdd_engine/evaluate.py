@@ -178,12 +178,14 @@ def make_curriculum(ds: Dataset, proto: EvalProtocol, device: torch.device, batc
     return Curriculum(ds, proto, device)
 
 
-def random_subset(ds: Dataset, stage: int, ipc_per_stage: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stage ``stage``'s slice of a fixed random order of each class: disjoint across stages."""
+def random_subset(ds: Dataset, start: int, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images ``start`` to ``start + count`` of a fixed random order of each class: a stage's random
+    images (start: images per class of the earlier stages), disjoint across stages, and together
+    exactly P = 1's random subset of the same total."""
     xs, ys = [], []
     for c, idx in enumerate(ds.indices_by_class()):
         order = idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed_of(seed, 99, c)))]
-        pick = order[(stage - 1) * ipc_per_stage: stage * ipc_per_stage]
+        pick = order[start:start + count]
         xs.append(ds.x_train[pick])
         ys.append(torch.full((len(pick),), c, dtype=torch.long))
     return torch.cat(xs), torch.cat(ys)

@@ -69,10 +69,11 @@ def collect(cfg: DistillConfig, store: Store, ds: Dataset) -> tuple[list, list, 
     """The stored stage, eval, random-baseline and base-method records of a finished run (the last
     None where the run did not compare with the base method), or a clear error."""
     keys = Keys.of(cfg, ds)
-    evals_ok, stage_ok = eval_check(EvalProtocol.from_config(cfg, ds.size)), stage_check(ds, cfg)
+    evals_ok = eval_check(EvalProtocol.from_config(cfg, ds.size))
     stages, evals, randoms, bases = [], [], [], []
     for i in range(1, cfg.stages + 1):
-        recs = [store.get(keys.stage(i), stage_ok), store.get(keys.eval(i), evals_ok), store.get(keys.random(i), evals_ok)]
+        recs = [store.get(keys.stage(i), stage_check(ds, cfg, i)), store.get(keys.eval(i), evals_ok),
+                store.get(keys.random(i), evals_ok)]
         if any(r is None for r in recs):
             raise PDDError(f"stage {i} of this run is not finished (not in the cache)",
                            "run `python -m pdd_engine distill` with the same settings first; it resumes")
@@ -96,7 +97,7 @@ def build_manifest(cfg: DistillConfig, ds: Dataset, stages: list, evals: list, r
     stage_entries = []
     for i, ((t, meta), acc, racc, bacc) in enumerate(zip(stages, evals, randoms, bases), start=1):
         stage_entries.append({
-            "stage": i, "images_per_class": cfg.ipc_per_stage, "cumulative_images_per_class": cfg.ipc_per_stage * i,
+            "stage": i, "images_per_class": cfg.ipc_at(i), "cumulative_images_per_class": cfg.cum_ipc(i),
             "stored": f"stage_{i}/images.pt", "train": f"stage_{i}/train_images.pt", "union": f"union_{i}.pt",
             "stored_shape": list(t["stored"].shape), "train_shape": list(t["train_x"].shape),
             "learned_lr": meta["lr"], "eval_lr": meta["lr"] or proto.lr,

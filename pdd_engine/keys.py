@@ -20,7 +20,7 @@ from .evaluate import EvalProtocol
 from .methods import REGISTRY, get_method
 
 # Bump when what a stored value means changes without any input changing (a bug fix in a method).
-KEY_VERSION = f"{__version__}+keys3"
+KEY_VERSION = f"{__version__}+keys4"
 
 # Fields that change where or how fast work runs, not what it computes: in no key.
 # (A method's own hyper-parameters say so in their Params: ``param(..., semantic=False)``.)
@@ -39,14 +39,17 @@ FILTER = ("keep_easy", "filter_models", "eval_epochs", "eval_models", "eval_lr",
 STAGE = CONTEXT + ("method", "iterations", "lr_img", "init", "ipc", "filter_easy")  # "ipc": per stage
 RUN = EVAL + ("stages", "compare_base")
 
-# Inputs hashed as a resolved value rather than as the raw field: name -> (fields it reads, value).
-Resolve = Callable[[DistillConfig, int], Any]
+# Inputs hashed as a resolved value rather than as the raw field: name -> (fields it reads, value
+# for a config, an input size and the stage the key is for).
+Resolve = Callable[[DistillConfig, int, int], Any]
 DERIVED: dict[str, tuple[tuple[str, ...], Resolve]] = {
-    "depth": (("depth",), lambda c, size: c.depth_for(size)),
-    "lr_img": (("lr_img", "method"), lambda c, size: c.effective_lr_img),
+    "depth": (("depth",), lambda c, size, i: c.depth_for(size)),
+    "lr_img": (("lr_img", "method"), lambda c, size, i: c.effective_lr_img),
     # the method's hyper-parameters, automatic values resolved (its Params and key_params)
-    "params": (("params",), lambda c, size: get_method(c.method).key_params(c, size)),
-    "ipc": (("ipc", "stages"), lambda c, size: c.ipc_per_stage),  # stage keys: a longer run shares the prefix
+    "params": (("params",), lambda c, size, i: get_method(c.method).key_params(c, size)),
+    # stage i's images per class and where they start: a longer run (or one with the same first
+    # stages of a schedule) shares the prefix
+    "ipc": (("ipc", "stages", "stage_ipc"), lambda c, size, i: (c.cum_ipc(i - 1), c.ipc_at(i))),
 }
 
 
@@ -66,10 +69,10 @@ def table(cfg: DistillConfig, stage: int = 2) -> dict[str, tuple[str, ...]]:
     return out
 
 
-def inputs(cfg: DistillConfig, names: tuple[str, ...], size: int) -> dict[str, Any]:
+def inputs(cfg: DistillConfig, names: tuple[str, ...], size: int, stage: int) -> dict[str, Any]:
     """The values of ``names`` as they enter a key (derived names resolved for ``size``-pixel inputs;
     ``params.x``: the method's hyper-parameter ``x``)."""
-    return {n: DERIVED[n][1](cfg, size) if n in DERIVED else getattr(cfg.params, n[7:]) if n.startswith("params.")
+    return {n: DERIVED[n][1](cfg, size, stage) if n in DERIVED else getattr(cfg.params, n[7:]) if n.startswith("params.")
             else getattr(cfg, n) for n in sorted(set(names))}
 
 
@@ -111,7 +114,7 @@ class Keys:
     def _hash(self, kind: str, at: int, **extra: Any) -> str:
         names = table(self.cfg, at)[kind]
         return digest({"v": KEY_VERSION, "kind": kind, "data": self.fingerprint,
-                       "fields": inputs(self.cfg, names, self.size), **extra})
+                       "fields": inputs(self.cfg, names, self.size, at), **extra})
 
     def stage(self, i: int) -> str:
         """S_i: its images, labels, learned lr and the real-image mask later stages match against."""

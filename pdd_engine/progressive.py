@@ -134,9 +134,9 @@ class Engine:
         msgs: list[str] = []
         ctx = stage_context(cfg, ds, i, device, union, store_memo(self.store, keys, i, msgs.append), msgs.append,
                             self.check_cancel)
-        too_few = [ds.classes[c] for c, idx in enumerate(ctx.real_by_class) if len(idx) < cfg.ipc_per_stage]
+        too_few = [ds.classes[c] for c, idx in enumerate(ctx.real_by_class) if len(idx) < cfg.ipc_at(i)]
         if too_few:
-            raise PDDError(f"class(es) {too_few[:5]} have fewer real images than {cfg.ipc_per_stage} per stage",
+            raise PDDError(f"class(es) {too_few[:5]} have fewer real images than the {cfg.ipc_at(i)} stage {i} adds",
                            "lower IPC, use fewer stages, or add images to those classes")
         method = get_method(cfg.method)(ctx)
         t0 = time.time()
@@ -179,7 +179,7 @@ class Engine:
 
     def advance(self, ds: Dataset, keys: Keys, i: int, union: Union, device, phase: str = "stage") -> Iterator[Event]:
         """Distil stage ``i`` (or replay it from the store) and add it to ``union``."""
-        check = stage_check(ds, keys.cfg)
+        check = stage_check(ds, keys.cfg, i)
         hit = self.store.get(keys.stage(i), check)
         yield from self.notes(i)
         if phase == "stage":
@@ -244,17 +244,17 @@ class Engine:
                 computed = len(self.computed)
                 yield from self.advance(ds, keys, stage, union, device)
                 cached = len(self.computed) == computed
-                yield StageImages(stage, *union_view(ds, union.stored, cfg))
+                yield StageImages(stage, *union_view(ds, union.stored))
                 self.check_cancel()
                 pdd_eval, acc = self.evaluated(keys.eval(stage), ds, proto, pdd_eval, union.x, union.y, union.lr, device)
-                rx, ry = random_subset(ds, stage, cfg.ipc_per_stage, cfg.seed)
+                rx, ry = random_subset(ds, cfg.cum_ipc(stage - 1), cfg.ipc_at(stage), cfg.seed)
                 rand_x.append(rx)
                 rand_y.append(ry)
                 rand_eval, racc = self.evaluated(keys.random(stage), ds, proto, rand_eval, torch.cat(rand_x),
                                                  torch.cat(rand_y), None, device)
                 bacc = (yield from self.base(ds, keys, stage, device)) if stage in cfg.base_stages() else None
                 yield from self.notes(stage)
-                ev = StageEvaluated(stage, acc, racc, cfg.ipc_per_stage * stage, bacc)
+                ev = StageEvaluated(stage, acc, racc, cfg.cum_ipc(stage), bacc)
                 accuracies.append(ev.summary())
                 yield ev
                 yield StageFinished(stage, cached, time.time() - t_stage, union.lr)
@@ -289,12 +289,13 @@ class Engine:
         return new_state, acc
 
 
-def union_view(ds: Dataset, stored: list[torch.Tensor], cfg: DistillConfig):
-    """The union in stored form, class-major (rows of the UI grid), with the newest stage marked."""
-    per = cfg.ipc_per_stage
+def union_view(ds: Dataset, stored: list[torch.Tensor]):
+    """The union in stored form, class-major (rows of the UI grid), with the newest stage marked.
+    Each stage's block is class-major too, with its own number of images per class."""
     imgs, labs, new = [], [], []
     for c in range(ds.num_classes):
         for s, block in enumerate(stored):
+            per = len(block) // ds.num_classes
             imgs.append(block[c * per:(c + 1) * per])
             labs += [c] * per
             new += [s == len(stored) - 1] * per

@@ -14,9 +14,9 @@ from .data import Dataset
 from .evaluate import EvalProtocol
 
 
-def stage_check(ds: Dataset, cfg: DistillConfig):
+def stage_check(ds: Dataset, cfg: DistillConfig, i: int):
     """Why a stored stage record cannot be S_i of ``cfg`` on ``ds`` (None: it can)."""
-    n = ds.num_classes * cfg.ipc_per_stage
+    n = ds.num_classes * cfg.ipc_at(i)
 
     def check(t: dict, meta: dict) -> Optional[str]:
         if not {"stored", "labels", "train_x", "train_y", "real_keep"} <= set(t) or not {"lr", "losses"} <= set(meta):

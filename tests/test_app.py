@@ -348,3 +348,25 @@ def test_the_web_process_never_imports_torch(tmp_path, tiny):
                          text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == "NO TORCH"
+
+
+def test_stage_schedule_is_a_text_field_of_the_page(tmp_path):
+    """"6,4" in the page's field becomes the schedule; a schedule that does not add up to Total IPC
+    is refused on the validation line with the fix."""
+    from app.ui import Studio
+    from pdd_engine.cache import Store
+
+    m = JobManager(str(tmp_path / "cache"))
+    try:
+        studio = Studio(m, Store(tmp_path / "cache"), tmp_path / "ex")
+        names = ["dataset", "upload", "method", "stages", "ipc", "preset"] + [f.name for f in studio.fields]
+        controls = studio.control_values(DistillConfig(stage_ipc="6,4"))
+        assert controls[names.index("stage_ipc")] == "6,4"
+        assert studio.config(*controls).ipcs == (6, 4)
+        controls[names.index("stage_ipc")] = "6, 5"
+        valid, _, run_button = studio.check(*controls)
+        assert "pdd-error" in valid and "adds up to 11" in valid and "Fix: set IPC to 11" in valid
+        controls[names.index("stage_ipc")] = ""
+        assert studio.config(*controls).stage_ipc is None
+    finally:
+        m.shutdown()

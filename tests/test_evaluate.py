@@ -7,8 +7,8 @@ from pdd_engine.evaluate import BatchedCurriculum, Curriculum, EvalProtocol, mak
 
 def test_batched_evaluation_matches_sequential(digits):
     proto = EvalProtocol(epochs=15, models=3, depth=2, width=16)
-    x1, y1 = random_subset(digits, 1, 3, seed=0)
-    x2, y2 = random_subset(digits, 2, 3, seed=0)
+    x1, y1 = random_subset(digits, 0, 3, seed=0)
+    x2, y2 = random_subset(digits, 3, 3, seed=0)
     seq, bat = Curriculum(digits, proto, torch.device("cpu")), BatchedCurriculum(digits, proto, torch.device("cpu"))
     for x, y in ((x1, y1), (torch.cat([x1, x2]), torch.cat([y1, y2]))):
         a, b = seq.train_stage(x, y), bat.train_stage(x, y)
@@ -21,7 +21,7 @@ def test_batched_evaluation_matches_sequential(digits):
 
 def test_batched_state_round_trips_into_sequential(digits):
     proto = EvalProtocol(epochs=5, models=2, depth=2, width=8)
-    x, y = random_subset(digits, 1, 2, seed=0)
+    x, y = random_subset(digits, 0, 2, seed=0)
     bat = BatchedCurriculum(digits, proto, torch.device("cpu"))
     bat.train_stage(x, y)
     seq = Curriculum(digits, proto, torch.device("cpu")).load(bat.state())
@@ -42,13 +42,17 @@ def test_mtt_auto_switches_to_bounded_unroll_when_memory_is_tight(tiny, store):
 
 
 def test_each_rows_random_baseline_is_p1s_random_subset_split_across_stages(digits):
-    """The random curriculum of P = 5 at IPC 10 uses exactly P = 1's 10 random images per class,
-    2 per stage, disjoint across stages."""
+    """The random curriculum of P = 5 at IPC 10 (2 per stage, or a schedule 4,3,1,1,1) uses exactly
+    P = 1's 10 random images per class, disjoint across stages, as many per stage as the stage adds."""
+    from pdd_engine import DistillConfig
     from pdd_engine.evaluate import random_subset
-    one_x, one_y = random_subset(digits, 1, 10, seed=3)
-    parts = [random_subset(digits, s, 2, seed=3) for s in range(1, 6)]
-    for c in range(digits.num_classes):
-        whole = one_x[one_y == c]
-        split = torch.cat([x[y == c] for x, y in parts])
-        assert torch.equal(whole, split)
-    assert not torch.equal(one_x, random_subset(digits, 1, 10, seed=4)[0])
+    one = DistillConfig(stages=1, ipc=10, seed=3)
+    one_x, one_y = random_subset(digits, one.cum_ipc(0), one.ipc_at(1), one.seed)
+    for cfg in (DistillConfig(stages=5, ipc=10, seed=3), DistillConfig(stages=5, ipc=10, stage_ipc="4,3,1,1,1", seed=3)):
+        parts = [random_subset(digits, cfg.cum_ipc(s - 1), cfg.ipc_at(s), cfg.seed) for s in range(1, 6)]
+        assert [len(y) for _, y in parts] == [10 * k for k in cfg.ipcs]
+        for c in range(digits.num_classes):
+            whole = one_x[one_y == c]
+            split = torch.cat([x[y == c] for x, y in parts])
+            assert torch.equal(whole, split)
+    assert not torch.equal(one_x, random_subset(digits, 0, 10, seed=4)[0])

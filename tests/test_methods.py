@@ -202,7 +202,7 @@ def test_chain_transition_reproduces_a_hand_rolled_chain(digits, tiny):
     cfg = tiny(stages=3, ipc=3, transition_epochs=3, width=8)
     union = Union.empty(digits, torch.device("cpu"))
     for stage, lr in ((1, 0.02), (2, 0.005)):
-        x, y = random_subset(digits, stage, 1, 0)
+        x, y = random_subset(digits, stage - 1, 1, 0)
         union.add({"train_x": x, "train_y": y, "stored": x, "real_keep": union.keep}, lr)
     ctx = stage_context(cfg, digits, 3, union=union)
     got = ctx.transition(ctx.new_model(5), 5)

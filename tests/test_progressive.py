@@ -67,6 +67,22 @@ def test_extending_a_run_computes_only_the_new_stage(tiny, store):
     assert three.accuracies[:2] == two.accuracies
 
 
+def test_a_stage_schedule_adds_its_own_images_per_class(tiny, store, tmp_path):
+    """stage_ipc 2,1: stage 1 adds 2 images per class, stage 2 one more; the random curriculum and the
+    base method alone follow the same counts, the bundle records them, and a P = 1 run at IPC 2 is
+    stage 1 of this run (shared from the cache)."""
+    from pdd_engine.export import export_bundle, load_bundle
+    cfg = tiny(stages=2, ipc=3, stage_ipc="2,1", compare_base="final")
+    evs = events(cfg, store)
+    imgs = [e for e in evs if isinstance(e, E.StageImages)]
+    assert [int((e.labels == 0).sum()) for e in imgs] == [2, 3] and [int(e.new.sum()) for e in imgs] == [20, 10]
+    scored = [e for e in evs if isinstance(e, E.StageEvaluated)]
+    assert [e.images_per_class for e in scored] == [2, 3] and scored[-1].base_acc is not None
+    manifest = load_bundle(export_bundle(cfg, tmp_path / "run.zip", store)).manifest
+    assert [(s["images_per_class"], s["cumulative_images_per_class"]) for s in manifest["stage_entries"]] == [(2, 2), (3 - 2, 3)]
+    assert done(events(tiny(stages=1, ipc=2), store)).computed_stages == []
+
+
 class StopAtStage:
     def __init__(self, stage):
         self.stage, self.seen = stage, False

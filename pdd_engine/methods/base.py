@@ -99,7 +99,7 @@ class Method(MethodSpec):
 
     def __init__(self, ctx: StageContext):
         self.ctx = ctx
-        self.ipc = ctx.cfg.ipc_per_stage
+        self.ipc = ctx.cfg.ipc_at(ctx.stage)  # images per class this stage adds
         self.g = torch.Generator().manual_seed(ctx.seed)
 
     # -- what the stored synthetic tensor is ---------------------------------------------
