@@ -118,11 +118,11 @@ def load_folder(path: Path, image_size: Optional[int], limits: Limits) -> tuple:
         if len(sizes) > 1:
             common = ", ".join(f"{w}x{h} ({n})" for (w, h), n in sizes.most_common(3))
             raise DataUnavailable(f"the images have mixed sizes: {common}",
-                                  "set an image size to resize them all, e.g. --image-size 32")
+                                  "set image_size to resize them all, e.g. 32 (CLI --image-size; studio: Advanced, Image size)")
         (w, h), = sizes
         if w != h or w > 128:
             raise DataUnavailable(f"the images are {w}x{h}; square images of at most 128 px are supported as they are",
-                                  "set an image size to resize them, e.g. --image-size 32")
+                                  "set image_size to resize them, e.g. 32 (CLI --image-size; studio: Advanced, Image size)")
         image_size = w
     colour = any(im.mode not in ("L", "1", "I", "I;16", "LA") for im in images)
     to_array = lambda ims: np.stack([as_array(im, image_size, colour) for im in ims])  # noqa: E731

@@ -15,8 +15,9 @@ from pdd_engine.export import load_bundle
 from tests.apphelpers import running_app
 
 # every control of the page, in the order the /start API takes them
-TINY_CONTROLS = control_values(DistillConfig.make(dict(stages=2, ipc=2, iterations=15, width=16, eval_epochs=20,
-                                                       eval_models=2, transition_epochs=5, device="cpu")))
+TINY = DistillConfig.make(dict(stages=2, ipc=2, iterations=15, width=16, eval_epochs=20, eval_models=2,
+                               transition_epochs=5, device="cpu"))
+TINY_CONTROLS = control_values(TINY)
 
 
 def fake_stream():
@@ -223,8 +224,7 @@ def test_client_stop_keeps_finished_stages_and_resume_continues(app_url):
     from gradio_client import Client
 
     c = Client(app_url, verbose=False)
-    controls = list(TINY_CONTROLS)
-    controls[3], controls[4], controls[6] = 3, 3, 400  # stages, ipc, iterations
+    controls = control_values(TINY.replace(stages=3, ipc=3, iterations=400))
     job_id, owner, _ = c.predict("", *controls, api_name="/start")
     stream = c.submit(job_id, api_name="/follow")
     for out in stream:
