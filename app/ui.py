@@ -32,7 +32,7 @@ UPLOAD = "upload your own (.zip)"
 SHARED = {"stage_ipc": "Images per class of each stage (empty: Total IPC split evenly; e.g. 6,4)",
           "iterations": "Iterations per stage", "lr_img": "Image learning rate (empty or 0: method default)",
           "width": "Network width", "depth": "Network depth (empty or 0: by image size)",
-          "image_size": "Image size in pixels (empty: the dataset's own; needed for mixed-size uploads)",
+          "image_size": "Image size in pixels (empty or 0: the dataset's own; set it for mixed-size uploads)",
           "eval_epochs": "Evaluation epochs per stage", "eval_models": "Evaluation networks", "seed": "Seed",
           "transition_epochs": "PDD transition epochs", "filter_easy": "Drop easy real examples between stages",
           "zca": "ZCA whitening", "device": "Device", "transition": "PDD transition",

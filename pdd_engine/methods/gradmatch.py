@@ -31,7 +31,7 @@ class GradientMatchingParams(Params):
 @dataclass(frozen=True)
 class IDCParams(GradientMatchingParams):
     # None: 1 below 16 px (tiles of 4x4 carry too little), else 2
-    idc_factor: Optional[int] = param(None, "IDC: tiles per side (empty: by image size)", minimum=1, maximum=4)
+    idc_factor: Optional[int] = param(None, "IDC: tiles per side (empty or 0: by image size)", minimum=1, maximum=4)
 
 
 def layer_distance(gs: torch.Tensor, gr: torch.Tensor) -> torch.Tensor:

@@ -78,13 +78,13 @@ def student_ahead_warning(syn_steps: int, steps: int) -> Optional[str]:
 @dataclass(frozen=True)
 class MTTParams(Params):
     # None: as many student steps as the expert takes in expert_epochs, at most 20
-    syn_steps: Optional[int] = param(None, "MTT: unrolled steps (empty: the expert's steps, at most 20)", minimum=1)
+    syn_steps: Optional[int] = param(None, "MTT: unrolled steps (empty or 0: the expert's steps, at most 20)", minimum=1)
     expert_epochs: int = param(2, "MTT: expert epochs matched", minimum=1)
     max_start_epoch: int = param(5, "MTT: latest expert epoch a match starts from", minimum=0)
     num_experts: int = param(5, "MTT: experts", minimum=1)
     expert_lr: float = param(0.01, "MTT: expert learning rate", positive=True)
     lr_lr: float = param(1e-5, "MTT: learning rate of the learned step size", positive=True)
-    batch_syn: Optional[int] = param(None, "MTT: synthetic batch per step (empty: the whole union)", minimum=1)
+    batch_syn: Optional[int] = param(None, "MTT: synthetic batch per step (empty or 0: the whole union)", minimum=1)
     # auto: full unless it would not fit in memory; changes memory and speed, not the result
     mtt_unroll: Literal["auto", "full", "bounded"] = param("auto", "MTT: unroll (memory strategy)", semantic=False)
 
