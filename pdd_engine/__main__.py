@@ -91,6 +91,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from .estimate import config_warnings
 
     cfg = config_from_args(args)
+    if args.out:
+        check_writable(args.out, "--out")  # before the run, not after hours of it
     for w in config_warnings(cfg):
         print(w, file=sys.stderr)
     store = Store(cfg.cache_dir)
@@ -140,10 +142,25 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_writable(path: str, flag: str) -> None:
+    """A one-line error now if a file cannot be written at ``path`` (missing or read-only folder)."""
+    import os
+    from pathlib import Path
+    folder = Path(path).expanduser().resolve().parent
+    if not folder.is_dir():
+        raise PDDError(f"{flag} {path}: the folder {folder} does not exist", f"create it, or give {flag} a path in an existing folder")
+    if not os.access(folder, os.W_OK):
+        raise PDDError(f"{flag} {path}: the folder {folder} is not writable", f"give {flag} a path in a folder you can write")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .export import evaluate_bundle, load_bundle
+
+    for flag, value in (("--epochs", args.epochs), ("--models", args.models)):
+        if value is not None and value < 1:
+            raise PDDError(f"{flag} must be 1 or more (got {value})", f"give {flag} a whole number >= 1, or leave it out")
 
     manifest = load_bundle(args.bundle).manifest
     archs = args.arch or [None]

@@ -190,6 +190,8 @@ def validate(c: DistillConfig) -> None:
     for name in ("transition_epochs", "seed"):
         _check(isinstance(getattr(c, name), int) and getattr(c, name) >= 0,
                f"{name} must be a whole number >= 0 (got {getattr(c, name)!r})", f"set {name} to 0 or more")
+    # seeds feed 32-bit derivations (training.seed_of): a larger one would repeat a smaller one's run
+    _check(c.seed < 2 ** 32, f"seed {c.seed} is too large", "use a seed from 0 to 4294967295 (32 bits)")
     _check(c.stages <= c.ipc, f"stages P={c.stages} exceeds IPC={c.ipc}: a stage needs at least one image per class",
            f"use at most {c.ipc} stages, or raise IPC to {c.stages} or more")
     if c.stage_ipc is not None:

@@ -23,6 +23,7 @@ from pdd_engine.errors import ConfigError
     (dict(method="dm", syn_steps=3), "syn_steps is a setting of mtt, not of dm. Fix: leave syn_steps out, or choose "
                                      "method mtt"),
     (dict(method="dm", warp=3), "unknown config field 'warp'"),
+    (dict(seed=2 ** 64), "seed 18446744073709551616 is too large"),
 ])
 def test_bad_values_name_problem_and_fix(kw, words):
     with pytest.raises(ConfigError) as e:

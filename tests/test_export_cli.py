@@ -108,6 +108,23 @@ def test_cli_distill_evaluate_and_errors(tmp_path, capsys):
     assert "digits" in capsys.readouterr().out
 
 
+def test_cli_refuses_an_unwritable_out_and_bad_evaluate_counts_before_any_work(tmp_path, capsys, monkeypatch):
+    import pdd_engine.progressive
+    monkeypatch.setattr(pdd_engine.progressive, "run", lambda *a, **k: pytest.fail("a run started"))
+    missing = tmp_path / "no" / "such" / "run.zip"
+    assert main(["distill", "--cache-dir", str(tmp_path / "c"), "--out", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "does not exist" in err and "Fix:" in err and "Traceback" not in err
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if not __import__("os").access(locked, __import__("os").W_OK):  # root can write anywhere
+        assert main(["distill", "--cache-dir", str(tmp_path / "c"), "--out", str(locked / "run.zip")]) == 2
+        assert "is not writable" in capsys.readouterr().err
+    for flag in ("--epochs", "--models"):
+        assert main(["evaluate", str(tmp_path / "any.zip"), flag, "-1"]) == 2
+        assert f"{flag} must be 1 or more" in capsys.readouterr().err
+
+
 def test_idc_bundle_stores_compact_and_training_images(tiny, store, tmp_path):
     cfg = tiny(method="idc", stages=1, ipc=1, idc_factor=2)
     distill(cfg, store)
