@@ -167,7 +167,8 @@ class Studio:
         """Stream the page's view of a job until it finishes (reattaches from the first event)."""
         job = self.manager.get(job_id)
         if job is None:
-            yield self.frame(render.RunView(), "failed", extra="No run with that id on this server (it may have restarted).")
+            yield self.frame(render.RunView(), "failed", extra="No run with that id on this server (it may have "
+                             "restarted). Fix: press Run with the same settings: finished stages come from the cache.")
             return
         seen = -1
         while True:
@@ -366,7 +367,7 @@ def build(studio: Studio) -> gr.Blocks:
 
         def on_load(request: gr.Request, who: str):
             run = request.query_params.get("run", "") if request else ""
-            return (run if studio.manager.get(run) else ""), (who or secrets.token_hex(8))
+            return run, (who or secrets.token_hex(8))  # an unknown id is told so (follow), not a blank page
 
         load = demo.load(on_load, [owner], [job_id, owner], queue=False, api_visibility="private")
         load.then(studio.check, controls, [validation, estimate_md, run_btn], queue=False, api_visibility="private")

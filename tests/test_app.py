@@ -370,3 +370,16 @@ def test_stage_schedule_is_a_text_field_of_the_page(tmp_path):
         assert studio.config(*controls).stage_ipc is None
     finally:
         m.shutdown()
+
+
+def test_an_unknown_run_link_says_so_with_the_fix(tmp_path):
+    """?run=<id> after a server restart: the page says the run is gone and how to get it back."""
+    from app.ui import Studio
+    from pdd_engine.cache import Store
+
+    m = JobManager(str(tmp_path / "cache"))
+    try:
+        status = next(iter(Studio(m, Store(tmp_path / "cache"), tmp_path / "ex").follow_if_any("gone")))[0]
+        assert "No run with that id on this server" in status and "finished stages come from the cache" in status
+    finally:
+        m.shutdown()

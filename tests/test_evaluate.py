@@ -56,3 +56,11 @@ def test_each_rows_random_baseline_is_p1s_random_subset_split_across_stages(digi
             split = torch.cat([x[y == c] for x, y in parts])
             assert torch.equal(whole, split)
     assert not torch.equal(one_x, random_subset(digits, 0, 10, seed=4)[0])
+
+
+def test_mtt_memory_refusal_states_sizes_that_are_not_zero(tiny, store):
+    """A budget far below the unroll's need is refused with the fix, in units that show the numbers."""
+    evs = list(run(tiny(method="mtt", max_memory_gb=1e-4, mtt_unroll="bounded"), store))
+    assert isinstance(evs[-1], E.Failed), evs[-1]
+    msg = evs[-1].message
+    assert "MiB" in msg and "0.0 GiB" not in msg and "0.0 MiB" not in msg and "Fix:" in msg, msg

@@ -66,6 +66,11 @@ def syn_steps_for(p: "MTTParams", steps: int) -> int:
     return p.syn_steps if p.syn_steps is not None else max(1, min(20, steps))
 
 
+def size_text(n: int) -> str:
+    """Bytes as GiB, or MiB below a tenth of a GiB (a small budget must not read "0.0 GiB")."""
+    return f"{n / 2 ** 30:.1f} GiB" if n >= 0.1 * 2 ** 30 else f"{n / 2 ** 20:.1f} MiB"
+
+
 def student_ahead_warning(syn_steps: int, steps: int) -> Optional[str]:
     """The warning when the student takes more steps than the expert it must match, or None."""
     if syn_steps <= steps:
@@ -139,11 +144,11 @@ class MTT(Method):
         self.bounded = u.bounded
         if u.need > 0.8 * u.have:
             raise MemoryBudgetError(
-                f"an MTT unroll of {self.syn_steps} steps x batch {batch} needs about {u.need / 2**30:.1f} GiB "
-                f"({'bounded' if u.bounded else 'full'} unroll), {u.have / 2**30:.1f} GiB is available",
+                f"an MTT unroll of {self.syn_steps} steps x batch {batch} needs about {size_text(u.need)} "
+                f"({'bounded' if u.bounded else 'full'} unroll), {size_text(u.have)} is available",
                 "set batch_syn (e.g. 32), mtt_unroll to bounded, or a smaller width")
         if u.bounded and p.mtt_unroll == "auto":
-            ctx.report(f"full unroll needs ~{u.full / 2**30:.1f} GiB: using the bounded-memory unroll")
+            ctx.report(f"full unroll needs ~{size_text(u.full)}: using the bounded-memory unroll")
         self.experts = expert_trajectories(ctx)
         self.syn_lr = torch.tensor(float(p.expert_lr), device=ctx.device, requires_grad=True)
 
