@@ -236,38 +236,33 @@ class JobManager:
     def pass_cost(self, *shape, timeout: Optional[float] = 120) -> tuple[float, float]:
         """:func:`pdd_engine.estimate.pass_cost`, measured once per shape in the helper process;
         raises TimeoutError if the measurement is not done within ``timeout`` s (it goes on)."""
-        return self._measure(shape).result(timeout=timeout)
+        return self._ask(self._costs, shape, pass_cost_call, *shape).result(timeout=timeout)
 
     def extra_memory(self, cfg: DistillConfig, *shape, timeout: Optional[float] = 120) -> int:
-        """:func:`pdd_engine.estimate.extra_memory`, answered by the helper process (once per input)."""
-        key = (repr(cfg), shape)
-        with self.lock:
-            if key not in self._memory:
-                while len(self._memory) >= 256:  # one entry per config seen: keep the recent ones
-                    self._memory.pop(next(iter(self._memory)))
-                self._memory[key] = self.helper().submit(extra_memory_call, cfg.to_dict(), *shape)
-            future = self._memory[key]
-        return future.result(timeout=timeout)
+        """:func:`pdd_engine.estimate.extra_memory`, answered by the helper process (once per input;
+        one entry per config seen, so only the recent ones are kept)."""
+        return self._ask(self._memory, (repr(cfg), shape), extra_memory_call, cfg.to_dict(), *shape,
+                         keep=256).result(timeout=timeout)
 
     def device(self, name: str, timeout: Optional[float] = 120) -> str:
         """The device a run asking for ``name`` would use, answered once by the helper process (the
         server never imports torch or creates a CUDA context for it)."""
-        with self.lock:
-            if name not in self._devices:
-                self._devices[name] = self.helper().submit(device_call, name)
-            future = self._devices[name]
-        return future.result(timeout=timeout)
+        return self._ask(self._devices, name, device_call, name).result(timeout=timeout)
 
     def calibrate(self, shapes: list[tuple]) -> None:
         """Start measuring ``shapes`` now (at launch, before any engine loads the machine)."""
         for shape in shapes:
-            self._measure(shape)
+            self._ask(self._costs, shape, pass_cost_call, *shape)
 
-    def _measure(self, shape: tuple) -> Future:
+    def _ask(self, answers: dict, key: Any, fn, *args, keep: Optional[int] = None) -> Future:
+        """The helper process's answer to ``fn(*args)``, computed once per ``key`` (``keep``: at most
+        that many answers are kept, the oldest dropped first)."""
         with self.lock:
-            if shape not in self._costs:
-                self._costs[shape] = self.helper().submit(pass_cost_call, *shape)
-            return self._costs[shape]
+            if key not in answers:
+                while keep is not None and len(answers) >= keep:
+                    answers.pop(next(iter(answers)))
+                answers[key] = self.helper().submit(fn, *args)
+            return answers[key]
 
     def shutdown(self) -> None:
         if self._exporter is not None:

@@ -16,7 +16,7 @@ from typing import Any, Optional
 import gradio as gr
 
 from pdd_engine import PRESETS, PDDError, runs
-from pdd_engine.methods import REGISTRY, owners
+from pdd_engine.methods import REGISTRY, all_params, owners
 from pdd_engine.methods.spec import base_type
 from pdd_engine.cache import Store
 from pdd_engine import datasets
@@ -67,12 +67,8 @@ class Field:
 def advanced_fields() -> list[Field]:
     """The shared fields, then every registered method's hyper-parameters (a shared name once)."""
     hints, defaults = typing.get_type_hints(DistillConfig), DistillConfig()
-    out = [Field(name, label, *base_type(hints[name]), getattr(defaults, name)) for name, label in SHARED.items()]
-    for cls in REGISTRY.values():
-        for name, t, default, meta in cls.Params.specs():
-            if name not in {f.name for f in out}:
-                out.append(Field(name, meta["label"], *base_type(t), default))
-    return out
+    return ([Field(name, label, *base_type(hints[name]), getattr(defaults, name)) for name, label in SHARED.items()]
+            + [Field(name, meta["label"], *base_type(t), default) for name, t, default, meta in all_params()])
 
 
 class Studio:

@@ -19,27 +19,20 @@ from .errors import PDDError
 def _flag_type(t: Any) -> Any:
     """The argparse type of a field annotation (``Optional[...]`` unwrapped; ``Literal`` and lists
     such as ``--stage-ipc 6,4`` as text, which the config parses and checks)."""
-    optional = type(None) in typing.get_args(t)
-    if optional:
-        t = next(a for a in typing.get_args(t) if a is not type(None))
+    from .methods.spec import base_type
+    t, _ = base_type(t)
     return str if typing.get_origin(t) in (typing.Literal, tuple) else t
 
 
 def config_flags() -> list[tuple[str, Any, str]]:
     """(field, type, help) for every flag: the shared config fields, then each registered method's
     hyper-parameters (a name two methods share is one flag)."""
-    from .methods import REGISTRY
+    from .methods import all_params, owners
     hints = typing.get_type_hints(DistillConfig)
     out = [(f.name, _flag_type(hints[f.name]), f"default {f.default!r}") for f in fields(DistillConfig)
            if f.name != "params"]
-    seen = {name for name, _, _ in out}
-    for method, cls in REGISTRY.items():
-        for name, t, default, meta in cls.Params.specs():
-            if name not in seen:
-                seen.add(name)
-                users = ", ".join(m for m, c in REGISTRY.items() if name in c.Params.names())
-                out.append((name, _flag_type(t), f"{meta['label']} [{users}; default {default!r}]"))
-    return out
+    return out + [(name, _flag_type(t), f"{meta['label']} [{', '.join(owners(name))}; default {default!r}]")
+                  for name, t, default, meta in all_params()]
 
 
 def add_config_flags(p: argparse.ArgumentParser) -> None:

@@ -7,7 +7,7 @@ CLI, studio, cache keys, estimate, export, bench) reads :data:`REGISTRY`, so a n
 edit outside its own file.
 """
 
-from .spec import REGISTRY, MethodSpec, NoParams, Params, Work, get_method, owners, param, register
+from .spec import REGISTRY, MethodSpec, NoParams, Params, Work, all_params, get_method, owners, param, register
 from .base import Method, StageContext
 from . import dm, gradmatch, mtt  # noqa: E402,F401  (they register themselves)
 
@@ -17,4 +17,4 @@ def method_names() -> tuple[str, ...]:
 
 
 __all__ = ["Method", "MethodSpec", "Params", "NoParams", "param", "StageContext", "Work", "REGISTRY", "register",
-           "get_method", "method_names", "owners"]
+           "get_method", "method_names", "owners", "all_params"]

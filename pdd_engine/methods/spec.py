@@ -139,6 +139,16 @@ def get_method(name: str) -> type["MethodSpec"]:
     return REGISTRY[name]
 
 
+def all_params() -> list[tuple[str, Any, Any, dict]]:
+    """Every registered method's hyper-parameters as (name, type, default, metadata), a name that
+    several methods share once (the first method's spec): the CLI's flags and the studio's controls."""
+    out: dict[str, tuple[str, Any, Any, dict]] = {}
+    for cls in REGISTRY.values():
+        for spec in cls.Params.specs():
+            out.setdefault(spec[0], spec)
+    return list(out.values())
+
+
 def owners(name: str) -> list[str]:
     """The registered methods that have a hyper-parameter called ``name``."""
     return [m for m, cls in REGISTRY.items() if name in cls.Params.names()]
