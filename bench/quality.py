@@ -51,11 +51,12 @@ def child_main(cfg: dict, threads: int, whole_epochs: int) -> dict:
     if whole_epochs:
         from pdd_engine.evaluate import Curriculum, EvalProtocol
         from pdd_engine.data import dataset_for
+        from pdd_engine.device import resolve_device
 
         c = DistillConfig.make(cfg, other_methods="drop")  # --extra may name another method's settings
         ds = dataset_for(c)
         proto = EvalProtocol(**{**EvalProtocol.from_config(c, ds.size).to_dict(), "epochs": whole_epochs})
-        out = {"acc": Curriculum(ds, proto, torch.device("cpu")).train_stage(ds.x_train, ds.y_train)}
+        out = {"acc": Curriculum(ds, proto, resolve_device(c.device)).train_stage(ds.x_train, ds.y_train)}
     else:
         d = distill(DistillConfig.make(cfg, other_methods="drop"), Store(tempfile.mkdtemp()))
         out = {"accuracies": d.accuracies}
@@ -107,12 +108,14 @@ def row_config(row: dict, args, iterations: int) -> dict:
 
 def run_row(row: dict, args, iterations: int) -> dict | None:
     cfg = row_config(row, args, iterations)
-    results = []
-    for seed in args.seeds:
+    def one_seed(seed: int) -> dict | None:
         try:
-            results.append(child({**cfg, "seed": seed}, args.threads))
+            return child({**cfg, "seed": seed}, args.threads)
         except RuntimeError as e:
             print(f"  {row} seed {seed}: {e}", file=sys.stderr)
+            return None
+    with ThreadPoolExecutor(args.seed_jobs) as pool:  # seeds at once: a GPU has room for several runs
+        results = [r for r in pool.map(one_seed, args.seeds) if r is not None]
     if not results:
         return None
     per_stage = [[r["accuracies"][s] for r in results] for s in range(row["stages"])]
@@ -160,6 +163,7 @@ def main() -> int:
     ap.add_argument("--budget", type=float, default=None, help="seconds for the table: iterations are scaled down to fit")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per child")
     ap.add_argument("--jobs", type=int, default=2, help="rows run at once")
+    ap.add_argument("--seed-jobs", type=int, default=1, help="seeds of a row run at once (jobs x seed-jobs processes)")
     ap.add_argument("--extra", type=json.loads, default={}, help="JSON of further config fields for every row")
     ap.add_argument("--out", default=str(RESULTS / "quality"))
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -176,7 +180,7 @@ def main() -> int:
     if args.budget:  # probe seconds per iteration of the first row's method, then scale every row
         probe_cfg = {**row_config({**rows[0], "stages": 1, "protocol": "paper", "schedule": None}, args, 10), "eval_epochs": 1}
         probe = child(probe_cfg, args.threads)
-        work = sum(r["stages"] if r["protocol"] == "paper" else 1 for r in rows) * len(args.seeds) / args.jobs
+        work = sum(r["stages"] if r["protocol"] == "paper" else 1 for r in rows) * len(args.seeds) / (args.jobs * args.seed_jobs)
         per_iter = max(probe["seconds"] / 10, 1e-3)
         iterations = int(np.clip(args.budget / work / per_iter, 10, args.iterations))
         print(f"budget {args.budget:.0f} s -> {iterations} iterations per P=1 row (probe {per_iter:.2f} s/iteration)",
@@ -225,8 +229,8 @@ def markdown(report: dict, args) -> str:
            f"{args.eval_epochs} evaluation epochs. *paper*: every stage gets both in full; *matched*: both split by P. "
            f"Own random: the same number of real images per class in the same P stages and curriculum. "
            f"Δ in points; ✓ = larger than both stds. Machine: {m['cpus']} CPUs, torch {m['torch']}"
-           f"{', ' + m['cuda'] if m['cuda'] else ''}; wall s is per seed with {args.jobs} rows at once, "
-           f"{args.threads} thread(s) each.", "",
+           f"{', ' + m['cuda'] if m['cuda'] else ''}; wall s is per seed with {args.jobs} rows "
+           f"x {getattr(args, 'seed_jobs', 1)} seeds at once, {args.threads} thread(s) each.", "",
            "| dataset | IPC | method | P | protocol | iterations | eval epochs | accuracy % | own random % | "
            "Δ vs P=1 | Δ vs own random | wall s |",
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]

@@ -1,6 +1,9 @@
-"""Speed and memory on this machine: methods, evaluation, transition, MTT unroll memory, threads.
+"""Speed and memory on this machine: methods, evaluation, transition, MTT unroll memory, threads,
+and (``--only variants``) bf16 autocast and ``torch.compile`` against plain float32.
 
     .venv/bin/python bench/speed.py            # prints markdown tables, writes bench/results/speed.json/.md
+    .venv/bin/python bench/speed.py --only variants --out bench/results/speed_variants
+    .venv/bin/python bench/speed.py --tiny     # seconds: every section at toy sizes (a check, not a figure)
 
 Every measurement runs in its own subprocess, so its peak memory (resident set growth over the
 process's state after set-up, or CUDA's peak allocation on a GPU) is its own.
@@ -44,6 +47,21 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
+def device():
+    import torch
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def precision(variant: str):
+    """The context a timed call runs in: bf16 autocast for ``bf16``, plain float32 otherwise."""
+    import contextlib
+
+    import torch
+    if variant == "bf16":
+        return torch.autocast(device_type=device().type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 # -- measurements (each runs in a child process) ---------------------------------------------
 
 def m_method(a: dict) -> dict:
@@ -66,7 +84,8 @@ def m_method(a: dict) -> dict:
     opt = torch.optim.SGD([stored] + [p for p, _ in method.extra_params()], lr=cfg.effective_lr_img, momentum=0.5)
 
     def step(it):
-        loss = method.loss(stored, it)
+        with precision(a.get("variant", "plain")):
+            loss = method.loss(stored, it)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -93,17 +112,29 @@ def m_eval(a: dict) -> dict:
     x, y = random_subset(ds, 0, a["ipc"], 0)
     proto = EvalProtocol(epochs=a["epochs"], models=a["models"], depth=2, width=a["width"])
     cls = BatchedCurriculum if a["batched"] else Curriculum
-    cur = cls(ds, proto, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    cur = cls(ds, proto, device())
     if a.get("channels_last"):  # sequential path only: NHWC weights and inputs
         for net in cur.nets:
             net.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    sync()
-    t = time.perf_counter()
-    acc = cur.train_stage(x, y)
-    sync()
-    s = time.perf_counter() - t
-    return {"images_per_s": a["models"] * a["epochs"] * len(x) / s, "seconds": s, "acc": sum(acc) / len(acc)}
+    variant = a.get("variant", "plain")
+    if variant == "compile":  # the networks' forward (sequential) or the vmapped call (batched)
+        if a["batched"]:
+            cur.logits = torch.compile(cur.logits)
+        else:
+            cur.nets = [torch.compile(net) for net in cur.nets]
+    times, accs = [], []
+    for _ in range(a.get("stages", 1)):  # stage 2 shows the steady state (compilation happens in stage 1)
+        sync()
+        t = time.perf_counter()
+        with precision(variant):
+            acc = cur.train_stage(x, y)
+        sync()
+        times.append(time.perf_counter() - t)
+        accs.append(sum(acc) / len(acc))
+    s = times[-1]
+    return {"images_per_s": a["models"] * a["epochs"] * len(x) / s, "seconds": s, "acc": accs[-1],
+            "first_stage_s": times[0]}
 
 
 def m_transition(a: dict) -> dict:
@@ -171,56 +202,120 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--only", type=lambda v: v.split(","), default=["methods", "eval", "transition", "unroll"],
+                    help=f"sections to run, comma-separated, of {', '.join(SECTIONS)}")
+    ap.add_argument("--tiny", action="store_true", help="toy sizes: checks every section runs, in seconds")
     ap.add_argument("--out", default=str(RESULTS / "speed"))
     args = ap.parse_args()
     if args.child:
         print(json.dumps(CHILDREN[args.child[0]](json.loads(args.child[1]))))
         return 0
+    unknown = [s for s in args.only if s not in SECTIONS]
+    if unknown:
+        ap.error(f"unknown section(s) {', '.join(unknown)}: choose from {', '.join(SECTIONS)}")
 
     import torch
-    report = {"machine": machine()}
+    report = {"machine": machine(), "tiny": args.tiny}
     md = [f"Machine: {report['machine']['cpus']} CPUs, torch {torch.__version__}, "
-          f"{'GPU ' + report['machine']['cuda'] if report['machine']['cuda'] else 'CPU only'}.", ""]
+          f"{'GPU ' + report['machine']['cuda'] if report['machine']['cuda'] else 'CPU only'}"
+          f"{' (--tiny: toy sizes, not figures)' if args.tiny else ''}.", ""]
+    for name in args.only:  # the report is rewritten after each section: a run cut short keeps what it did
+        md.append(SECTIONS[name](args, report))
+        write_report(args.out, report, "\n".join(md))
+    print("\n".join(md))
+    return 0
 
-    base = dict(dataset="digits", stages=1, ipc=10, iterations=100, num_experts=2, dm_pool=4)
+
+def sizes(args, full: dict, tiny: dict) -> dict:
+    return tiny if args.tiny else full
+
+
+def section_methods(args, report: dict) -> str:
+
+    base = dict(dataset="digits", stages=1, ipc=10, iterations=100, num_experts=2, dm_pool=4,
+                **sizes(args, {}, {"max_start_epoch": 1, "expert_epochs": 1, "outer_loop": 2, "inner_loop": 2}))
+    iters = 2 if args.tiny else args.iters
     rows = []
     from pdd_engine.methods import REGISTRY
     for m in REGISTRY:  # every registered base method
-        r = child("method", cfg={**base, "method": m}, iters=args.iters)
+        r = child("method", cfg={**base, "method": m}, iters=iters)
         rows.append([m, f"{r['it_per_s']:.2f}", f"{r['setup_s']:.1f}", f"{r['peak_mb']:.0f}"])
         report[f"method_{m}"] = r
-    md.append(table("Distillation speed (digits, IPC 10, stage 1, width 32)", ["method", "iterations/s", "set-up s", "peak MB over set-up"], rows))
+    return table("Distillation speed (digits, IPC 10, stage 1, width 32)", ["method", "iterations/s", "set-up s", "peak MB over set-up"], rows)
 
+
+def section_eval(args, report: dict) -> str:
+    epochs = 3 if args.tiny else 100
     rows = []
     for threads in (1, 2):
         for batched in (False, True):
-            r = child("eval", batched=batched, threads=threads, ipc=10, epochs=100, models=5, width=32)
+            r = child("eval", batched=batched, threads=threads, ipc=10, epochs=epochs, models=5, width=32)
             report[f"eval_t{threads}_{'batched' if batched else 'sequential'}"] = r
             rows.append([threads, "batched (vmap)" if batched else "sequential", f"{r['images_per_s']:.0f}", f"{r['seconds']:.1f}",
                          f"{100 * r['acc']:.1f}"])
-    r = child("eval", batched=False, threads=2, ipc=10, epochs=100, models=5, width=32, channels_last=True)
+    r = child("eval", batched=False, threads=2, ipc=10, epochs=epochs, models=5, width=32, channels_last=True)
     report["eval_t2_sequential_channels_last"] = r
     rows.append([2, "sequential, channels-last", f"{r['images_per_s']:.0f}", f"{r['seconds']:.1f}", f"{100 * r['acc']:.1f}"])
-    md.append(table("Evaluation throughput (5 ConvNets, 100 digits images, 100 epochs)",
-                    ["threads", "path", "images/s", "seconds", "mean acc %"], rows))
+    return table(f"Evaluation throughput (5 ConvNets, 100 digits images, {epochs} epochs)",
+                 ["threads", "path", "images/s", "seconds", "mean acc %"], rows)
 
-    r = child("transition", epochs=50, ipc=8)
+
+def section_transition(args, report: dict) -> str:
+    epochs = 2 if args.tiny else 50
+    r = child("transition", epochs=epochs, ipc=8)
     report["transition"] = r
-    md.append(table("PDD transition", ["union images", "epochs", "seconds"], [[r["union"], 50, f"{r['seconds']:.2f}"]]))
+    return table("PDD transition", ["union images", "epochs", "seconds"], [[r["union"], epochs, f"{r['seconds']:.2f}"]])
 
+
+def section_unroll(args, report: dict) -> str:
     rows = []
-    for steps in (5, 10, 20, 40):
+    for steps in ((2,) if args.tiny else (5, 10, 20, 40)):
         for bounded in (False, True):
             r = child("unroll", bounded=bounded, steps=steps, batch=100, ch=3, size=32, depth=3, width=32)
             report[f"unroll_{steps}_{'bounded' if bounded else 'full'}"] = r
             rows.append([steps, "bounded" if bounded else "full", f"{r['peak_mb']:.0f}", f"{r['estimate_mb']:.0f}", f"{r['seconds']:.2f}"])
-    md.append(table("MTT unroll memory vs steps (batch 100 of 32x32x3, ConvNet-3 width 32)",
-                    ["syn_steps", "unroll", "measured peak MB", "estimate MB", "seconds"], rows))
+    return table("MTT unroll memory vs steps (batch 100 of 32x32x3, ConvNet-3 width 32)",
+                 ["syn_steps", "unroll", "measured peak MB", "estimate MB", "seconds"], rows)
 
-    text = "\n".join(md)
-    write_report(args.out, report, text)
-    print(text)
-    return 0
+
+def attempt(name: str, **kw) -> dict:
+    """A child's result, or its failure as a row (a variant the platform cannot run is a finding)."""
+    try:
+        return child(name, **kw)
+    except RuntimeError as e:
+        return {"failed": str(e).splitlines()[-1][:120]}
+
+
+def section_variants(args, report: dict) -> str:
+    """bf16 autocast and torch.compile against plain float32, on DM and MTT iterations and on the
+    evaluation (accuracy shown: a variant is only worth keeping if it does not change it). Compiled
+    rows come last: they are the slowest to set up."""
+    tiny = args.tiny
+    cfg = dict(dataset="digits", stages=1, ipc=10, iterations=100, num_experts=2, dm_pool=4,
+               **sizes(args, {"width": 128}, {"max_start_epoch": 1, "expert_epochs": 1, "width": 32}))
+    ev = dict(ipc=10, epochs=3 if tiny else 100, models=5, width=32 if tiny else 128, threads=2, stages=2)
+    rows = []
+    for m in ("dm",) if tiny else ("dm", "mtt"):
+        for v in ("plain", "bf16"):  # MTT's unroll differentiates through gradients: no compile
+            r = attempt("method", cfg={**cfg, "method": m}, iters=2 if tiny else args.iters, variant=v)
+            report[f"variant_{m}_{v}"] = r
+            rows.append([f"{m} iteration", v] + (["failed: " + r["failed"], "", ""] if "failed" in r else [
+                f"{r['it_per_s']:.2f} it/s", "–", "–"]))
+    paths = (True,) if tiny else (True, False)
+    for v in ("plain", "bf16") if tiny else ("plain", "bf16", "compile"):
+        for batched in paths:
+            r = attempt("eval", batched=batched, variant=v, **ev)
+            report[f"variant_eval_{'batched' if batched else 'sequential'}_{v}"] = r
+            path = "batched (vmap)" if batched else "sequential"
+            rows.append([f"evaluation, {path}", v] + (["failed: " + r["failed"], "", ""] if "failed" in r else [
+                f"{r['images_per_s']:.0f} images/s", f"{100 * r['acc']:.1f}", f"{r['first_stage_s'] - r['seconds']:+.1f}"]))
+    return table(f"Precision and compilation (digits; methods: width {cfg['width']}; evaluation: 5 ConvNets width "
+                 f"{ev['width']}, 100 images, {ev['epochs']} epochs, second stage timed)",
+                 ["what", "variant", "speed", "mean acc %", "first-stage extra s (compile)"], rows)
+
+
+SECTIONS = {"methods": section_methods, "eval": section_eval, "transition": section_transition,
+            "unroll": section_unroll, "variants": section_variants}
 
 
 if __name__ == "__main__":

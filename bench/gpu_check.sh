@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# One prepared GPU check: the CUDA-marked tests, bench/speed.py on the GPU (plain float32 against bf16
+# autocast and torch.compile), and PDD+MTT on MNIST at width 128 beside its own P = 1 and random
+# curricula over 3 seeds. Writes OUT_DIR/gpu_check.md (the tables) and one log per step.
+#
+#   bash bench/gpu_check.sh [--tiny] [OUT_DIR]     # OUT_DIR defaults to bench/results/gpu_check
+#
+# --tiny runs every step at toy sizes on the offline digits set: CI runs it on CPU to keep the script
+# working; its numbers are not figures. Each step has a time limit (seconds, from the environment:
+# GPU_CHECK_SPEED_S, GPU_CHECK_QUALITY_S) and a failed or cut step is reported, never fatal, so one
+# run on a lent GPU always brings back a results file. GPU_CHECK_STEPS picks steps (default
+# tests,speed,quality): on an H100 tests + speed take about 4 minutes and the quality table about 6
+# to 8, so a 10-minute call limit needs two calls. MNIST comes from PDD_DATA_DIR (or is fetched:
+# python -m pdd_engine fetch mnist).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+TINY=0
+if [ "${1:-}" = "--tiny" ]; then TINY=1; shift; fi
+OUT=${1:-bench/results/gpu_check}
+mkdir -p "$OUT"
+PY=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
+REPORT="$OUT/gpu_check.md"
+export PYTHONUNBUFFERED=1
+
+STEPS=",${GPU_CHECK_STEPS:-tests,speed,quality},"
+
+step() {  # step NAME LIMIT_S COMMAND...: run, log, and note the outcome in the report
+  local name=$1 limit=$2; shift 2
+  case $STEPS in *",$name,"*) ;; *) echo "- $name: not run (GPU_CHECK_STEPS)" >>"$REPORT"; return ;; esac
+  rm -f "$OUT/$name".md "$OUT/$name".json
+  local t0=$SECONDS
+  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+  local rc=$?
+  local took=$((SECONDS - t0))
+  case $rc in
+    0) echo "- $name: ok in ${took} s" >>"$REPORT" ;;
+    124) echo "- $name: cut at its ${limit} s limit (partial results below, if any)" >>"$REPORT" ;;
+    *) echo "- $name: failed (exit $rc) in ${took} s: $(tail -n 1 "$OUT/$name.log")" >>"$REPORT" ;;
+  esac
+}
+
+{
+  echo "# GPU check ($(date -u +%Y-%m-%dT%H:%MZ)$([ $TINY = 1 ] && echo ', --tiny: toy sizes, not figures'))"
+  echo
+  "$PY" -c 'import torch; print("torch", torch.__version__, "| device:", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only (no CUDA GPU)")'
+  echo
+} >"$REPORT"
+
+step tests 300 "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/test_cuda.py
+
+if [ $TINY = 1 ]; then
+  step speed "${GPU_CHECK_SPEED_S:-300}" "$PY" bench/speed.py --tiny --only variants --out "$OUT/speed"
+  step quality "${GPU_CHECK_QUALITY_S:-300}" "$PY" bench/quality.py --datasets digits --methods mtt --ipcs 2 \
+    --stages 1,2 --protocols paper --seeds 0 --iterations 2 --eval-epochs 2 --eval-models 1 --whole-epochs 0 \
+    --extra '{"num_experts": 1, "max_start_epoch": 1, "expert_epochs": 1}' --out "$OUT/quality"
+else
+  step speed "${GPU_CHECK_SPEED_S:-300}" "$PY" bench/speed.py --only variants,unroll --out "$OUT/speed"
+  # MTT at width 128 on all of MNIST, P = 1 and P = 2 (paper protocol: each stage gets the full
+  # iterations) over 3 seeds, the 6 runs at once on the one GPU.
+  step quality "${GPU_CHECK_QUALITY_S:-540}" "$PY" bench/quality.py --datasets mnist --methods mtt --ipcs 10 \
+    --stages 1,2 --protocols paper --seeds 0,1,2 --jobs 2 --seed-jobs 3 --threads 2 --iterations 200 \
+    --eval-epochs 300 --eval-models 3 --whole-epochs 0 \
+    --extra '{"width": 128, "num_experts": 5, "max_start_epoch": 3, "expert_epochs": 2}' --out "$OUT/quality"
+fi
+
+for part in speed quality; do
+  if [ -f "$OUT/$part.md" ]; then { echo; echo "## $part"; echo; cat "$OUT/$part.md"; } >>"$REPORT"; fi
+done
+cat "$REPORT"

@@ -1,0 +1,21 @@
+"""The prepared GPU check runs end to end on CPU at toy sizes, so it works when a GPU is lent."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_check_script_runs_on_cpu_with_tiny_sizes(tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""}
+    out = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), "--tiny", str(tmp_path)], env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = (tmp_path / "gpu_check.md").read_text()
+    for step in ("tests", "speed", "quality"):
+        assert f"- {step}: ok" in report, report
+    assert "CPU only" in report and "| dm iteration | bf16 |" in report
+    assert "| digits | 2 | PDD+MTT | 2 | paper |" in report  # the P = 2 row, beside P = 1 and its own random
+    assert "skipped" in (tmp_path / "tests.log").read_text()  # no GPU here: the CUDA tests skip, they do not fail
