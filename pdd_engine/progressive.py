@@ -8,6 +8,8 @@ killed run resumes at the first unfinished stage.
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field, replace
@@ -114,6 +116,32 @@ def store_memo(store: Store, keys: Keys, i: int, report) -> Memo:
     return memo
 
 
+def streamed(stage: int, fn, inbox: "queue.Queue[str]") -> Iterator[Event]:
+    """Call ``fn()`` in a helper thread and yield what it reports to ``inbox`` *as it reports it*.
+
+    A method's set-up can take most of a stage (MTT trains its experts there: minutes on a GPU, hours
+    on a CPU paper preset), and a front end must show "training expert 3/100" then, not afterwards.
+    The helper runs the same code on the same generators, so results do not change; a Stop still
+    reaches it through the cancel token, and its exception is raised here.
+    """
+    done, failure = object(), []
+
+    def target() -> None:
+        try:
+            fn()
+        except BaseException as e:  # re-raised in the caller's thread
+            failure.append(e)
+        finally:
+            inbox.put(done)
+    worker = threading.Thread(target=target, name=f"pdd-setup-{stage}", daemon=True)
+    worker.start()
+    while (item := inbox.get()) is not done:
+        yield Message(stage, item)
+    worker.join()
+    if failure:
+        raise failure[0]
+
+
 class Engine:
     """Runs one config against one store. ``run()`` is the streaming entry point."""
 
@@ -131,8 +159,8 @@ class Engine:
     # -- one stage --------------------------------------------------------------------------
     def distil_stage(self, ds: Dataset, keys: Keys, i: int, union: Union, device, phase: str = "stage") -> Iterator[Event]:
         cfg = self.cfg
-        msgs: list[str] = []
-        ctx = stage_context(cfg, ds, i, device, union, store_memo(self.store, keys, i, msgs.append), msgs.append,
+        msgs: queue.Queue[str] = queue.Queue()
+        ctx = stage_context(cfg, ds, i, device, union, store_memo(self.store, keys, i, msgs.put), msgs.put,
                             self.check_cancel)
         too_few = [ds.classes[c] for c, idx in enumerate(ctx.real_by_class) if len(idx) < cfg.ipc_at(i)]
         if too_few:
@@ -140,9 +168,7 @@ class Engine:
                            "lower IPC, use fewer stages, or add images to those classes")
         method = get_method(cfg.method)(ctx)
         t0 = time.time()
-        method.setup()
-        for m in msgs:
-            yield Message(i, m)
+        yield from streamed(i, method.setup, msgs)
         stored = torch.nn.Parameter(method.init_images())
         groups = [{"params": [stored], "lr": cfg.effective_lr_img}]
         groups += [{"params": [p], "lr": lr} for p, lr in method.extra_params()]
@@ -164,6 +190,8 @@ class Engine:
             if it % every == 0 or it == cfg.iterations - 1:
                 losses.append([it, value])
                 yield Progress(i, it + 1, cfg.iterations, value, phase)
+        while not msgs.empty():  # anything reported after set-up
+            yield Message(i, msgs.get())
         assert torch.equal(frozen_check, union.x), "frozen subsets changed during a stage"
         train_x, train_y = (t.detach() for t in method.decode(stored.detach()))
         lr = method.learned_lr()

@@ -119,6 +119,28 @@ def test_mtt_learns_step_size_and_experts_are_cached(tiny, store):
     assert sum(1 for _ in store.keys("memo:experts:")) == 2  # one set of trajectories per stage prefix
 
 
+def test_set_up_reports_stream_while_the_set_up_runs(tiny, store):
+    """MTT's experts are trained in set-up: "training expert 1/2" must reach the front end while they
+    train (before the trajectories are stored), not after the whole set-up."""
+    seen = []
+    for ev in run(tiny(method="mtt", stages=1), store):
+        if isinstance(ev, E.Message) and ev.text.startswith("training expert"):
+            seen.append((ev.text, sum(1 for _ in store.keys("memo:experts:"))))
+    assert seen == [("training expert 1/2", 0), ("training expert 2/2", 0)]
+
+
+def test_a_failure_in_set_up_is_a_failed_event(tiny, store, monkeypatch):
+    from pdd_engine.methods.mtt import MTT
+
+    def broken(self):
+        self.ctx.report("about to fail")
+        raise RuntimeError("boom in set-up")
+    monkeypatch.setattr(MTT, "setup", broken)
+    evs = events(tiny(method="mtt"), store)
+    assert any(isinstance(e, E.Message) and e.text == "about to fail" for e in evs)
+    assert isinstance(evs[-1], E.Failed) and "boom in set-up" in evs[-1].detail
+
+
 def test_easy_example_filter_drops_only_easy_examples(tiny, store, digits):
     from pdd_engine.progressive import filter_easy
     cfg = tiny(keep_easy=0.0, filter_models=2, eval_epochs=40)
