@@ -110,3 +110,117 @@ def test_idx_folder(tmp_path):
     write_idx(tmp_path / "train-labels-idx1-ubyte", np.arange(40) % 4)
     ds = load_dataset(f"idx:{tmp_path}")
     assert ds.num_classes == 4 and len(ds.y_test) == 8 and ds.size == 10
+
+
+# -- hostile uploads: refused early, in bounded memory (peak resident set measured in a child) ----
+PEAK = """
+import sys
+sys.path.insert(0, {root!r})
+from pdd_engine.errors import DataUnavailable
+from pdd_engine.userdata import load_user_dataset
+
+def status(field):
+    return int(next(l for l in open("/proc/self/status") if l.startswith(field)).split()[1]) / 1024
+
+with open("/proc/self/clear_refs", "w") as f:  # resets the peak (VmHWM) to the current set: imports do not count
+    f.write("5")
+before = status("VmRSS")
+try:
+    out = load_user_dataset({name!r}, image_size={size!r})
+    message = "loaded %d images" % len(out[1])
+except DataUnavailable as e:
+    message = str(e)
+print(status("VmHWM") - before)
+print(message)
+"""
+
+
+def peak_mb(name, size=None):
+    """(MB the loader added to the peak resident set, its message), in a fresh process."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    code = PEAK.format(root=str(Path(__file__).resolve().parents[1]), name=name, size=size)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-1500:]
+    grew, message = out.stdout.strip().splitlines()[-2:]
+    return float(grew), message
+
+
+def blank_png(side, mode):
+    buf = io.BytesIO()
+    Image.new(mode, (side, side)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_zip_bomb_entry_is_refused_before_it_is_inflated(tmp_path):
+    z = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(z, "w", zipfile.ZIP_DEFLATED) as f:
+        f.writestr("b/0.png", png())
+        with f.open("a/0.png", "w") as w:  # 256 MiB of zeros, about 250 KB compressed
+            for _ in range(256):
+                w.write(bytes(2 ** 20))
+    assert z.stat().st_size < 2 ** 20
+    grew, message = peak_mb(f"folder:{z}")
+    assert "a/0.png" in message and "over the limit of 64 MiB per file" in message and "PDD_MAX_FILE_BYTES" in message
+    assert grew < 64, f"{grew:.0f} MB"
+
+
+def test_pixel_bomb_is_refused_from_headers_alone(tmp_path):
+    z = tmp_path / "pixels.zip"
+    blank = blank_png(4096, "RGB")  # 48 MiB decoded, a few KB as PNG
+    with zipfile.ZipFile(z, "w") as f:
+        for i in range(32):
+            f.writestr(f"{'ab'[i % 2]}/{i}.png", blank)
+    grew, message = peak_mb(f"folder:{z}", 32)
+    assert "537 million pixels" in message and "PDD_MAX_PIXELS" in message
+    assert grew < 64, f"{grew:.0f} MB"
+
+
+def test_large_images_are_decoded_one_at_a_time_to_the_target_size(tmp_path):
+    """Eight 4096 x 4096 colour images (48 MiB each decoded) under the pixel limit: they load, and
+    the peak holds about one decoded image, not eight."""
+    z = tmp_path / "big.zip"
+    blank = blank_png(4096, "RGB")
+    with zipfile.ZipFile(z, "w") as f:
+        for i in range(8):
+            f.writestr(f"{'ab'[i % 2]}/{i}.png", blank)
+    grew, message = peak_mb(f"folder:{z}", 16)
+    assert message == "loaded 6 images"  # 8 minus the 20 % hold-out
+    assert grew < 200, f"{grew:.0f} MB"
+
+
+def test_limits_come_from_the_environment_and_a_bad_value_is_named(monkeypatch, tmp_path):
+    make_folder(tmp_path / "d", n=3)
+    monkeypatch.setenv("PDD_MAX_FILES", "5")
+    with pytest.raises(DataUnavailable, match="PDD_MAX_FILES"):
+        load_user_dataset(f"folder:{tmp_path / 'd'}")
+    monkeypatch.setenv("PDD_MAX_FILES", "lots")
+    with pytest.raises(DataUnavailable, match="'lots' is not a whole number"):
+        load_user_dataset(f"folder:{tmp_path / 'd'}")
+
+
+def test_corrupt_zip_entries_are_skipped_and_named(tmp_path):
+    z = tmp_path / "corrupt.zip"
+    with zipfile.ZipFile(z, "w", zipfile.ZIP_DEFLATED) as f:
+        for c in ("a", "b"):
+            for i in range(5):
+                f.writestr(f"{c}/{i}.png", png(seed=i))
+    with zipfile.ZipFile(z) as f:
+        info = f.getinfo("a/3.png")
+    raw = bytearray(z.read_bytes())
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    for k in range(start + 5, start + info.compress_size - 5):
+        raw[k] ^= 0x5A  # scramble the deflate stream (or only its CRC check catches it)
+    z.write_bytes(bytes(raw))
+    ds = load_dataset(f"folder:{z}")
+    assert len(ds.y_train) + len(ds.y_test) == 9 and "a/3.png: corrupt zip entry" in ds.source
+
+
+def test_a_class_with_no_readable_image_is_named(tmp_path):
+    make_folder(tmp_path / "d", classes=("cat", "dog"))
+    (tmp_path / "d" / "emu").mkdir()
+    (tmp_path / "d" / "emu" / "0.png").write_bytes(b"not a png")
+    with pytest.raises(DataUnavailable, match="class 'emu' has no readable images") as e:
+        load_dataset(f"folder:{tmp_path / 'd'}")
+    assert "folder 'emu'" in str(e.value)
