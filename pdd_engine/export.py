@@ -21,6 +21,7 @@ import json
 import platform
 import time
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -38,6 +39,7 @@ from .errors import BundleError, PDDError
 from .evaluate import EvalProtocol, make_curriculum
 from .models import parse_arch
 from .keys import Keys
+from . import manifest as manifests
 from .records import eval_check, stage_check
 from .methods import get_method
 
@@ -161,7 +163,7 @@ def export_bundle(cfg: DistillConfig, out: str | Path, store: Optional[Store] = 
             files[f"png/stage_{i}/{safe_name(ds.classes[label])}/{k}.png"] = _png(px)
     if ds.zca is not None:
         files["zca.npz"] = _npz({"mean": ds.zca.mean, "matrix": ds.zca.matrix, "inverse": ds.zca.inverse})
-    manifest = build_manifest(cfg, ds, stages, evals, randoms, bases)
+    manifest = manifests.portable(build_manifest(cfg, ds, stages, evals, randoms, bases))
     manifest["files"] = {name: hashlib.sha256(b).hexdigest() for name, b in sorted(files.items())}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -202,11 +204,12 @@ def load_bundle(path: str | Path) -> Bundle:
             if "manifest.json" not in names:
                 raise BundleError(f"{path.name} has no manifest.json: not a PDD Studio bundle", fix)
             manifest = json.loads(z.read("manifest.json"))
-            if manifest.get("format") != FORMAT:
+            if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
                 raise BundleError(f"{path.name} is not a PDD Studio bundle (format {manifest.get('format')!r})", fix)
-            if manifest.get("format_version", 0) > FORMAT_VERSION:
+            if isinstance(manifest.get("format_version"), int) and manifest["format_version"] > FORMAT_VERSION:
                 raise BundleError(f"{path.name} was written by a newer PDD Studio (format {manifest['format_version']})",
                                   "upgrade pdd_engine")
+            manifests.check(manifest, path.name, fix)
             blobs = {}
             for name, sha in manifest["files"].items():
                 if name not in names:
@@ -215,20 +218,27 @@ def load_bundle(path: str | Path) -> Bundle:
                 if hashlib.sha256(blob).hexdigest() != sha:
                     raise BundleError(f"{name} in {path.name} is corrupt (checksum mismatch)", fix)
                 blobs[name] = blob
-    except (zipfile.BadZipFile, json.JSONDecodeError, KeyError, OSError) as e:
+    except (zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError, KeyError, OSError, zlib.error) as e:
         raise BundleError(f"{path.name} is damaged ({type(e).__name__})", fix) from None
-    load = lambda name: torch.load(io.BytesIO(blobs[name]), weights_only=True)  # noqa: E731
-    entries = manifest["stage_entries"]
-    return Bundle(manifest, [load(e["union"]) for e in entries], [load(e["stored"]) for e in entries])
+    try:
+        load = lambda name: torch.load(io.BytesIO(blobs[name]), weights_only=True)  # noqa: E731
+        entries = manifest["stage_entries"]
+        return Bundle(manifest, [load(e["union"]) for e in entries], [load(e["stored"]) for e in entries])
+    except Exception as e:  # a checksummed file that is not a tensor dict: crafted, not damaged in transit
+        raise BundleError(f"{path.name} holds a stage file that is not a tensor dict ({type(e).__name__})", fix) from None
 
 
 def evaluate_bundle(path: str | Path, arch: Optional[str] = None, epochs: Optional[int] = None,
                     models: Optional[int] = None, device: str = "auto", data_root: Optional[str] = None,
-                    batched: Optional[bool] = None) -> list[list[float]]:
-    """Re-run the manifest's evaluation protocol on the bundle; optionally on another architecture."""
+                    batched: Optional[bool] = None, data: Optional[str] = None) -> list[list[float]]:
+    """Re-run the manifest's evaluation protocol on the bundle; optionally on another architecture.
+
+    Where the data is comes from the caller only: ``data`` (the user's own folder or .zip, for a
+    bundle made on user data) and ``data_root`` (where built-in sets live); never from the manifest."""
     bundle = load_bundle(path)
     m = bundle.manifest
-    cfg = bundle.config.replace(data_root=data_root) if data_root else bundle.config
+    cfg = bundle.config.replace(dataset=manifests.dataset_to_read(bundle.config.dataset, data),
+                                data_root=data_root, cache_dir=None)
     ds = dataset_for(cfg)
     if ds.fingerprint != m["dataset"]["fingerprint"]:
         raise BundleError(f"the local '{cfg.dataset}' data differs from the data this bundle was made on",

@@ -173,3 +173,72 @@ def test_runs_records_and_cli(tiny, tmp_path, capsys):
     stage_keys = set(store.keys("stage:"))
     assert main(["runs", "delete", rb.id, "--cache-dir", cache]) == 0
     assert [r.id for r in runs.list_runs(store)] == [recs[1].id] and set(store.keys("stage:")) == stage_keys
+
+
+# -- the manifest is untrusted: schema-checked, never a source of paths, and free of the exporter's ----
+def rewrite_manifest(src, dst, change):
+    """A copy of bundle ``src`` whose manifest ``change`` edits (file checksums stay valid)."""
+    with zipfile.ZipFile(src) as z, zipfile.ZipFile(dst, "w") as out:
+        for n in z.namelist():
+            blob = z.read(n)
+            if n == "manifest.json":
+                m = json.loads(blob)
+                change(m)
+                blob = json.dumps(m).encode()
+            out.writestr(n, blob)
+    return dst
+
+
+def test_a_manifest_never_makes_evaluate_read_or_create_a_path(bundle, tmp_path, monkeypatch):
+    path, _ = bundle
+    planted = tmp_path / "made_by_the_bundle"
+
+    def hostile(m):
+        m["config"].update(dataset="folder:/etc", data_root=str(planted), cache_dir=str(planted))
+    bad = rewrite_manifest(path, tmp_path / "hostile.zip", hostile)
+    import pdd_engine.userdata as U
+    read = []
+    monkeypatch.setattr(U, "load_user_dataset", lambda *a, **k: read.append(a) or (_ for _ in ()).throw(AssertionError))
+    with pytest.raises(BundleError, match="--data PATH"):
+        evaluate_bundle(bad, epochs=1)
+    assert read == [] and not planted.exists()
+    # a built-in dataset with a planted data_root: the manifest's folder is not used or created
+    ok = rewrite_manifest(path, tmp_path / "planted_root.zip", lambda m: m["config"].update(data_root=str(planted)))
+    assert len(evaluate_bundle(ok, epochs=1, models=1)) == 2 and not planted.exists()
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda m: m.pop("evaluation"), "evaluation is missing"),
+    (lambda m: m["evaluation"].update(epochs="300"), "evaluation.epochs should be int, not str"),
+    (lambda m: m.update(stage_entries={"0": 1}), "stage_entries should be list"),
+    (lambda m: m["stage_entries"][0].update(union="../../etc/passwd"), "which the manifest's file list does not hold"),
+    (lambda m: m["stage_entries"][1].pop("eval_lr"), "stage_entries[1].eval_lr is missing"),
+    (lambda m: m.update(stage_entries=[]), "stage_entries is empty"),
+    (lambda m: m.update(format_version="9"), "format_version should be int"),
+    (lambda m: m["dataset"].update(fingerprint=None), "dataset.fingerprint should be str"),
+])
+def test_malformed_manifests_are_one_line_errors(bundle, tmp_path, change, words, capsys):
+    path, _ = bundle
+    bad = rewrite_manifest(path, tmp_path / "bad.zip", change)
+    with pytest.raises(BundleError) as e:
+        load_bundle(bad)
+    assert words in str(e.value) and "malformed" in str(e.value) and "\n" not in str(e.value)
+    assert main(["evaluate", str(bad), "--epochs", "1"]) != 0
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_user_data_bundle_carries_no_local_path_and_evaluates_with_data(tiny, store, tmp_path, capsys):
+    from tests.test_userdata import make_folder
+    data = make_folder(tmp_path / "private" / "cats", n=12)
+    cfg = tiny(dataset=f"folder:{data}", stages=2, ipc=2, data_root=str(tmp_path / "private" / "root"))
+    distill(cfg, store)
+    out = export_bundle(cfg, tmp_path / "run.zip", store)
+    text = zipfile.ZipFile(out).read("manifest.json").decode()
+    assert str(tmp_path) not in text and "/private/" not in text
+    m = json.loads(text)
+    assert m["config"]["dataset"] == "folder:cats" and m["config"]["data_root"] is None
+    with pytest.raises(BundleError, match="give the same folder or .zip with --data PATH"):
+        evaluate_bundle(out, epochs=1)
+    assert len(evaluate_bundle(out, epochs=1, models=1, data=str(data))) == 2
+    assert main(["evaluate", str(out), "--epochs", "1", "--models", "1", "--data", str(data)]) == 0
+    assert "| same as manifest |" in capsys.readouterr().out

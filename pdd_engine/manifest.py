@@ -1,0 +1,122 @@
+"""A bundle's manifest is untrusted input: its shape is checked before use, it never names a place
+on the reader's disk, and the writer's own paths never leave the machine.
+
+- :func:`check` validates a manifest against :data:`SCHEMA` (and every stage entry against
+  :data:`STAGE_ENTRY`), so a malformed one is a one-line :class:`BundleError`, not a traceback.
+- :func:`portable` strips the exporter's local paths (user-data locations, data and cache folders,
+  the home folder) from every string before the manifest is written.
+- :func:`dataset_to_read` decides what dataset an evaluation reads: a built-in one by name, or the
+  user's own data from a path the *user* gives (``--data``), never a path the manifest gives.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+from .errors import BundleError
+
+Number = (int, float)
+OPTIONAL_NUMBER = (int, float, type(None))
+OPTIONAL_DICT = (dict, type(None))
+
+SCHEMA: dict[str, Any] = {
+    "format": str, "format_version": int, "config": dict, "method": str, "stages": int, "ipc": int,
+    "dataset": {"name": str, "classes": list, "channels": int, "size": int, "fingerprint": str},
+    "evaluation": {"epochs": int, "models": int, "lr": Number, "batch": int, "dsa_strategy": str, "seed": int,
+                   "family": str, "depth": int, "width": int, "norm": str, "momentum": Number, "weight_decay": Number},
+    "stage_entries": list, "files": dict,
+}
+STAGE_ENTRY: dict[str, Any] = {
+    "stage": int, "images_per_class": int, "cumulative_images_per_class": int, "stored": str, "union": str,
+    "eval_lr": Number, "accuracy": OPTIONAL_DICT, "random_subset_accuracy": OPTIONAL_DICT,
+}
+
+
+def _check(value: Any, schema: Any, where: str) -> Optional[str]:
+    """The first mismatch between ``value`` and ``schema`` (a type, a tuple of types or a dict of them)."""
+    if isinstance(schema, dict):
+        if not isinstance(value, dict):
+            return f"{where or 'the manifest'} should be an object"
+        for key, sub in schema.items():
+            if key not in value:
+                return f"{where + '.' if where else ''}{key} is missing"
+            if (err := _check(value[key], sub, f"{where + '.' if where else ''}{key}")) is not None:
+                return err
+        return None
+    if isinstance(value, bool) or not isinstance(value, schema):
+        names = " or ".join(t.__name__ for t in (schema if isinstance(schema, tuple) else (schema,)))
+        return f"{where} should be {names.replace('NoneType', 'null')}, not {type(value).__name__}"
+    return None
+
+
+def check(manifest: Any, bundle: str, fix: str) -> dict[str, Any]:
+    """``manifest`` if it has the shape a bundle's manifest must have, else a one-line BundleError."""
+    err = _check(manifest, SCHEMA, "")
+    if err is None:
+        for i, entry in enumerate(manifest["stage_entries"]):
+            if (err := _check(entry, STAGE_ENTRY, f"stage_entries[{i}]")) is not None:
+                break
+            missing = [entry[k] for k in ("stored", "union") if entry[k] not in manifest["files"]]
+            if missing:
+                err = f"stage_entries[{i}] names {missing[0]}, which the manifest's file list does not hold"
+                break
+    if err is None and not manifest["stage_entries"]:
+        err = "stage_entries is empty"
+    if err is None and any(not isinstance(h, str) for h in manifest["files"].values()):
+        err = "files should map names to sha256 strings"
+    if err is not None:
+        raise BundleError(f"the manifest of {bundle} is malformed: {err}", fix)
+    return manifest
+
+
+def local_paths(cfg_dict: dict[str, Any]) -> list[str]:
+    """The exporter's places that a manifest could otherwise carry, longest first."""
+    from .data import default_data_root
+    from .datasets import find
+
+    places = [cfg_dict.get("data_root"), cfg_dict.get("cache_dir"), str(default_data_root()), str(Path.home())]
+    name = cfg_dict.get("dataset", "")
+    spec = find(name)
+    if spec.scheme:
+        where = Path(name[len(spec.name):]).expanduser()
+        places += [str(where.parent), str(where.resolve().parent)]
+    return sorted({p.rstrip("/") for p in places if p and p.rstrip("/")}, key=len, reverse=True)
+
+
+def portable(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest with the exporter's paths stripped: user data is named by its file name alone
+    (``folder:cats.zip``), data and cache folders are dropped, and other strings lose those prefixes."""
+    places = local_paths(manifest["config"])
+
+    def strip(value: Any) -> Any:
+        if isinstance(value, str):
+            for p in places:
+                value = "." if value == p else value.replace(p + "/", "")
+            return value
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    out = strip(manifest)
+    out["config"] = {**out["config"], "data_root": None, "cache_dir": None}
+    return out
+
+
+def dataset_to_read(name: str, data: Optional[str]) -> str:
+    """The ``dataset`` an evaluation of a bundle made on ``name`` reads: built-in sets by name; the
+    user's own data only from ``data``, the path the user gives (the manifest's path is never used)."""
+    from .datasets import find
+
+    spec = find(name)
+    if not spec.scheme:
+        if data:
+            raise BundleError(f"this bundle was made on the built-in dataset '{name}', so --data does not apply",
+                              "leave --data out (use --data-root to say where the built-in data lives)")
+        return name
+    if not data:
+        raise BundleError(f"this bundle was made on your own data ('{name}'); a bundle never says where to read it",
+                          "give the same folder or .zip with --data PATH")
+    return spec.name + data
