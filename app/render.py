@@ -60,7 +60,7 @@ class RunView:
         elif isinstance(ev, E.StageFinished):
             self.finished[ev.stage] = ev
         elif isinstance(ev, E.Message):
-            self.messages.append(f"stage {ev.stage}: {ev.text}")
+            self.messages.append(f"{ev.where}: {ev.text}")
         elif isinstance(ev, E.Exported):
             self.exported = ev
         elif isinstance(ev, E.Done):

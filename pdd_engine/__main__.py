@@ -109,7 +109,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
             bar.update(ev.iteration - bar.n)
             bar.set_postfix(loss=f"{ev.loss:.4g}")
         elif isinstance(ev, E.Message) and (not args.quiet or ev.text.startswith("warning")):
-            tqdm.write(f"  stage {ev.stage}: {ev.text}", file=sys.stderr)
+            tqdm.write(f"  {ev.where}: {ev.text}", file=sys.stderr)
         elif isinstance(ev, E.StageEvaluated):
             if bar is not None:
                 bar.close()

@@ -64,10 +64,34 @@ def pass_cost(channels: int, size: int, classes: int, depth: int, width: int, no
 def config_warnings(cfg: DistillConfig, n_train: Optional[int] = None) -> list[str]:
     """Settings that are valid but will likely hurt quality, found before a run starts (the engine
     repeats them once it knows the real data size). ``n_train``: real training images, if known."""
+    out = learning_rate_warnings(cfg)
     n = n_train or (find(cfg.dataset).shape or (0, 0, 0, None))[3]
     if n is None:
-        return []
-    return get_method(cfg.method).warnings(cfg, min(n, cfg.max_train or n))
+        return out
+    return out + get_method(cfg.method).warnings(cfg, min(n, cfg.max_train or n))
+
+
+LR_FACTOR = 1000  # farther than this from the default, a learning rate is almost surely a typo
+
+
+def learning_rate_warnings(cfg: DistillConfig) -> list[str]:
+    """Every learning rate (shared: lr_img, eval_lr; the method's: each ``*lr*`` setting) more than
+    :data:`LR_FACTOR` times above or below its default: valid, but a run that diverges or never moves."""
+    from dataclasses import fields
+
+    method = get_method(cfg.method)
+    rates = [("lr_img", cfg.effective_lr_img, method.lr_img), ("eval_lr", cfg.eval_lr, DistillConfig.eval_lr)]
+    rates += [(f.name, getattr(cfg.params, f.name), f.default) for f in fields(cfg.params)
+              if "lr" in f.name.split("_") and isinstance(f.default, float)]
+    out = []
+    for name, value, default in rates:
+        ratio = value / default
+        if ratio > LR_FACTOR or ratio < 1 / LR_FACTOR:
+            out.append(f"warning: {name} {value:g} is {ratio if ratio > 1 else 1 / ratio:,.0f} times "
+                       f"{'above' if ratio > 1 else 'below'} its default {default:g} for {cfg.method}; the run will "
+                       f"likely {'diverge' if ratio > 1 else 'barely change anything'}. Fix: set {name} nearer "
+                       f"{default:g} (or leave it unset)")
+    return out
 
 
 def data_shape(cfg: DistillConfig, shape: tuple[int, int, int, int] | None = None) -> tuple[int, int, int, int]:

@@ -29,8 +29,12 @@ class StageStarted:
 
 @dataclass
 class Message:
-    stage: int
+    stage: int  # 0: about the data or the run, before any stage
     text: str
+
+    @property
+    def where(self) -> str:
+        return f"stage {self.stage}" if self.stage else "data"
 
 
 @dataclass

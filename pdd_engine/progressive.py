@@ -32,6 +32,7 @@ from .records import eval_check, stage_check
 from .methods import StageContext, get_method
 from .methods.base import Memo
 from .training import predict, seed_of
+from .userdata import skipped_files
 
 
 class CancelToken(Protocol):
@@ -262,6 +263,8 @@ class Engine:
             ds = dataset_for(cfg)
             keys = Keys.of(cfg, ds)
             yield RunStarted(keys.run, cfg.to_dict(), dataset_info(ds), cfg.stages)
+            if (skipped := skipped_files(ds.source)) is not None:  # stage 0: about the data, before any stage
+                yield Message(0, f"warning: {skipped}")
             proto = EvalProtocol.from_config(cfg, ds.size)
             union = Union.empty(ds, device)
             pdd_eval = rand_eval = None

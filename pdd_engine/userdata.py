@@ -233,8 +233,17 @@ def load_folder(path: Path, image_size: Optional[int], limits: Limits) -> tuple:
         x, xt, y, yt = x[tr], x[te], y[tr], y[te]
         source = f"{path} (stratified 80/20 split, seed 0)"
     if notes:
-        source += f"; {len(notes)} file(s) skipped: " + "; ".join(notes[:5]) + (" ..." if len(notes) > 5 else "")
+        source += f"; {len(notes)} {SKIPPED}: " + "; ".join(notes[:5]) + (" ..." if len(notes) > 5 else "")
     return x, y, xt, yt, classes, source
+
+
+SKIPPED = "file(s) skipped"
+
+
+def skipped_files(source: str) -> Optional[str]:
+    """The "N file(s) skipped: ..." part of a dataset's source line, if any: what a run warns about."""
+    head, sep, tail = source.partition(f" {SKIPPED}: ")
+    return f"{head.rsplit('; ', 1)[-1]} {SKIPPED}: {tail}" if sep else None
 
 
 def as_array(im: Image.Image, size: int, colour: bool) -> np.ndarray:

@@ -72,3 +72,15 @@ def test_a_method_owns_its_hyper_parameters():
         DistillConfig(method="dm", params=mtt.params)
     with pytest.raises(ConfigError, match=r"unknown setting\(s\) \['dm_pool'\]"):
         DistillConfig(method="mtt", params={"dm_pool": 3})
+
+
+def test_absurd_learning_rates_warn_and_the_paper_presets_do_not():
+    from pdd_engine.config import PRESETS
+    from pdd_engine.estimate import learning_rate_warnings
+    cfg = DistillConfig.make(dict(method="mtt", lr_img=1e9, eval_lr=1e-9, lr_lr=5.0))
+    text = " | ".join(learning_rate_warnings(cfg))
+    for name in ("lr_img 1e+09", "eval_lr 1e-09", "lr_lr 5"):
+        assert name in text and "Fix: set" in text
+    assert "expert_lr" not in text
+    for name, values in PRESETS.items():
+        assert learning_rate_warnings(DistillConfig.make(values)) == [], name

@@ -224,3 +224,13 @@ def test_a_class_with_no_readable_image_is_named(tmp_path):
     with pytest.raises(DataUnavailable, match="class 'emu' has no readable images") as e:
         load_dataset(f"folder:{tmp_path / 'd'}")
     assert "folder 'emu'" in str(e.value)
+
+
+def test_skipped_files_are_named_to_the_user_when_a_run_starts(tmp_path, tiny, store):
+    make_folder(tmp_path / "d", n=12)
+    (tmp_path / "d" / "dog" / "broken.png").write_bytes(b"not a png")
+    evs = list(run(tiny(dataset=f"folder:{tmp_path / 'd'}", stages=1, ipc=1), store))
+    warned = [e.text for e in evs if isinstance(e, E.Message) and e.stage == 0]
+    assert len(warned) == 1 and warned[0].startswith("warning: 1 file(s) skipped: skipped dog/broken.png: unreadable")
+    from app.render import RunView
+    assert any(m.startswith("data: warning: 1 file(s) skipped") for m in RunView.of(evs).messages)
