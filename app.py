@@ -3,6 +3,7 @@
 import os
 from pathlib import Path
 
+from app.housekeeping import Bound, start_janitor
 from app.jobs import JobManager, zerogpu_stage_fn
 from app.ui import Studio, build
 from pdd_engine.cache import Store, default_cache_dir
@@ -21,7 +22,11 @@ def main() -> None:
     manager = JobManager(cache_dir, max_concurrent=int(os.environ.get("PDD_MAX_JOBS", "1")),
                          threads=int(os.environ.get("PDD_ENGINE_THREADS", "0")), stage_fn=zerogpu_stage_fn(),
                          export_dir=str(export_dir))
-    studio = Studio(manager, store, export_dir, os.environ.get("PDD_DATA_DIR"))
+    upload_dir = Path(os.environ.get("PDD_UPLOAD_DIR") or Path(cache_dir).parent / "uploads")
+    public = os.environ.get("PDD_PUBLIC_RUNS", "").lower() in ("1", "true", "yes")
+    studio = Studio(manager, store, export_dir, os.environ.get("PDD_DATA_DIR"), upload_dir, public)
+    start_janitor([Bound.from_env(export_dir, "EXPORT", hours=24, gib=2),
+                   Bound.from_env(upload_dir, "UPLOAD", hours=24 * 7, gib=5)])
     studio.prime()
     demo = build(studio)
     demo.queue(default_concurrency_limit=int(os.environ.get("PDD_UI_CONCURRENCY", "8")))

@@ -70,7 +70,10 @@ def export_run(store, run_key: str, export_dir: str) -> "E.Exported":
     try:
         rec = runs.get(store, run_key)
         path = Path(export_dir) / f"{rec.file_stem}.zip"
-        if not path.exists():
+        if path.exists():
+            os.utime(path)  # in use again: the export folder's pruning goes by age
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
             runs.export(store, rec.key, path)
         stages = [str(stage_archive(path, i, path.with_name(f"{path.stem}_stage{i}.zip")))
                   for i in range(1, rec.config.stages + 1)]
@@ -164,6 +167,7 @@ class JobManager:
         self.stage_fn = stage_fn
         self.cache_dir = cache_dir
         self.export_dir = export_dir
+        self._store = None  # opened on the first finished run: owner marks
         self._exporter: Optional[ProcessPoolExecutor] = None
         self._costs: dict[tuple, Future] = {}  # pass_cost measurements, by shape
         self._devices: dict[str, Future] = {}  # resolved devices, by requested name
@@ -229,9 +233,15 @@ class JobManager:
                                                      initargs=(os.getpid(),))
             return self._exporter
 
-    def export(self, run_key: str) -> "E.Exported":
+    def export(self, run_key: str, owner: str = "") -> "E.Exported":
         """A cached run's bundle, written by the helper process (data loading stays out of the server)."""
-        return self.helper().submit(export_call, self.cache_dir, run_key, self.export_dir).result()
+        return self.helper().submit(export_call, self.cache_dir, run_key, self.exports_of(owner)).result()
+
+    def exports_of(self, owner: str) -> Optional[str]:
+        """An owner's own export folder, named by the hash of its token: the file route serves the
+        export folder, and a bundle's path is then as hard to guess as the owner's token."""
+        from pdd_engine.runs import owner_id
+        return None if self.export_dir is None else str(Path(self.export_dir) / owner_id(owner))
 
     def pass_cost(self, *shape, timeout: Optional[float] = 120) -> tuple[float, float]:
         """:func:`pdd_engine.estimate.pass_cost`, measured once per shape in the helper process;
@@ -286,7 +296,7 @@ class JobManager:
                     job.queue, job.cancel = self.ctx.Queue(), self.ctx.Event()
                     job.process = self.ctx.Process(target=worker_main, daemon=True, name=f"pdd-engine-{job.id}",
                                                    args=(job.config.to_dict(), self.cache_dir, job.queue, job.cancel,
-                                                         self.threads, self.export_dir))
+                                                         self.threads, self.exports_of(job.owner)))
                     job.process.start()
                 except Exception as e:  # e.g. "Too many open files": this job fails, the server goes on
                     job.events.append(E.Failed(f"the engine process could not start ({type(e).__name__}: {e}). Fix: "
@@ -312,6 +322,8 @@ class JobManager:
                 ev = job.queue.get_nowait()
             except queue.Empty:
                 return
+            if isinstance(ev, E.Done):  # listed for its owner before anyone sees it finish
+                self._claim(job, ev)
             job.events.append(ev)
             if isinstance(ev, E.Done):
                 job.state = "done"
@@ -374,7 +386,9 @@ class JobManager:
                         continue
                     elif isinstance(ev, E.Done) and self.export_dir:  # this thread, not a request thread
                         from pdd_engine.cache import Store
-                        job.events.append(export_run(Store(self.cache_dir), ev.run_key, self.export_dir))
+                        job.events.append(export_run(Store(self.cache_dir), ev.run_key, self.exports_of(job.owner)))
+                    if isinstance(ev, E.Done):
+                        self._claim(job, ev)
                     job.events.append(ev)
                     if isinstance(ev, (E.Failed, E.Stopped)):
                         job.state = "failed" if isinstance(ev, E.Failed) else "stopped"
@@ -386,6 +400,18 @@ class JobManager:
             job.state = "failed"
         finally:
             self._schedule()
+
+    def _claim(self, job: Job, done: E.Done) -> None:
+        """A finished run is listed for the browser that ran it (the computation stays shared)."""
+        from pdd_engine import runs
+        from pdd_engine.cache import Store
+
+        try:
+            if self._store is None:
+                self._store = Store(self.cache_dir)
+            runs.claim(self._store, done.run_key, job.owner)
+        except Exception:  # noqa: BLE001 - an unlisted run is still cached; the job must finish
+            traceback.print_exc()
 
     @staticmethod
     def _stage(job: Job) -> int:

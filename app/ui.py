@@ -5,7 +5,9 @@
 from __future__ import annotations
 
 import os
+import hashlib
 import secrets
+import shutil
 import threading
 import time
 import typing
@@ -72,10 +74,37 @@ def advanced_fields() -> list[Field]:
 
 
 class Studio:
-    def __init__(self, manager: JobManager, store: Store, export_dir: Path, data_root: Optional[str] = None):
+    def __init__(self, manager: JobManager, store: Store, export_dir: Path, data_root: Optional[str] = None,
+                 upload_dir: Optional[Path] = None, public: bool = False):
+        """``upload_dir``: where uploaded zips are kept, outside every folder the web server serves.
+        ``public``: every visitor sees, exports and deletes every run (a single-user or teaching
+        deployment); otherwise runs belong to the browser that made them."""
         self.manager, self.store, self.export_dir, self.data_root = manager, store, export_dir, data_root
+        self.upload_dir = upload_dir or export_dir.parent / "uploads"
+        self.public = public
+        self.uploads: dict[str, str] = {}  # the web framework's temporary upload path -> our private copy
         self.fields = advanced_fields()  # read once the registry is complete
         export_dir.mkdir(parents=True, exist_ok=True)
+
+    def keep_upload(self, cfg: DistillConfig) -> DistillConfig:
+        """An uploaded zip moves out of the web framework's temporary folder (which its file route
+        serves) into ``upload_dir``, named by content, so no one can fetch it back and identical
+        uploads share cached work."""
+        if not cfg.dataset.startswith("folder:"):
+            return cfg
+        temp = cfg.dataset.removeprefix("folder:")
+        if temp not in self.uploads:
+            digest = hashlib.sha256()
+            with open(temp, "rb") as f:
+                for block in iter(lambda: f.read(2 ** 20), b""):
+                    digest.update(block)
+            self.upload_dir.mkdir(parents=True, exist_ok=True)
+            kept = self.upload_dir / f"{digest.hexdigest()[:20]}.zip"
+            if not kept.exists():
+                shutil.copyfile(temp, kept)
+            Path(temp).unlink(missing_ok=True)
+            self.uploads[temp] = str(kept)
+        return cfg.replace(dataset=f"folder:{self.uploads[temp]}")
 
     # -- controls -> config -------------------------------------------------------------
     def dataset_choices(self) -> list[tuple[str, str]]:
@@ -143,8 +172,12 @@ class Studio:
         owner = owner or secrets.token_hex(8)
         try:
             cfg = self.config(*controls)
+            if controls[0] == UPLOAD:
+                cfg = self.keep_upload(cfg)
         except PDDError as e:
             return "", owner, f'<span class="pdd-error">⚠ {e}</span>'
+        except OSError as e:
+            return "", owner, f'<span class="pdd-error">⚠ the upload could not be kept ({e.strerror}). Fix: upload it again.</span>'
         job = self.manager.submit(cfg, owner)
         return job.id, owner, ""
 
@@ -198,40 +231,49 @@ class Studio:
                 gr.update(interactive=running), gr.update(interactive=not running and state != "done"))
 
     # -- runs tab -----------------------------------------------------------------------
-    def runs_table(self) -> tuple[list[list], dict]:
+    def runs_table(self, owner: str = "") -> tuple[list[list], dict]:
         rows, choices = [], []
-        for r in runs.list_runs(self.store):
+        for r in runs.list_runs(self.store, None if self.public else owner):
             c, last = r.config, r.final
-            rows.append([r.id, c.dataset, c.method, c.stages, c.ipc, c.iterations,
+            rows.append([r.id, shown_dataset(c.dataset), c.method, c.stages, c.ipc, c.iterations,
                          f"{100 * last.mean:.1f} ± {100 * last.std:.1f}",
                          "–" if last.base_mean is None else f"{100 * last.base_mean:.1f}", f"{100 * last.random_mean:.1f}",
                          time.strftime("%Y-%m-%d %H:%M", time.localtime(r.finished))])
             choices.append((r.label, r.key))
         return rows, gr.update(choices=choices, value=[])
 
-    def selected(self, keys: Optional[list[str]]) -> list[runs.RunRecord]:
-        """The chosen runs still in the cache (each read on its own, not the whole list)."""
-        return list(filter(None, (runs.read(self.store, k) for k in keys or [])))
+    def selected(self, keys: Optional[list[str]], owner: str = "") -> list[runs.RunRecord]:
+        """The chosen runs still in the cache that ``owner`` may see (each read on its own)."""
+        mine = None if self.public else runs.owned(self.store, owner)
+        return list(filter(None, (runs.read(self.store, k) for k in keys or [] if mine is None or k in mine)))
 
-    def compare(self, keys: list[str]):
-        return render.compare_figure(self.selected(keys))
+    def compare(self, keys: list[str], owner: str = ""):
+        return render.compare_figure(self.selected(keys, owner))
 
-    def download_runs(self, keys: list[str]) -> tuple[Optional[list[str]], str]:
+    def download_runs(self, keys: list[str], owner: str = "") -> tuple[Optional[list[str]], str]:
         files, problems = [], []
-        for r in self.selected(keys):
-            done = self.manager.export(r.key)  # in a helper process: data loading stays out of the server
+        for r in self.selected(keys, owner):
+            done = self.manager.export(r.key, owner)  # in a helper process: data loading stays out of the server
             if done.path:
                 files.append(done.path)
             else:
                 problems.append(f"⚠ {r.id}: {done.error}")
         return files or None, "<br>".join(problems)
 
-    def delete_runs(self, keys: list[str]) -> str:
-        busy = {r.config for r in self.selected(keys)} & set(self.manager.active_configs())
-        if busy:
+    def delete_runs(self, keys: list[str], owner: str = "") -> str:
+        chosen = self.selected(keys, owner)
+        if {r.config for r in chosen} & set(self.manager.active_configs()):
             return "⚠ a selected run is running right now and cannot be deleted. Fix: wait until it finishes."
-        n = runs.delete(self.store, [r.key for r in self.selected(keys)])
+        if self.public:
+            n = runs.delete(self.store, [r.key for r in chosen])
+        else:  # your listing only: another browser that ran the same settings keeps its own
+            n = sum(runs.release(self.store, r.key, owner) for r in chosen)
         return f"Deleted {n} run record(s); their stages stay cached for runs that share them."
+
+
+def shown_dataset(name: str) -> str:
+    """A dataset as the Runs tab shows it: a user's data by file name, never a server path."""
+    return f"folder:{Path(name.removeprefix('folder:')).name}" if name.startswith("folder:") else name
 
 
 def advanced_values(cfg: DistillConfig, fields: Optional[list[Field]] = None) -> list:
@@ -288,7 +330,8 @@ SET_URL = """(id) => { if (id) { const u = new URL(window.location); u.searchPar
 
 def build(studio: Studio) -> gr.Blocks:
     defaults = DistillConfig()
-    with gr.Blocks(title="PDD Studio") as demo:
+    # the web framework's temporary copies of uploads and downloads: checked hourly, deleted after a day
+    with gr.Blocks(title="PDD Studio", delete_cache=(3600, 86400)) as demo:
         owner = gr.BrowserState("", storage_key="pdd_studio_owner")
         job_id = gr.Textbox(visible=False, elem_id="pdd-job-id")
         gr.Markdown("# PDD Studio\nDistil a dataset into a few synthetic images per class, **stage by stage** "
@@ -369,16 +412,16 @@ def build(studio: Studio) -> gr.Blocks:
         load.then(studio.check, controls, [validation, estimate_md, run_btn], queue=False, api_visibility="private")
         load.then(studio.follow_if_any, job_id, outputs, concurrency_limit=None, show_progress="hidden",
                   api_visibility="private")
-        refresh.click(studio.runs_table, None, [runs_df, pick], api_name="runs")
-        demo.load(studio.runs_table, None, [runs_df, pick], api_visibility="private")
-        compare_btn.click(studio.compare, pick, compare_plot, api_visibility="private")
-        dl_btn.click(studio.download_runs, pick, [runs_files, runs_msg], api_name="download")
-        del_btn.click(studio.delete_runs, pick, runs_msg, api_name="delete").then(
-            studio.runs_table, None, [runs_df, pick], api_visibility="private")
+        refresh.click(studio.runs_table, owner, [runs_df, pick], api_name="runs")
+        load.then(studio.runs_table, owner, [runs_df, pick], api_visibility="private")
+        compare_btn.click(studio.compare, [pick, owner], compare_plot, api_visibility="private")
+        dl_btn.click(studio.download_runs, [pick, owner], [runs_files, runs_msg], api_name="download")
+        del_btn.click(studio.delete_runs, [pick, owner], runs_msg, api_name="delete").then(
+            studio.runs_table, owner, [runs_df, pick], api_visibility="private")
 
         def reopen(keys, who):
             """Open a cached run: a job that replays it from the cache (no training happens)."""
-            run = next(iter(studio.selected(keys[:1] if keys else [])), None)
+            run = next(iter(studio.selected(keys[:1] if keys else [], who)), None)
             if run is None:
                 return "", gr.update(), "⚠ select a run first."
             job = studio.manager.submit(run.config, who or secrets.token_hex(8))

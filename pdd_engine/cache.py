@@ -29,8 +29,15 @@ def default_cache_dir() -> Path:
 
 
 def pack(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> bytes:
+    """A safetensors blob. A record without tensors (run records, owner marks) is written by hand, so
+    the web process writes them without torch; the bytes are what safetensors itself writes."""
+    metadata = {"json": json.dumps(meta, sort_keys=True)}
+    if not tensors:
+        header = json.dumps({"__metadata__": metadata}, separators=(",", ":")).encode()
+        header += b" " * (-len(header) % 8)  # safetensors pads its header to 8 bytes
+        return len(header).to_bytes(8, "little") + header
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
-    return safetensors.save(tensors, metadata={"json": json.dumps(meta, sort_keys=True)})
+    return safetensors.save(tensors, metadata=metadata)
 
 
 def unpack(blob: bytes) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -3,10 +3,16 @@ by the CLI (``python -m pdd_engine runs``) and the studio's Runs tab alike.
 
 A record holds a run's config and per-stage accuracies; the stages themselves stay in the store
 under their own keys, shared with every run that shares them, so deleting a record frees no stage.
+
+On a shared server, runs belong to the browsers that made them: an *owner mark* per (owner, run)
+says who may list, export and delete it (:func:`claim`, :func:`list_runs` with ``owner``,
+:func:`release`). Identical configs still share the cached computation, never the listing. Marks
+hold a hash of the owner's token, never the token.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +25,7 @@ from .errors import ConfigError, PDDError
 from .keys import KEY_VERSION, Keys
 
 PREFIX = "run:"
+OWNER_PREFIX = "owner:"
 ID_LEN = 12
 
 
@@ -98,9 +105,38 @@ def read(store: Store, key: str) -> Optional[RunRecord]:
     return None if hit is None else _record(key, hit[1])
 
 
-def list_runs(store: Store) -> list[RunRecord]:
-    """Every readable run record, newest first."""
-    return sorted(filter(None, (read(store, key) for key in list(store.keys(PREFIX)))), key=lambda r: -r.finished)
+def list_runs(store: Store, owner: Optional[str] = None) -> list[RunRecord]:
+    """Every readable run record, newest first; with ``owner``, only the runs that owner claimed."""
+    keys = list(store.keys(PREFIX)) if owner is None else sorted(owned(store, owner))
+    return sorted(filter(None, (read(store, key) for key in keys)), key=lambda r: -r.finished)
+
+
+def owner_id(token: str) -> str:
+    """The store's name for an owner token (a hash: reading the cache does not reveal tokens)."""
+    return hashlib.sha256(token.encode()).hexdigest()[:24]
+
+
+def claim(store: Store, run_key: str, token: str) -> None:
+    """Mark ``run_key`` as ``token``'s run (a run served from the cache is claimed too)."""
+    if token:
+        store.put(f"{OWNER_PREFIX}{owner_id(token)}:{run_key}", {}, {"kind": "owner"})
+
+
+def owned(store: Store, token: str) -> set[str]:
+    """The run keys ``token`` has claimed; an empty token owns nothing."""
+    if not token:
+        return set()
+    prefix = f"{OWNER_PREFIX}{owner_id(token)}:"
+    return {k[len(prefix):] for k in store.keys(prefix)}
+
+
+def release(store: Store, run_key: str, token: str) -> bool:
+    """Drop ``token``'s claim on ``run_key``; the record goes too once nobody claims it."""
+    if not store.delete(f"{OWNER_PREFIX}{owner_id(token)}:{run_key}"):
+        return False
+    if not any(k.endswith(":" + run_key) for k in store.keys(OWNER_PREFIX)):
+        store.delete(run_key)
+    return True
 
 
 def get(store: Store, ref: str) -> RunRecord:

@@ -2,6 +2,7 @@
 
 import time
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -72,7 +73,7 @@ def test_worker_writes_the_bundle_before_done_and_the_manager_exports_cached_run
         assert len(exported) == 1 and isinstance(job.events[job.events.index(exported[0]) + 1], E.Done)
         assert Path(exported[0].path).exists() and len(exported[0].stage_paths) == 2
         Path(exported[0].path).unlink()
-        again = m.export(job.events[-1].run_key)  # a helper process, not the caller, writes it
+        again = m.export(job.events[-1].run_key, "me")  # a helper process, not the caller, writes it
         assert again.path == exported[0].path and Path(again.path).exists() and again.error == ""
         missing = m.export("run:0000")
         assert missing.path is None and "no run matches" in missing.error
@@ -216,7 +217,7 @@ def test_client_run_streams_each_stage_then_caches_and_downloads(app_url):
     job2, _, _ = c.predict(owner, *TINY_CONTROLS, api_name="/start")
     _, final2 = follow(c, job2)
     assert "all stages served from the cache" in final2[0]
-    rows = c.predict(api_name="/runs")[0]
+    rows = c.predict(owner, api_name="/runs")[0]
     assert any(r[1] == "digits" and r[2] == "dm" for r in rows["data"])
 
 
@@ -317,13 +318,15 @@ for method in ("dm", "mtt", "idc"):  # validation and the whole estimate, MTT's 
         if "about" in est:
             break
     assert valid.startswith("✓ valid") and "about" in est, (valid, est)
-rows, _ = studio.runs_table()
-assert len(rows) == 1, rows
+rows, _ = studio.runs_table("web")
+assert rows == [], rows  # the CLI's run belongs to no browser
 job = manager.submit(DistillConfig(stages=1, ipc=1, iterations=3, eval_epochs=2, eval_models=1,
                                    compare_base="off", device="cpu"), "web")
 frames = list(studio.follow(job.id))  # the engine's events, rendered as the page shows them
 assert frames[-1][0].startswith("**Done**") and frames[-1][5], frames[-1][0]
-files, problems = studio.download_runs([key for _, key in studio.runs_table()[1]["choices"]])
+choices = studio.runs_table("web")[1]["choices"]
+assert len(choices) == 1 and studio.runs_table("someone else")[0] == []
+files, problems = studio.download_runs([key for _, key in choices], "web")
 assert files and not problems, problems
 manager.shutdown()
 print("TORCH" if any(m == "torch" or m.startswith("torch.") for m in sys.modules) else "NO TORCH")
@@ -383,3 +386,78 @@ def test_an_unknown_run_link_says_so_with_the_fix(tmp_path):
         assert "No run with that id on this server" in status and "finished stages come from the cache" in status
     finally:
         m.shutdown()
+
+
+def refused(call):
+    """The call's result, or None where the page itself refused it (gradio_client raises AppError)."""
+    from gradio_client.exceptions import AppError
+    try:
+        return call()
+    except AppError:
+        return None
+
+
+def upload_zip(tmp_path):
+    from tests.test_userdata import make_folder
+    make_folder(tmp_path / "mine", n=10)
+    z = tmp_path / "mine.zip"
+    with zipfile.ZipFile(z, "w") as f:
+        for p in sorted((tmp_path / "mine").rglob("*.png")):
+            f.write(p, p.relative_to(tmp_path / "mine").as_posix())
+    return z
+
+
+def test_runs_and_uploads_belong_to_the_browser_that_made_them(tmp_path):
+    """Client A uploads a zip and runs it; client B (another browser) cannot list, export or delete
+    A's run, even knowing its key, and nobody can fetch the upload back through the file route."""
+    import httpx
+    from gradio_client import Client, handle_file
+
+    from app.ui import UPLOAD
+    from pdd_engine.cache import Store
+
+    data = upload_zip(tmp_path)
+    with running_app(tmp_path) as url:
+        # where the web framework keeps this upload (content-addressed: the run's upload lands there too)
+        temp = httpx.post(url + "gradio_api/upload", files={"files": ("mine.zip", data.read_bytes())}).json()[0]
+        assert httpx.get(url + "gradio_api/file=" + temp).status_code == 200  # served, before a run takes it
+        a, b = Client(url, verbose=False), Client(url, verbose=False)
+        controls = list(TINY_CONTROLS)
+        controls[0], controls[1] = UPLOAD, handle_file(str(data))
+        job_id, owner_a, msg = a.predict("", *controls, api_name="/start")
+        assert job_id and msg == "", msg
+        final = follow(a, job_id)[1]
+        assert final[0].startswith("**Done**")
+        from pdd_engine.runs import owner_id
+        bundle = Path(final[5])  # gradio_client's copy keeps the name; the server's lies in A's own folder
+        assert [p.parent.name for p in (tmp_path / "exports").rglob(bundle.name)] == [owner_id(owner_a)]
+        rows = a.predict(owner_a, api_name="/runs")[0]["data"]
+        assert len(rows) == 1 and rows[0][1].startswith("folder:") and str(tmp_path) not in rows[0][1]
+        store = Store(tmp_path / "cache")
+        key = next(store.keys("run:"))
+        assert b.predict("owner-b", api_name="/runs")[0]["data"] == []
+        # B knows the key: the page refuses a choice it never offered B, and the server checks ownership
+        assert refused(lambda: b.predict([key], "owner-b", api_name="/download")) in (None, (None, ""))
+        assert refused(lambda: b.predict([key], "owner-b", api_name="/delete")) in (None, "Deleted 0 run record(s); "
+                                                                                    "their stages stay cached for runs that share them.")
+        from app.ui import Studio
+        from app.jobs import JobManager
+        server_side = Studio(JobManager(str(tmp_path / "cache")), store, tmp_path / "exports")
+        assert server_side.selected([key], "owner-b") == [] and server_side.delete_runs([key], "owner-b").startswith("Deleted 0")
+        server_side.manager.shutdown()
+        assert len(a.predict(owner_a, api_name="/runs")[0]["data"]) == 1
+        for path in (temp, *map(str, (tmp_path / "uploads").glob("*.zip"))):
+            assert httpx.get(url + "gradio_api/file=" + path).status_code != 200, path
+        assert "Deleted 1" in a.predict([key], owner_a, api_name="/delete")
+        assert a.predict(owner_a, api_name="/runs")[0]["data"] == []
+        store.close()
+
+
+def test_public_runs_are_listed_for_every_browser(tmp_path):
+    from gradio_client import Client
+
+    with running_app(tmp_path, PDD_PUBLIC_RUNS="1") as url:
+        a, b = Client(url, verbose=False), Client(url, verbose=False)
+        job_id, owner_a, _ = a.predict("", *TINY_CONTROLS, api_name="/start")
+        assert follow(a, job_id)[1][0].startswith("**Done**")
+        assert len(b.predict("owner-b", api_name="/runs")[0]["data"]) == 1

@@ -1,0 +1,75 @@
+"""Disk the server writes is bounded: exported bundles and kept uploads are pruned by age and size.
+
+Everything pruned can be made again: a bundle is re-exported from the cache by the Runs tab's
+download (or a re-run, which the cache serves), an upload is uploaded again. The web framework's
+own temporary copies are bounded by ``gr.Blocks(delete_cache=...)`` (see :func:`app.ui.build`).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Bound:
+    folder: Path
+    max_age_s: float
+    max_bytes: int
+
+    @classmethod
+    def from_env(cls, folder: Path, name: str, hours: float, gib: float) -> "Bound":
+        """``PDD_<NAME>_KEEP_HOURS`` and ``PDD_<NAME>_MAX_GB`` override the defaults."""
+        hours = float(os.environ.get(f"PDD_{name}_KEEP_HOURS") or hours)
+        gib = float(os.environ.get(f"PDD_{name}_MAX_GB") or gib)
+        return cls(Path(folder), hours * 3600, int(gib * 2 ** 30))
+
+
+def prune(bound: Bound, now: float | None = None) -> list[Path]:
+    """Delete files older than the bound's age, then the oldest until the folder fits its size;
+    empty sub-folders go too. Returns what was deleted. Files vanishing meanwhile are fine."""
+    now = time.time() if now is None else now
+    files = []
+    for p in bound.folder.rglob("*") if bound.folder.is_dir() else []:
+        try:
+            if p.is_file():
+                st = p.stat()
+                files.append((st.st_mtime, st.st_size, p))
+        except OSError:
+            continue
+    files.sort()  # oldest first
+    total = sum(size for _, size, _ in files)
+    gone = []
+    for mtime, size, p in files:
+        if now - mtime <= bound.max_age_s and total <= bound.max_bytes:
+            break
+        try:
+            p.unlink()
+            gone.append(p)
+            total -= size
+        except OSError:
+            continue
+    for d in sorted((d for d in bound.folder.rglob("*") if d.is_dir()), key=lambda d: -len(d.parts)):
+        try:
+            d.rmdir()  # only if empty
+        except OSError:
+            pass
+    return gone
+
+
+def start_janitor(bounds: list[Bound], every_s: float = 600) -> threading.Thread:
+    """Prune every bound now and then every ``every_s`` seconds, in a daemon thread."""
+    def loop() -> None:
+        while True:
+            for b in bounds:
+                try:
+                    prune(b)
+                except Exception:  # noqa: BLE001 - housekeeping must never take the server down
+                    pass
+            time.sleep(every_s)
+    t = threading.Thread(target=loop, daemon=True, name="pdd-janitor")
+    t.start()
+    return t
