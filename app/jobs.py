@@ -161,9 +161,12 @@ class JobManager:
     """Owns the worker processes. Thread-safe; one instance per server."""
 
     def __init__(self, cache_dir: Optional[str] = None, max_concurrent: int = 1, threads: int = 0, stage_fn=None,
-                 export_dir: Optional[str] = None):
+                 export_dir: Optional[str] = None, keep_finished: int = 100):
         """``stage_fn``: run jobs as one call per stage (see :func:`stage_call`) instead of a worker process.
-        ``export_dir``: where finished runs' bundles are written (by the worker, not the server)."""
+        ``export_dir``: where finished runs' bundles are written (by the worker, not the server).
+        ``keep_finished``: finished jobs kept in memory for ``?run=`` links (the oldest are forgotten;
+        their runs stay in the cache and a re-run replays them)."""
+        self.keep_finished = keep_finished
         self.stage_fn = stage_fn
         self.cache_dir = cache_dir
         self.export_dir = export_dir
@@ -364,7 +367,16 @@ class JobManager:
             if job.finished:
                 job.process.join(timeout=1)
                 self._release(job)
+        self._forget_old()
         self._schedule()
+
+    def _forget_old(self) -> None:
+        """Drop the oldest finished jobs beyond ``keep_finished`` (their events hold images)."""
+        with self.lock:
+            done = sorted((j for j in self.jobs.values() if j.finished and j.process is None and j.queue is None),
+                          key=lambda j: j.created)
+            for job in done[:max(0, len(done) - self.keep_finished)]:
+                del self.jobs[job.id]
 
     def _stagewise(self, job: Job) -> None:
         """One ``stage_fn`` call per stage; stop requests take effect between stages."""

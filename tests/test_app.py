@@ -461,3 +461,26 @@ def test_public_runs_are_listed_for_every_browser(tmp_path):
         job_id, owner_a, _ = a.predict("", *TINY_CONTROLS, api_name="/start")
         assert follow(a, job_id)[1][0].startswith("**Done**")
         assert len(b.predict("owner-b", api_name="/runs")[0]["data"]) == 1
+
+
+def test_cached_replays_leave_descriptors_flat_and_old_jobs_are_forgotten(tmp_path):
+    """Every finished job's queue and process handles are closed, and only the newest
+    ``keep_finished`` finished jobs stay in memory (each holds its images)."""
+    import os
+
+    cfg = DistillConfig.make(dict(stages=1, ipc=1, iterations=3, eval_epochs=2, eval_models=1, compare_base="off",
+                                  device="cpu"))
+    m = JobManager(str(tmp_path / "cache"), threads=1, keep_finished=3)
+    try:
+        assert wait(m.submit(cfg, "me")).state == "done"  # computes; every later job is a cached replay
+        time.sleep(0.5)
+        before = len(os.listdir("/proc/self/fd"))
+        jobs = [wait(m.submit(cfg, "me")) for _ in range(12)]
+        assert all(j.state == "done" for j in jobs)
+        t = time.time()  # the pump releases a job's handles once its process has exited, then forgets it
+        while (len(m.jobs) > 3 or any(j.process or j.queue for j in jobs)) and time.time() - t < 20:
+            time.sleep(0.1)
+        assert len(os.listdir("/proc/self/fd")) - before <= 2  # was +4.5 per run
+        assert [j.id for j in sorted(m.jobs.values(), key=lambda j: j.created)] == [j.id for j in jobs[-3:]]
+    finally:
+        m.shutdown()
