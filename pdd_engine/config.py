@@ -66,6 +66,9 @@ class DistillConfig:
     compare_base: Literal["final", "every", "off"] = "final"
     # where it runs
     device: Device = "auto"
+    # where a stage's independent units (MTT's experts) run: local (this process) or ray (a cluster);
+    # None: PDD_EXECUTOR, else local. Results are the same either way.
+    executor: Optional[Literal["local", "ray"]] = None
     data_root: Optional[str] = None
     cache_dir: Optional[str] = None
     max_memory_gb: Optional[float] = None

@@ -24,7 +24,7 @@ KEY_VERSION = f"{__version__}+keys4"
 
 # Fields that change where or how fast work runs, not what it computes: in no key.
 # (A method's own hyper-parameters say so in their Params: ``param(..., semantic=False)``.)
-NON_SEMANTIC = frozenset({"device", "data_root", "cache_dir", "max_memory_gb", "eval_batched"})
+NON_SEMANTIC = frozenset({"device", "executor", "data_root", "cache_dir", "max_memory_gb", "eval_batched"})
 
 DATA = ("dataset", "image_size", "max_train", "zca")  # with the content fingerprint
 MODEL = ("depth", "width", "norm")  # depth resolved for the input size

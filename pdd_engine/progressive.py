@@ -13,7 +13,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterator, Optional, Protocol
+from typing import Iterator, Optional, Protocol
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ from .config import DistillConfig
 from .data import Dataset, dataset_for, dataset_info, to_uint8
 from .device import resolve_device
 from .errors import Cancelled, PDDError
+from .executor import Executor, make_executor
 from .evaluate import Curriculum, EvalProtocol, make_curriculum, random_subset
 from .events import (Done, Event, Failed, Message, Progress, RunStarted, StageEvaluated, StageFinished,
                      StageImages, StageStarted, Stopped)
@@ -94,13 +95,13 @@ class Union:
 
 def stage_context(cfg: DistillConfig, ds: Dataset, i: int = 1, device: Optional[torch.device] = None,
                   union: Optional[Union] = None, memo: Optional[Memo] = None, report=lambda msg: None,
-                  cancel=None) -> StageContext:
+                  cancel=None, executor: Optional[Executor] = None) -> StageContext:
     """The context a method sees at stage ``i`` after ``union``; with defaults, stage 1 of ``cfg`` on ``ds``."""
     device = device or torch.device("cpu")
     u = union if union is not None else Union.empty(ds, device)
     by_class = [torch.nonzero(u.keep & (ds.y_train == c)).flatten() for c in range(ds.num_classes)]
     lrs = [lr if lr is not None else cfg.eval_lr for lr in u.lrs]  # what a network trains on each union with
-    return StageContext(cfg, ds, i, device, u.x, u.y, lrs, list(u.sizes), by_class, memo, report, cancel)
+    return StageContext(cfg, ds, i, device, u.x, u.y, lrs, list(u.sizes), by_class, memo, report, cancel, executor)
 
 
 def store_memo(store: Store, keys: Keys, i: int, report) -> Memo:
@@ -146,10 +147,13 @@ def streamed(stage: int, fn, inbox: "queue.Queue[str]") -> Iterator[Event]:
 class Engine:
     """Runs one config against one store. ``run()`` is the streaming entry point."""
 
-    def __init__(self, cfg: DistillConfig, store: Optional[Store] = None, cancel: Optional[CancelToken] = None):
+    def __init__(self, cfg: DistillConfig, store: Optional[Store] = None, cancel: Optional[CancelToken] = None,
+                 executor: Optional[Executor] = None):
+        """``executor``: where independent units run (default: ``cfg.executor``, made when the run starts)."""
         self.cfg = cfg
         self.store = store if store is not None else Store(cfg.cache_dir)
         self.cancel = cancel
+        self.executor = executor
         self.computed: list[int] = []
         self.pending: list[str] = []  # notices from the store during run(), shown as messages
 
@@ -162,7 +166,7 @@ class Engine:
         cfg = self.cfg
         msgs: queue.Queue[str] = queue.Queue()
         ctx = stage_context(cfg, ds, i, device, union, store_memo(self.store, keys, i, msgs.put), msgs.put,
-                            self.check_cancel)
+                            self.check_cancel, self.executor)
         too_few = [ds.classes[c] for c, idx in enumerate(ctx.real_by_class) if len(idx) < cfg.ipc_at(i)]
         if too_few:
             raise PDDError(f"class(es) {too_few[:5]} have fewer real images than the {cfg.ipc_at(i)} stage {i} adds",
@@ -231,7 +235,7 @@ class Engine:
         """The base method alone (P = 1) at PDD's IPC after stage ``i``, distilled, evaluated and cached
         like any stage. A generator whose return value is the accuracies of its evaluation networks."""
         keys = keys.base(i)
-        sub = Engine(keys.cfg, self.store, self.cancel)
+        sub = Engine(keys.cfg, self.store, self.cancel, self.executor)
         what = f"base method alone (P=1, IPC {sub.cfg.ipc})"
         proto = EvalProtocol.from_config(sub.cfg, ds.size)
         hit = self.store.get(keys.eval(1), eval_check(proto))
@@ -248,10 +252,18 @@ class Engine:
     # -- the run ----------------------------------------------------------------------------
     def run(self) -> Iterator[Event]:
         notice, self.store.notice = self.store.notice, self.pending.append
+        own = self.executor is None
         try:
+            if own:
+                self.executor = make_executor(self.cfg.executor)
             yield from self._run()
+        except PDDError as e:  # no executor (Ray missing, say): one line, as any failure before a stage
+            yield Failed(str(e), 0)
         finally:
             self.store.notice = notice
+            if own and self.executor is not None:
+                self.executor.close()
+                self.executor = None
 
     def _run(self) -> Iterator[Event]:
         t0 = time.time()

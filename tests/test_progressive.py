@@ -120,13 +120,13 @@ def test_mtt_learns_step_size_and_experts_are_cached(tiny, store):
 
 
 def test_set_up_reports_stream_while_the_set_up_runs(tiny, store):
-    """MTT's experts are trained in set-up: "training expert 1/2" must reach the front end while they
+    """MTT's experts are trained in set-up: "expert 1/2 trained" must reach the front end while they
     train (before the trajectories are stored), not after the whole set-up."""
     seen = []
     for ev in run(tiny(method="mtt", stages=1), store):
-        if isinstance(ev, E.Message) and ev.text.startswith("training expert"):
+        if isinstance(ev, E.Message) and ev.text.startswith("expert"):
             seen.append((ev.text, sum(1 for _ in store.keys("memo:experts:"))))
-    assert seen == [("training expert 1/2", 0), ("training expert 2/2", 0)]
+    assert seen == [("expert 1/2 trained", 0), ("expert 2/2 trained", 0)]
 
 
 def test_a_failure_in_set_up_is_a_failed_event(tiny, store, monkeypatch):

@@ -13,6 +13,7 @@ from typing import Callable, Optional
 from ..augment import DSA
 from ..config import DistillConfig
 from ..data import Dataset
+from ..executor import Executor, LocalExecutor
 from ..lazy import LazyModule, nn, torch
 from ..training import make_sgd, seed_of, train_epochs
 from .spec import MethodSpec
@@ -42,6 +43,11 @@ class StageContext:
     memo: Optional[Memo] = None  # caches a method's own artefacts (MTT experts) under derived keys
     report: Callable[[str], None] = field(default=lambda msg: None)
     cancel: Optional[Callable[[], None]] = None  # raises Cancelled when the run is stopped
+    executor: Optional[Executor] = None  # runs the stage's independent units (None: in this process)
+
+    @property
+    def units(self) -> Executor:
+        return self.executor if self.executor is not None else LocalExecutor()
 
     @property
     def seed(self) -> int:

@@ -25,25 +25,24 @@ EXPERT_BATCH = 256
 
 
 def expert_trajectories(ctx: StageContext) -> torch.Tensor:
-    """(num_experts, epochs + 1, n_params) checkpoints; computed once per stage context, then cached."""
+    """(num_experts, epochs + 1, n_params) checkpoints; computed once per stage context, then cached.
+    Each expert is an independent unit (:func:`train_expert`) that the run's executor may place on
+    another process or machine."""
     c: MTTParams = ctx.cfg.params
     epochs = c.max_start_epoch + c.expert_epochs
     n_params = sum(p.numel() for p in ctx.new_model(0).parameters())
 
     def train() -> dict:
         real_idx = torch.cat(ctx.real_by_class)
-        x, y = ctx.ds.x_train[real_idx].to(ctx.device), ctx.ds.y_train[real_idx].to(ctx.device)
-        trajs = []
-        for e in range(c.num_experts):
-            ctx.check_cancel()
-            ctx.report(f"training expert {e + 1}/{c.num_experts}")
-            s = seed_of(ctx.seed, 11, e)
-            net = ctx.transition(ctx.new_model(s), s)
-            checkpoints = [flat_params(net)]
-            opt = torch.optim.SGD(net.parameters(), lr=c.expert_lr, momentum=0, weight_decay=0)
-            train_epochs(net, x, y, epochs, opt, c.expert_lr, EXPERT_BATCH, ctx.aug, s,
-                         decay_at_half=False, on_epoch=lambda _: checkpoints.append(flat_params(net)))
-            trajs.append(torch.stack(checkpoints))
+        shared = {"cfg": ctx.cfg.to_dict(), "stage": ctx.stage, "device": str(ctx.device),
+                  "shape": (ctx.ds.channels, ctx.ds.num_classes, ctx.ds.size),
+                  "x": ctx.ds.x_train[real_idx], "y": ctx.ds.y_train[real_idx],
+                  "frozen_x": ctx.frozen_x.cpu(), "frozen_y": ctx.frozen_y.cpu(),
+                  "lrs": list(ctx.stage_lrs), "sizes": list(ctx.stage_sizes)}
+        ctx.report(f"training experts: {c.num_experts} on the {ctx.units.name} executor")
+        trajs = ctx.units.map(train_expert, list(range(c.num_experts)), shared, ctx.cancel,
+                              gpus=0.25 if ctx.device.type == "cuda" else 0.0,
+                              done=lambda k: ctx.report(f"expert {k}/{c.num_experts} trained"))
         return {"trajectories": torch.stack(trajs)}
 
     def check(t: dict) -> Optional[str]:
@@ -52,6 +51,28 @@ def expert_trajectories(ctx: StageContext) -> torch.Tensor:
         return None if got == want else f"expert trajectories of shape {got}, expected {want}"
 
     return ctx.cached("experts", train, check)["trajectories"].to(ctx.device)
+
+
+def train_expert(shared: dict, e: int) -> torch.Tensor:
+    """Expert ``e``'s trajectory, (epochs + 1, n_params) on the CPU: a pure function of ``shared``
+    (see :func:`expert_trajectories`) and ``e``, so any executor gives the same result."""
+    from types import SimpleNamespace
+
+    cfg = DistillConfig.from_dict(shared["cfg"])
+    c: MTTParams = cfg.params
+    device = torch.device(shared["device"] if shared["device"] == "cpu" or torch.cuda.is_available() else "cpu")
+    channels, classes, size = shared["shape"]
+    ds = SimpleNamespace(channels=channels, num_classes=classes, size=size)
+    ctx = StageContext(cfg, ds, shared["stage"], device, shared["frozen_x"].to(device), shared["frozen_y"].to(device),
+                       shared["lrs"], shared["sizes"], [])
+    x, y = shared["x"].to(device), shared["y"].to(device)
+    s = seed_of(ctx.seed, 11, e)
+    net = ctx.transition(ctx.new_model(s), s)
+    checkpoints = [flat_params(net)]
+    opt = torch.optim.SGD(net.parameters(), lr=c.expert_lr, momentum=0, weight_decay=0)
+    train_epochs(net, x, y, c.max_start_epoch + c.expert_epochs, opt, c.expert_lr, EXPERT_BATCH, ctx.aug, s,
+                 decay_at_half=False, on_epoch=lambda _: checkpoints.append(flat_params(net)))
+    return torch.stack(checkpoints).cpu()
 
 
 def expert_steps(p: "MTTParams", n_real: int) -> int:

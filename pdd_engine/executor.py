@@ -1,0 +1,148 @@
+"""Where a stage's independent units run: in this process (``local``) or as Ray tasks (``ray``).
+
+The stage loop stays sequential (stage i+1 needs U_i); inside a stage, units that do not depend on
+each other (MTT's expert trajectories) are handed to an executor as ``map(fn, items, shared)``:
+``fn(shared, item)`` for every item, results in order. ``fn`` must be a module-level function and
+``shared`` a dict of tensors and plain values, so a unit can run in another process or on another
+machine; ``shared`` goes to Ray's object store once per executor (a run), not once per task. The
+driver alone writes the cache.
+
+    executor = make_executor("ray")          # RAY_ADDRESS joins a cluster, else a local one starts
+    trajectories = executor.map(train_expert, list(range(10)), shared)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Optional, Protocol, Sequence
+
+from .errors import Cancelled, PDDError
+
+EXECUTORS = ("local", "ray")
+
+
+class Executor(Protocol):
+    name: str
+
+    def map(self, fn: Callable[[dict, Any], Any], items: Sequence[Any], shared: dict,
+            cancel: Optional[Callable[[], None]] = None, gpus: float = 0.0,
+            done: Optional[Callable[[int], None]] = None) -> list[Any]:
+        """``[fn(shared, item) for item in items]``; ``cancel()`` raises Cancelled to stop (checked
+        between units); ``done(k)`` after the k-th unit finishes; ``gpus``: GPU share per unit."""
+
+    def close(self) -> None: ...
+
+
+class LocalExecutor:
+    """One unit after another in this process: today's behaviour, and the reference for the others."""
+
+    name = "local"
+
+    def map(self, fn, items, shared, cancel=None, gpus=0.0, done=None):
+        out = []
+        for item in items:
+            if cancel:
+                cancel()
+            out.append(fn(shared, item))
+            if done:
+                done(len(out))
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+def _in_worker(fn: Callable, threads: int, shared: dict, item: Any) -> Any:
+    """A unit in a Ray worker: the driver's torch thread count, so results match the local executor."""
+    import torch
+    torch.set_num_threads(threads)
+    return fn(shared, item)
+
+
+class RayExecutor:
+    """Units as Ray tasks (``num_cpus`` 1, ``num_gpus`` a fraction so small networks share a GPU),
+    retried when a worker or its node dies; a stopped run cancels what is still outstanding."""
+
+    name = "ray"
+
+    def __init__(self, address: Optional[str] = None, retries: int = 3):
+        try:
+            import ray
+        except ImportError:
+            raise PDDError("the ray executor needs Ray, which is not installed",
+                           "pip install -r requirements-ray.txt, or use --executor local") from None
+        self.ray, self.retries = ray, retries
+        self._shared: dict[int, tuple[Any, Any]] = {}  # id(value) -> (value, object ref): put once
+        if not ray.is_initialized():
+            root = str(Path(__file__).resolve().parents[1])  # workers import pdd_engine from here
+            env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}}
+            address = address or os.environ.get("RAY_ADDRESS") or None
+            try:
+                ray.init(address=address, runtime_env=env, include_dashboard=False, log_to_driver=False,
+                         ignore_reinit_error=True)
+            except Exception as e:  # noqa: BLE001 - any failure to reach a cluster is the user's setting
+                raise PDDError(f"could not start or reach a Ray cluster{f' at {address}' if address else ''} "
+                               f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})",
+                               "check RAY_ADDRESS; for a token-authenticated cluster set RAY_AUTH_MODE=token "
+                               "(and RAY_AUTH_TOKEN), or use --executor local") from None
+        self._task = ray.remote(_in_worker)
+
+    def _ref(self, value: Any) -> Any:
+        hit = self._shared.get(id(value))
+        if hit is None or hit[0] is not value:
+            hit = self._shared[id(value)] = (value, self.ray.put(value))
+        return hit[1]
+
+    def map(self, fn, items, shared, cancel=None, gpus=0.0, done=None):
+        import torch
+        ray = self.ray
+        refs = {k: self._ref(v) for k, v in shared.items()}
+        task = self._task.options(num_cpus=1, num_gpus=gpus, max_retries=self.retries, retry_exceptions=False)
+        pending = [task.remote(fn, torch.get_num_threads(), _Shared(refs), item) for item in items]
+        try:
+            finished = 0
+            while True:
+                ready, rest = ray.wait(pending, num_returns=len(pending), timeout=0.5)
+                for k in range(finished + 1, len(ready) + 1):
+                    if done:
+                        done(k)
+                finished = len(ready)
+                if not rest:
+                    return ray.get(pending)
+                if cancel:
+                    cancel()
+        except Cancelled:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise
+
+    def close(self) -> None:
+        self._shared.clear()
+
+
+class _Shared(dict):
+    """``shared`` as the task sees it: Ray resolves object refs passed at the top level of a task's
+    arguments only, so the dict travels as refs and is resolved on first use inside the worker."""
+
+    def __init__(self, refs: dict):
+        super().__init__(refs)
+        self._resolved = False
+
+    def __getitem__(self, key):
+        if not self._resolved:
+            import ray
+            values = ray.get(list(dict.values(self)))
+            dict.update(self, zip(dict.keys(self), values))
+            self._resolved = True
+        return dict.__getitem__(self, key)
+
+
+def make_executor(name: Optional[str] = None) -> Executor:
+    """``name``, else ``PDD_EXECUTOR``, else local."""
+    name = name or os.environ.get("PDD_EXECUTOR") or "local"
+    if name == "local":
+        return LocalExecutor()
+    if name == "ray":
+        return RayExecutor()
+    raise PDDError(f"unknown executor '{name}'", f"use one of {', '.join(EXECUTORS)} (--executor, PDD_EXECUTOR)")

@@ -1,0 +1,89 @@
+"""The executor seam: Ray tasks give the local executor's results, survive a killed worker, and stop.
+
+A real Ray cluster is started for this module (``ray start --head`` on 127.0.0.1) and stopped after.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pdd_engine import distill
+from pdd_engine.cache import Store
+from pdd_engine.errors import Cancelled
+from pdd_engine.executor import LocalExecutor, RayExecutor, make_executor
+from pdd_engine.keys import Keys
+from tests.raytasks import die_once, sleepy  # importable by Ray's workers (the project root is on their path)
+
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}  # Ray's default from 2.59
+    subprocess.run([RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+                    "--include-dashboard=false", "--disable-usage-stats"], check=True, capture_output=True, env=env)
+    address = f"127.0.0.1:{port}"
+    try:
+        yield address
+    finally:
+        import ray
+        ray.shutdown()
+        subprocess.run([RAY, "stop", "--force"], capture_output=True, env=env)
+
+
+@pytest.fixture
+def ray_executor(cluster, monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", cluster)
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # the token itself is read from ~/.ray, as ray start wrote it
+    ex = RayExecutor()
+    yield ex
+    ex.close()
+
+
+def test_ray_gives_the_local_executors_stages_and_accuracies(ray_executor, tiny, tmp_path, digits):
+    cfg = tiny(method="mtt", num_experts=3)
+    local = distill(cfg.replace(executor="local"), Store(tmp_path / "local"))
+    remote = distill(cfg.replace(executor="ray"), Store(tmp_path / "ray"))
+    assert remote.accuracies == local.accuracies
+    keys = Keys.of(cfg, digits)
+    for i in (1, 2):
+        a, _ = Store(tmp_path / "local").get(keys.stage(i))
+        b, _ = Store(tmp_path / "ray").get(keys.stage(i))
+        assert torch.equal(a["stored"], b["stored"]), i
+    experts = [Store(tmp_path / d).get(keys.memo("experts", 2))[0]["trajectories"] for d in ("local", "ray")]
+    assert torch.equal(*experts)
+
+
+def test_a_killed_ray_worker_is_retried_and_the_map_finishes(ray_executor, tmp_path):
+    assert ray_executor.map(die_once, [1, 2], {"dir": str(tmp_path)}) == [10, 20]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["died-1", "died-2"]
+
+
+def test_stop_cancels_outstanding_ray_tasks(ray_executor, tmp_path):
+    t0 = time.time()
+
+    def cancel():
+        if any(tmp_path.glob("started-*")) and time.time() - t0 > 1:
+            raise Cancelled()
+    with pytest.raises(Cancelled):
+        ray_executor.map(sleepy, [1, 2], {"dir": str(tmp_path)}, cancel=cancel)
+    assert time.time() - t0 < 30
+    time.sleep(2)
+    assert not list(tmp_path.glob("finished-*"))
+
+
+def test_local_is_the_default_and_an_unknown_executor_is_named(monkeypatch):
+    monkeypatch.delenv("PDD_EXECUTOR", raising=False)
+    assert isinstance(make_executor(None), LocalExecutor)
+    from pdd_engine.errors import PDDError
+    with pytest.raises(PDDError, match="unknown executor 'spark'"):
+        make_executor("spark")
