@@ -182,7 +182,37 @@ def m_unroll(a: dict) -> dict:
     return {"peak_mb": peak_mb() - base, "seconds": time.perf_counter() - t, "estimate_mb": est / 2 ** 20}
 
 
-CHILDREN = {"method": m_method, "eval": m_eval, "transition": m_transition, "unroll": m_unroll}
+def m_executor(a: dict) -> dict:
+    """MTT's experts for one stage (the units) and the per-task overhead, on one executor."""
+    import torch
+    from pdd_engine import DistillConfig
+    from pdd_engine.data import dataset_for
+    from pdd_engine.executor import LocalExecutor, RayExecutor, ping
+    from pdd_engine.methods.mtt import expert_trajectories
+    from pdd_engine.progressive import stage_context
+
+    torch.set_num_threads(1)
+    if a["executor"] == "ray":
+        import ray
+        ray.init(num_cpus=a["workers"], include_dashboard=False, log_to_driver=False)
+        ex = RayExecutor()
+    else:
+        ex = LocalExecutor()
+    cfg = DistillConfig.make(dict(method="mtt", stages=1, ipc=10, num_experts=a["experts"],
+                                  max_start_epoch=a["epochs"] - 1, expert_epochs=1))
+    ctx = stage_context(cfg, dataset_for(cfg), executor=ex)
+    expert_trajectories(ctx)  # start-up (Ray: worker processes, the object store) outside the timing
+    t = time.perf_counter()
+    trajectories = expert_trajectories(ctx)
+    experts_s = time.perf_counter() - t
+    t = time.perf_counter()
+    ex.map(ping, list(range(a["pings"])), {})
+    per_task = (time.perf_counter() - t) / a["pings"]
+    return {"experts_s": experts_s, "per_task_ms": 1000 * per_task, "checksum": float(trajectories.sum())}
+
+
+CHILDREN = {"method": m_method, "eval": m_eval, "transition": m_transition, "unroll": m_unroll,
+            "executor": m_executor}
 
 
 def child(name: str, **kw) -> dict:
@@ -314,8 +344,22 @@ def section_variants(args, report: dict) -> str:
                  ["what", "variant", "speed", "mean acc %", "first-stage extra s (compile)"], rows)
 
 
+def section_executor(args, report: dict) -> str:
+    """Local against Ray (1 and 2 workers) on one stage of MTT's experts; the same trajectories."""
+    kw = dict(experts=2 if args.tiny else 8, epochs=1 if args.tiny else 3, pings=5 if args.tiny else 50)
+    rows = []
+    for name, workers in (("local", 1), ("ray", 1), ("ray", 2)):
+        r = attempt("executor", executor=name, workers=workers, **kw)
+        report[f"executor_{name}_{workers}"] = r
+        rows.append([name, workers] + ([f"failed: {r['failed']}", "", ""] if "failed" in r else [
+            f"{r['experts_s']:.1f}", f"{r['per_task_ms']:.1f}", f"{r['checksum']:.6g}"]))
+    return table(f"Executors: one stage of MTT's experts ({kw['experts']} experts x {kw['epochs']} epochs, digits, "
+                 f"1 torch thread per unit; the second of two calls timed) and the cost of a task that does nothing",
+                 ["executor", "workers", "experts s", "ms per task", "trajectory checksum"], rows)
+
+
 SECTIONS = {"methods": section_methods, "eval": section_eval, "transition": section_transition,
-            "unroll": section_unroll, "variants": section_variants}
+            "unroll": section_unroll, "variants": section_variants, "executor": section_executor}
 
 
 if __name__ == "__main__":

@@ -138,6 +138,11 @@ class _Shared(dict):
         return dict.__getitem__(self, key)
 
 
+def ping(shared: dict, item: Any) -> Any:
+    """A unit that does nothing: what an executor costs per task (bench/speed.py --only executor)."""
+    return item
+
+
 def make_executor(name: Optional[str] = None) -> Executor:
     """``name``, else ``PDD_EXECUTOR``, else local."""
     name = name or os.environ.get("PDD_EXECUTOR") or "local"
