@@ -118,12 +118,9 @@ def stage_call(cfg_dict: dict, cache_dir: Optional[str], stage: int) -> list:
     from pdd_engine.cache import Store
     from pdd_engine.progressive import run
 
-    cfg = DistillConfig(**cfg_dict)
-    base = cfg.compare_base if stage == cfg.stages or cfg.compare_base == "every" else "off"
-    sub = cfg.replace(stages=stage, ipc=cfg.cum_ipc(stage), stage_ipc=cfg.ipcs[:stage] if cfg.stage_ipc else None,
-                      compare_base=base)
     keep = (E.RunStarted, E.Done, E.Failed, E.Stopped)
-    return [ev for ev in run(sub, Store(cache_dir)) if isinstance(ev, keep) or getattr(ev, "stage", None) == stage]
+    return [ev for ev in run(DistillConfig(**cfg_dict), Store(cache_dir), until=stage)
+            if isinstance(ev, keep) or getattr(ev, "stage", None) == stage]
 
 
 def zerogpu_stage_fn():
@@ -388,15 +385,9 @@ class JobManager:
                     job.state = "stopped"
                     return
                 for ev in self.stage_fn(job.config.to_dict(), self.cache_dir, i):
-                    if isinstance(ev, E.RunStarted):
-                        if i > 1:
-                            continue
-                        ev.stages = stages
-                    elif isinstance(ev, E.StageStarted):
-                        ev.stages = stages
-                    elif isinstance(ev, E.Done) and i < stages:
+                    if isinstance(ev, E.RunStarted) and i > 1:
                         continue
-                    elif isinstance(ev, E.Done) and self.export_dir:  # this thread, not a request thread
+                    if isinstance(ev, E.Done) and self.export_dir:  # this thread, not a request thread
                         from pdd_engine.cache import Store
                         job.events.append(export_run(Store(self.cache_dir), ev.run_key, self.exports_of(job.owner)))
                     if isinstance(ev, E.Done):

@@ -148,8 +148,12 @@ class Engine:
     """Runs one config against one store. ``run()`` is the streaming entry point."""
 
     def __init__(self, cfg: DistillConfig, store: Optional[Store] = None, cancel: Optional[CancelToken] = None,
-                 executor: Optional[Executor] = None):
-        """``executor``: where independent units run (default: ``cfg.executor``, made when the run starts)."""
+                 executor: Optional[Executor] = None, until: Optional[int] = None):
+        """``executor``: where independent units run (default: ``cfg.executor``, made when the run starts).
+        ``until``: run a slice, stages 1..until (earlier ones replay from the store)."""
+        if until is not None and not 1 <= until <= cfg.stages:
+            raise PDDError(f"until={until} is not a stage of this run (1..{cfg.stages})", "give a stage number in that range")
+        self.until = until or cfg.stages
         self.cfg = cfg
         self.store = store if store is not None else Store(cfg.cache_dir)
         self.cancel = cancel
@@ -282,7 +286,7 @@ class Engine:
             pdd_eval = rand_eval = None
             rand_x, rand_y = [], []
             accuracies = []
-            for stage in range(1, cfg.stages + 1):
+            for stage in range(1, self.until + 1):
                 t_stage = time.time()
                 computed = len(self.computed)
                 yield from self.advance(ds, keys, stage, union, device)
@@ -301,6 +305,8 @@ class Engine:
                 accuracies.append(ev.summary())
                 yield ev
                 yield StageFinished(stage, cached, time.time() - t_stage, union.lr)
+            if self.until < cfg.stages:  # a slice ends with its last stage: the run is not finished
+                return
             runs.save(self.store, keys, dataset_info(ds), accuracies)
             yield Done(keys.run, accuracies, time.time() - t0, list(self.computed))
         except Cancelled:
@@ -345,9 +351,13 @@ def union_view(ds: Dataset, stored: list[torch.Tensor]):
     return to_uint8(ds, torch.cat(imgs)), np.array(labs), np.array(new), list(ds.classes)
 
 
-def run(cfg: DistillConfig, store: Optional[Store] = None, cancel: Optional[CancelToken] = None) -> Iterator[Event]:
-    """Distil ``cfg`` stage by stage, yielding events; see :mod:`pdd_engine.events`."""
-    return Engine(cfg, store, cancel).run()
+def run(cfg: DistillConfig, store: Optional[Store] = None, cancel: Optional[CancelToken] = None,
+        until: Optional[int] = None) -> Iterator[Event]:
+    """Distil ``cfg`` stage by stage, yielding events; see :mod:`pdd_engine.events`.
+
+    ``until``: stop after that stage, without ``Done`` or a run record unless it is the last: how a
+    host that lends a GPU per call (ZeroGPU) runs one stage per call, the cache holding the rest."""
+    return Engine(cfg, store, cancel, until=until).run()
 
 
 def distill(cfg: DistillConfig, store: Optional[Store] = None) -> Done:

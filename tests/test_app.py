@@ -279,6 +279,28 @@ def test_stagewise_jobs_match_a_normal_run_one_call_per_stage(tmp_path, monkeypa
     assert view.done.accuracies == reference.accuracies
 
 
+def test_stagewise_jobs_with_the_real_spaces_package(tmp_path, monkeypatch):
+    """The real ``spaces`` package (installed by the test command): outside a Space its GPU decorator
+    hands back the function itself, and the stage-per-call path gives the normal run's results.
+    (The stand-in above is kept for what this cannot show: one decorated call per stage.)"""
+    import spaces  # noqa: F401 - the real one: the test command installs it
+
+    from app import jobs
+    from pdd_engine import distill
+    from pdd_engine.cache import Store
+
+    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
+    monkeypatch.setenv("PDD_STAGEWISE", "1")
+    fn = jobs.zerogpu_stage_fn()
+    assert fn is jobs.stage_call
+    cfg = DistillConfig.make(dict(stages=2, ipc=2, iterations=4, eval_epochs=4, eval_models=2, dm_pool=1))
+    m = JobManager(str(tmp_path / "a"), stage_fn=fn)
+    job = wait(m.submit(cfg, "me"))
+    assert job.state == "done", job.events[-1]
+    assert render.RunView.of(job.events).done.accuracies == distill(cfg, Store(tmp_path / "b")).accuracies
+    m.shutdown()
+
+
 def test_hostile_upload_is_refused_with_the_reason(app_url, tmp_path):
     from gradio_client import Client, handle_file
 

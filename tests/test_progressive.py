@@ -119,6 +119,20 @@ def test_mtt_learns_step_size_and_experts_are_cached(tiny, store):
     assert sum(1 for _ in store.keys("memo:experts:")) == 2  # one set of trajectories per stage prefix
 
 
+def test_a_slice_runs_its_stages_without_finishing_the_run(tiny, store):
+    """run(cfg, until=1): stage 1 and nothing after; no Done and no run record; the full run then
+    computes only stage 2."""
+    cfg = tiny()
+    part = list(run(cfg, store, until=1))
+    assert isinstance(part[-1], E.StageFinished) and part[-1].stage == 1
+    assert not any(isinstance(e, E.Done) for e in part) and not list(store.keys("run:"))
+    assert done(events(cfg, store)).computed_stages == [2]
+    from pdd_engine.errors import PDDError
+    import pytest
+    with pytest.raises(PDDError, match="until=3 is not a stage"):
+        list(run(cfg, store, until=3))
+
+
 def test_set_up_reports_stream_while_the_set_up_runs(tiny, store):
     """MTT's experts are trained in set-up: "expert 1/2 trained" must reach the front end while they
     train (before the trajectories are stored), not after the whole set-up."""
