@@ -24,7 +24,7 @@ from .config import DistillConfig
 from .data import Dataset, dataset_for, dataset_info, to_uint8
 from .device import resolve_device
 from .errors import Cancelled, PDDError
-from .executor import Executor, make_executor
+from .executor import Executor, LocalExecutor, make_executor
 from .evaluate import Curriculum, EvalProtocol, make_curriculum, random_subset
 from .events import (Done, Event, Failed, Message, Progress, RunStarted, StageEvaluated, StageFinished,
                      StageImages, StageStarted, Stopped)
@@ -293,12 +293,12 @@ class Engine:
                 cached = len(self.computed) == computed
                 yield StageImages(stage, *union_view(ds, union.stored))
                 self.check_cancel()
-                pdd_eval, acc = self.evaluated(keys.eval(stage), ds, proto, pdd_eval, union.x, union.y, union.lr, device)
                 rx, ry = random_subset(ds, cfg.cum_ipc(stage - 1), cfg.ipc_at(stage), cfg.seed)
                 rand_x.append(rx)
                 rand_y.append(ry)
-                rand_eval, racc = self.evaluated(keys.random(stage), ds, proto, rand_eval, torch.cat(rand_x),
-                                                 torch.cat(rand_y), None, device)
+                (pdd_eval, acc), (rand_eval, racc) = self.evaluated_all(ds, proto, device, [
+                    (keys.eval(stage), pdd_eval, union.x, union.y, union.lr),
+                    (keys.random(stage), rand_eval, torch.cat(rand_x), torch.cat(rand_y), None)])
                 bacc = (yield from self.base(ds, keys, stage, device)) if stage in cfg.base_stages() else None
                 yield from self.notes(stage)
                 ev = StageEvaluated(stage, acc, racc, cfg.cum_ipc(stage), bacc)
@@ -325,17 +325,49 @@ class Engine:
 
     def evaluated(self, key: str, ds: Dataset, proto: EvalProtocol, state: Optional[dict], x, y, lr, device):
         """Curriculum step for one stage, from the store or computed from the previous stage's state."""
-        hit = self.store.get(key, eval_check(proto))
-        if hit is not None:
-            tensors, meta = hit
-            return tensors, meta["acc"]
-        cur = make_curriculum(ds, proto, device, self.cfg.eval_batched)
-        if state is not None:
-            cur.load(state)
-        acc = cur.train_stage(x, y, lr)
-        new_state = cur.state()
-        self.store.put(key, new_state, {"acc": acc})
-        return new_state, acc
+        return self.evaluated_all(ds, proto, device, [(key, state, x, y, lr)])[0]
+
+    def evaluated_all(self, ds: Dataset, proto: EvalProtocol, device, steps: list[tuple]) -> list[tuple[dict, list]]:
+        """(state, accuracies) of each curriculum step ``(key, state, x, y, lr)``: read from the store,
+        or computed as independent units on the run's executor (PDD's curriculum and the random
+        subset's do not depend on each other); the driver writes the results to the store."""
+        out: list = [None] * len(steps)
+        todo = []
+        for k, (key, *_) in enumerate(steps):
+            hit = self.store.get(key, eval_check(proto))
+            if hit is None:
+                todo.append(k)
+            else:
+                out[k] = (hit[0], hit[1]["acc"])
+        if todo:
+            shared = {"ds": eval_view(ds), "proto": proto.to_dict(), "device": str(device),
+                      "batched": self.cfg.eval_batched}
+            units = self.executor if self.executor is not None else LocalExecutor()
+            done = units.map(curriculum_step, [steps[k][1:] for k in todo], shared, self.check_cancel,
+                             gpus=0.25 if device.type == "cuda" else 0.0)
+            for k, (state, acc) in zip(todo, done):
+                self.store.put(steps[k][0], state, {"acc": acc})
+                out[k] = (state, acc)
+        return out
+
+
+def eval_view(ds: Dataset) -> Dataset:
+    """What evaluation needs of a dataset (the test split and the shapes), without the training set:
+    the evaluation units' share of the object store."""
+    return replace(ds, x_train=ds.x_train[:1], y_train=ds.y_train[:1])
+
+
+def curriculum_step(shared: dict, item: tuple) -> tuple[dict, list]:
+    """One curriculum stage: N networks continue from ``state`` on (x, y) for the protocol's epochs.
+    A pure function of its inputs (every network's seeds come from the protocol), so any executor
+    gives the same accuracies; the state comes back on the CPU."""
+    state, x, y, lr = item
+    device = torch.device(shared["device"] if shared["device"] == "cpu" or torch.cuda.is_available() else "cpu")
+    cur = make_curriculum(shared["ds"], EvalProtocol(**shared["proto"]), device, shared["batched"])
+    if state is not None:
+        cur.load(state)
+    acc = cur.train_stage(x, y, lr)
+    return {k: v.detach().cpu() for k, v in cur.state().items()}, acc
 
 
 def union_view(ds: Dataset, stored: list[torch.Tensor]):
