@@ -93,10 +93,8 @@ class Studio:
             return cfg
         temp = cfg.dataset.removeprefix("folder:")
         if temp not in self.uploads:
-            digest = hashlib.sha256()
             with open(temp, "rb") as f:
-                for block in iter(lambda: f.read(2 ** 20), b""):
-                    digest.update(block)
+                digest = hashlib.file_digest(f, "sha256")
             self.upload_dir.mkdir(parents=True, exist_ok=True)
             kept = self.upload_dir / f"{digest.hexdigest()[:20]}.zip"
             if not kept.exists():

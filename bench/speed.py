@@ -316,6 +316,11 @@ def attempt(name: str, **kw) -> dict:
         return {"failed": str(e).splitlines()[-1][:120]}
 
 
+def cells(r: dict, measured, width: int = 3) -> list:
+    """A row's measured cells (``measured(r)``), or its failure in the first of ``width`` cells."""
+    return [f"failed: {r['failed']}"] + [""] * (width - 1) if "failed" in r else measured(r)
+
+
 def section_variants(args, report: dict) -> str:
     """bf16 autocast and torch.compile against plain float32, on DM and MTT iterations and on the
     evaluation (accuracy shown: a variant is only worth keeping if it does not change it). Compiled
@@ -329,15 +334,14 @@ def section_variants(args, report: dict) -> str:
         for v in ("plain", "bf16"):  # MTT's unroll differentiates through gradients: no compile
             r = attempt("method", cfg={**cfg, "method": m}, iters=2 if tiny else args.iters, variant=v)
             report[f"variant_{m}_{v}"] = r
-            rows.append([f"{m} iteration", v] + (["failed: " + r["failed"], "", ""] if "failed" in r else [
-                f"{r['it_per_s']:.2f} it/s", "–", "–"]))
+            rows.append([f"{m} iteration", v] + cells(r, lambda r: [f"{r['it_per_s']:.2f} it/s", "–", "–"]))
     paths = (True,) if tiny else (True, False)
     for v in ("plain", "bf16") if tiny else ("plain", "bf16", "compile"):
         for batched in paths:
             r = attempt("eval", batched=batched, variant=v, **ev)
             report[f"variant_eval_{'batched' if batched else 'sequential'}_{v}"] = r
             path = "batched (vmap)" if batched else "sequential"
-            rows.append([f"evaluation, {path}", v] + (["failed: " + r["failed"], "", ""] if "failed" in r else [
+            rows.append([f"evaluation, {path}", v] + cells(r, lambda r: [
                 f"{r['images_per_s']:.0f} images/s", f"{100 * r['acc']:.1f}", f"{r['first_stage_s'] - r['seconds']:+.1f}"]))
     return table(f"Precision and compilation (digits; methods: width {cfg['width']}; evaluation: 5 ConvNets width "
                  f"{ev['width']}, 100 images, {ev['epochs']} epochs, second stage timed)",
@@ -351,7 +355,7 @@ def section_executor(args, report: dict) -> str:
     for name, workers in (("local", 1), ("ray", 1), ("ray", 2)):
         r = attempt("executor", executor=name, workers=workers, **kw)
         report[f"executor_{name}_{workers}"] = r
-        rows.append([name, workers] + ([f"failed: {r['failed']}", "", ""] if "failed" in r else [
+        rows.append([name, workers] + cells(r, lambda r: [
             f"{r['experts_s']:.1f}", f"{r['per_task_ms']:.1f}", f"{r['checksum']:.6g}"]))
     return table(f"Executors: one stage of MTT's experts ({kw['experts']} experts x {kw['epochs']} epochs, digits, "
                  f"1 torch thread per unit; the second of two calls timed) and the cost of a task that does nothing",

@@ -4,8 +4,8 @@ The stage loop stays sequential (stage i+1 needs U_i); inside a stage, units tha
 each other (MTT's expert trajectories) are handed to an executor as ``map(fn, items, shared)``:
 ``fn(shared, item)`` for every item, results in order. ``fn`` must be a module-level function and
 ``shared`` a dict of tensors and plain values, so a unit can run in another process or on another
-machine; ``shared`` goes to Ray's object store once per executor (a run), not once per task. The
-driver alone writes the cache.
+machine; ``shared`` goes to Ray's object store once per ``map`` call (a stage's units), not once
+per task. The driver alone writes the cache.
 
     executor = make_executor("ray")          # RAY_ADDRESS joins a cluster, else a local one starts
     trajectories = executor.map(train_expert, list(range(10)), shared)
@@ -20,6 +20,19 @@ from typing import Any, Callable, Optional, Protocol, Sequence
 from .errors import Cancelled, PDDError
 
 EXECUTORS = ("local", "ray")
+GPU_SHARE = 0.25  # of a GPU per unit on CUDA: several small networks share one
+
+
+def gpus_for(device) -> float:
+    """The GPU share a unit asks for when the run's device is ``device``."""
+    return GPU_SHARE if device.type == "cuda" else 0.0
+
+
+def unit_device(name: str):
+    """The device a unit runs on, in whichever process runs it: the run's, or the CPU where that
+    process has no GPU."""
+    import torch
+    return torch.device(name if name == "cpu" or torch.cuda.is_available() else "cpu")
 
 
 class Executor(Protocol):
@@ -73,7 +86,6 @@ class RayExecutor:
             raise PDDError("the ray executor needs Ray, which is not installed",
                            "pip install -r requirements-ray.txt, or use --executor local") from None
         self.ray, self.retries = ray, retries
-        self._shared: dict[int, tuple[Any, Any]] = {}  # id(value) -> (value, object ref): put once
         if not ray.is_initialized():
             root = str(Path(__file__).resolve().parents[1])  # workers import pdd_engine from here
             env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}}
@@ -88,16 +100,10 @@ class RayExecutor:
                                "(and RAY_AUTH_TOKEN), or use --executor local") from None
         self._task = ray.remote(_in_worker)
 
-    def _ref(self, value: Any) -> Any:
-        hit = self._shared.get(id(value))
-        if hit is None or hit[0] is not value:
-            hit = self._shared[id(value)] = (value, self.ray.put(value))
-        return hit[1]
-
     def map(self, fn, items, shared, cancel=None, gpus=0.0, done=None):
         import torch
         ray = self.ray
-        refs = {k: self._ref(v) for k, v in shared.items()}
+        refs = {k: ray.put(v) for k, v in shared.items()}  # once for all the units; freed with the refs
         task = self._task.options(num_cpus=1, num_gpus=gpus, max_retries=self.retries, retry_exceptions=False)
         pending = [task.remote(fn, torch.get_num_threads(), _Shared(refs), item) for item in items]
         try:
@@ -118,7 +124,7 @@ class RayExecutor:
             raise
 
     def close(self) -> None:
-        self._shared.clear()
+        pass
 
 
 class _Shared(dict):

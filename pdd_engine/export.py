@@ -204,8 +204,9 @@ def load_bundle(path: str | Path) -> Bundle:
             if "manifest.json" not in names:
                 raise BundleError(f"{path.name} has no manifest.json: not a PDD Studio bundle", fix)
             manifest = json.loads(z.read("manifest.json"))
-            if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-                raise BundleError(f"{path.name} is not a PDD Studio bundle (format {manifest.get('format')!r})", fix)
+            found = manifest.get("format") if isinstance(manifest, dict) else None
+            if found != FORMAT:
+                raise BundleError(f"{path.name} is not a PDD Studio bundle (format {found!r})", fix)
             if isinstance(manifest.get("format_version"), int) and manifest["format_version"] > FORMAT_VERSION:
                 raise BundleError(f"{path.name} was written by a newer PDD Studio (format {manifest['format_version']})",
                                   "upgrade pdd_engine")

@@ -17,7 +17,6 @@ from typing import Any, Optional
 from .errors import BundleError
 
 Number = (int, float)
-OPTIONAL_NUMBER = (int, float, type(None))
 OPTIONAL_DICT = (dict, type(None))
 
 SCHEMA: dict[str, Any] = {

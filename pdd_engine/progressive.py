@@ -24,7 +24,7 @@ from .config import DistillConfig
 from .data import Dataset, dataset_for, dataset_info, to_uint8
 from .device import resolve_device
 from .errors import Cancelled, PDDError
-from .executor import Executor, LocalExecutor, make_executor
+from .executor import Executor, LocalExecutor, gpus_for, make_executor, unit_device
 from .evaluate import Curriculum, EvalProtocol, make_curriculum, random_subset
 from .events import (Done, Event, Failed, Message, Progress, RunStarted, StageEvaluated, StageFinished,
                      StageImages, StageStarted, Stopped)
@@ -344,7 +344,7 @@ class Engine:
                       "batched": self.cfg.eval_batched}
             units = self.executor if self.executor is not None else LocalExecutor()
             done = units.map(curriculum_step, [steps[k][1:] for k in todo], shared, self.check_cancel,
-                             gpus=0.25 if device.type == "cuda" else 0.0)
+                             gpus=gpus_for(device))
             for k, (state, acc) in zip(todo, done):
                 self.store.put(steps[k][0], state, {"acc": acc})
                 out[k] = (state, acc)
@@ -362,7 +362,7 @@ def curriculum_step(shared: dict, item: tuple) -> tuple[dict, list]:
     A pure function of its inputs (every network's seeds come from the protocol), so any executor
     gives the same accuracies; the state comes back on the CPU."""
     state, x, y, lr = item
-    device = torch.device(shared["device"] if shared["device"] == "cpu" or torch.cuda.is_available() else "cpu")
+    device = unit_device(shared["device"])
     cur = make_curriculum(shared["ds"], EvalProtocol(**shared["proto"]), device, shared["batched"])
     if state is not None:
         cur.load(state)

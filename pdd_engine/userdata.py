@@ -131,6 +131,11 @@ def split_layout(entries: list[Entry]) -> dict[str, list[Entry]]:
     return {"train": entries}
 
 
+def is_image(e: Entry) -> bool:
+    """An image file inside a class folder: what a dataset is made of."""
+    return len(e.parts) >= 2 and Path(e.parts[-1]).suffix.lower() in IMAGE_EXT
+
+
 def headers_of(items: list[Entry], limits: Limits, notes: list[str]) -> list[Header]:
     """Pass 1 over a split: the headers of its readable images; everything else becomes a note."""
     out = []
@@ -166,7 +171,7 @@ def check_sizes(path: Path, entries: list[Entry], limits: Limits) -> None:
 def unreadable_class(entries: list[Entry], headers: list[Header], notes: list[str]) -> Optional[DataUnavailable]:
     """A class folder with image files of which none could be read: an error that names it (a class
     that silently vanished would change the task)."""
-    named = {e.parts[-2] for e in entries if len(e.parts) >= 2 and Path(e.parts[-1]).suffix.lower() in IMAGE_EXT}
+    named = {e.parts[-2] for e in entries if is_image(e)}
     for c in sorted(named - {h.label for h in headers}):
         why = next((n for n in notes if f"{c}/" in n), "")
         return DataUnavailable(f"class '{c}' has no readable images" + (f" ({why})" if why else ""),

@@ -74,6 +74,10 @@ def test_corrupt_and_foreign_bundles_are_refused(bundle, tmp_path):
         z.writestr("manifest.json", json.dumps({"format": "something-else"}))
     with pytest.raises(BundleError, match="not a PDD Studio bundle"):
         load_bundle(foreign)
+    with zipfile.ZipFile(foreign, "w") as z:  # a manifest that is not even an object
+        z.writestr("manifest.json", "[]")
+    with pytest.raises(BundleError, match="not a PDD Studio bundle"):
+        load_bundle(foreign)
     (tmp_path / "junk.zip").write_bytes(bytes(raw[:100]))
     with pytest.raises(BundleError, match="not a zip"):
         load_bundle(tmp_path / "junk.zip")

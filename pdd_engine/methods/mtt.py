@@ -12,6 +12,7 @@ from typing import Literal, Optional
 
 from ..config import DistillConfig
 from ..errors import MemoryBudgetError
+from ..executor import gpus_for, unit_device
 from ..lazy import LazyModule, torch
 from ..training import draw_seed, flat_params, seed_of, train_epochs
 from .base import Method, StageContext
@@ -41,7 +42,7 @@ def expert_trajectories(ctx: StageContext) -> torch.Tensor:
                   "lrs": list(ctx.stage_lrs), "sizes": list(ctx.stage_sizes)}
         ctx.report(f"training experts: {c.num_experts} on the {ctx.units.name} executor")
         trajs = ctx.units.map(train_expert, list(range(c.num_experts)), shared, ctx.cancel,
-                              gpus=0.25 if ctx.device.type == "cuda" else 0.0,
+                              gpus=gpus_for(ctx.device),
                               done=lambda k: ctx.report(f"expert {k}/{c.num_experts} trained"))
         return {"trajectories": torch.stack(trajs)}
 
@@ -60,7 +61,7 @@ def train_expert(shared: dict, e: int) -> torch.Tensor:
 
     cfg = DistillConfig.from_dict(shared["cfg"])
     c: MTTParams = cfg.params
-    device = torch.device(shared["device"] if shared["device"] == "cpu" or torch.cuda.is_available() else "cpu")
+    device = unit_device(shared["device"])
     channels, classes, size = shared["shape"]
     ds = SimpleNamespace(channels=channels, num_classes=classes, size=size)
     ctx = StageContext(cfg, ds, shared["stage"], device, shared["frozen_x"].to(device), shared["frozen_y"].to(device),
