@@ -19,6 +19,15 @@ def norm_layer(kind: str, width: int) -> nn.Module:
     return nn.Identity()
 
 
+# On a CPU a ConvNet runs its batch in chunks whose first-block activation is at most this many bytes,
+# so conv -> norm -> ReLU -> pool of a chunk stay in cache instead of streaming a 1 GB activation
+# through memory four times. Measured on the 2-core CI machine (32 MiB L3), MNIST, width 128: a
+# no-grad embedding of 2,560 images 5.0 -> 2.8-3.2 s, a training step on 256 images 1.37 -> 0.93-1.08 s,
+# a 10-step MTT unroll 17.2 -> 11.3-12.8 s; 4-32 MiB measured alike (bench/speed.py --only chunking).
+# Per-sample norms only (instance, none): batch norm's statistics would change. None: never chunk.
+CHUNK_BYTES: int | None = 8 * 2 ** 20
+
+
 class ConvNet(nn.Module):
     def __init__(self, channels: int, num_classes: int, size: int, depth: int = 3, width: int = 32,
                  norm: str = "instance"):
@@ -33,13 +42,27 @@ class ConvNet(nn.Module):
             c = width
         self.features = nn.Sequential(*layers)
         self.embed_dim = width * s * s
+        self.first_bytes = width * size * size
+        self.batch_norm = norm == "batch"
+        self.chunk_bytes = CHUNK_BYTES
         self.classifier = nn.Linear(self.embed_dim, num_classes)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x).flatten(1)
+        n = self.chunk_size(x)
+        if n >= len(x):
+            return self.features(x).flatten(1)
+        return torch.cat([self.features(part).flatten(1) for part in x.split(n)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.embed(x))
+
+    def chunk_size(self, x: torch.Tensor) -> int:
+        """Images per pass: all of them on a GPU or under batch norm, else as many as keep the first block's
+        activation within ``chunk_bytes`` (see CHUNK_BYTES). Results equal the unchunked ones up to
+        float summation order, since every other layer is per-sample."""
+        if self.chunk_bytes is None or x.device.type != "cpu" or self.batch_norm:
+            return len(x)
+        return max(1, self.chunk_bytes // (self.first_bytes * x.element_size()))
 
 
 class BasicBlock(nn.Module):

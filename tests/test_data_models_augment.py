@@ -72,6 +72,28 @@ def test_convnet_fits_any_size(size, depth):
     assert net(torch.randn(2, 3, size, size)).shape == (2, 7)
 
 
+@pytest.mark.parametrize("norm", ["instance", "none", "batch"])
+def test_chunked_convnet_gives_the_unchunked_outputs_and_gradients(norm):
+    """On a CPU a ConvNet runs big batches in cache-sized chunks (models.CHUNK_BYTES); per-sample norms
+    make that exact up to float rounding, and batch norm (whose statistics span the batch) is never chunked."""
+    torch.manual_seed(0)
+    net = ConvNet(1, 10, 28, depth=3, width=16, norm=norm)
+    x = torch.randn(70, 1, 28, 28, requires_grad=True)
+    y = torch.arange(70) % 10
+    net.chunk_bytes = 16 * 28 * 28 * 4 * 8  # 8 images per chunk
+    assert net.chunk_size(x) == (70 if norm == "batch" else 8)
+    results = []
+    for chunk_bytes in (net.chunk_bytes, None):
+        net.chunk_bytes = chunk_bytes
+        net.zero_grad()
+        x.grad = None
+        out = net(x)
+        torch.nn.functional.cross_entropy(out, y).backward()
+        results.append((out.detach(), x.grad.clone(), net.features[0].weight.grad.clone()))
+    for chunked, whole in zip(*results):
+        torch.testing.assert_close(chunked, whole, rtol=1e-4, atol=1e-5)
+
+
 def test_parse_arch_and_resnet():
     assert parse_arch("convnet-d4-w64") == {"family": "convnet", "depth": 4, "width": 64}
     assert parse_arch("resnet")["norm"] == "batch"
