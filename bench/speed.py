@@ -98,7 +98,7 @@ def m_method(a: dict) -> dict:
         step(it)
     sync()
     sec = (time.perf_counter() - t) / a["iters"]
-    return {"it_per_s": 1 / sec, "setup_s": setup_s, "peak_mb": peak_mb() - base}
+    return {"it_per_s": 1 / sec, "setup_s": setup_s, "peak_mb": peak_mb() - base, "process_peak_mb": peak_mb()}
 
 
 def m_eval(a: dict) -> dict:
@@ -108,9 +108,11 @@ def m_eval(a: dict) -> dict:
     from pdd_engine.evaluate import BatchedCurriculum, Curriculum, EvalProtocol, random_subset
 
     torch.set_num_threads(a["threads"])
-    ds = load_dataset("digits")
+    ds = load_dataset(a.get("dataset", "digits"))
     x, y = random_subset(ds, 0, a["ipc"], 0)
-    proto = EvalProtocol(epochs=a["epochs"], models=a["models"], depth=2, width=a["width"])
+    proto = EvalProtocol(epochs=a["epochs"], models=a["models"], depth=a.get("depth", 2), width=a["width"])
+    if a.get("plain"):
+        return plain_eval(ds, x, y, proto)
     cls = BatchedCurriculum if a["batched"] else Curriculum
     cur = cls(ds, proto, device())
     if a.get("channels_last"):  # sequential path only: NHWC weights and inputs
@@ -133,8 +135,89 @@ def m_eval(a: dict) -> dict:
         times.append(time.perf_counter() - t)
         accs.append(sum(acc) / len(acc))
     s = times[-1]
+    t = time.perf_counter()  # the test pass train_stage ends with, timed on its own
+    with precision(variant):
+        cur.test_accuracy()
+    test_s = time.perf_counter() - t
     return {"images_per_s": a["models"] * a["epochs"] * len(x) / s, "seconds": s, "acc": accs[-1],
-            "first_stage_s": times[0]}
+            "first_stage_s": times[0], "test_s": test_s,
+            "train_images_per_s": a["models"] * a["epochs"] * len(x) / max(s - test_s, 1e-9)}
+
+
+def plain_eval(ds, x, y, proto) -> dict:
+    """The reference's evaluation protocol as plain PyTorch: one network after another, a DataLoader,
+    a per-sample DSA draw per batch, SGD with momentum, lr x0.1 after half, then the test split. The
+    networks are not chunked (models.CHUNK_BYTES is the engine's), so this is the loop the reference runs."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader, TensorDataset
+    from pdd_engine.models import ConvNet
+
+    aug, g = proto.aug, torch.Generator().manual_seed(0)
+    t, test_s = time.perf_counter(), 0.0
+    accs = []
+    for k in range(proto.models):
+        torch.manual_seed(k)
+        net = ConvNet(ds.channels, ds.num_classes, ds.size, proto.depth, proto.width, proto.norm)
+        net.chunk_bytes = None
+        opt = torch.optim.SGD(net.parameters(), lr=proto.lr, momentum=0.9, weight_decay=5e-4)
+        loader = DataLoader(TensorDataset(x, y), batch_size=proto.batch, shuffle=True)
+        for epoch in range(proto.epochs):
+            if epoch == proto.epochs // 2:
+                opt.param_groups[0]["lr"] = proto.lr * 0.1
+            for xb, yb in loader:
+                loss = F.cross_entropy(net(aug(xb, int(torch.randint(2 ** 31 - 1, (1,), generator=g)), siamese=False)), yb)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        t_test = time.perf_counter()
+        with torch.no_grad():
+            net.eval()
+            pred = torch.cat([net(xb).argmax(1) for xb in ds.x_test.split(256)])
+        accs.append((pred == ds.y_test).float().mean().item())
+        test_s += time.perf_counter() - t_test
+    s = time.perf_counter() - t
+    n = proto.models * proto.epochs * len(x)
+    return {"images_per_s": n / s, "seconds": s, "acc": sum(accs) / len(accs), "first_stage_s": s,
+            "test_s": test_s, "train_images_per_s": n / (s - test_s)}
+
+
+def m_expert(a: dict) -> dict:
+    """Seconds per expert step (batch 256 of real images, per-sample DSA, SGD), and per epoch of the set."""
+    import torch
+    from pdd_engine import DistillConfig
+    from pdd_engine.data import dataset_for
+    from pdd_engine.methods.mtt import EXPERT_BATCH
+    from pdd_engine.progressive import stage_context
+    from pdd_engine.training import train_epochs
+
+    cfg = DistillConfig.make(a["cfg"], other_methods="drop")
+    ds = dataset_for(cfg)
+    ctx = stage_context(cfg, ds)
+    net = ctx.new_model(0)
+    n = a["steps"] * EXPERT_BATCH
+    x, y = ds.x_train[:n], ds.y_train[:n]
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0)
+    train_epochs(net, x[:EXPERT_BATCH], y[:EXPERT_BATCH], 1, opt, 0.01, EXPERT_BATCH, ctx.aug, 0, decay_at_half=False)
+    t = time.perf_counter()
+    train_epochs(net, x, y, 1, opt, 0.01, EXPERT_BATCH, ctx.aug, 1, decay_at_half=False)
+    step = (time.perf_counter() - t) / a["steps"]
+    return {"step_s": step, "epoch_s": step * -(-len(ds.x_train) // EXPERT_BATCH), "train": len(ds.x_train)}
+
+
+def m_run(a: dict) -> dict:
+    """A whole run (every stage, its evaluations, the base method's comparison) in a fresh cache:
+    wall seconds and the process's peak resident memory, the reference's whole-run figure."""
+    import tempfile
+    from pdd_engine import DistillConfig, distill
+
+    with tempfile.TemporaryDirectory() as cache:
+        cfg = DistillConfig.make({**a["cfg"], "cache_dir": cache}, other_methods="drop")
+        t = time.perf_counter()
+        done = distill(cfg)
+        last = done.accuracies[-1]
+        return {"seconds": time.perf_counter() - t, "peak_mb": peak_mb(), "acc": last["mean"],
+                "random": last["random_mean"], "base": last["base_mean"]}
 
 
 def m_transition(a: dict) -> dict:
@@ -212,7 +295,7 @@ def m_executor(a: dict) -> dict:
 
 
 CHILDREN = {"method": m_method, "eval": m_eval, "transition": m_transition, "unroll": m_unroll,
-            "executor": m_executor}
+            "executor": m_executor, "expert": m_expert, "run": m_run}
 
 
 def child(name: str, **kw) -> dict:
@@ -236,9 +319,15 @@ def main() -> int:
                     help=f"sections to run, comma-separated, of {', '.join(SECTIONS)}")
     ap.add_argument("--tiny", action="store_true", help="toy sizes: checks every section runs, in seconds")
     ap.add_argument("--out", default=str(RESULTS / "speed"))
+    ap.add_argument("--reference", help="JSON of the reference code's figures on this machine (row -> value), "
+                                        "shown beside the engine's in --only reference")
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(CHILDREN[args.child[0]](json.loads(args.child[1]))))
+        a = json.loads(args.child[1])
+        if a.get("unchunked"):  # the engine before cache-sized chunks (models.CHUNK_BYTES)
+            import pdd_engine.models
+            pdd_engine.models.CHUNK_BYTES = None
+        print(json.dumps(CHILDREN[args.child[0]](a)))
         return 0
     unknown = [s for s in args.only if s not in SECTIONS]
     if unknown:
@@ -362,8 +451,87 @@ def section_executor(args, report: dict) -> str:
                  ["executor", "workers", "experts s", "ms per task", "trajectory checksum"], rows)
 
 
+# The reference implementations' configuration (issue 10): MNIST, IPC 10, ConvNet-3 width 128, instance
+# norm, the full DSA strategy, real initialisation; DM with batch_real 256, MTT with batch_syn 100.
+REFERENCE_CFG = dict(dataset="mnist", stages=1, ipc=10, width=128, depth=3, norm="instance", init="real",
+                     dsa_strategy="color_crop_cutout_flip_scale_rotate")
+
+
+def load_reference(path) -> dict:
+    """Figures measured by running the reference code on this machine (``--reference FILE``: a JSON
+    object of row name -> seconds, and a ``how`` line); empty without one."""
+    return json.loads(Path(path).read_text()) if path else {}
+
+
+def section_reference(args, report: dict) -> str:
+    """The reference code's configurations as named rows: the engine now, the engine without cache-sized
+    chunks (models.CHUNK_BYTES: the engine before), and the reference's figure with the ratio where given."""
+    tiny = args.tiny
+    base = dict(REFERENCE_CFG, **({"dataset": "digits", "width": 16, "depth": 2} if tiny else {}))
+    ref = load_reference(args.reference)
+    # MTT's experts train on a 2,000-image subset: an MTT iteration's cost does not depend on the real set
+    mtt = dict(base, method="mtt", max_train=2000, num_experts=1, max_start_epoch=1, expert_epochs=1, batch_syn=100)
+    rows = []
+
+    def add(name: str, unit: str, value, extra: str = "") -> None:
+        r = ref.get(name)
+        ratio = f"{value / r:.2f}" if isinstance(value, float) and r else "–"
+        rows.append([name, unit, f"{value:.2f}" if isinstance(value, float) else value, f"{r:.2f}" if r else "–",
+                     ratio, extra])
+
+    for unchunked in (False, True):
+        tag = " (unchunked)" if unchunked else ""
+        r = attempt("method", cfg=dict(base, method="dm", batch_real=256), iters=1 if tiny else 5, unchunked=unchunked)
+        report[f"reference_dm{tag}"] = r
+        add(f"DM iteration{tag}", "s/iter", 1 / r["it_per_s"] if "it_per_s" in r else r.get("failed", "failed"),
+            f"peak RSS {r.get('process_peak_mb', 0):.0f} MB")
+        for steps in (2,) if tiny else (10, 20):
+            r = attempt("method", cfg=dict(mtt, syn_steps=steps), iters=1 if tiny else 2, unchunked=unchunked)
+            report[f"reference_mtt{steps}{tag}"] = r
+            add(f"MTT iteration, syn_steps {steps}{tag}", "s/iter",
+                1 / r["it_per_s"] if "it_per_s" in r else r.get("failed", "failed"),
+                f"peak RSS {r.get('process_peak_mb', 0):.0f} MB")
+        r = attempt("expert", cfg=dict(base, method="mtt"), steps=2 if tiny else 10, unchunked=unchunked)
+        report[f"reference_expert{tag}"] = r
+        add(f"expert epoch{tag}", "s/epoch", r["epoch_s"] if "epoch_s" in r else r.get("failed", "failed"),
+            f"{r.get('step_s', 0):.2f} s per step of 256 images, {r.get('train', 0)} images")
+    ev = dict(dataset=base["dataset"], depth=base["depth"], width=base["width"], ipc=10, models=5, threads=2,
+              epochs=2 if tiny else 20)
+    plain = None
+    for name, kw in (("evaluation, plain PyTorch loop", {"plain": True, "batched": False}),
+                     ("evaluation, engine sequential", {"batched": False}),
+                     ("evaluation, engine batched (vmap)", {"batched": True}),
+                     ("evaluation, engine batched (unchunked)", {"batched": True, "unchunked": True})):
+        r = attempt("eval", **ev, **kw)
+        report[f"reference_{name}"] = r
+        speed = r.get("train_images_per_s")
+        plain = plain or speed
+        if speed and plain:
+            r["speed_up_over_plain"] = speed / plain
+        add(name, "training images/s", speed if speed else r.get("failed", "failed"),
+            f"{r.get('speed_up_over_plain', 0):.2f} x the plain loop; test pass (5 x 10,000 images) "
+            f"{r.get('test_s', 0):.0f} s; acc {100 * r.get('acc', 0):.1f} %")
+    run_cfg = dict(base, method="dm", batch_real=256, iterations=2 if tiny else 20, eval_epochs=2 if tiny else 20,
+                   eval_models=3)
+    r = attempt("run", cfg=run_cfg)
+    report["reference_whole_run"] = r
+    add("whole run, DM P = 1 (peak RSS)", "MB", r["peak_mb"] if "peak_mb" in r else r.get("failed", "failed"),
+        f"{r.get('seconds', 0):.0f} s for {run_cfg['iterations']} iterations, 3 x {run_cfg['eval_epochs']} eval epochs, "
+        "random subset and base")
+    r = attempt("run", cfg={} if not tiny else {"iterations": 2, "eval_epochs": 2})
+    report["default_run"] = r
+    add("default run (digits, app and CLI defaults)", "s", r["seconds"] if "seconds" in r else r.get("failed", "failed"),
+        f"PDD {100 * (r.get('acc') or 0):.1f} %, base {100 * (r.get('base') or 0):.1f} %, "
+        f"random {100 * (r.get('random') or 0):.1f} %; peak RSS {r.get('peak_mb', 0):.0f} MB")
+    title = ("Reference configurations (MNIST, IPC 10, ConvNet-3 width 128, instance norm, full DSA, real init; "
+             "DM batch_real 256; MTT batch_syn 100; evaluation: 5 networks x 20 epochs on 100 images)")
+    note = f"\n{ref['how']}\n" if ref.get("how") else ""
+    return table(title, ["row", "unit", "engine", "reference", "engine / reference", "notes"], rows) + note
+
+
 SECTIONS = {"methods": section_methods, "eval": section_eval, "transition": section_transition,
-            "unroll": section_unroll, "variants": section_variants, "executor": section_executor}
+            "unroll": section_unroll, "variants": section_variants, "executor": section_executor,
+            "reference": section_reference}
 
 
 if __name__ == "__main__":

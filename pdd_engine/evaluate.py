@@ -70,13 +70,15 @@ class Curriculum:
         """Continue every network on (x, y) for ``epochs``; return test accuracies."""
         self.stage += 1
         x, y = x.to(self.device), y.to(self.device)
-        xt, yt = self.ds.x_test.to(self.device), self.ds.y_test.to(self.device)
-        accs = []
         for k, (net, opt) in enumerate(zip(self.nets, self.opts)):
             train_epochs(net, x, y, self.proto.epochs, opt, lr or self.proto.lr, self.proto.batch, self.proto.aug,
                          seed_of(self.proto.seed, 2000 + k, self.stage))
-            accs.append(accuracy(net, xt, yt))
-        return accs
+        return self.test_accuracy()
+
+    def test_accuracy(self) -> list[float]:
+        """Each network's accuracy on the test split."""
+        xt, yt = self.ds.x_test.to(self.device), self.ds.y_test.to(self.device)
+        return [accuracy(net, xt, yt) for net in self.nets]
 
     def state(self) -> dict[str, torch.Tensor]:
         out = {"stage": torch.tensor(self.stage)}

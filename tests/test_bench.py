@@ -19,3 +19,16 @@ def test_gpu_check_script_runs_on_cpu_with_tiny_sizes(tmp_path):
     assert "CPU only" in report and "| dm iteration | bf16 |" in report
     assert "| digits | 2 | PDD+MTT | 2 | paper |" in report  # the P = 2 row, beside P = 1 and its own random
     assert "skipped" in (tmp_path / "tests.log").read_text()  # no GPU here: the CUDA tests skip, they do not fail
+
+
+def test_profile_script_breaks_a_dm_iteration_and_an_evaluation_epoch_down_by_operator(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "breakdown.py"), "--tiny", "--only", "dm,eval",
+                          "--out", str(tmp_path / "breakdown")], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    import json
+    report = json.loads((tmp_path / "breakdown.json").read_text())
+    for target in ("dm", "eval"):
+        shares = report[target]["groups"]
+        assert abs(sum(shares.values()) - 1) < 1e-6 and "convolution" in shares
+        assert report[target]["top"] and report[target]["cpu_s"] > 0
+    assert "DM iteration" in (tmp_path / "breakdown.md").read_text()
