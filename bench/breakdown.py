@@ -1,5 +1,5 @@
 """Where the time goes: torch.profiler breakdowns of a DM iteration, an MTT iteration, an expert step
-and an evaluation epoch, at the reference code's configuration (bench/speed.py's REFERENCE_CFG).
+and an evaluation epoch, at the reference code's configuration (bench/speed.py's reference_cfg).
 
     .venv/bin/python bench/breakdown.py                 # writes bench/results/breakdown.md/.json
     .venv/bin/python bench/breakdown.py --unchunked     # the engine before cache-sized chunks
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import RESULTS, machine, write_report  # noqa: E402
-from bench.speed import REFERENCE_CFG, table  # noqa: E402
+from bench.speed import REFERENCE_MTT, reference_cfg, table, unchunk  # noqa: E402
 
 GROUPS = (("convolution", ("conv",)), ("norm", ("group_norm", "instance_norm", "batch_norm")),
           ("pooling", ("pool",)), ("activation", ("relu", "threshold", "clamp")),
@@ -47,11 +47,10 @@ def workload(name: str, tiny: bool):
     from pdd_engine.progressive import stage_context
     from pdd_engine.training import train_epochs
 
-    base = dict(REFERENCE_CFG, **({"dataset": "digits", "width": 16, "depth": 2} if tiny else {}))
+    base = reference_cfg(tiny)
     if name in ("dm", "mtt"):
-        extra = {"batch_real": 256} if name == "dm" else dict(
-            max_train=2000, num_experts=1, max_start_epoch=1, expert_epochs=1, batch_syn=100, syn_steps=2 if tiny else 10)
-        cfg = DistillConfig.make(dict(base, method=name, **extra))
+        extra = dict(method="dm", batch_real=256) if name == "dm" else dict(REFERENCE_MTT, syn_steps=2 if tiny else 10)
+        cfg = DistillConfig.make(dict(base, **extra))
         method = get_method(name)(stage_context(cfg, dataset_for(cfg)))
         method.setup()
         stored = torch.nn.Parameter(method.init_images())
@@ -78,8 +77,7 @@ def child(name: str, tiny: bool, unchunked: bool) -> dict:
     import torch
     from torch.profiler import ProfilerActivity, profile
     if unchunked:
-        import pdd_engine.models
-        pdd_engine.models.CHUNK_BYTES = None
+        unchunk()
     call = workload(name, tiny)
     call()
     t = time.perf_counter()

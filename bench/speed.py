@@ -152,6 +152,7 @@ def plain_eval(ds, x, y, proto) -> dict:
     import torch.nn.functional as F
     from torch.utils.data import DataLoader, TensorDataset
     from pdd_engine.models import ConvNet
+    from pdd_engine.training import draw_seed
 
     aug, g = proto.aug, torch.Generator().manual_seed(0)
     t, test_s = time.perf_counter(), 0.0
@@ -166,7 +167,7 @@ def plain_eval(ds, x, y, proto) -> dict:
             if epoch == proto.epochs // 2:
                 opt.param_groups[0]["lr"] = proto.lr * 0.1
             for xb, yb in loader:
-                loss = F.cross_entropy(net(aug(xb, int(torch.randint(2 ** 31 - 1, (1,), generator=g)), siamese=False)), yb)
+                loss = F.cross_entropy(net(aug(xb, draw_seed(g), siamese=False)), yb)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -324,9 +325,8 @@ def main() -> int:
     args = ap.parse_args()
     if args.child:
         a = json.loads(args.child[1])
-        if a.get("unchunked"):  # the engine before cache-sized chunks (models.CHUNK_BYTES)
-            import pdd_engine.models
-            pdd_engine.models.CHUNK_BYTES = None
+        if a.get("unchunked"):
+            unchunk()
         print(json.dumps(CHILDREN[args.child[0]](a)))
         return 0
     unknown = [s for s in args.only if s not in SECTIONS]
@@ -455,6 +455,19 @@ def section_executor(args, report: dict) -> str:
 # norm, the full DSA strategy, real initialisation; DM with batch_real 256, MTT with batch_syn 100.
 REFERENCE_CFG = dict(dataset="mnist", stages=1, ipc=10, width=128, depth=3, norm="instance", init="real",
                      dsa_strategy="color_crop_cutout_flip_scale_rotate")
+TINY_CFG = {"dataset": "digits", "width": 16, "depth": 2}  # --tiny: the same rows at toy sizes
+# MTT's experts train on a 2,000-image subset: an MTT iteration's cost does not depend on the real set
+REFERENCE_MTT = dict(method="mtt", max_train=2000, num_experts=1, max_start_epoch=1, expert_epochs=1, batch_syn=100)
+
+
+def reference_cfg(tiny: bool) -> dict:
+    return dict(REFERENCE_CFG, **(TINY_CFG if tiny else {}))
+
+
+def unchunk() -> None:
+    """The engine before cache-sized chunks: ConvNets built after this run whole batches."""
+    import pdd_engine.models
+    pdd_engine.models.CHUNK_BYTES = None
 
 
 def load_reference(path) -> dict:
@@ -467,10 +480,9 @@ def section_reference(args, report: dict) -> str:
     """The reference code's configurations as named rows: the engine now, the engine without cache-sized
     chunks (models.CHUNK_BYTES: the engine before), and the reference's figure with the ratio where given."""
     tiny = args.tiny
-    base = dict(REFERENCE_CFG, **({"dataset": "digits", "width": 16, "depth": 2} if tiny else {}))
+    base = reference_cfg(tiny)
     ref = load_reference(args.reference)
-    # MTT's experts train on a 2,000-image subset: an MTT iteration's cost does not depend on the real set
-    mtt = dict(base, method="mtt", max_train=2000, num_experts=1, max_start_epoch=1, expert_epochs=1, batch_syn=100)
+    mtt = dict(base, **REFERENCE_MTT)
     rows = []
 
     def add(name: str, unit: str, value, extra: str = "") -> None:
