@@ -1,4 +1,4 @@
-"""Command line: ``python -m pdd_engine {distill,evaluate,fetch,presets,runs}``.
+"""Command line: ``python -m pdd_engine {distill,evaluate,preview,fetch,presets,runs}``.
 
 Every config field is a flag (``--syn-steps 30``); a preset supplies the rest.
 """
@@ -27,12 +27,13 @@ def _flag_type(t: Any) -> Any:
 def config_flags() -> list[tuple[str, Any, str]]:
     """(field, type, help) for every flag: the shared config fields, then each registered method's
     hyper-parameters (a name two methods share is one flag)."""
+    from .config import HINTS
     from .methods import all_params, owners
     hints = typing.get_type_hints(DistillConfig)
-    out = [(f.name, _flag_type(hints[f.name]), f"default {f.default!r}") for f in fields(DistillConfig)
-           if f.name != "params"]
-    return out + [(name, _flag_type(t), f"{meta['label']} [{', '.join(owners(name))}; default {default!r}]")
-                  for name, t, default, meta in all_params()]
+    out = [(f.name, _flag_type(hints[f.name]), (f"{HINTS[f.name]}; " if f.name in HINTS else "") + f"default {f.default!r}")
+           for f in fields(DistillConfig) if f.name != "params"]
+    return out + [(name, _flag_type(t), f"{meta['label']}" + (f": {meta['hint']}" if meta.get("hint") else "")
+                   + f" [{', '.join(owners(name))}; default {default!r}]") for name, t, default, meta in all_params()]
 
 
 def add_config_flags(p: argparse.ArgumentParser) -> None:
@@ -147,31 +148,22 @@ def check_writable(path: str, flag: str) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from .export import evaluate_bundle, load_bundle
+    from .manifest import evaluation_table
 
     for flag, value in (("--epochs", args.epochs), ("--models", args.models)):
         if value is not None and value < 1:
             raise PDDError(f"{flag} must be 1 or more (got {value})", f"give {flag} a whole number >= 1, or leave it out")
 
     manifest = load_bundle(args.bundle).manifest
-    archs = args.arch or [None]
-    print("| architecture | " + " | ".join(f"stage {e['stage']} (IPC {e['cumulative_images_per_class']})"
-                                           for e in manifest["stage_entries"]) + " |")
-    print("| --- |" + " --- |" * len(manifest["stage_entries"]))
-    print("| manifest (" + manifest_arch(manifest) + ") | " + " | ".join(
-        f"{100 * e['accuracy']['mean']:.1f} ± {100 * e['accuracy']['std']:.1f}" for e in manifest["stage_entries"]) + " |")
-    for arch in archs:
+    headers, rows = evaluation_table(manifest, [])
+    print("| " + " | ".join(headers) + " |")
+    print("| --- |" + " --- |" * (len(headers) - 1))
+    print("| " + " | ".join(rows[0]) + " |")
+    for arch in args.arch or [None]:
         accs = evaluate_bundle(args.bundle, arch, args.epochs, args.models, args.device, args.data_root, data=args.data)
-        print(f"| {arch or 'same as manifest'} | " + " | ".join(
-            f"{100 * np.mean(a):.1f} ± {100 * np.std(a):.1f}" for a in accs) + " |", flush=True)
+        print("| " + " | ".join(evaluation_table(manifest, [(arch, accs)])[1][-1]) + " |", flush=True)
     return 0
-
-
-def manifest_arch(m: dict) -> str:
-    e = m["evaluation"]
-    return f"{e['family']}-d{e['depth']}-w{e['width']}"
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
@@ -181,6 +173,30 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         raise PDDError(f"fetch supports only mnist (got '{args.dataset}')",
                        "torchvision downloads the other sets on first use where there is internet")
     print(f"MNIST IDX files in {fetch_mnist(args.data_root)}")
+    return 0
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    """``preview DATASET``: a dataset's facts (and, with --out, a PNG of real images per class)."""
+    from .preview import montage, preview_dataset
+
+    if args.per_class < 1:
+        raise PDDError(f"--per-class must be 1 or more (got {args.per_class})", "give --per-class a whole number >= 1")
+    p = preview_dataset(args.dataset, args.data_root, args.per_class, args.image_size)
+    if args.json:
+        print(json.dumps(p.facts()))
+    else:
+        for k, v in p.facts().items():
+            print(f"{k}: {v}")
+    if args.out:
+        if p.images is None:
+            raise PDDError(f"{args.dataset} is not on this machine, so there are no images to show",
+                           "run a distillation once (it downloads the data) or leave --out out")
+        from PIL import Image
+        check_writable(args.out, "--out")
+        pixels = montage(p)
+        Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(args.out)
+        print(f"images: {args.out}")
     return 0
 
 
@@ -223,7 +239,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
         rec = runs.get(store, args.ids[0])
         print(f"bundle written to {runs.export(store, rec.id, args.out or rec.file_stem + '.zip')}", file=sys.stderr)
     elif args.action == "compare":
-        print(runs.compare_table([runs.get(store, ref) for ref in args.ids]))
+        chosen = [runs.get(store, ref) for ref in args.ids]
+        print(runs.compare_table(chosen) + "\n\n" + runs.config_differences(chosen))
     return 0
 
 
@@ -251,6 +268,14 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("dataset", choices=["mnist"])
     f.add_argument("--data-root")
     f.set_defaults(func=cmd_fetch)
+    v = sub.add_parser("preview", help="a dataset's facts and real images per class, before any run (never downloads)")
+    v.add_argument("dataset", help="digits, mnist, ..., folder:PATH.zip or idx:FOLDER")
+    v.add_argument("--data-root")
+    v.add_argument("--per-class", type=int, default=8, help="images of each class in --out (default 8)")
+    v.add_argument("--image-size", type=int, help="resize as a run with --image-size would")
+    v.add_argument("--out", help="write a PNG (a row per class) here")
+    v.add_argument("--json", action="store_true", help="the facts as one JSON line")
+    v.set_defaults(func=cmd_preview)
     sub.add_parser("presets", help="list presets").set_defaults(func=cmd_presets)
     r = sub.add_parser("runs", help="finished runs in the cache: list, show, delete, export, compare")
     r.add_argument("action", nargs="?", default="list", choices=["list", "show", "delete", "export", "compare"])

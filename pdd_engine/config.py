@@ -21,6 +21,29 @@ DSA_OPS = ("color", "crop", "cutout", "flip", "scale", "rotate")
 Norm = Literal["instance", "batch", "none"]
 Device = Literal["auto", "cpu", "cuda"]
 
+# One line per shared field on what it does, for the CLI's help and the studio's controls (a method's
+# own settings carry theirs in their ``param``).
+HINTS = {
+    "stages": "P: how many small sets are distilled one after another, each frozen before the next",
+    "ipc": "synthetic images per class in the end, over all stages",
+    "stage_ipc": "images per class each stage adds, e.g. 6,4; empty splits IPC evenly",
+    "iterations": "image updates per stage (the base method's budget)",
+    "lr_img": "step size of the synthetic pixels",
+    "width": "channels of the ConvNet used to distil and to evaluate",
+    "depth": "ConvNet blocks (conv, norm, ReLU, pool)",
+    "image_size": "resize every image to this many pixels per side (set it for mixed-size uploads)",
+    "eval_epochs": "epochs each evaluation network trains per stage",
+    "eval_models": "evaluation networks per stage: the ± is their std",
+    "seed": "one seed for everything: the same seed gives the same result",
+    "transition": "where each stage's matching networks start (chain: the paper's)",
+    "transition_epochs": "epochs a network trains on each earlier stage before it is matched",
+    "filter_easy": "drop the real examples networks already classify well before each next stage",
+    "zca": "whiten images (ZCA), as the field does for CIFAR",
+    "device": "auto: CUDA when present, else CPU",
+    "compare_base": "also distil the base method alone (P=1) at the same IPC, to see PDD's gain",
+}
+
+
 @dataclass(frozen=True)
 class DistillConfig:
     # what to distil
@@ -133,6 +156,18 @@ class DistillConfig:
     def base_stages(self) -> list[int]:
         """Stages after which the base method alone is compared with PDD."""
         return {"off": [], "final": [self.stages], "every": list(range(1, self.stages + 1))}[self.compare_base]
+
+    def automatic(self, size: int, n_train: int) -> dict[str, str]:
+        """What each unset (automatic) setting becomes on ``size``-pixel data with ``n_train`` real
+        training images, and why: front ends show it where the value would be."""
+        from .methods import get_method
+        auto = {"lr_img": f"{self.effective_lr_img:g} ({self.method.upper()}'s default)",
+                "depth": f"{auto_depth(size)} (for {size} px)", "image_size": f"{size} (the dataset's own)",
+                "stage_ipc": f"{','.join(map(str, self.ipcs))} (IPC split evenly)" if not self.ipc % self.stages else "",
+                "max_train": f"all {n_train:,}"}
+        auto.update(get_method(self.method).automatic(self, size, n_train))
+        flat = self.flat()
+        return {k: v for k, v in auto.items() if v and k in flat and flat[k] is None}
 
     @property
     def effective_lr_img(self) -> float:

@@ -9,6 +9,11 @@ class PDDError(Exception):
         self.fix = fix.rstrip(".")
         super().__init__(f"{self.problem}. Fix: {self.fix}.")
 
+    def __reduce__(self):
+        """Rebuilt from (problem, fix), so the error crosses process boundaries (the studio's helper
+        processes answer with it) as itself, not as a TypeError of the unpickler."""
+        return type(self), (self.problem, self.fix)
+
 
 class ConfigError(PDDError):
     """A config value or combination is invalid."""

@@ -15,11 +15,44 @@ import copy
 from .augment import DSA
 from .config import DistillConfig
 from .data import Dataset
+from .errors import PDDError
 from .lazy import F, LazyModule, nn, torch
 from .training import accuracy, draw_seed, make_sgd, seed_of, train_epochs
 
 
 models = LazyModule("pdd_engine.models")  # the protocol (cache keys, the web process) needs no torch
+
+
+# Architectures front ends offer for cross-architecture evaluation (any parse_arch name works).
+ARCHITECTURES = ("convnet", "convnet-d4", "convnet-w64", "convnet-d3-w128", "resnet", "resnet-w16")
+
+
+def parse_arch(arch: str) -> dict:
+    """``convnet``, ``convnet-d4``, ``convnet-w64``, ``convnet-d4-w128``, ``resnet``, ``resnet-w16``,
+    optionally ending in a norm (``-instance``, ``-batch``, ``-none``)."""
+    parts = arch.lower().split("-")
+    spec = {"family": parts[0]}
+    for p in parts[1:]:
+        if p[:1] in "dw" and p[1:].isdigit():
+            spec["depth" if p[0] == "d" else "width"] = int(p[1:])
+        elif p in ("instance", "batch", "none"):
+            spec["norm"] = p
+        else:
+            raise ValueError(p)
+    if spec["family"] not in ("convnet", "resnet"):
+        raise ValueError(arch)
+    if spec["family"] == "resnet":
+        spec.setdefault("norm", "batch")  # the field's ResNet-18BN convention
+    return spec
+
+
+def arch_changes(arch: str) -> dict:
+    """:func:`parse_arch`, or a one-line PDDError that lists the names front ends offer."""
+    try:
+        return parse_arch(arch)
+    except ValueError:
+        raise PDDError(f"unknown architecture '{arch}'",
+                       f"use one of {', '.join(ARCHITECTURES)} (depth -dN, width -wN, norm -instance/-batch/-none)") from None
 
 
 @dataclass(frozen=True)

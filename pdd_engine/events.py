@@ -53,6 +53,7 @@ class StageImages:
     labels: np.ndarray  # (N,)
     new: np.ndarray  # (N,) bool: True for this stage's images, False for frozen ones
     classes: list[str]
+    origin: Optional[np.ndarray] = None  # (N,) the stage (1-based) each image was distilled in
 
 
 @dataclass

@@ -36,8 +36,7 @@ from .config import DistillConfig
 from .data import Dataset, dataset_for, dataset_info, to_uint8
 from .device import resolve_device
 from .errors import BundleError, PDDError
-from .evaluate import EvalProtocol, make_curriculum
-from .models import parse_arch
+from .evaluate import EvalProtocol, arch_changes, make_curriculum
 from .keys import Keys
 from . import manifest as manifests
 from .records import eval_check, stage_check
@@ -251,12 +250,7 @@ def evaluate_bundle(path: str | Path, arch: Optional[str] = None, epochs: Option
     if models:
         changes["models"] = models
     if arch:
-        try:
-            spec = parse_arch(arch)
-        except ValueError:
-            raise PDDError(f"unknown architecture '{arch}'",
-                           "use convnet, convnet-d4, convnet-w64, convnet-d3-w128, resnet or resnet-w16") from None
-        changes.update(spec)
+        changes.update(arch_changes(arch))
     proto = EvalProtocol(**{**proto.to_dict(), **changes})
     cur = make_curriculum(ds, proto, resolve_device(device), cfg.eval_batched if batched is None else batched)
     return [cur.train_stage(u["images"], u["labels"], e["eval_lr"]) for u, e in zip(bundle.unions, m["stage_entries"])]

@@ -7,10 +7,13 @@ on the reader's disk, and the writer's own paths never leave the machine.
   the home folder) from every string before the manifest is written.
 - :func:`dataset_to_read` decides what dataset an evaluation reads: a built-in one by name, or the
   user's own data from a path the *user* gives (``--data``), never a path the manifest gives.
+- :func:`evaluation_table` lays out a cross-architecture evaluation beside the manifest's own
+  accuracies (the CLI's table and the studio's Evaluate tab).
 """
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import Any, Optional
 
@@ -119,3 +122,21 @@ def dataset_to_read(name: str, data: Optional[str]) -> str:
         raise BundleError(f"this bundle was made on your own data ('{name}'); a bundle never says where to read it",
                           "give the same folder or .zip with --data PATH")
     return spec.name + data
+
+
+def manifest_arch(manifest: dict[str, Any]) -> str:
+    """The architecture a bundle was evaluated on, in :func:`~pdd_engine.evaluate.parse_arch` form."""
+    e = manifest["evaluation"]
+    return f"{e['family']}-d{e['depth']}-w{e['width']}"
+
+
+def evaluation_table(manifest: dict[str, Any], results: list[tuple[str, list[list[float]]]]) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of a cross-architecture evaluation: the manifest's own accuracies first,
+    then one row per ``(architecture, per-stage accuracies)`` (mean ± std %, one column per stage)."""
+    entries = manifest["stage_entries"]
+    headers = ["architecture"] + [f"stage {e['stage']} (IPC {e['cumulative_images_per_class']})" for e in entries]
+    pm = lambda m, s: f"{100 * m:.1f} ± {100 * s:.1f}"  # noqa: E731
+    own = [pm(e["accuracy"]["mean"], e["accuracy"]["std"]) if e.get("accuracy") else "–" for e in entries]
+    rows = [[f"recorded in the bundle ({manifest_arch(manifest)})"] + own]
+    rows += [[arch or "same as exported"] + [pm(statistics.fmean(a), statistics.pstdev(a)) for a in accs] for arch, accs in results]
+    return headers, rows

@@ -103,25 +103,6 @@ class ResNet(nn.Module):
         return self.classifier(self.embed(x))
 
 
-def parse_arch(arch: str) -> dict:
-    """``convnet``, ``convnet-d4``, ``convnet-w64``, ``convnet-d4-w128``, ``resnet``, ``resnet-w16``,
-    optionally ending in a norm (``-instance``, ``-batch``, ``-none``)."""
-    parts = arch.lower().split("-")
-    spec = {"family": parts[0]}
-    for p in parts[1:]:
-        if p[:1] in "dw" and p[1:].isdigit():
-            spec["depth" if p[0] == "d" else "width"] = int(p[1:])
-        elif p in ("instance", "batch", "none"):
-            spec["norm"] = p
-        else:
-            raise ValueError(p)
-    if spec["family"] not in ("convnet", "resnet"):
-        raise ValueError(arch)
-    if spec["family"] == "resnet":
-        spec.setdefault("norm", "batch")  # the field's ResNet-18BN convention
-    return spec
-
-
 def build_model(channels: int, num_classes: int, size: int, depth: int = 3, width: int = 32,
                 norm: str = "instance", family: str = "convnet") -> nn.Module:
     if family == "resnet":

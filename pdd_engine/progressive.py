@@ -373,14 +373,15 @@ def curriculum_step(shared: dict, item: tuple) -> tuple[dict, list]:
 def union_view(ds: Dataset, stored: list[torch.Tensor]):
     """The union in stored form, class-major (rows of the UI grid), with the newest stage marked.
     Each stage's block is class-major too, with its own number of images per class."""
-    imgs, labs, new = [], [], []
+    imgs, labs, origin = [], [], []
     for c in range(ds.num_classes):
-        for s, block in enumerate(stored):
+        for s, block in enumerate(stored, start=1):
             per = len(block) // ds.num_classes
             imgs.append(block[c * per:(c + 1) * per])
             labs += [c] * per
-            new += [s == len(stored) - 1] * per
-    return to_uint8(ds, torch.cat(imgs)), np.array(labs), np.array(new), list(ds.classes)
+            origin += [s] * per
+    origin = np.array(origin)
+    return to_uint8(ds, torch.cat(imgs)), np.array(labs), origin == len(stored), list(ds.classes), origin
 
 
 def run(cfg: DistillConfig, store: Optional[Store] = None, cancel: Optional[CancelToken] = None,

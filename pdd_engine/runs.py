@@ -175,3 +175,16 @@ def compare_table(records: list[RunRecord]) -> str:
             rows.append(f"| {r.id} | {r.config.dataset} | {r.config.method} | {r.config.stages} | {s.stage} | {s.ipc} | "
                         f"{pm(s.mean, s.std)} | {pm(s.base_mean, s.base_std)} | {pm(s.random_mean, s.random_std)} |")
     return "\n".join(rows)
+
+
+def config_differences(records: list[RunRecord]) -> str:
+    """Markdown: the settings in which the runs differ, one row per setting, a column per run
+    (what to read first when two curves disagree); one line when they differ in none."""
+    flats = [r.config.flat() for r in records]
+    every = dict.fromkeys(n for f in flats for n in f)  # shared settings, then each method's own
+    names = [n for n in every if n not in ("data_root", "cache_dir") and len({repr(f.get(n)) for f in flats}) > 1]
+    if not names:
+        return "The selected runs have the same settings." if len(records) > 1 else ""
+    rows = ["| setting | " + " | ".join(r.id for r in records) + " |", "| --- |" + " --- |" * len(records)]
+    rows += [f"| {n} | " + " | ".join("–" if f.get(n) is None else str(f.get(n)) for f in flats) + " |" for n in names]
+    return "\n".join(rows)

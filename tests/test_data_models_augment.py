@@ -5,7 +5,8 @@ import torch
 from pdd_engine import data as D
 from pdd_engine.augment import DSA
 from pdd_engine.errors import DataUnavailable
-from pdd_engine.models import ConvNet, build_model, parse_arch
+from pdd_engine.evaluate import parse_arch
+from pdd_engine.models import ConvNet, build_model
 
 
 def test_digits_split_is_deterministic_stratified_and_normalised(digits):

@@ -167,8 +167,9 @@ def test_runs_records_and_cli(tiny, tmp_path, capsys):
     assert main(["runs", "show", rb.id, "--json", "--cache-dir", cache]) == 0
     assert json.loads(capsys.readouterr().out)["stages"][1]["ipc"] == 2
     assert main(["runs", "compare", rb.id, recs[1].id, "--cache-dir", cache]) == 0
-    table = capsys.readouterr().out
+    table, differences = capsys.readouterr().out.split("\n\n")
     assert table.count(f"| {rb.id} |") == 2 and table.count(f"| {recs[1].id} |") == 1
+    assert "| stages | 2 | 1 |" in differences and "| method |" not in differences  # what differs, only
     out = tmp_path / "x.zip"
     assert main(["runs", "export", rb.id, "--out", str(out), "--cache-dir", cache]) == 0
     assert load_bundle(out).manifest["config"]["stages"] == 2
@@ -245,4 +246,4 @@ def test_user_data_bundle_carries_no_local_path_and_evaluates_with_data(tiny, st
         evaluate_bundle(out, epochs=1)
     assert len(evaluate_bundle(out, epochs=1, models=1, data=str(data))) == 2
     assert main(["evaluate", str(out), "--epochs", "1", "--models", "1", "--data", str(data)]) == 0
-    assert "| same as manifest |" in capsys.readouterr().out
+    assert "| same as exported |" in capsys.readouterr().out

@@ -23,15 +23,15 @@ from .spec import Params, Work, param, register
 
 @dataclass(frozen=True)
 class GradientMatchingParams(Params):
-    batch_real: int = param(128, "Real images per class per iteration", minimum=1)
-    outer_loop: int = param(10, "Gradient matching: iterations per fresh network", minimum=1)
-    inner_loop: int = param(5, "Gradient matching: network steps between image updates", minimum=1)
+    batch_real: int = param(128, "Real images per class per iteration", "real batch each class is matched against", minimum=1)
+    outer_loop: int = param(10, "Gradient matching: iterations per fresh network", "image updates before the matching network is replaced", minimum=1)
+    inner_loop: int = param(5, "Gradient matching: network steps between image updates", "how far the matching network trains on the synthetic set", minimum=1)
 
 
 @dataclass(frozen=True)
 class IDCParams(GradientMatchingParams):
     # None: 1 below 16 px (tiles of 4x4 carry too little), else 2
-    idc_factor: Optional[int] = param(None, "IDC: tiles per side (empty or 0: by image size)", minimum=1, maximum=4)
+    idc_factor: Optional[int] = param(None, "IDC: tiles per side", "each stored image holds factor² smaller training images", minimum=1, maximum=4)
 
 
 def layer_distance(gs: torch.Tensor, gr: torch.Tensor) -> torch.Tensor:
@@ -150,6 +150,10 @@ class IDC(GradientMatching):
     @classmethod
     def key_params(cls, cfg: DistillConfig, size: int) -> dict:
         return {**super().key_params(cfg, size), "idc_factor": cls.factor_for(cfg, size)}
+
+    @classmethod
+    def automatic(cls, cfg: DistillConfig, size: int, n_train: int) -> dict[str, str]:
+        return {"idc_factor": f"{cls.factor_for(cfg, size)} (for {size} px: 1 below 16 px, else 2)"}
 
     @classmethod
     def images_per_stored(cls, cfg: DistillConfig, size: int) -> int:

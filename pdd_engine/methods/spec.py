@@ -19,12 +19,12 @@ if TYPE_CHECKING:
     from ..config import DistillConfig
 
 
-def param(default: Any, label: str, *, minimum: Optional[float] = None, maximum: Optional[float] = None,
+def param(default: Any, label: str, hint: str = "", *, minimum: Optional[float] = None, maximum: Optional[float] = None,
           positive: bool = False, semantic: bool = True) -> Any:
-    """A method hyper-parameter: its default, the label front ends show, its bounds (``minimum`` and
-    ``maximum`` inclusive, ``positive``: > 0), and whether it changes what is computed (``semantic=False``: only
-    how, e.g. memory strategy; such a field enters no cache key)."""
-    return field(default=default, metadata={"label": label, "minimum": minimum, "maximum": maximum,
+    """A method hyper-parameter: its default, the label and one-line hint front ends show, its bounds
+    (``minimum`` and ``maximum`` inclusive, ``positive``: > 0), and whether it changes what is computed
+    (``semantic=False``: only how, e.g. memory strategy; such a field enters no cache key)."""
+    return field(default=default, metadata={"label": label, "hint": hint, "minimum": minimum, "maximum": maximum,
                                             "positive": positive, "semantic": semantic})
 
 
@@ -174,6 +174,12 @@ class MethodSpec:
     def key_params(cls, cfg: "DistillConfig", size: int) -> dict[str, Any]:
         """The hyper-parameters as they enter the stage key: semantic fields, automatic values resolved."""
         return cfg.params.semantic()
+
+    @classmethod
+    def automatic(cls, cfg: "DistillConfig", size: int, n_train: int) -> dict[str, str]:
+        """What each of the method's unset (automatic) settings becomes on ``size``-pixel data with
+        ``n_train`` real training images, and why: front ends show it where the value would be."""
+        return {}
 
     @classmethod
     def warnings(cls, cfg: "DistillConfig", n_train: int) -> list[str]:
