@@ -109,6 +109,30 @@ def device_call(name: str) -> str:
         return "cpu"
 
 
+def preview_call(name: str, data_root: Optional[str], image_size: Optional[int]):
+    """:func:`pdd_engine.preview.preview_dataset` for the helper process (data loading stays out of
+    the server)."""
+    from pdd_engine.preview import preview_dataset
+    return preview_dataset(name, data_root, image_size=image_size)
+
+
+def manifest_call(path: str) -> dict:
+    """A bundle's verified manifest (:func:`pdd_engine.export.load_bundle`; BundleError if it is none)."""
+    from pdd_engine.export import load_bundle
+    return load_bundle(path).manifest
+
+
+def evaluate_call(path: str, arch: Optional[str], models: Optional[int], epochs: Optional[int],
+                  data_root: Optional[str], data: Optional[str], threads: int) -> list[list[float]]:
+    """:func:`pdd_engine.export.evaluate_bundle` in the evaluator process."""
+    import torch
+
+    from pdd_engine.export import evaluate_bundle
+    if threads:
+        torch.set_num_threads(threads)
+    return evaluate_bundle(path, arch, epochs, models, data_root=data_root, data=data)
+
+
 def stage_call(cfg_dict: dict, cache_dir: Optional[str], stage: int) -> list:
     """Run the engine up to ``stage`` (earlier stages replay from the cache); return stage's events.
 
@@ -148,6 +172,27 @@ class Job:
     cancel: Any = None
     queue: Any = None
     stop_requested: float = 0.0
+    # when each stage started, and each (stage, phase)'s first iteration: (time, iteration), for the
+    # page's per-stage timing and how long the iterations still take
+    stage_started: dict = field(default_factory=dict)
+    first_progress: dict = field(default_factory=dict)
+
+    def add(self, ev: Any) -> None:
+        """Append an engine event, noting the times the page's timing reads."""
+        now = time.time()
+        if isinstance(ev, E.StageStarted):
+            self.stage_started[ev.stage] = now
+        elif isinstance(ev, E.Progress):
+            self.first_progress.setdefault((ev.stage, ev.phase), (now, ev.iteration))
+        self.events.append(ev)
+
+    def timing(self, stage: int, phase: str, iteration: int, iterations: int) -> tuple[float, Optional[float]]:
+        """(seconds since ``stage`` started, seconds its ``phase``'s iterations still need, or None)."""
+        now = time.time()
+        since = now - self.stage_started.get(stage, now)
+        t0, it0 = self.first_progress.get((stage, phase), (now, iteration))
+        left = (now - t0) / (iteration - it0) * (iterations - iteration) if iteration > it0 else None
+        return since, left
 
     @property
     def finished(self) -> bool:
@@ -169,6 +214,8 @@ class JobManager:
         self.export_dir = export_dir
         self._store = None  # opened on the first finished run: owner marks
         self._exporter: Optional[ProcessPoolExecutor] = None
+        self._evaluator: Optional[ProcessPoolExecutor] = None
+        self._previews: dict[tuple, Future] = {}  # dataset previews, by (name, data_root, image_size)
         self._costs: dict[tuple, Future] = {}  # pass_cost measurements, by shape
         self._devices: dict[str, Future] = {}  # resolved devices, by requested name
         self._memory: dict[tuple, Future] = {}  # methods' extra memory, by (config, shape)
@@ -233,6 +280,30 @@ class JobManager:
                                                      initargs=(os.getpid(),))
             return self._exporter
 
+    def evaluator(self) -> ProcessPoolExecutor:
+        """A process for bundle evaluations (minutes of training each), apart from the helper, so the
+        estimate and previews stay quick while one runs; one evaluation at a time, in order."""
+        with self.lock:
+            if self._evaluator is None:
+                self._evaluator = ProcessPoolExecutor(max_workers=1, mp_context=self.ctx, initializer=exit_with_parent,
+                                                      initargs=(os.getpid(),))
+            return self._evaluator
+
+    def preview(self, name: str, data_root: Optional[str] = None, image_size: Optional[int] = None,
+                timeout: Optional[float] = 120):
+        """A dataset's :class:`~pdd_engine.preview.DatasetPreview`, read once by the helper process."""
+        return self._ask(self._previews, (name, data_root, image_size), preview_call, name, data_root, image_size,
+                         keep=32).result(timeout=timeout)
+
+    def manifest(self, path: str) -> dict:
+        """A bundle's verified manifest, read by the helper process."""
+        return self.helper().submit(manifest_call, path).result()
+
+    def evaluate(self, path: str, arch: Optional[str], models: Optional[int], epochs: Optional[int],
+                 data_root: Optional[str] = None, data: Optional[str] = None) -> Future:
+        """One architecture's re-evaluation of a bundle, queued in the evaluator process."""
+        return self.evaluator().submit(evaluate_call, path, arch, models, epochs, data_root, data, self.threads)
+
     def export(self, run_key: str, owner: str = "") -> "E.Exported":
         """A cached run's bundle, written by the helper process (data loading stays out of the server)."""
         return self.helper().submit(export_call, self.cache_dir, run_key, self.exports_of(owner)).result()
@@ -275,8 +346,9 @@ class JobManager:
             return answers[key]
 
     def shutdown(self) -> None:
-        if self._exporter is not None:
-            self._exporter.shutdown(wait=False, cancel_futures=True)
+        for pool in (self._exporter, self._evaluator):
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
         for job in list(self.jobs.values()):
             if job.process is not None and job.process.is_alive():
                 job.process.terminate()
@@ -324,7 +396,7 @@ class JobManager:
                 return
             if isinstance(ev, E.Done):  # listed for its owner before anyone sees it finish
                 self._claim(job, ev)
-            job.events.append(ev)
+            job.add(ev)
             if isinstance(ev, E.Done):
                 job.state = "done"
             elif isinstance(ev, E.Failed):
@@ -392,7 +464,7 @@ class JobManager:
                         job.events.append(export_run(Store(self.cache_dir), ev.run_key, self.exports_of(job.owner)))
                     if isinstance(ev, E.Done):
                         self._claim(job, ev)
-                    job.events.append(ev)
+                    job.add(ev)
                     if isinstance(ev, (E.Failed, E.Stopped)):
                         job.state = "failed" if isinstance(ev, E.Failed) else "stopped"
                         return

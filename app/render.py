@@ -8,11 +8,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+import base64
+import html
+import io
+
 import numpy as np
 import plotly.graph_objects as go
 from PIL import Image, ImageDraw
 
 from pdd_engine import events as E
+from pdd_engine.manifest import manifest_arch
 
 NEW, FROZEN = (255, 140, 0), (150, 150, 150)
 LAYOUT = dict(height=330, margin=dict(l=55, r=10, t=10, b=45), template="plotly_white",
@@ -89,7 +94,9 @@ class RunView:
         return min(0.99, (len(self.finished) + (part if self.current not in self.finished else 0)) / self.stages)
 
 
-def status_markdown(view: RunView, state: str, position: int = 0) -> str:
+def status_markdown(view: RunView, state: str, position: int = 0, timing: Optional[tuple] = None) -> str:
+    """The one-line status; ``timing``: (seconds into this stage, seconds its iterations still need or
+    None), measured by the job manager from the events' arrival."""
     if state == "queued":
         return f"**Queued** — position {position} in line. The run starts when an engine slot is free."
     if view.failed:
@@ -108,12 +115,21 @@ def status_markdown(view: RunView, state: str, position: int = 0) -> str:
     if view.images is not None and view.images.stage == stage:
         detail = "evaluating (curriculum networks and the random-subset baseline)"
     elif view.iteration and view.phase == "base":
-        detail = f"the base method alone (P=1) for comparison: iteration {view.iteration}/{view.iterations}"
+        detail = f"the base method alone (P=1) for comparison: iteration {view.iteration}/{view.iterations}{clock(timing)}"
     elif view.iteration:
-        detail = f"iteration {view.iteration}/{view.iterations}"
+        detail = f"iteration {view.iteration}/{view.iterations}{clock(timing)}"
     else:
         detail = "preparing" + (f" — {view.messages[-1].split(': ', 1)[-1]}" if view.messages else "")
     return f"**Running** — stage {stage}/{view.stages}{cached}: {detail}"
+
+
+def clock(timing: Optional[tuple]) -> str:
+    """" · 34 s into this stage, iterations done in about 23 s (its evaluation follows)", or ""."""
+    if timing is None:
+        return ""
+    since, left = timing
+    rest = f", iterations done in about {left:.0f} s (its evaluation follows)" if left is not None else ""
+    return f" · {since:.0f} s into this stage{rest}"
 
 
 def final_line(last: dict, method: str) -> str:
@@ -135,7 +151,7 @@ def progress_html(view: RunView) -> str:
     cells = []
     for s in range(1, max(view.stages, 1) + 1):
         if s in view.finished:
-            colour, label = "#2e7d32", "cached" if s in view.cached_stages else "done"
+            colour, label = "#2e7d32", "cached" if s in view.cached_stages else f"done · {view.finished[s].seconds:.0f} s"
         elif s == view.current and not (view.done or view.failed or view.stopped):
             colour, label = "#f57c00", f"{int(100 * view.iteration / max(view.iterations, 1))}%"
         else:
@@ -143,39 +159,104 @@ def progress_html(view: RunView) -> str:
         cells.append(f'<div class="pdd-stage" style="background:{colour}">stage {s}<br><small>{label}</small></div>')
     pct = int(100 * view.fraction)
     return (f'<div class="pdd-progress"><div class="pdd-bar"><div style="width:{pct}%"></div></div>'
-            f'<div class="pdd-stages">{"".join(cells)}</div></div>')
+            f'<div class="pdd-stages">{"".join(cells)}</div>{gains_html(view)}</div>')
 
 
-def grid_image(ev: Optional[E.StageImages], current: int = 0, cell: int = 40, pad: int = 3, label_w: int = 56,
-               top: int = 28) -> Optional[Image.Image]:
-    """One row per class; this stage's images framed orange, frozen earlier ones grey.
-    ``top`` leaves room for the caption Gradio overlays on the image's top-left corner; the grid's
-    own caption goes below it, where that overlay cannot hide it on a narrow grid."""
+def gains_html(view: RunView) -> str:
+    """After each evaluated stage, its accuracies and PDD's gain, written out: over the random
+    curriculum always, over the base method alone where the run computed it."""
+    rows = []
+    name = view.method.upper()
+    for s in sorted(view.evals):
+        e = view.evals[s]
+        gain = f"{100 * (e.mean - e.random_mean):+.1f} vs random"
+        base = "–"
+        if e.base_mean is not None:
+            base = f"{100 * e.base_mean:.1f} ± {100 * e.base_std:.1f}"
+            gain += f", {100 * (e.mean - e.base_mean):+.1f} vs {name} alone"
+        rows.append(f"<tr><td>{s}</td><td>{e.images_per_class}</td><td>{100 * e.mean:.1f} ± {100 * e.std:.1f}</td>"
+                    f"<td>{base}</td><td>{100 * e.random_mean:.1f} ± {100 * e.random_std:.1f}</td><td>{gain}</td></tr>")
+    if not rows:
+        return ""
+    return (f'<table class="pdd-gains"><tr><th>stage</th><th>IPC</th><th>PDD+{name} %</th><th>{name} alone %</th>'
+            f'<th>random %</th><th>PDD gain (points)</th></tr>{"".join(rows)}</table>')
+
+
+def grid_image(ev: Optional[E.StageImages], current: int = 0) -> Optional[Image.Image]:
+    """One row per class; this stage's images framed orange, frozen earlier ones grey."""
     if ev is None:
         return None
-    classes = ev.classes
-    per_class = int(np.sum(ev.labels == 0))
-    w = label_w + per_class * (cell + pad) + pad
-    h = top + len(classes) * (cell + pad) + pad + 20
-    canvas = Image.new("RGB", (w, h), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
     running = current > ev.stage  # a later stage is being distilled: everything shown is frozen now
     new = np.zeros_like(ev.new) if running else ev.new
     caption = (f"stages 1-{ev.stage}, frozen while stage {current} is distilled" if running
                else f"stage {ev.stage}: {int(ev.new.sum())} new images (orange)")
+    return class_grid(ev.images, ev.labels, ev.classes, [NEW if n else FROZEN for n in new], caption)
+
+
+def grid_html(ev: Optional[E.StageImages], current: int = 0) -> str:
+    """:func:`grid_image` as a page element whose every cell names, on hover, the stage it was
+    distilled in, its class and its index in that class (a tooltip: no script needed)."""
+    if ev is None:
+        return ('<div class="pdd-grid-empty">The synthetic images appear here as soon as the first stage starts: '
+                'a row per class, this stage\'s images framed orange, earlier (frozen) stages grey.</div>')
+    img = grid_image(ev, current)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    w, h = img.size
+    cells = []
+    for i, c, k, x0, y0, cell in grid_cells(ev.labels, len(ev.classes)):
+        stage = f"stage {ev.origin[i]}" if ev.origin is not None else ("this stage" if ev.new[i] else "an earlier stage")
+        title = html.escape(f"{stage} · class {ev.classes[c]} · image {k + 1}")
+        cells.append(f'<span title="{title}" style="left:{100 * x0 / w:.3f}%;top:{100 * y0 / h:.3f}%;'
+                     f'width:{100 * cell / w:.3f}%;height:{100 * cell / h:.3f}%"></span>')
+    alt = html.escape(f"synthetic images of stages 1 to {ev.stage}, a row per class")
+    return (f'<div class="pdd-grid" style="max-width:{w}px"><img alt="{alt}" src="data:image/png;base64,'
+            f'{base64.b64encode(buf.getvalue()).decode()}">{"".join(cells)}</div>')
+
+
+def grid_cells(labels: np.ndarray, classes: int, cell: int = 40, pad: int = 3, label_w: int = 56, top: int = 28):
+    """Where each image of a class-row grid goes: (index, class, place in its row, x, y, cell size)."""
+    for c in range(classes):
+        for k, i in enumerate(np.flatnonzero(labels == c)):
+            yield i, c, k, label_w + pad + k * (cell + pad), top + pad + c * (cell + pad), cell
+
+
+def class_grid(images: np.ndarray, labels: np.ndarray, classes: list, frames: Optional[list] = None, caption: str = "",
+               cell: int = 40, pad: int = 3, label_w: int = 56, top: int = 28) -> Image.Image:
+    """Images (N, H, W, C) uint8 in a row per class, each framed in ``frames[i]`` (grey if none).
+    ``top`` leaves room for the caption Gradio overlays on the image's top-left corner; the grid's
+    own caption goes below it, where that overlay cannot hide it on a narrow grid."""
+    per_class = max(int(np.sum(labels == c)) for c in range(len(classes)))
+    w = label_w + per_class * (cell + pad) + pad
+    h = top + len(classes) * (cell + pad) + pad + 20
+    canvas = Image.new("RGB", (w, h), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
     draw.text((label_w + pad, h - 16), caption, fill=(0, 0, 0))
     for c, name in enumerate(classes):
-        y0 = top + pad + c * (cell + pad)
-        draw.text((4, y0 + cell // 2 - 6), name[:8], fill=(0, 0, 0))
-        idx = np.flatnonzero(ev.labels == c)
-        for k, i in enumerate(idx):
-            px = ev.images[i]
-            img = Image.fromarray(px[..., 0] if px.shape[-1] == 1 else px).convert("RGB")
-            img = img.resize((cell - 4, cell - 4), Image.Resampling.NEAREST)
-            x0 = label_w + pad + k * (cell + pad)
-            draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=NEW if new[i] else FROZEN)
-            canvas.paste(img, (x0 + 2, y0 + 2))
+        draw.text((4, top + pad + c * (cell + pad) + cell // 2 - 6), str(name)[:8], fill=(0, 0, 0))
+    for i, _, _, x0, y0, _ in grid_cells(labels, len(classes), cell, pad, label_w, top):
+        px = images[i]
+        img = Image.fromarray(px[..., 0] if px.shape[-1] == 1 else px).convert("RGB")
+        draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=frames[i] if frames else FROZEN)
+        canvas.paste(img.resize((cell - 4, cell - 4), Image.Resampling.NEAREST), (x0 + 2, y0 + 2))
     return canvas
+
+
+def preview_image(p) -> Optional[Image.Image]:
+    """Real images per class of a :class:`~pdd_engine.preview.DatasetPreview` (None before a download)."""
+    if p.images is None:
+        return None
+    return class_grid(p.images, p.labels, list(p.classes), caption=f"{p.name}: random real training images")
+
+
+def preview_markdown(p) -> str:
+    """A dataset's facts in two lines: what it is, and how large."""
+    where = "on this machine" if p.availability == "offline" else "not on this machine: downloaded on first use (needs internet)"
+    sizes = f"{p.train:,} train" + (f" / {p.test:,} test" if p.test is not None else "")
+    per = (f" ({min(p.train_per_class):,}–{max(p.train_per_class):,} per class)"
+           if p.train_per_class and min(p.train_per_class) != max(p.train_per_class) else "")
+    return (f"**{p.title}** — {where}<br>{p.num_classes} classes · {p.channels} channel{'s' if p.channels != 1 else ''}"
+            f" · {p.size}×{p.size} px · {sizes}{per}<br><small>{p.licence}</small>")
 
 
 def loss_figure(view: RunView) -> go.Figure:
@@ -209,6 +290,24 @@ def accuracy_figure(view: RunView) -> go.Figure:
     fig.update_layout(xaxis_title="images per class so far (cumulative)", yaxis_title="test accuracy %", **LAYOUT)
     if stages:
         fig.update_xaxes(tickmode="array", tickvals=[view.evals[s].images_per_class for s in stages])
+    return fig
+
+
+def evaluation_figure(manifest: dict, results: list) -> go.Figure:
+    """A bundle's accuracy per cumulative IPC on each architecture: as exported, then each re-evaluation."""
+    entries = manifest["stage_entries"]
+    x = [e["cumulative_images_per_class"] for e in entries]
+    fig = go.Figure()
+    if all(e.get("accuracy") for e in entries):
+        fig.add_trace(go.Scatter(x=x, y=[100 * e["accuracy"]["mean"] for e in entries], mode="lines+markers",
+                                 error_y=dict(type="data", array=[100 * e["accuracy"]["std"] for e in entries]),
+                                 name=f"recorded in the bundle ({manifest_arch(manifest)})", line=dict(dash="dot")))
+    for arch, accs in results:
+        fig.add_trace(go.Scatter(x=x, y=[100 * float(np.mean(a)) for a in accs], mode="lines+markers",
+                                 error_y=dict(type="data", array=[100 * float(np.std(a)) for a in accs]),
+                                 name=arch or "same as exported"))
+    fig.update_layout(xaxis_title="images per class (cumulative)", yaxis_title="test accuracy %", **LAYOUT)
+    fig.update_xaxes(tickmode="array", tickvals=x)
     return fig
 
 

@@ -17,12 +17,15 @@ from typing import Any, Optional
 import gradio as gr
 
 from pdd_engine import PRESETS, PDDError, runs
+from pdd_engine.config import HINTS
 from pdd_engine.methods import REGISTRY, all_params, owners
 from pdd_engine.methods.spec import base_type
 from pdd_engine.cache import Store
 from pdd_engine import datasets
 from pdd_engine.config import DistillConfig
 from pdd_engine.estimate import config_warnings, estimate
+from pdd_engine.evaluate import ARCHITECTURES, arch_changes
+from pdd_engine.manifest import evaluation_table
 
 from . import render
 from .jobs import JobManager
@@ -30,10 +33,10 @@ from .jobs import JobManager
 UPLOAD = "upload your own (.zip)"
 # Shared fields shown under Advanced, in order, with their labels; after them come the registered
 # methods' own hyper-parameters (each shown only for its methods). The rest comes from the preset.
-SHARED = {"stage_ipc": "Images per class of each stage (empty: Total IPC split evenly; e.g. 6,4)",
-          "iterations": "Iterations per stage", "lr_img": "Image learning rate (empty or 0: method default)",
-          "width": "Network width", "depth": "Network depth (empty or 0: by image size)",
-          "image_size": "Image size in pixels (empty or 0: the dataset's own; set it for mixed-size uploads)",
+SHARED = {"stage_ipc": "Images per class of each stage",
+          "iterations": "Iterations per stage", "lr_img": "Image learning rate",
+          "width": "Network width", "depth": "Network depth",
+          "image_size": "Image size in pixels",
           "eval_epochs": "Evaluation epochs per stage", "eval_models": "Evaluation networks", "seed": "Seed",
           "transition_epochs": "PDD transition epochs", "filter_easy": "Drop easy real examples between stages",
           "zca": "ZCA whitening", "device": "Device", "transition": "PDD transition",
@@ -42,6 +45,9 @@ CHOICE_LABELS = {"transition": [("chain: one network through U_1, U_2, ... (pape
                                 ("fresh: a new network on U_{i-1}", "fresh")],
                  "compare_base": [("at the final stage", "final"), ("at every stage", "every"), ("off", "off")]}
 POLL_S = 0.25
+PREVIEW_WAIT_S = 30.0  # a first read of a large dataset (MNIST: ~1 s; a big zip longer)
+EXPORTED = "same as exported"  # the Evaluate tab's choice for the bundle's own architecture
+NO_RUN = ("none: evaluate the uploaded bundle", "")
 ESTIMATE_WAIT_S = 1.0  # a control change waits at most this long for a network's timing
 
 
@@ -54,22 +60,36 @@ class Field:
     type: Any  # without Optional: int, float, bool or a Literal
     optional: bool  # empty (or 0, which an emptied number box sends) means "automatic"
     default: Any
+    hint: str = ""  # one line under the control: what the setting does
 
     def parse(self, value: Any) -> Any:
-        if self.optional and value in (None, "", 0):
+        if isinstance(value, str) and self.type in (int, float):
+            value = value.strip()
+        if self.optional and value in (None, "", 0, "0"):  # 0: what API clients of engine 0.x sent for automatic
             return None
         if self.type is int:
             return int_or(value, self.label)
         if self.type is float:
-            return float(value)
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                raise PDDError(f"{self.label} must be a number (got {value!r})",
+                               f"enter a number for {self.label}, or leave it empty") from None
         return value
+
+    @property
+    def automatic(self) -> bool:
+        """Empty means "chosen for you": a text box whose placeholder says what it becomes (a number
+        box cannot be empty in the browser: it shows 0)."""
+        return self.optional and self.type is not bool and typing.get_origin(self.type) is not typing.Literal
 
 
 def advanced_fields() -> list[Field]:
     """The shared fields, then every registered method's hyper-parameters (a shared name once)."""
     hints, defaults = typing.get_type_hints(DistillConfig), DistillConfig()
-    return ([Field(name, label, *base_type(hints[name]), getattr(defaults, name)) for name, label in SHARED.items()]
-            + [Field(name, meta["label"], *base_type(t), default) for name, t, default, meta in all_params()])
+    return ([Field(name, label, *base_type(hints[name]), getattr(defaults, name), HINTS.get(name, ""))
+             for name, label in SHARED.items()]
+            + [Field(name, meta["label"], *base_type(t), default, meta.get("hint", "")) for name, t, default, meta in all_params()])
 
 
 class Studio:
@@ -125,12 +145,14 @@ class Studio:
             values[f.name] = f.parse(value)
         return DistillConfig.make({**values, "data_root": self.data_root}, other_methods="drop")
 
-    def check(self, *controls) -> tuple[str, str, dict]:
-        """Validation message, time/memory estimate, and whether Run is enabled."""
+    def check(self, *controls) -> tuple:
+        """Validation message, time/memory estimate, whether Run is enabled, and what each automatic
+        Advanced field becomes for this method and dataset (its placeholder)."""
         try:
             cfg = self.config(*controls)
         except PDDError as e:
-            return f'<span class="pdd-error">⚠ {e}</span>', "", gr.update(interactive=False)
+            return f'<span class="pdd-error">⚠ {e}</span>', "", gr.update(interactive=False), *(gr.update() for _ in self.fields)
+        shape = self.data_shape(cfg)
         note = ""
         if datasets.find(cfg.dataset).availability(self.data_root) != "offline":
             note = f"<br>ℹ {cfg.dataset} is not on this machine: it is downloaded on first use (needs internet)."
@@ -141,10 +163,29 @@ class Studio:
         cost = lambda *shape: self.manager.pass_cost(*shape, timeout=ESTIMATE_WAIT_S)  # noqa: E731
         memory = lambda c, *shape: self.manager.extra_memory(c, *shape, timeout=ESTIMATE_WAIT_S)  # noqa: E731
         try:
-            est = f"Estimate on this machine: **{estimate(cfg, device=self.device(cfg), cost=cost, memory=memory)}** (rough, ±2×)."
+            est = (f"Estimate on this machine: **{estimate(cfg, shape, self.device(cfg), cost=cost, memory=memory)}**"
+                   " (rough, ±2×).")
         except TimeoutError:  # the helper process is still timing this network: answer now, not later
             est = "Estimate on this machine: timing this network… (change any value to see it)."
-        return valid, est, gr.update(interactive=True)
+        return valid, est, gr.update(interactive=True), *self.placeholders(cfg, shape)
+
+    def data_shape(self, cfg: DistillConfig) -> Optional[tuple[int, int, int, int]]:
+        """(channels, size, classes, training images) of the config's data: the registry's, else the
+        dataset preview's (a user's zip), else None while that is still being read."""
+        if datasets.find(cfg.dataset).shape:
+            return datasets.find(cfg.dataset).shape
+        try:
+            p = self.manager.preview(cfg.dataset, self.data_root, timeout=ESTIMATE_WAIT_S)
+        except (PDDError, TimeoutError):
+            return None
+        return p.channels, p.size, p.num_classes, p.train
+
+    def placeholders(self, cfg: DistillConfig, shape: Optional[tuple]) -> list:
+        """Each automatic field's placeholder: what it becomes here and why (``automatic`` alone until
+        the data's size is known)."""
+        auto = cfg.automatic(cfg.image_size or shape[1], shape[3]) if shape else {}
+        return [gr.update(placeholder=f"automatic: {auto[f.name]}" if f.name in auto else "automatic")
+                if f.automatic else gr.update() for f in self.fields]
 
     def prime(self) -> None:
         """Start the helper process's answers for the default controls (device, the network's timing,
@@ -163,6 +204,99 @@ class Studio:
 
     def control_values(self, cfg: DistillConfig, preset: str = "cpu-quick") -> list:
         return control_values(cfg, preset, self.fields)
+
+    # -- data ---------------------------------------------------------------------------
+    def preview(self, dataset: str, upload: Any = None) -> tuple[Any, str]:
+        """The chosen dataset's sample grid and facts, read by the helper process (never downloads)."""
+        if dataset == UPLOAD:
+            path = getattr(upload, "name", upload)
+            if not path:
+                return None, "Upload a .zip with one folder of images per class (class_name/*.png) to see it here."
+            dataset = f"folder:{self.uploads.get(str(path), path)}"  # a kept upload: its private copy
+        try:
+            p = self.manager.preview(dataset, self.data_root, timeout=PREVIEW_WAIT_S)
+        except PDDError as e:
+            return None, f'<span class="pdd-error">⚠ {e}</span>'
+        except TimeoutError:
+            return None, "Reading the dataset… (pick it again in a moment to see it)"
+        return render.preview_image(p), render.preview_markdown(p)
+
+    # -- evaluate a bundle ----------------------------------------------------------------
+    def inspect_bundle(self, bundle: Any, run_key: str = "", owner: str = "") -> tuple[str, dict]:
+        """What a bundle holds, in one line (or why it is not one), and its epochs as the placeholder."""
+        try:
+            path, _ = self.bundle_source(bundle, run_key, None, owner, required=False)
+            if path is None:
+                return "", gr.update(placeholder="as exported")
+            m = self.manager.manifest(path)
+        except PDDError as e:
+            return f'<span class="pdd-error">⚠ {e}</span>', gr.update(placeholder="as exported")
+        c, e = m["config"], m["evaluation"]
+        line = (f"✓ {c['method'].upper()} on {shown_dataset(c['dataset'])}: {m['stages']} stage(s), "
+                f"IPC {m['ipc']}, evaluated on {e['family']}-d{e['depth']}-w{e['width']} "
+                f"({e['models']} networks × {e['epochs']} epochs per stage).")
+        return line, gr.update(placeholder=f"as exported: {e['epochs']}")
+
+    def bundle_source(self, bundle: Any, run_key: str, data: Any, owner: str,
+                      required: bool = True) -> tuple[Optional[str], Optional[str]]:
+        """(bundle path, data path) for an uploaded bundle or one of the owner's cached runs. A cached
+        run on an uploaded zip reads that zip; an uploaded bundle on user data needs the user's zip."""
+        upload = getattr(bundle, "name", bundle)
+        if upload:
+            if not str(upload).lower().endswith(".zip"):
+                raise PDDError(f"{Path(str(upload)).name} is not a .zip file", "upload a bundle exported by PDD Studio")
+            return str(upload), getattr(data, "name", data) or None
+        if not run_key:
+            if required:
+                raise PDDError("no bundle to evaluate", "upload a bundle (.zip) or pick one of your runs")
+            return None, None
+        run = next(iter(self.selected([run_key], owner)), None)
+        if run is None:
+            raise PDDError("that run is no longer in the cache", "pick another run, or press Refresh on the Runs tab")
+        done = self.manager.export(run.key, owner)
+        if done.path is None:
+            raise PDDError(f"run {run.id} could not be exported ({done.error})", "run it again with the same settings")
+        own = run.config.dataset.removeprefix("folder:") if run.config.dataset.startswith("folder:") else None
+        return done.path, own
+
+    def evaluate(self, bundle: Any, run_key: str, archs: list[str], models: Any, epochs: Any, data: Any,
+                 owner: str = ""):
+        """Re-train fresh networks of each chosen architecture on the bundle's stages (curriculum),
+        streaming the table and the curves as each architecture finishes."""
+        try:
+            path, data_path = self.bundle_source(bundle, run_key, data, owner)
+            m = self.manager.manifest(path)
+            if not archs:
+                raise PDDError("no architecture is chosen", "tick one or more under Architectures")
+            n = int_or(models, "Networks per architecture") if models not in (None, "") else None
+            ep = int_or(epochs, "Epochs per stage") if epochs not in (None, "", 0) else None
+            if (n is not None and n < 1) or (ep is not None and ep < 1):
+                raise PDDError("networks and epochs must be 1 or more", "enter a whole number >= 1, or leave Epochs empty")
+            for arch in archs:
+                if arch != EXPORTED:
+                    arch_changes(arch)  # every name checked before any training starts
+            if m["config"]["dataset"].startswith("folder:") and not data_path:
+                raise PDDError("this bundle was made on your own data, and a bundle never says where it is",
+                               "upload the same .zip under 'Its dataset'")
+        except PDDError as e:
+            yield f'<span class="pdd-error">⚠ {e}</span>', None, None
+            return
+        results: list = []
+        for i, arch in enumerate(archs):
+            name = None if arch == EXPORTED else arch
+            yield (f"Evaluating {arch} ({i + 1}/{len(archs)}): {n or m['evaluation']['models']} network(s), "
+                   f"{ep or m['evaluation']['epochs']} epochs per stage…"), *self.evaluation_view(m, results)
+            try:
+                results.append((name, self.manager.evaluate(path, name, n, ep, self.data_root, data_path).result()))
+            except PDDError as e:
+                yield f'<span class="pdd-error">⚠ {arch}: {e}</span>', *self.evaluation_view(m, results)
+                return
+        yield f"✓ Evaluated on {len(results)} architecture(s).", *self.evaluation_view(m, results)
+
+    @staticmethod
+    def evaluation_view(manifest: dict, results: list) -> tuple:
+        headers, rows = evaluation_table(manifest, results)
+        return {"headers": headers, "data": rows}, render.evaluation_figure(manifest, results)
 
     # -- runs ---------------------------------------------------------------------------
     def start(self, owner: str, *controls) -> tuple[str, str, str]:
@@ -203,7 +337,8 @@ class Studio:
                 seen = n
                 view = render.RunView.of(list(job.events))
                 finished = job.finished
-                yield self.frame(view, job.state, self.manager.position(job.id), job if finished else None)
+                timing = job.timing(view.current, view.phase, view.iteration, view.iterations) if view.current else None
+                yield self.frame(view, job.state, self.manager.position(job.id), job if finished else None, timing=timing)
                 if finished:
                     return
             time.sleep(POLL_S)
@@ -215,20 +350,22 @@ class Studio:
             return
         yield from self.follow(job_id)
 
-    def frame(self, view: render.RunView, state: str, position: int = 0, job=None, extra: str = "") -> tuple:
+    def frame(self, view: render.RunView, state: str, position: int = 0, job=None, extra: str = "",
+              timing: Optional[tuple] = None) -> tuple:
         bundle, stages = None, None
-        status = render.status_markdown(view, state, position) + (f" {extra}" if extra else "")
+        status = render.status_markdown(view, state, position, timing) + (f" {extra}" if extra else "")
         if view.done and view.exported is not None:  # written by the engine's worker before Done
             bundle, stages = view.exported.path, view.exported.stage_paths or None
             if view.exported.error:
                 status += f"<br>⚠ export failed: {view.exported.error}"
         running = state in ("queued", "running")
-        return (status, render.progress_html(view), render.grid_image(view.images, view.current), render.loss_figure(view),
+        return (status, render.progress_html(view), render.grid_html(view.images, view.current), render.loss_figure(view),
                 render.accuracy_figure(view), bundle, stages,
                 gr.update(interactive=running), gr.update(interactive=not running and state != "done"))
 
     # -- runs tab -----------------------------------------------------------------------
-    def runs_table(self, owner: str = "") -> tuple[list[list], dict]:
+    def runs_table(self, owner: str = "") -> tuple[list[list], dict, dict, str]:
+        """The Runs table, the run pickers (Runs and Evaluate tabs), and the empty state's text."""
         rows, choices = [], []
         for r in runs.list_runs(self.store, None if self.public else owner):
             c, last = r.config, r.final
@@ -237,15 +374,29 @@ class Studio:
                          "–" if last.base_mean is None else f"{100 * last.base_mean:.1f}", f"{100 * last.random_mean:.1f}",
                          time.strftime("%Y-%m-%d %H:%M", time.localtime(r.finished))])
             choices.append((r.label, r.key))
-        return rows, gr.update(choices=choices, value=[])
+        empty = "" if rows else RUNS_EMPTY
+        return rows, gr.update(choices=choices, value=[]), gr.update(choices=[NO_RUN] + choices, value=""), empty
 
     def selected(self, keys: Optional[list[str]], owner: str = "") -> list[runs.RunRecord]:
         """The chosen runs still in the cache that ``owner`` may see (each read on its own)."""
         mine = None if self.public else runs.owned(self.store, owner)
         return list(filter(None, (runs.read(self.store, k) for k in keys or [] if mine is None or k in mine)))
 
-    def compare(self, keys: list[str], owner: str = ""):
-        return render.compare_figure(self.selected(keys, owner))
+    def compare(self, keys: list[str], owner: str = "") -> tuple[Any, str]:
+        """The chosen runs' curves on one plot, and the settings in which they differ."""
+        chosen = self.selected(keys, owner)
+        if not chosen:
+            return None, "⚠ select one or more runs first."
+        return render.compare_figure(chosen), runs.config_differences(chosen)
+
+    def confirm_delete(self, keys: list[str], owner: str = "") -> tuple[str, dict]:
+        """Ask before deleting: what would go, and the buttons that decide."""
+        chosen = self.selected(keys, owner)
+        if not chosen:
+            return "⚠ select one or more runs first.", gr.update(visible=False)
+        names = ", ".join(r.id for r in chosen)
+        return (f"Delete {len(chosen)} run record(s) ({names})? Their cached stages stay for runs that share them.",
+                gr.update(visible=True))
 
     def download_runs(self, keys: list[str], owner: str = "") -> tuple[Optional[list[str]], str]:
         files, problems = [], []
@@ -274,9 +425,11 @@ def shown_dataset(name: str) -> str:
 
 
 def advanced_values(cfg: DistillConfig, fields: Optional[list[Field]] = None) -> list:
-    """The Advanced controls' values for ``cfg`` (other methods' controls keep their defaults)."""
+    """The Advanced controls' values for ``cfg`` (other methods' controls keep their defaults);
+    an automatic field is text: empty when unset."""
     flat = {k: ",".join(map(str, v)) if isinstance(v, tuple) else v for k, v in cfg.flat().items()}
-    return [flat.get(f.name, f.default) for f in fields or advanced_fields()]
+    values = [(f, flat.get(f.name, f.default)) for f in fields or advanced_fields()]
+    return [("" if v is None else f"{v:g}" if isinstance(v, float) else str(v)) if f.automatic else v for f, v in values]
 
 
 def control_values(cfg: DistillConfig, preset: str = "cpu-quick", fields: Optional[list[Field]] = None) -> list:
@@ -301,14 +454,16 @@ def shown_for(field: str, method: str) -> bool:
 
 
 def control(f: Field):
-    """The Gradio control for one Advanced field."""
+    """The Gradio control for one Advanced field; an automatic one shows what it becomes as its
+    placeholder (filled in by :meth:`Studio.check` for the chosen method and dataset)."""
     if typing.get_origin(f.type) is typing.Literal:
-        return gr.Dropdown(CHOICE_LABELS.get(f.name, list(typing.get_args(f.type))), value=f.default, label=f.label)
+        return gr.Dropdown(CHOICE_LABELS.get(f.name, list(typing.get_args(f.type))), value=f.default, label=f.label,
+                           info=f.hint or None)
     if f.type is bool:
-        return gr.Checkbox(f.default, label=f.label)
-    if typing.get_origin(f.type) is tuple:  # a list of numbers, typed as text ("6,4")
-        return gr.Textbox(f.default or "", label=f.label)
-    return gr.Number(None if f.optional else f.default, label=f.label, precision=0 if f.type is int else None)
+        return gr.Checkbox(f.default, label=f.label, info=f.hint or None)
+    if f.automatic:  # empty: chosen for you; the placeholder says what it becomes (numbers, or "6,4" lists)
+        return gr.Textbox("", label=f.label, info=f.hint or None, placeholder="automatic")
+    return gr.Number(f.default, label=f.label, precision=0 if f.type is int else None, info=f.hint or None)
 
 
 def int_or(value: Any, name: str) -> int:
@@ -320,6 +475,19 @@ def int_or(value: Any, name: str) -> int:
         raise PDDError(f"{name} must be a whole number (got {value})", f"enter a whole number for {name}")
     return int(f)
 
+
+RUNS_EMPTY = ("**No finished runs yet.** Every run you finish on the *Distil* tab is listed here with its accuracy "
+              "beside the base method alone and a random subset; select runs to open, compare, download or delete them.")
+HOW_PDD_WORKS = """**Progressive Dataset Distillation** builds the synthetic set in **P stages**. Stage *i* distils a small
+set S_i with the chosen base method, matching real training *from where training on S_1 ∪ … ∪ S_(i-1) left off*;
+then S_i is frozen and the next stage adds to it. Networks trained on the result follow the same **curriculum**:
+S_1 first, then S_1 ∪ S_2, and so on.
+
+- **Grid**: a row per class; orange frames are the stage being distilled, grey ones earlier (frozen) stages.
+- **Accuracy**: PDD after each stage (cumulative images per class), the base method alone (P = 1) at the same
+  images per class, and a random real subset trained with the same curriculum. PDD is working when its curve is
+  above both.
+- **Cache**: every finished stage is stored; Stop, Resume or the same settings later start from there."""
 
 SET_URL = """(id) => { if (id) { const u = new URL(window.location); u.searchParams.set('run', id);
   window.history.replaceState(null, '', u); } return id; }"""
@@ -346,26 +514,59 @@ def build(studio: Studio) -> gr.Blocks:
                         preset = gr.Dropdown(list(PRESETS), value="cpu-quick", label="Preset")
                         validation = gr.HTML(elem_id="pdd-validation")
                         estimate_md = gr.Markdown()
-                        with gr.Row():
-                            run_btn = gr.Button("Run", variant="primary", elem_id="pdd-run")
-                            stop_btn = gr.Button("Stop", variant="stop", interactive=False, elem_id="pdd-stop")
-                            resume_btn = gr.Button("Resume", interactive=False, elem_id="pdd-resume")
+                        # the run's controls and its one-line status: pinned to the bottom of a phone's screen
+                        with gr.Group(elem_id="pdd-runbar"):
+                            status = gr.Markdown("Pick a dataset and press **Run**.", elem_id="pdd-status")
+                            with gr.Row():
+                                run_btn = gr.Button("Run", variant="primary", elem_id="pdd-run")
+                                stop_btn = gr.Button("Stop", variant="stop", interactive=False, elem_id="pdd-stop")
+                                resume_btn = gr.Button("Resume", interactive=False, elem_id="pdd-resume")
                         with gr.Accordion("Advanced", open=False):
                             adv = [control(f) for f in studio.fields]
                             for f, c in zip(studio.fields, adv):
                                 c.visible = shown_for(f.name, defaults.method)
                     with gr.Column(scale=2):
-                        status = gr.Markdown("Pick a dataset and press **Run**.", elem_id="pdd-status")
+                        with gr.Accordion("How PDD works, and how to read this page", open=False, elem_id="pdd-how"):
+                            gr.Markdown(HOW_PDD_WORKS)
+                        with gr.Accordion("Data", open=True, elem_id="pdd-data"):
+                            with gr.Row():
+                                data_facts = gr.Markdown(elem_id="pdd-data-facts")
+                                data_grid = gr.Image(label="Real training images (a row per class)", type="pil",
+                                                     elem_id="pdd-data-grid", height=300)
                         progress = gr.HTML(render.progress_html(render.RunView()))
-                        grid = gr.Image(label="Synthetic images (rows: classes; orange: this stage, grey: frozen earlier stages)",
-                                        type="pil", elem_id="pdd-grid")
+                        gr.Markdown("**Synthetic images** (rows: classes; orange: this stage, grey: frozen earlier stages; "
+                                    "hover an image for its stage, class and index)")
+                        grid = gr.HTML(render.grid_html(None), elem_id="pdd-grid")
                         with gr.Row():
                             loss_plot = gr.Plot(label="Loss", elem_id="pdd-loss")
                             acc_plot = gr.Plot(label="Accuracy", elem_id="pdd-acc")
                         with gr.Row():
                             bundle = gr.File(label="Bundle (zip: manifest, tensors, PNGs)", elem_id="pdd-bundle")
                             stage_files = gr.File(label="Each stage's images", file_count="multiple")
+            with gr.Tab("Evaluate", id="evaluate"):
+                gr.Markdown("Train fresh networks on a bundle's stages (the same curriculum) and compare architectures: "
+                            "how well does the distilled data transfer?")
+                with gr.Row():
+                    ev_bundle = gr.File(label="Bundle (.zip exported by PDD Studio)", file_types=[".zip"], elem_id="pdd-ev-bundle")
+                    with gr.Column():
+                        ev_run = gr.Dropdown([NO_RUN], value="", label="…or one of your runs", elem_id="pdd-ev-run")
+                        ev_data = gr.File(label="Its dataset (.zip): only for a bundle made on your own data",
+                                          file_types=[".zip"], elem_id="pdd-ev-data")
+                ev_archs = gr.Dropdown([EXPORTED, *ARCHITECTURES], value=[EXPORTED, "convnet-w64"], multiselect=True,
+                                       allow_custom_value=True, label="Architectures", elem_id="pdd-ev-archs",
+                                       info="pick or type: convnet-dN-wM (depth N, width M; -batch/-instance/-none norm), "
+                                            "resnet-wN (ResNet-18, batch norm)")
+                with gr.Row():
+                    ev_models = gr.Number(2, label="Networks per architecture", precision=0, minimum=1, maximum=20,
+                                          info="more networks: a tighter ± std, proportionally slower")
+                    ev_epochs = gr.Number(None, label="Epochs per stage", precision=0, minimum=1, placeholder="as exported",
+                                          info="empty: the bundle's own protocol")
+                ev_btn = gr.Button("Evaluate", variant="primary", elem_id="pdd-ev-run-btn")
+                ev_msg = gr.Markdown(elem_id="pdd-ev-msg")
+                ev_table = gr.Dataframe(interactive=False, elem_id="pdd-ev-table", label="Test accuracy % (mean ± std)")
+                ev_plot = gr.Plot(label="Accuracy per stage and architecture", elem_id="pdd-ev-plot")
             with gr.Tab("Runs", id="runs"):
+                runs_empty = gr.Markdown(RUNS_EMPTY, elem_id="pdd-runs-empty")
                 runs_df = gr.Dataframe(headers=["run", "dataset", "method", "P", "IPC", "iterations", "accuracy %",
                                                 "base alone %", "random %", "finished"], interactive=False)
                 with gr.Row():
@@ -375,16 +576,24 @@ def build(studio: Studio) -> gr.Blocks:
                     open_btn = gr.Button("Open (first selected)")
                     compare_btn = gr.Button("Compare")
                     dl_btn = gr.Button("Download")
-                    del_btn = gr.Button("Delete", variant="stop")
-                runs_msg = gr.Markdown()
-                compare_plot = gr.Plot(label="Comparison")
+                    del_btn = gr.Button("Delete…", variant="stop", elem_id="pdd-delete")
+                runs_msg = gr.Markdown(elem_id="pdd-runs-msg")
+                with gr.Row(visible=False) as confirm_row:
+                    confirm_btn = gr.Button("Yes, delete", variant="stop", elem_id="pdd-delete-confirm")
+                    cancel_btn = gr.Button("Cancel", elem_id="pdd-delete-cancel")
+                with gr.Row():
+                    compare_plot = gr.Plot(label="Comparison", elem_id="pdd-compare")
+                    compare_md = gr.Markdown(elem_id="pdd-compare-settings")
                 runs_files = gr.File(label="Bundles", file_count="multiple")
 
         controls = [dataset, upload, method, stages, ipc, preset, *adv]
         outputs = [status, progress, grid, loss_plot, acc_plot, bundle, stage_files, stop_btn, resume_btn]
-        gr.on([c.change for c in controls], studio.check, controls, [validation, estimate_md, run_btn],
+        checked = [validation, estimate_md, run_btn, *adv]
+        gr.on([c.change for c in controls], studio.check, controls, checked,
               trigger_mode="always_last", show_progress="hidden", api_visibility="private")
         dataset.change(lambda d: gr.update(visible=d == UPLOAD), dataset, upload, queue=False, api_visibility="private")
+        gr.on([dataset.change, upload.change], studio.preview, [dataset, upload], [data_grid, data_facts],
+              trigger_mode="always_last", show_progress="minimal", api_name="preview_dataset")
         preset.change(studio.preset_values, preset, [dataset, method, stages, ipc, *adv], queue=False,
                       api_visibility="private")
         method.change(lambda m: [gr.update(visible=shown_for(f.name, m)) for f in studio.fields], method, adv, queue=False,
@@ -406,15 +615,25 @@ def build(studio: Studio) -> gr.Blocks:
             return run, (who or secrets.token_hex(8))  # an unknown id is told so (follow), not a blank page
 
         load = demo.load(on_load, [owner], [job_id, owner], queue=False, api_visibility="private")
-        load.then(studio.check, controls, [validation, estimate_md, run_btn], queue=False, api_visibility="private")
+        load.then(studio.check, controls, checked, queue=False, api_visibility="private")
         load.then(studio.follow_if_any, job_id, outputs, concurrency_limit=None, show_progress="hidden",
                   api_visibility="private")
-        refresh.click(studio.runs_table, owner, [runs_df, pick], api_name="runs")
-        load.then(studio.runs_table, owner, [runs_df, pick], api_visibility="private")
-        compare_btn.click(studio.compare, [pick, owner], compare_plot, api_visibility="private")
+        load.then(studio.preview, [dataset, upload], [data_grid, data_facts], api_visibility="private")
+        listing = [runs_df, pick, ev_run, runs_empty]
+        refresh.click(studio.runs_table, owner, listing, api_name="runs")
+        load.then(studio.runs_table, owner, listing, api_visibility="private")
+        compare_btn.click(studio.compare, [pick, owner], [compare_plot, compare_md], api_visibility="private")
         dl_btn.click(studio.download_runs, [pick, owner], [runs_files, runs_msg], api_name="download")
-        del_btn.click(studio.delete_runs, [pick, owner], runs_msg, api_name="delete").then(
-            studio.runs_table, owner, [runs_df, pick], api_visibility="private")
+        del_btn.click(studio.confirm_delete, [pick, owner], [runs_msg, confirm_row], api_visibility="private")
+        cancel_btn.click(lambda: ("", gr.update(visible=False)), None, [runs_msg, confirm_row], api_visibility="private")
+        confirm_btn.click(studio.delete_runs, [pick, owner], runs_msg, api_name="delete").then(
+            lambda: gr.update(visible=False), None, confirm_row, api_visibility="private").then(
+            studio.runs_table, owner, listing, api_visibility="private")
+
+        gr.on([ev_bundle.change, ev_run.change], studio.inspect_bundle, [ev_bundle, ev_run, owner], [ev_msg, ev_epochs],
+              api_visibility="private")
+        ev_btn.click(studio.evaluate, [ev_bundle, ev_run, ev_archs, ev_models, ev_epochs, ev_data, owner],
+                     [ev_msg, ev_table, ev_plot], api_name="evaluate_bundle")
 
         def reopen(keys, who):
             """Open a cached run: a job that replays it from the cache (no training happens)."""

@@ -1,5 +1,6 @@
 """The web app: rendering, the job manager, and the real server driven by gradio_client."""
 
+import re
 import time
 import zipfile
 from pathlib import Path
@@ -41,6 +42,11 @@ def test_run_view_folds_events_and_renders():
     grid = render.grid_image(view.images)
     assert grid.size[1] > 10 * 30 and grid.getpixel((grid.size[0] - 5, 28 + 5)) == render.NEW  # newest image framed orange
     later = render.grid_image(view.images, current=3)  # stage 3 running: the shown stages are all frozen
+    shown = render.grid_html(E.StageImages(2, view.images.images, view.images.labels, view.images.new,
+                                           view.images.classes, np.tile([1, 2], 10)))
+    titles = re.findall(r'title="([^"]+)"', shown)
+    assert len(titles) == 20 and titles[:3] == ["stage 1 · class 0 · image 1", "stage 2 · class 0 · image 2",
+                                                "stage 1 · class 1 · image 1"]
     assert later.getpixel((later.size[0] - 5, 28 + 5)) == render.FROZEN
     fig = render.accuracy_figure(view)
     assert [t.name for t in fig.data] == ["PDD+DM", "DM alone (P=1)", "random real subset"]
@@ -54,6 +60,26 @@ def test_run_view_folds_events_and_renders():
     tie = dict(last, mean=0.605, std=0.01)
     assert "0.5 points behind DM alone (within the std: no clear difference)" in render.final_line(tie, "dm")
     assert "Queued" in render.status_markdown(view, "queued", 3) and "position 3" in render.status_markdown(view, "queued", 3)
+    running = render.RunView.of(fake_stream()[:8])  # stage 2, iteration 10/10
+    line = render.status_markdown(running, "running", timing=(12.4, 5.2))
+    assert line.endswith("iteration 10/10 · 12 s into this stage, iterations done in about 5 s (its evaluation follows)")
+    assert "done · 1 s" in render.progress_html(view)  # stage 1's own time, from StageFinished
+    gains = render.gains_html(view)
+    assert "<td>1</td><td>1</td><td>55.0 ± 5.0</td><td>–</td><td>40.0 ± 0.0</td><td>+15.0 vs random</td>" in gains
+    assert "+15.0 vs random, +9.0 vs DM alone" in gains  # stage 2: 70.0 against 55.0 and 61.0
+
+
+def test_job_times_each_stage_and_what_its_iterations_still_need():
+    from app.jobs import Job
+
+    job = Job("j", TINY, "me")
+    job.add(E.StageStarted(1, 2, False))
+    job.add(E.Progress(1, 1, 10, 0.5))  # the first iteration: setup (experts, warm-up) is not counted
+    time.sleep(0.3)
+    job.add(E.Progress(1, 3, 10, 0.4))
+    since, left = job.timing(1, "stage", 3, 10)
+    assert since >= 0.3 and 0.3 / 2 * 7 <= left < 3  # 0.15 s per iteration, 7 to go
+    assert job.timing(1, "base", 0, 10)[1] is None  # a phase not begun: no guess
 
 
 def wait(job, timeout=120):
@@ -96,12 +122,12 @@ def test_control_changes_never_time_networks_in_the_server(tmp_path, monkeypatch
         d = DistillConfig()
         controls = studio.control_values(d)
         m.pass_cost(*cost_key(d))  # what app.py starts at launch
-        valid, est, _ = studio.check(*controls)
+        valid, est, *_ = studio.check(*controls)
         assert valid.startswith("✓ valid") and "Estimate on this machine: **about" in est
         assert len(m._costs) == 1  # measured once, in the helper process
         m.helper().submit(time.sleep, 5)  # the helper is busy: a new shape's timing must not hold the answer
         controls = studio.control_values(d.replace(width=48))
-        valid, est, _ = studio.check(*controls)
+        valid, est, *_ = studio.check(*controls)
         assert valid.startswith("✓ valid") and "timing this network" in est
     finally:
         m.shutdown()
@@ -336,11 +362,11 @@ build(studio)
 for method in ("dm", "mtt", "idc"):  # validation and the whole estimate, MTT's unroll memory included
     controls = studio.control_values(DistillConfig.make({"method": method}))
     for _ in range(120):
-        valid, est, _ = studio.check(*controls)
+        valid, est, *_ = studio.check(*controls)
         if "about" in est:
             break
     assert valid.startswith("✓ valid") and "about" in est, (valid, est)
-rows, _ = studio.runs_table("web")
+rows, *_ = studio.runs_table("web")
 assert rows == [], rows  # the CLI's run belongs to no browser
 job = manager.submit(DistillConfig(stages=1, ipc=1, iterations=3, eval_epochs=2, eval_models=1,
                                    compare_base="off", device="cpu"), "web")
@@ -389,7 +415,7 @@ def test_stage_schedule_is_a_text_field_of_the_page(tmp_path):
         assert controls[names.index("stage_ipc")] == "6,4"
         assert studio.config(*controls).ipcs == (6, 4)
         controls[names.index("stage_ipc")] = "6, 5"
-        valid, _, run_button = studio.check(*controls)
+        valid, _, run_button, *_ = studio.check(*controls)
         assert "pdd-error" in valid and "adds up to 11" in valid and "Fix: set IPC to 11" in valid
         controls[names.index("stage_ipc")] = ""
         assert studio.config(*controls).stage_ipc is None
@@ -506,3 +532,41 @@ def test_cached_replays_leave_descriptors_flat_and_old_jobs_are_forgotten(tmp_pa
         assert [j.id for j in sorted(m.jobs.values(), key=lambda j: j.created)] == [j.id for j in jobs[-3:]]
     finally:
         m.shutdown()
+
+
+def test_client_previews_datasets_and_evaluates_a_bundle_on_two_architectures(app_url, tmp_path, tiny, store):
+    """The named API endpoints preview_dataset and evaluate_bundle; bad bundles are one-line messages."""
+    from gradio_client import Client, handle_file
+
+    from pdd_engine import distill
+    from pdd_engine.export import export_bundle
+    from pdd_engine.manifest import manifest_arch
+
+    c = Client(app_url, verbose=False)
+    image, facts = c.predict("digits", None, api_name="/preview_dataset")
+    assert "10 classes" in facts and "1,438 train / 359 test" in facts and Path(image).stat().st_size > 1000
+    image, facts = c.predict("cifar10", None, api_name="/preview_dataset")
+    assert image is None and "not on this machine" in facts  # facts without a download
+
+    cfg = tiny(stages=2, ipc=2)
+    distill(cfg, store)
+    bundle = export_bundle(cfg, tmp_path / "run.zip", store)
+    msg, table, _ = c.predict(handle_file(str(bundle)), "", ["same as exported", "convnet-w16"], 1, 2, None, "",
+                              api_name="/evaluate_bundle")
+    assert msg.startswith("✓ Evaluated on 2 architecture(s)"), msg
+    arch = manifest_arch(load_bundle(bundle).manifest)
+    assert [r[0] for r in table["data"]] == [f"recorded in the bundle ({arch})", "same as exported", "convnet-w16"]
+    assert table["headers"] == ["architecture", "stage 1 (IPC 1)", "stage 2 (IPC 2)"]
+
+    notzip = tmp_path / "notes.zip"
+    notzip.write_text("hello")
+    tampered = tmp_path / "tampered.zip"
+    with zipfile.ZipFile(bundle) as src, zipfile.ZipFile(tampered, "w") as dst:
+        for name in src.namelist():
+            data = src.read(name)
+            dst.writestr(name, data.replace(b'"stages": 2', b'"stages": "two"') if name == "manifest.json" else data)
+    for bad, words in ((notzip, "not a zip file"), (tampered, "malformed")):
+        msg, _, _ = c.predict(handle_file(str(bad)), "", ["convnet"], 1, 1, None, "", api_name="/evaluate_bundle")
+        assert words in msg and "Fix:" in msg and "Traceback" not in msg and msg.count("<br>") == 0, msg
+    msg, _, _ = c.predict(handle_file(str(bundle)), "", ["vit"], 1, 1, None, "", api_name="/evaluate_bundle")
+    assert "unknown architecture 'vit'" in msg
