@@ -20,6 +20,7 @@ from pdd_engine import events as E
 from pdd_engine.manifest import manifest_arch
 
 NEW, FROZEN = (255, 140, 0), (150, 150, 150)
+GRID_TOP = 4  # the run's grid is a page element of its own: no caption overlay to leave room for
 LAYOUT = dict(height=330, margin=dict(l=55, r=10, t=10, b=45), template="plotly_white",
               legend=dict(orientation="h", x=0, y=1.02, yanchor="bottom"))
 PALETTE = ["#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880", "#ff97ff", "#fecb52"]
@@ -190,7 +191,7 @@ def grid_image(ev: Optional[E.StageImages], current: int = 0) -> Optional[Image.
     new = np.zeros_like(ev.new) if running else ev.new
     caption = (f"stages 1-{ev.stage}, frozen while stage {current} is distilled" if running
                else f"stage {ev.stage}: {int(ev.new.sum())} new images (orange)")
-    return class_grid(ev.images, ev.labels, ev.classes, [NEW if n else FROZEN for n in new], caption)
+    return class_grid(ev.images, ev.labels, ev.classes, [NEW if n else FROZEN for n in new], caption, top=GRID_TOP)
 
 
 def grid_html(ev: Optional[E.StageImages], current: int = 0) -> str:
@@ -204,7 +205,7 @@ def grid_html(ev: Optional[E.StageImages], current: int = 0) -> str:
     img.save(buf, format="PNG")
     w, h = img.size
     cells = []
-    for i, c, k, x0, y0, cell in grid_cells(ev.labels, len(ev.classes)):
+    for i, c, k, x0, y0, cell in grid_cells(ev.labels, len(ev.classes), top=GRID_TOP):
         stage = f"stage {ev.origin[i]}" if ev.origin is not None else ("this stage" if ev.new[i] else "an earlier stage")
         title = html.escape(f"{stage} · class {ev.classes[c]} · image {k + 1}")
         cells.append(f'<span title="{title}" style="left:{100 * x0 / w:.3f}%;top:{100 * y0 / h:.3f}%;'

@@ -269,7 +269,7 @@ class Studio:
             if not archs:
                 raise PDDError("no architecture is chosen", "tick one or more under Architectures")
             n = int_or(models, "Networks per architecture") if models not in (None, "") else None
-            ep = int_or(epochs, "Epochs per stage") if epochs not in (None, "", 0) else None
+            ep = int_or(epochs, "Epochs per stage") if str(epochs or "").strip() not in ("", "0") else None
             if (n is not None and n < 1) or (ep is not None and ep < 1):
                 raise PDDError("networks and epochs must be 1 or more", "enter a whole number >= 1, or leave Epochs empty")
             for arch in archs:
@@ -529,10 +529,12 @@ def build(studio: Studio) -> gr.Blocks:
                         with gr.Accordion("How PDD works, and how to read this page", open=False, elem_id="pdd-how"):
                             gr.Markdown(HOW_PDD_WORKS)
                         with gr.Accordion("Data", open=True, elem_id="pdd-data"):
-                            with gr.Row():
-                                data_facts = gr.Markdown(elem_id="pdd-data-facts")
-                                data_grid = gr.Image(label="Real training images (a row per class)", type="pil",
-                                                     elem_id="pdd-data-grid", height=300)
+                            with gr.Row():  # side by side; one under the other on a phone
+                                with gr.Column(min_width=280):
+                                    data_facts = gr.Markdown(elem_id="pdd-data-facts")
+                                with gr.Column(min_width=280):
+                                    data_grid = gr.Image(label="Real training images (a row per class)", type="pil",
+                                                         elem_id="pdd-data-grid", height=300)
                         progress = gr.HTML(render.progress_html(render.RunView()))
                         gr.Markdown("**Synthetic images** (rows: classes; orange: this stage, grey: frozen earlier stages; "
                                     "hover an image for its stage, class and index)")
@@ -559,12 +561,12 @@ def build(studio: Studio) -> gr.Blocks:
                 with gr.Row():
                     ev_models = gr.Number(2, label="Networks per architecture", precision=0, minimum=1, maximum=20,
                                           info="more networks: a tighter ± std, proportionally slower")
-                    ev_epochs = gr.Number(None, label="Epochs per stage", precision=0, minimum=1, placeholder="as exported",
-                                          info="empty: the bundle's own protocol")
+                    ev_epochs = gr.Textbox("", label="Epochs per stage", placeholder="as exported",
+                                           info="empty: the bundle's own protocol", elem_id="pdd-ev-epochs")
                 ev_btn = gr.Button("Evaluate", variant="primary", elem_id="pdd-ev-run-btn")
                 ev_msg = gr.Markdown(elem_id="pdd-ev-msg")
                 ev_table = gr.Dataframe(interactive=False, elem_id="pdd-ev-table", label="Test accuracy % (mean ± std)")
-                ev_plot = gr.Plot(label="Accuracy per stage and architecture", elem_id="pdd-ev-plot")
+                ev_plot = gr.Plot(label="Accuracy", elem_id="pdd-ev-plot")
             with gr.Tab("Runs", id="runs"):
                 runs_empty = gr.Markdown(RUNS_EMPTY, elem_id="pdd-runs-empty")
                 runs_df = gr.Dataframe(headers=["run", "dataset", "method", "P", "IPC", "iterations", "accuracy %",

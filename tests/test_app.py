@@ -40,14 +40,14 @@ def test_run_view_folds_events_and_renders():
     assert 0.5 <= view.fraction < 1
     assert "stage 2/2 (from cache): evaluating" in render.status_markdown(view, "running")
     grid = render.grid_image(view.images)
-    assert grid.size[1] > 10 * 30 and grid.getpixel((grid.size[0] - 5, 28 + 5)) == render.NEW  # newest image framed orange
+    assert grid.size[1] > 10 * 30 and grid.getpixel((grid.size[0] - 5, render.GRID_TOP + 5)) == render.NEW  # newest image framed orange
     later = render.grid_image(view.images, current=3)  # stage 3 running: the shown stages are all frozen
     shown = render.grid_html(E.StageImages(2, view.images.images, view.images.labels, view.images.new,
                                            view.images.classes, np.tile([1, 2], 10)))
     titles = re.findall(r'title="([^"]+)"', shown)
     assert len(titles) == 20 and titles[:3] == ["stage 1 · class 0 · image 1", "stage 2 · class 0 · image 2",
                                                 "stage 1 · class 1 · image 1"]
-    assert later.getpixel((later.size[0] - 5, 28 + 5)) == render.FROZEN
+    assert later.getpixel((later.size[0] - 5, render.GRID_TOP + 5)) == render.FROZEN
     fig = render.accuracy_figure(view)
     assert [t.name for t in fig.data] == ["PDD+DM", "DM alone (P=1)", "random real subset"]
     assert list(fig.data[1].x) == [2] and list(fig.data[1].y) == pytest.approx([61.0])  # only where computed

@@ -104,7 +104,7 @@ def test_evaluate_tab_evaluates_a_bundle_on_two_architectures_and_refuses_a_bad_
     page.locator("#pdd-ev-bundle input[type=file]").set_input_files(str(bundle))
     page.wait_for_function("document.querySelector('#pdd-ev-msg')?.innerText.includes('DM on digits')", timeout=60_000)
     set_number(page, "Networks per architecture", 1)
-    set_number(page, "Epochs per stage", 2)
+    page.locator("#pdd-ev-epochs textarea").fill("2")
     page.locator("#pdd-ev-run-btn").click()
     page.wait_for_function("document.querySelector('#pdd-ev-msg')?.innerText.includes('Evaluated on 2')", timeout=180_000)
     table = page.locator("#pdd-ev-table").inner_text()
