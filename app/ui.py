@@ -528,7 +528,7 @@ def build(studio: Studio) -> gr.Blocks:
                     with gr.Column(scale=2):
                         with gr.Accordion("How PDD works, and how to read this page", open=False, elem_id="pdd-how"):
                             gr.Markdown(HOW_PDD_WORKS)
-                        with gr.Accordion("Data", open=True, elem_id="pdd-data"):
+                        with gr.Accordion("Data", open=True, elem_id="pdd-data") as data_panel:
                             with gr.Row():  # side by side; one under the other on a phone
                                 with gr.Column(min_width=280):
                                     data_facts = gr.Markdown(elem_id="pdd-data-facts")
@@ -606,8 +606,10 @@ def build(studio: Studio) -> gr.Blocks:
                     .then(studio.follow, job_id, outputs, concurrency_limit=None, show_progress="hidden",
                           api_name=None if private else "follow", api_visibility="private" if private else "public"))
 
-        launch(run_btn.click(studio.start, [owner, *controls], [job_id, owner, validation], queue=False,
-                             api_name="start"), private=False)
+        started = run_btn.click(studio.start, [owner, *controls], [job_id, owner, validation], queue=False,
+                                api_name="start")
+        started.then(lambda: gr.Accordion(open=False), None, data_panel, queue=False, api_visibility="private")  # room for the run
+        launch(started, private=False)
         launch(resume_btn.click(studio.resume, [job_id, owner], [job_id, owner, validation], queue=False,
                                 api_name="resume"))
         stop_btn.click(studio.stop, [job_id, owner], validation, queue=False, api_name="stop")
