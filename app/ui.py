@@ -45,6 +45,7 @@ CHOICE_LABELS = {"transition": [("chain: one network through U_1, U_2, ... (pape
                                 ("fresh: a new network on U_{i-1}", "fresh")],
                  "compare_base": [("at the final stage", "final"), ("at every stage", "every"), ("off", "off")]}
 POLL_S = 0.25
+LOSS_EVERY_S = 1.0  # the loss plot streams at most this often (it changes with every iteration)
 PREVIEW_WAIT_S = 30.0  # a first read of a large dataset (MNIST: ~1 s; a big zip longer)
 EXPORTED = "same as exported"  # the Evaluate tab's choice for the bundle's own architecture
 NO_RUN = ("none: evaluate the uploaded bundle", "")
@@ -189,8 +190,12 @@ class Studio:
 
     def prime(self) -> None:
         """Start the helper process's answers for the default controls (device, the network's timing,
-        memory) so the first page load finds them ready; returns at once, the work goes on there."""
-        threading.Thread(target=self.check, args=self.control_values(DistillConfig()), daemon=True).start()
+        memory, the default dataset's preview) so the first page load finds them ready; returns at
+        once, the work goes on there."""
+        def work() -> None:
+            self.check(*self.control_values(DistillConfig()))
+            self.preview(DistillConfig().dataset)  # queued after the estimate's timing, in the same helper
+        threading.Thread(target=work, daemon=True).start()
 
     def device(self, cfg: DistillConfig) -> str:
         return self.manager.device(cfg.device, timeout=ESTIMATE_WAIT_S)
@@ -330,7 +335,7 @@ class Studio:
             yield self.frame(render.RunView(), "failed", extra="No run with that id on this server (it may have "
                              "restarted). Fix: press Run with the same settings: finished stages come from the cache.")
             return
-        seen = -1
+        seen, shown = -1, {}
         while True:
             n = len(job.events)
             if n != seen or job.state == "queued":
@@ -338,7 +343,8 @@ class Studio:
                 view = render.RunView.of(list(job.events))
                 finished = job.finished
                 timing = job.timing(view.current, view.phase, view.iteration, view.iterations) if view.current else None
-                yield self.frame(view, job.state, self.manager.position(job.id), job if finished else None, timing=timing)
+                yield self.frame(view, job.state, self.manager.position(job.id), job if finished else None, timing=timing,
+                                 shown=shown)
                 if finished:
                     return
             time.sleep(POLL_S)
@@ -351,7 +357,11 @@ class Studio:
         yield from self.follow(job_id)
 
     def frame(self, view: render.RunView, state: str, position: int = 0, job=None, extra: str = "",
-              timing: Optional[tuple] = None) -> tuple:
+              timing: Optional[tuple] = None, shown: Optional[dict] = None) -> tuple:
+        """The page's outputs for ``view``. With ``shown`` (what this stream already sent, updated
+        here), an output whose content has not changed is skipped, and the loss plot is redrawn at
+        most every LOSS_EVERY_S: the server renders less, and the browser redraws less, on the cores
+        the engine runs on."""
         bundle, stages = None, None
         status = render.status_markdown(view, state, position, timing) + (f" {extra}" if extra else "")
         if view.done and view.exported is not None:  # written by the engine's worker before Done
@@ -359,9 +369,28 @@ class Studio:
             if view.exported.error:
                 status += f"<br>⚠ export failed: {view.exported.error}"
         running = state in ("queued", "running")
-        return (status, render.progress_html(view), render.grid_html(view.images, view.current), render.loss_figure(view),
-                render.accuracy_figure(view), bundle, stages,
-                gr.update(interactive=running), gr.update(interactive=not running and state != "done"))
+        now = time.time()
+        loss_due = shown is None or now - shown.get("loss_at", 0.0) >= LOSS_EVERY_S or not running
+        parts = [  # (name, what decides its content, how to draw it)
+            ("progress", render.progress_html(view), None),
+            ("grid", (id(view.images), view.current), lambda: render.grid_html(view.images, view.current)),
+            ("loss", sum(map(len, view.losses.values())) if loss_due else shown.get("loss"), lambda: render.loss_figure(view)),
+            ("accuracy", (len(view.evals), view.done is not None), lambda: render.accuracy_figure(view)),
+            ("bundle", bundle, None), ("stages", tuple(stages or ()), lambda: stages),
+            ("stop", running, lambda: gr.update(interactive=running)),
+            ("resume", (running, state), lambda: gr.update(interactive=not running and state != "done")),
+        ]
+        out = [status]
+        for name, key, draw in parts:
+            if shown is not None and name in shown and shown[name] == key:
+                out.append(gr.skip())
+                continue
+            if shown is not None:
+                shown[name] = key
+                if name == "loss":
+                    shown["loss_at"] = now
+            out.append(key if draw is None else draw())
+        return tuple(out)
 
     # -- runs tab -----------------------------------------------------------------------
     def runs_table(self, owner: str = "") -> tuple[list[list], dict, dict, str]:

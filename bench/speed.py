@@ -379,6 +379,28 @@ def section_eval(args, report: dict) -> str:
                  ["threads", "path", "images/s", "seconds", "mean acc %"], rows)
 
 
+def section_eval_widths(args, report: dict) -> str:
+    """Batched (vmap) against sequential evaluation by network width and image size (digits, 8 px,
+    ConvNet-2; MNIST, 28 px, ConvNet-3, where it is on this machine): where the automatic choice of
+    ``eval_batched`` (:func:`pdd_engine.evaluate.use_batched`) switches on a CPU."""
+    from pdd_engine.datasets import find
+    epochs, widths = (2, (8, 16)) if args.tiny else (40, (32, 64, 128))
+    sets = [("digits", 2)] + ([("mnist", 3)] if find("mnist").available(None) and not args.tiny else [])
+    rows = []
+    for data, depth in sets:
+        for width in widths:
+            got = {}
+            for batched in (False, True):
+                r = attempt("eval", batched=batched, threads=2, ipc=10, epochs=epochs, models=5, width=width,
+                            depth=depth, dataset=data, stages=2)  # the second stage: warmed up
+                report[f"eval_{data}_width{width}_{'batched' if batched else 'sequential'}"] = r
+                got[batched] = r.get("train_images_per_s")
+            ratio = got[True] / got[False] if got[True] and got[False] else 0
+            rows.append([data, width, *(f"{got[b]:.0f}" if got[b] else "failed" for b in (False, True)), f"{ratio:.2f}"])
+    return table(f"Evaluation training images/s by width (5 networks, 100 images, {epochs} epochs, second of two "
+                 "stages, 2 threads; test pass excluded)", ["data", "width", "sequential", "batched (vmap)", "batched / sequential"], rows)
+
+
 def section_transition(args, report: dict) -> str:
     epochs = 2 if args.tiny else 50
     r = child("transition", epochs=epochs, ipc=8)
@@ -541,7 +563,8 @@ def section_reference(args, report: dict) -> str:
     return table(title, ["row", "unit", "engine", "reference", "engine / reference", "notes"], rows) + note
 
 
-SECTIONS = {"methods": section_methods, "eval": section_eval, "transition": section_transition,
+SECTIONS = {"methods": section_methods, "eval": section_eval, "eval_widths": section_eval_widths,
+            "transition": section_transition,
             "unroll": section_unroll, "variants": section_variants, "executor": section_executor,
             "reference": section_reference}
 

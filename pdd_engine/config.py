@@ -84,7 +84,10 @@ class DistillConfig:
     eval_lr: float = 0.01
     eval_batch: int = 256
     eval_dsa: bool = True
-    eval_batched: bool = True
+    # the evaluation networks trained together (vmap) or one after another; None: batched on a GPU,
+    # on a CPU only for small networks (evaluate.BATCHED_CPU_MAX_WORK, bench/speed.py --only eval_widths).
+    # The same results either way, up to floating-point summation order (not in any cache key)
+    eval_batched: Optional[bool] = None
     # the base method alone (P = 1) at the same IPC, beside PDD: at the final stage, every stage, or off
     compare_base: Literal["final", "every", "off"] = "final"
     # where it runs

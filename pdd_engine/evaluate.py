@@ -206,9 +206,27 @@ class BatchedCurriculum(Curriculum):
         return self
 
 
-def make_curriculum(ds: Dataset, proto: EvalProtocol, device: torch.device, batched: bool = True) -> Curriculum:
-    """The batched path where it applies (no BatchNorm running statistics), else the sequential one."""
-    if batched and proto.norm != "batch" and proto.models > 1:
+# Largest network width x input pixels for which, on a CPU, training the evaluation networks together
+# (vmap) beat training them one after another: ConvNet width 32 on 8x8 digits (1.59x); at width 64 on
+# digits and at every width on 28 px MNIST it was slower (0.41-0.93x), the stacked weights' element-wise
+# work outweighing the saved dispatch (bench/speed.py --only eval_widths; README, "Speed and memory").
+BATCHED_CPU_MAX_WORK = 32 * 8 * 8
+
+
+def use_batched(batched: Optional[bool], proto: EvalProtocol, device: torch.device, size: int) -> bool:
+    """The user's choice, else the path measured faster: batched on a GPU, and on a CPU only for
+    networks up to BATCHED_CPU_MAX_WORK (width x ``size``^2); never with BatchNorm (running
+    statistics) or a single network."""
+    if proto.norm == "batch" or proto.models < 2:
+        return False
+    if batched is not None:
+        return batched
+    return device.type == "cuda" or proto.width * size * size <= BATCHED_CPU_MAX_WORK
+
+
+def make_curriculum(ds: Dataset, proto: EvalProtocol, device: torch.device, batched: Optional[bool] = None) -> Curriculum:
+    """The batched path or the sequential one (:func:`use_batched`)."""
+    if use_batched(batched, proto, device, ds.size):
         return BatchedCurriculum(ds, proto, device)
     return Curriculum(ds, proto, device)
 
@@ -227,7 +245,7 @@ def random_subset(ds: Dataset, start: int, count: int, seed: int) -> tuple[torch
 
 
 def evaluate_curriculum(ds: Dataset, stages: list[tuple[torch.Tensor, torch.Tensor, Optional[float]]],
-                        proto: EvalProtocol, device: torch.device, batched: bool = True) -> list[list[float]]:
+                        proto: EvalProtocol, device: torch.device, batched: Optional[bool] = None) -> list[list[float]]:
     """Accuracies after each stage for the union sets ``stages`` = [(x_U1, y_U1, lr_1), ...]."""
     cur = make_curriculum(ds, proto, device, batched)
     return [cur.train_stage(x, y, lr) for x, y, lr in stages]

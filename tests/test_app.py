@@ -570,3 +570,21 @@ def test_client_previews_datasets_and_evaluates_a_bundle_on_two_architectures(ap
         assert words in msg and "Fix:" in msg and "Traceback" not in msg and msg.count("<br>") == 0, msg
     msg, _, _ = c.predict(handle_file(str(bundle)), "", ["vit"], 1, 1, None, "", api_name="/evaluate_bundle")
     assert "unknown architecture 'vit'" in msg
+
+
+def test_a_stream_sends_only_what_changed(tmp_path):
+    """Re-sending unchanged figures costs the server and the browser CPU the engine needs."""
+    import gradio as gr
+
+    from app.ui import Studio
+
+    studio = Studio(None, None, tmp_path / "exports")
+    events = fake_stream()
+    shown = {}
+    first = studio.frame(render.RunView.of(events[:8]), "running", shown=shown)
+    assert all(v != gr.skip() for v in first[:5])  # the first frame draws everything
+    again = studio.frame(render.RunView.of(events[:8]), "running", shown=shown)
+    assert again[0] == first[0] and [v == gr.skip() for v in again[1:]] == [True] * 8
+    later = studio.frame(render.RunView.of(events), "running", shown=shown)  # new images and a new evaluation
+    assert later[2] != gr.skip() and later[4] != gr.skip() and later[3] == gr.skip()  # loss: not yet due again
+    assert studio.frame(render.RunView.of(events), "running")[3] != gr.skip()  # without a stream: everything

@@ -2,7 +2,8 @@ import torch
 
 from pdd_engine import events as E
 from pdd_engine import run
-from pdd_engine.evaluate import BatchedCurriculum, Curriculum, EvalProtocol, make_curriculum, random_subset
+from pdd_engine.evaluate import (BATCHED_CPU_MAX_WORK, BatchedCurriculum, Curriculum, EvalProtocol, make_curriculum,
+                                 random_subset, use_batched)
 
 
 def test_batched_evaluation_matches_sequential(digits):
@@ -64,3 +65,13 @@ def test_mtt_memory_refusal_states_sizes_that_are_not_zero(tiny, store):
     assert isinstance(evs[-1], E.Failed), evs[-1]
     msg = evs[-1].message
     assert "MiB" in msg and "0.0 GiB" not in msg and "0.0 MiB" not in msg and "Fix:" in msg, msg
+
+
+def test_the_evaluation_path_is_the_one_measured_faster_unless_chosen():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    proto = EvalProtocol(width=32)
+    assert use_batched(None, proto, cpu, 8) and not use_batched(None, proto, cpu, 28)  # bench/speed.py --only eval_widths
+    assert not use_batched(None, EvalProtocol(width=64), cpu, 8) and 32 * 8 * 8 <= BATCHED_CPU_MAX_WORK
+    assert use_batched(None, EvalProtocol(width=128), cuda, 32)
+    assert use_batched(True, proto, cpu, 28) and not use_batched(False, proto, cuda, 8)  # the user's choice stands
+    assert not use_batched(True, EvalProtocol(norm="batch"), cuda, 8) and not use_batched(True, EvalProtocol(models=1), cpu, 8)
