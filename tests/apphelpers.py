@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -49,3 +50,12 @@ def running_app(tmp: Path, **env):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+def tampered_copy(bundle: Path, out: Path) -> Path:
+    """``bundle`` with one manifest field edited to the wrong type (its checksums still match)."""
+    with zipfile.ZipFile(bundle) as src, zipfile.ZipFile(out, "w") as dst:
+        for name in src.namelist():
+            data = src.read(name)
+            dst.writestr(name, data.replace(b'"stages": 2', b'"stages": "two"') if name == "manifest.json" else data)
+    return out

@@ -14,7 +14,7 @@ from app.ui import control_values
 from pdd_engine import DistillConfig
 from pdd_engine import events as E
 from pdd_engine.export import load_bundle
-from tests.apphelpers import running_app
+from tests.apphelpers import running_app, tampered_copy
 
 # every control of the page, in the order the /start API takes them
 TINY = DistillConfig.make(dict(stages=2, ipc=2, iterations=15, width=16, eval_epochs=20, eval_models=2,
@@ -560,11 +560,7 @@ def test_client_previews_datasets_and_evaluates_a_bundle_on_two_architectures(ap
 
     notzip = tmp_path / "notes.zip"
     notzip.write_text("hello")
-    tampered = tmp_path / "tampered.zip"
-    with zipfile.ZipFile(bundle) as src, zipfile.ZipFile(tampered, "w") as dst:
-        for name in src.namelist():
-            data = src.read(name)
-            dst.writestr(name, data.replace(b'"stages": 2', b'"stages": "two"') if name == "manifest.json" else data)
+    tampered = tampered_copy(bundle, tmp_path / "tampered.zip")  # its manifest's shape is checked before use
     for bad, words in ((notzip, "not a zip file"), (tampered, "malformed")):
         msg, _, _ = c.predict(handle_file(str(bad)), "", ["convnet"], 1, 1, None, "", api_name="/evaluate_bundle")
         assert words in msg and "Fix:" in msg and "Traceback" not in msg and msg.count("<br>") == 0, msg

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from tests.apphelpers import CHROMIUM, CHROMIUM_ARGS, running_app
+from tests.apphelpers import CHROMIUM, CHROMIUM_ARGS, running_app, tampered_copy
 
 if not os.path.exists(CHROMIUM):
     if os.environ.get("CI"):
@@ -115,6 +115,12 @@ def test_evaluate_tab_evaluates_a_bundle_on_two_architectures_and_refuses_a_bad_
     page.locator("#pdd-ev-bundle button[aria-label*='Clear'], #pdd-ev-bundle button[aria-label*='clear']").first.click()
     page.locator("#pdd-ev-bundle input[type=file]").set_input_files(str(notzip))
     page.wait_for_function("document.querySelector('#pdd-ev-msg')?.innerText.includes('not a zip file')", timeout=60_000)
+    msg = page.locator("#pdd-ev-msg").inner_text().strip()
+    assert "Fix:" in msg and "\n" not in msg and "Traceback" not in page.content()
+    tampered = tampered_copy(bundle, tmp_path / "tampered.zip")  # its manifest's shape is checked before use
+    page.locator("#pdd-ev-bundle button[aria-label*='Clear'], #pdd-ev-bundle button[aria-label*='clear']").first.click()
+    page.locator("#pdd-ev-bundle input[type=file]").set_input_files(str(tampered))
+    page.wait_for_function("document.querySelector('#pdd-ev-msg')?.innerText.includes('malformed')", timeout=60_000)
     msg = page.locator("#pdd-ev-msg").inner_text().strip()
     assert "Fix:" in msg and "\n" not in msg and "Traceback" not in page.content()
     page.close()
