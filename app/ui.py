@@ -25,7 +25,7 @@ from pdd_engine import datasets
 from pdd_engine.config import DistillConfig
 from pdd_engine.estimate import config_warnings, estimate
 from pdd_engine.evaluate import ARCHITECTURES, arch_changes
-from pdd_engine.manifest import evaluation_table
+from pdd_engine.manifest import evaluation_table, manifest_arch
 
 from . import render
 from .jobs import JobManager
@@ -173,8 +173,8 @@ class Studio:
     def data_shape(self, cfg: DistillConfig) -> Optional[tuple[int, int, int, int]]:
         """(channels, size, classes, training images) of the config's data: the registry's, else the
         dataset preview's (a user's zip), else None while that is still being read."""
-        if datasets.find(cfg.dataset).shape:
-            return datasets.find(cfg.dataset).shape
+        if (known := datasets.find(cfg.dataset).shape) is not None:
+            return known
         try:
             p = self.manager.preview(cfg.dataset, self.data_root, timeout=ESTIMATE_WAIT_S)
         except (PDDError, TimeoutError):
@@ -238,7 +238,7 @@ class Studio:
             return f'<span class="pdd-error">⚠ {e}</span>', gr.update(placeholder="as exported")
         c, e = m["config"], m["evaluation"]
         line = (f"✓ {c['method'].upper()} on {shown_dataset(c['dataset'])}: {m['stages']} stage(s), "
-                f"IPC {m['ipc']}, evaluated on {e['family']}-d{e['depth']}-w{e['width']} "
+                f"IPC {m['ipc']}, evaluated on {manifest_arch(m)} "
                 f"({e['models']} networks × {e['epochs']} epochs per stage).")
         return line, gr.update(placeholder=f"as exported: {e['epochs']}")
 
