@@ -108,6 +108,8 @@ def status_markdown(view: RunView, state: str, position: int = 0, timing: Option
     if view.done:
         computed = view.done.computed_stages
         how = "all stages served from the cache" if not computed else f"computed stage(s) {computed}"
+        if computed and view.done.executor != "local":
+            how += f", units on the {view.done.executor} executor"
         return f"**Done** in {view.done.seconds:.1f} s ({how}). {final_line(view.done.accuracies[-1], view.method)}"
     if not view.stages:
         return "**Starting** the engine…"

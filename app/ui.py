@@ -39,11 +39,13 @@ SHARED = {"stage_ipc": "Images per class of each stage",
           "image_size": "Image size in pixels",
           "eval_epochs": "Evaluation epochs per stage", "eval_models": "Evaluation networks", "seed": "Seed",
           "transition_epochs": "PDD transition epochs", "filter_easy": "Drop easy real examples between stages",
-          "zca": "ZCA whitening", "device": "Device", "transition": "PDD transition",
+          "zca": "ZCA whitening", "device": "Device", "executor": "Executor", "transition": "PDD transition",
           "compare_base": "Compare with the base method alone (P=1)"}
 CHOICE_LABELS = {"transition": [("chain: one network through U_1, U_2, ... (paper)", "chain"),
                                 ("fresh: a new network on U_{i-1}", "fresh")],
-                 "compare_base": [("at the final stage", "final"), ("at every stage", "every"), ("off", "off")]}
+                 "compare_base": [("at the final stage", "final"), ("at every stage", "every"), ("off", "off")],
+                 "executor": [("the server's (PDD_EXECUTOR, else local)", ""), ("local: in the engine's process", "local"),
+                              ("ray: Ray tasks (RAY_ADDRESS's cluster, else a local Ray)", "ray")]}
 POLL_S = 0.25
 LOSS_EVERY_S = 1.0  # the loss plot streams at most this often (it changes with every iteration)
 PREVIEW_WAIT_S = 30.0  # a first read of a large dataset (MNIST: ~1 s; a big zip longer)
@@ -458,7 +460,8 @@ def advanced_values(cfg: DistillConfig, fields: Optional[list[Field]] = None) ->
     an automatic field is text: empty when unset."""
     flat = {k: ",".join(map(str, v)) if isinstance(v, tuple) else v for k, v in cfg.flat().items()}
     values = [(f, flat.get(f.name, f.default)) for f in fields or advanced_fields()]
-    return [("" if v is None else f"{v:g}" if isinstance(v, float) else str(v)) if f.automatic else v for f, v in values]
+    return [("" if v is None else f"{v:g}" if isinstance(v, float) else str(v)) if f.automatic
+            else "" if v is None else v for f, v in values]
 
 
 def control_values(cfg: DistillConfig, preset: str = "cpu-quick", fields: Optional[list[Field]] = None) -> list:
@@ -486,7 +489,8 @@ def control(f: Field):
     """The Gradio control for one Advanced field; an automatic one shows what it becomes as its
     placeholder (filled in by :meth:`Studio.check` for the chosen method and dataset)."""
     if typing.get_origin(f.type) is typing.Literal:
-        return gr.Dropdown(CHOICE_LABELS.get(f.name, list(typing.get_args(f.type))), value=f.default, label=f.label,
+        return gr.Dropdown(CHOICE_LABELS.get(f.name, list(typing.get_args(f.type))), value="" if f.default is None else f.default,
+                           label=f.label,
                            info=f.hint or None)
     if f.type is bool:
         return gr.Checkbox(f.default, label=f.label, info=f.hint or None)

@@ -40,6 +40,7 @@ HINTS = {
     "filter_easy": "drop the real examples networks already classify well before each next stage",
     "zca": "whiten images (ZCA), as the field does for CIFAR",
     "device": "auto: CUDA when present, else CPU",
+    "executor": "where a stage's independent units (experts, evaluation networks, scorers) run; same results",
     "compare_base": "also distil the base method alone (P=1) at the same IPC, to see PDD's gain",
 }
 

@@ -15,7 +15,8 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -95,6 +96,12 @@ class Dataset:
         mean = torch.tensor(self.mean).view(1, -1, 1, 1)
         std = torch.tensor(self.std).view(1, -1, 1, 1)
         return (x * std + mean).clamp(0, 1)
+
+    @cached_property
+    def eval_view(self) -> "Dataset":
+        """What evaluation needs (the test split and the shapes) without the training set; made once
+        per dataset, so an executor that ships it to other processes ships it once per run."""
+        return replace(self, x_train=self.x_train[:1], y_train=self.y_train[:1])
 
     def indices_by_class(self) -> list[torch.Tensor]:
         return [torch.nonzero(self.y_train == c).flatten() for c in range(self.num_classes)]

@@ -8,7 +8,7 @@ so the evaluation of stage i+1 can resume from a cached stage i.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import copy
 
@@ -85,13 +85,18 @@ class EvalProtocol:
 
 
 class Curriculum:
-    """N networks and their optimisers, trained stage after stage."""
+    """N networks and their optimisers, trained stage after stage.
 
-    def __init__(self, ds: Dataset, proto: EvalProtocol, device: torch.device):
+    Network k's initialisation, minibatch order and augmentation draws depend only on k and the
+    protocol, so any subset ``ids`` of the N networks can be trained on its own (another process,
+    another machine) and gives exactly those networks of the whole curriculum."""
+
+    def __init__(self, ds: Dataset, proto: EvalProtocol, device: torch.device, ids: Optional[Sequence[int]] = None):
         self.ds, self.proto, self.device = ds, proto, device
+        self.ids = list(range(proto.models) if ids is None else ids)
         self.nets: list[nn.Module] = []
         self.opts: list[torch.optim.SGD] = []
-        for k in range(proto.models):
+        for k in self.ids:
             torch.manual_seed(seed_of(proto.seed, 1000 + k))
             net = models.build_model(ds.channels, ds.num_classes, ds.size, proto.depth, proto.width, proto.norm,
                               proto.family).to(device)
@@ -101,12 +106,16 @@ class Curriculum:
 
     def train_stage(self, x: torch.Tensor, y: torch.Tensor, lr: Optional[float] = None) -> list[float]:
         """Continue every network on (x, y) for ``epochs``; return test accuracies."""
+        self.fit(x, y, lr)
+        return self.test_accuracy()
+
+    def fit(self, x: torch.Tensor, y: torch.Tensor, lr: Optional[float] = None) -> None:
+        """Continue every network on (x, y) for ``epochs`` (the next stage), without a test pass."""
         self.stage += 1
         x, y = x.to(self.device), y.to(self.device)
-        for k, (net, opt) in enumerate(zip(self.nets, self.opts)):
+        for k, net, opt in zip(self.ids, self.nets, self.opts):
             train_epochs(net, x, y, self.proto.epochs, opt, lr or self.proto.lr, self.proto.batch, self.proto.aug,
                          seed_of(self.proto.seed, 2000 + k, self.stage))
-        return self.test_accuracy()
 
     def test_accuracy(self) -> list[float]:
         """Each network's accuracy on the test split."""
@@ -115,7 +124,7 @@ class Curriculum:
 
     def state(self) -> dict[str, torch.Tensor]:
         out = {"stage": torch.tensor(self.stage)}
-        for k, (net, opt) in enumerate(zip(self.nets, self.opts)):
+        for k, net, opt in zip(self.ids, self.nets, self.opts):
             out.update({f"m{k}.{n}": t for n, t in net.state_dict().items()})
             for i, p in enumerate(net.parameters()):
                 buf = opt.state.get(p, {}).get("momentum_buffer")
@@ -125,7 +134,7 @@ class Curriculum:
 
     def load(self, state: dict[str, torch.Tensor]) -> "Curriculum":
         self.stage = int(state["stage"])
-        for k, (net, opt) in enumerate(zip(self.nets, self.opts)):
+        for k, net, opt in zip(self.ids, self.nets, self.opts):
             net.load_state_dict({n[len(f"m{k}."):]: t for n, t in state.items() if n.startswith(f"m{k}.")})
             for i, p in enumerate(net.parameters()):
                 if f"o{k}.{i}" in state:
@@ -141,8 +150,8 @@ class BatchedCurriculum(Curriculum):
     the sequential path up to floating-point summation order, in one batched call per step.
     """
 
-    def __init__(self, ds: Dataset, proto: EvalProtocol, device: torch.device):
-        super().__init__(ds, proto, device)
+    def __init__(self, ds: Dataset, proto: EvalProtocol, device: torch.device, ids: Optional[Sequence[int]] = None):
+        super().__init__(ds, proto, device, ids)
         self.base = copy.deepcopy(self.nets[0]).to("meta")
         self.params, self.buffers = torch.func.stack_module_state(self.nets)
         self.opt = torch.optim.SGD(list(self.params.values()), lr=proto.lr, momentum=proto.momentum,
@@ -152,11 +161,11 @@ class BatchedCurriculum(Curriculum):
         call = lambda p, b, xb: torch.func.functional_call(self.base, (p, b), (xb,))  # noqa: E731
         return torch.func.vmap(call)(self.params, self.buffers, x)
 
-    def train_stage(self, x: torch.Tensor, y: torch.Tensor, lr: Optional[float] = None) -> list[float]:
+    def fit(self, x: torch.Tensor, y: torch.Tensor, lr: Optional[float] = None) -> None:
         self.stage += 1
         p, n = self.proto, len(x)
         x, y = x.to(self.device), y.to(self.device)
-        gens = [torch.Generator().manual_seed(seed_of(p.seed, 2000 + k, self.stage)) for k in range(p.models)]
+        gens = [torch.Generator().manual_seed(seed_of(p.seed, 2000 + k, self.stage)) for k in self.ids]
         aug, base_lr = p.aug, lr or p.lr
         for epoch in range(p.epochs):
             for group in self.opt.param_groups:
@@ -169,40 +178,40 @@ class BatchedCurriculum(Curriculum):
                     xb = [aug(b, draw_seed(g), siamese=False) for b, g in zip(xb, gens)]
                 out = self.logits(torch.stack(xb))
                 yb = torch.stack([y[i] for i in idx])
-                loss = F.cross_entropy(out.flatten(0, 1), yb.flatten()) * p.models  # = sum of per-network means
+                loss = F.cross_entropy(out.flatten(0, 1), yb.flatten()) * len(self.ids)  # = sum of per-network means
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 self.opt.step()
-        return self.test_accuracy()
 
     def test_accuracy(self) -> list[float]:
         xt, yt = self.ds.x_test.to(self.device), self.ds.y_test.to(self.device)
-        correct = torch.zeros(self.proto.models, device=self.device)
+        n = len(self.ids)
+        correct = torch.zeros(n, device=self.device)
         with torch.no_grad():
             for i in range(0, len(xt), 1024):
                 xb = xt[i:i + 1024]
-                correct += (self.logits(xb.expand(self.proto.models, *xb.shape)).argmax(-1) == yt[i:i + 1024]).sum(1)
+                correct += (self.logits(xb.expand(n, *xb.shape)).argmax(-1) == yt[i:i + 1024]).sum(1)
         return (correct / len(yt)).tolist()
 
     def state(self) -> dict[str, torch.Tensor]:
         out = {"stage": torch.tensor(self.stage)}
         for i, (name, stacked) in enumerate(self.params.items()):
             buf = self.opt.state.get(stacked, {}).get("momentum_buffer")
-            for k in range(self.proto.models):
-                out[f"m{k}.{name}"] = stacked[k].detach()
+            for j, k in enumerate(self.ids):
+                out[f"m{k}.{name}"] = stacked[j].detach()
                 if buf is not None:
-                    out[f"o{k}.{i}"] = buf[k]
+                    out[f"o{k}.{i}"] = buf[j]
         return out
 
     def load(self, state: dict[str, torch.Tensor]) -> "BatchedCurriculum":
         self.stage = int(state["stage"])
         with torch.no_grad():
             for i, (name, stacked) in enumerate(self.params.items()):
-                for k in range(self.proto.models):
-                    stacked[k].copy_(state[f"m{k}.{name}"])
-                if f"o0.{i}" in state:
+                for j, k in enumerate(self.ids):
+                    stacked[j].copy_(state[f"m{k}.{name}"])
+                if f"o{self.ids[0]}.{i}" in state:
                     self.opt.state[stacked]["momentum_buffer"] = torch.stack(
-                        [state[f"o{k}.{i}"] for k in range(self.proto.models)]).to(self.device).clone()
+                        [state[f"o{k}.{i}"] for k in self.ids]).to(self.device).clone()
         return self
 
 
@@ -213,22 +222,32 @@ class BatchedCurriculum(Curriculum):
 BATCHED_CPU_MAX_WORK = 32 * 8 * 8
 
 
-def use_batched(batched: Optional[bool], proto: EvalProtocol, device: torch.device, size: int) -> bool:
+def use_batched(batched: Optional[bool], proto: EvalProtocol, device: torch.device, size: int,
+                count: Optional[int] = None) -> bool:
     """The user's choice, else the path measured faster: batched on a GPU, and on a CPU only for
     networks up to BATCHED_CPU_MAX_WORK (width x ``size``^2); never with BatchNorm (running
-    statistics) or a single network."""
-    if proto.norm == "batch" or proto.models < 2:
+    statistics) or a single network (``count``: how many are trained together, default all)."""
+    if proto.norm == "batch" or (proto.models if count is None else count) < 2:
         return False
     if batched is not None:
         return batched
     return device.type == "cuda" or proto.width * size * size <= BATCHED_CPU_MAX_WORK
 
 
-def make_curriculum(ds: Dataset, proto: EvalProtocol, device: torch.device, batched: Optional[bool] = None) -> Curriculum:
-    """The batched path or the sequential one (:func:`use_batched`)."""
-    if use_batched(batched, proto, device, ds.size):
-        return BatchedCurriculum(ds, proto, device)
-    return Curriculum(ds, proto, device)
+def make_curriculum(ds: Dataset, proto: EvalProtocol, device: torch.device, batched: Optional[bool] = None,
+                    ids: Optional[Sequence[int]] = None) -> Curriculum:
+    """The batched path or the sequential one (:func:`use_batched`), for networks ``ids`` (default all)."""
+    if use_batched(batched, proto, device, ds.size, None if ids is None else len(ids)):
+        return BatchedCurriculum(ds, proto, device, ids)
+    return Curriculum(ds, proto, device, ids)
+
+
+def network_groups(batched: Optional[bool], proto: EvalProtocol, device: torch.device, size: int) -> list[list[int]]:
+    """How a curriculum's N networks split into independent units: one unit for all where they are
+    trained together (vmap), else one unit per network (an executor can spread them)."""
+    if use_batched(batched, proto, device, size):
+        return [list(range(proto.models))]
+    return [[k] for k in range(proto.models)]
 
 
 def random_subset(ds: Dataset, start: int, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

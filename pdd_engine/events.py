@@ -109,6 +109,7 @@ class Done:
     accuracies: list[dict[str, Any]]  # per stage: StageEvaluated.summary()
     seconds: float
     computed_stages: list[int] = field(default_factory=list)
+    executor: str = "local"  # where the computed stages' independent units ran
 
 
 @dataclass

@@ -4,8 +4,9 @@ The stage loop stays sequential (stage i+1 needs U_i); inside a stage, units tha
 each other (MTT's expert trajectories) are handed to an executor as ``map(fn, items, shared)``:
 ``fn(shared, item)`` for every item, results in order. ``fn`` must be a module-level function and
 ``shared`` a dict of tensors and plain values, so a unit can run in another process or on another
-machine; ``shared`` goes to Ray's object store once per ``map`` call (a stage's units), not once
-per task. The driver alone writes the cache.
+machine. Each value of ``shared`` goes to Ray's object store once for the executor's life (a run):
+the same tensor object passed again by a later stage (the dataset) is not sent again. The driver
+alone writes the cache.
 
     executor = make_executor("ray")          # RAY_ADDRESS joins a cluster, else a local one starts
     trajectories = executor.map(train_expert, list(range(10)), shared)
@@ -84,8 +85,13 @@ class RayExecutor:
             import ray
         except ImportError:
             raise PDDError("the ray executor needs Ray, which is not installed",
-                           "pip install -r requirements-ray.txt, or use --executor local") from None
+                           "pip install -r requirements-ray.txt, or choose the local executor "
+                           "(--executor local; the studio's Executor field)") from None
         self.ray, self.retries = ray, retries
+        # id(value) -> (value, object ref): each shared value is put once while this executor lives;
+        # holding the value itself keeps its id from being reused by another object
+        self._stored: dict[int, tuple[Any, Any]] = {}
+        self.puts: dict[str, int] = {}  # how many times each shared name went to the object store
         if not ray.is_initialized():
             root = str(Path(__file__).resolve().parents[1])  # workers import pdd_engine from here
             env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}}
@@ -97,13 +103,14 @@ class RayExecutor:
                 raise PDDError(f"could not start or reach a Ray cluster{f' at {address}' if address else ''} "
                                f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})",
                                "check RAY_ADDRESS; for a token-authenticated cluster set RAY_AUTH_MODE=token "
-                               "(and RAY_AUTH_TOKEN), or use --executor local") from None
+                               "(and RAY_AUTH_TOKEN), or choose the local executor (--executor local; the studio's "
+                               "Executor field)") from None
         self._task = ray.remote(_in_worker)
 
     def map(self, fn, items, shared, cancel=None, gpus=0.0, done=None):
         import torch
         ray = self.ray
-        refs = {k: ray.put(v) for k, v in shared.items()}  # once for all the units; freed with the refs
+        refs = {k: self._put(k, v) for k, v in shared.items()}  # once for all the units, and for later maps
         task = self._task.options(num_cpus=1, num_gpus=gpus, max_retries=self.retries, retry_exceptions=False)
         pending = [task.remote(fn, torch.get_num_threads(), _Shared(refs), item) for item in items]
         try:
@@ -123,8 +130,17 @@ class RayExecutor:
                 ray.cancel(ref, force=True)
             raise
 
+    def _put(self, name: str, value: Any):
+        """``value``'s object ref: put on its first use, the same ref after (values must not change)."""
+        hit = self._stored.get(id(value))
+        if hit is None:
+            hit = self._stored[id(value)] = (value, self.ray.put(value))
+            self.puts[name] = self.puts.get(name, 0) + 1
+        return hit[1]
+
     def close(self) -> None:
-        pass
+        """Forget the stored values (their object-store copies are freed with the refs)."""
+        self._stored.clear()
 
 
 class _Shared(dict):
@@ -156,4 +172,4 @@ def make_executor(name: Optional[str] = None) -> Executor:
         return LocalExecutor()
     if name == "ray":
         return RayExecutor()
-    raise PDDError(f"unknown executor '{name}'", f"use one of {', '.join(EXECUTORS)} (--executor, PDD_EXECUTOR)")
+    raise PDDError(f"unknown executor '{name}'", f"use one of {', '.join(EXECUTORS)} (--executor, PDD_EXECUTOR, the studio's Executor field)")

@@ -25,7 +25,7 @@ from .data import Dataset, dataset_for, dataset_info, to_uint8
 from .device import resolve_device
 from .errors import Cancelled, PDDError
 from .executor import Executor, LocalExecutor, gpus_for, make_executor, unit_device
-from .evaluate import Curriculum, EvalProtocol, make_curriculum, random_subset
+from .evaluate import Curriculum, EvalProtocol, make_curriculum, network_groups, random_subset, use_batched
 from .events import (Done, Event, Failed, Message, Progress, RunStarted, StageEvaluated, StageFinished,
                      StageImages, StageStarted, Stopped)
 from .keys import Keys
@@ -40,27 +40,35 @@ class CancelToken(Protocol):
     def is_set(self) -> bool: ...
 
 
-def filter_easy(ctx_ds: Dataset, x: torch.Tensor, y: torch.Tensor, keep: torch.Tensor, cfg: DistillConfig,
-                stage: int, device: torch.device) -> torch.Tensor:
+def filter_easy(ds: Dataset, x: torch.Tensor, y: torch.Tensor, keep: torch.Tensor, cfg: DistillConfig,
+                stage: int, device: torch.device, executor: Optional[Executor] = None, cancel=None) -> torch.Tensor:
     """PDD's optional step: drop real examples every scorer gets right, keeping each with p=keep_easy.
 
-    Scorers are ``filter_models`` networks trained on U_i with the evaluation protocol.
-    Returns the new boolean mask over ``ds.x_train``.
+    Scorers are ``filter_models`` networks trained on U_i (x, y) with the evaluation protocol, each an
+    independent unit (:func:`score_easy`) on ``executor``. Returns the new boolean mask over ``ds.x_train``.
     """
-    proto = EvalProtocol.from_config(cfg, ctx_ds.size)
-    proto = EvalProtocol(**{**proto.to_dict(), "models": cfg.filter_models, "seed": seed_of(cfg.seed, 31, stage)})
-    scorers = Curriculum(ctx_ds, proto, device)
-    scorers.train_stage(x, y)
+    proto = replace(EvalProtocol.from_config(cfg, ds.size), models=cfg.filter_models, seed=seed_of(cfg.seed, 31, stage))
     idx = torch.nonzero(keep).flatten()
-    xr, yr = ctx_ds.x_train[idx].to(device), ctx_ds.y_train[idx].to(device)
-    easy = torch.ones(len(idx), dtype=torch.bool)
-    for net in scorers.nets:
-        easy &= (predict(net, xr) == yr).cpu()
+    shared = {"ds": ds.eval_view, "proto": proto.to_dict(), "device": str(device), "union_x": x.cpu(),
+              "union_y": y.cpu(), "real_x": ds.x_train, "real_y": ds.y_train, "idx": idx}
+    units = executor if executor is not None else LocalExecutor()
+    right = units.map(score_easy, list(range(proto.models)), shared, cancel, gpus=gpus_for(device))
+    easy = torch.stack(right).all(0)
     coin = torch.rand(len(idx), generator=torch.Generator().manual_seed(seed_of(cfg.seed, 37, stage)))
     drop = easy & (coin >= cfg.keep_easy)
     new = keep.clone()
     new[idx[drop]] = False
     return new
+
+
+def score_easy(shared: dict, k: int) -> torch.Tensor:
+    """Scorer ``k`` of :func:`filter_easy`: trained on the union, it says which kept real examples
+    (``shared["idx"]``) it classifies right; a pure function of its inputs, like every unit."""
+    device = unit_device(shared["device"])
+    scorer = Curriculum(shared["ds"], EvalProtocol(**shared["proto"]), device, ids=[k])
+    scorer.fit(shared["union_x"], shared["union_y"])
+    idx = shared["idx"]
+    return (predict(scorer.nets[0], shared["real_x"][idx].to(device)) == shared["real_y"][idx].to(device)).cpu()
 
 
 @dataclass
@@ -207,7 +215,8 @@ class Engine:
         keep = union.keep
         if cfg.filter_easy and i < cfg.stages:
             yield Message(i, "scoring real examples to drop easy ones")
-            keep = filter_easy(ds, torch.cat([union.x, train_x]), torch.cat([union.y, train_y]), keep, cfg, i, device)
+            keep = filter_easy(ds, torch.cat([union.x, train_x]), torch.cat([union.y, train_y]), keep, cfg, i, device,
+                               self.executor, self.check_cancel)
         meta = {"stage": i, "lr": lr, "seconds": time.time() - t0, "losses": losses, "method": cfg.method,
                 "real_kept": int(keep.sum())}
         self.store.put(keys.stage(i), {"stored": stored.detach(), "labels": method.labels(), "train_x": train_x,
@@ -308,7 +317,7 @@ class Engine:
             if self.until < cfg.stages:  # a slice ends with its last stage: the run is not finished
                 return
             runs.save(self.store, keys, dataset_info(ds), accuracies)
-            yield Done(keys.run, accuracies, time.time() - t0, list(self.computed))
+            yield Done(keys.run, accuracies, time.time() - t0, list(self.computed), self.executor.name)
         except Cancelled:
             yield Stopped(stage)
         except PDDError as e:
@@ -340,30 +349,39 @@ class Engine:
             else:
                 out[k] = (hit[0], hit[1]["acc"])
         if todo:
-            shared = {"ds": eval_view(ds), "proto": proto.to_dict(), "device": str(device),
-                      "batched": self.cfg.eval_batched}
+            batched = use_batched(self.cfg.eval_batched, proto, device, ds.size)
+            groups = network_groups(batched, proto, device, ds.size)
+            shared = {"ds": ds.eval_view, "proto": proto.to_dict(), "device": str(device), "batched": batched}
+            items = []
+            for k in todo:
+                _, state, x, y, lr = steps[k]
+                items += [(networks_of(state, ids), x, y, lr, ids) for ids in groups]
             units = self.executor if self.executor is not None else LocalExecutor()
-            done = units.map(curriculum_step, [steps[k][1:] for k in todo], shared, self.check_cancel,
-                             gpus=gpus_for(device))
-            for k, (state, acc) in zip(todo, done):
+            done = units.map(curriculum_step, items, shared, self.check_cancel, gpus=gpus_for(device))
+            for n, k in enumerate(todo):
+                parts = done[n * len(groups):(n + 1) * len(groups)]
+                state = {name: t for part, _ in parts for name, t in part.items()}
+                acc = [a for _, part in parts for a in part]
                 self.store.put(steps[k][0], state, {"acc": acc})
                 out[k] = (state, acc)
         return out
 
 
-def eval_view(ds: Dataset) -> Dataset:
-    """What evaluation needs of a dataset (the test split and the shapes), without the training set:
-    the evaluation units' share of the object store."""
-    return replace(ds, x_train=ds.x_train[:1], y_train=ds.y_train[:1])
+def networks_of(state: Optional[dict], ids: list[int]) -> Optional[dict]:
+    """The part of a curriculum's state that networks ``ids`` continue from (``m{k}.*``, ``o{k}.*``)."""
+    if state is None:
+        return None
+    return {name: t for name, t in state.items() if name == "stage" or int(name[1:name.index(".")]) in ids}
 
 
 def curriculum_step(shared: dict, item: tuple) -> tuple[dict, list]:
-    """One curriculum stage: N networks continue from ``state`` on (x, y) for the protocol's epochs.
-    A pure function of its inputs (every network's seeds come from the protocol), so any executor
-    gives the same accuracies; the state comes back on the CPU."""
-    state, x, y, lr = item
+    """One curriculum stage for networks ``ids``: they continue from ``state`` on (x, y) for the
+    protocol's epochs. A pure function of its inputs (network k's seeds depend on k and the protocol
+    alone), so any executor and any split of the networks into units give the same accuracies; the
+    state comes back on the CPU."""
+    state, x, y, lr, ids = item
     device = unit_device(shared["device"])
-    cur = make_curriculum(shared["ds"], EvalProtocol(**shared["proto"]), device, shared["batched"])
+    cur = make_curriculum(shared["ds"], EvalProtocol(**shared["proto"]), device, shared["batched"], ids)
     if state is not None:
         cur.load(state)
     acc = cur.train_stage(x, y, lr)

@@ -419,6 +419,11 @@ def test_stage_schedule_is_a_text_field_of_the_page(tmp_path):
         assert "pdd-error" in valid and "adds up to 11" in valid and "Fix: set IPC to 11" in valid
         controls[names.index("stage_ipc")] = ""
         assert studio.config(*controls).stage_ipc is None
+        # the executor is a setting of the page: empty is the server's (PDD_EXECUTOR), else the one chosen
+        assert controls[names.index("executor")] == "" and studio.config(*controls).executor is None
+        controls[names.index("executor")] = "ray"
+        assert studio.config(*controls).executor == "ray"
+        assert studio.control_values(DistillConfig(executor="local"))[names.index("executor")] == "local"
     finally:
         m.shutdown()
 

@@ -20,6 +20,29 @@ def test_batched_evaluation_matches_sequential(digits):
     assert all(torch.allclose(s[k].float(), t[k].float(), atol=1e-3 if k.startswith("m") else 1e-2) for k in s)
 
 
+def test_any_split_of_the_networks_into_units_gives_the_whole_curriculum(digits):
+    """Network k depends on k alone: units of one network each (how an executor spreads them) reproduce
+    the whole curriculum's accuracies and state exactly, across two stages (state carried)."""
+    from pdd_engine.progressive import curriculum_step, networks_of
+    proto = EvalProtocol(epochs=4, models=3, depth=2, width=8)
+    x, y = random_subset(digits, 0, 3, seed=0)
+    whole = Curriculum(digits, proto, torch.device("cpu"))
+    shared = {"ds": digits.eval_view, "proto": proto.to_dict(), "device": "cpu", "batched": False}
+    state = None
+    for stage in (1, 2):
+        acc = whole.train_stage(x, y)
+        parts = [curriculum_step(shared, (networks_of(state, [k]), x, y, None, [k])) for k in (2, 0, 1)]
+        state = {n: t for part, _ in parts for n, t in part.items()}
+        by_net = {k: part_acc for k, (_, part_acc) in zip((2, 0, 1), parts)}
+        assert [by_net[k][0] for k in range(3)] == acc
+        assert state.keys() == whole.state().keys()
+        assert all(torch.equal(state[n], t) for n, t in whole.state().items()), stage
+    pair = BatchedCurriculum(digits, proto, torch.device("cpu"), ids=[1, 2])  # a vmap group of two of the three
+    pair.train_stage(x, y)
+    first = Curriculum(digits, proto, torch.device("cpu"))
+    assert max(abs(u - v) for u, v in zip(pair.test_accuracy(), first.train_stage(x, y)[1:])) <= 0.01
+
+
 def test_batched_state_round_trips_into_sequential(digits):
     proto = EvalProtocol(epochs=5, models=2, depth=2, width=8)
     x, y = random_subset(digits, 0, 2, seed=0)

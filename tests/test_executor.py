@@ -18,6 +18,7 @@ from pdd_engine.cache import Store
 from pdd_engine.errors import Cancelled
 from pdd_engine.executor import LocalExecutor, RayExecutor, make_executor
 from pdd_engine.keys import Keys
+from pdd_engine.progressive import Engine
 from tests.raytasks import die_once, sleepy  # importable by Ray's workers (the project root is on their path)
 
 RAY = str(Path(sys.executable).parent / "ray")
@@ -50,17 +51,23 @@ def ray_executor(cluster, monkeypatch):
 
 
 def test_ray_gives_the_local_executors_stages_and_accuracies(ray_executor, tiny, tmp_path, digits):
-    cfg = tiny(method="mtt", num_experts=3)
+    """Every kind of unit on Ray (MTT's experts, the easy-example scorers, one evaluation network per
+    unit) gives the local executor's stages, experts and accuracies; the dataset goes to the object
+    store once for the whole run, not once per stage."""
+    cfg = tiny(method="mtt", num_experts=3, filter_easy=True, keep_easy=0.5, eval_batched=False)
     local = distill(cfg.replace(executor="local"), Store(tmp_path / "local"))
-    remote = distill(cfg.replace(executor="ray"), Store(tmp_path / "ray"))
-    assert remote.accuracies == local.accuracies
+    events = list(Engine(cfg.replace(executor="ray"), Store(tmp_path / "ray"), executor=ray_executor).run())
+    assert events[-1].accuracies == local.accuracies
     keys = Keys.of(cfg, digits)
     for i in (1, 2):
         a, _ = Store(tmp_path / "local").get(keys.stage(i))
         b, _ = Store(tmp_path / "ray").get(keys.stage(i))
-        assert torch.equal(a["stored"], b["stored"]), i
+        assert torch.equal(a["stored"], b["stored"]) and torch.equal(a["real_keep"], b["real_keep"]), i
+    assert not a["real_keep"].all()  # the scorers dropped examples after stage 1
     experts = [Store(tmp_path / d).get(keys.memo("experts", 2))[0]["trajectories"] for d in ("local", "ray")]
     assert torch.equal(*experts)
+    # the training set (experts of stages 1 and 2, the scorers) and the test split (every evaluation unit)
+    assert ray_executor.puts["x"] == 1 and "real_x" not in ray_executor.puts and ray_executor.puts["ds"] == 1
 
 
 def test_a_killed_ray_worker_is_retried_and_the_map_finishes(ray_executor, tmp_path):
@@ -87,3 +94,20 @@ def test_local_is_the_default_and_an_unknown_executor_is_named(monkeypatch):
     from pdd_engine.errors import PDDError
     with pytest.raises(PDDError, match="unknown executor 'spark'"):
         make_executor("spark")
+
+
+def test_the_studios_executor_setting_runs_the_units_on_ray(cluster, tmp_path):
+    """The page's Executor field reaches the engine: a run started with "ray" by an API client runs its
+    units on the cluster (RAY_ADDRESS of the server) and says so when done."""
+    from gradio_client import Client
+
+    from app.ui import control_values
+    from tests.apphelpers import running_app
+    from tests.test_app import TINY, follow
+
+    with running_app(tmp_path, RAY_ADDRESS=cluster, RAY_AUTH_MODE="token") as url:
+        c = Client(url, verbose=False)
+        job_id, _, msg = c.predict("", *control_values(TINY.replace(executor="ray")), api_name="/start")
+        assert job_id and msg == ""
+        _, final = follow(c, job_id)
+    assert final[0].startswith("**Done**") and "units on the ray executor" in final[0], final[0]

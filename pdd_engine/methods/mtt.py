@@ -34,10 +34,11 @@ def expert_trajectories(ctx: StageContext) -> torch.Tensor:
     n_params = sum(p.numel() for p in ctx.new_model(0).parameters())
 
     def train() -> dict:
-        real_idx = torch.cat(ctx.real_by_class)
+        # the whole training set (the same tensors every stage: an executor ships them once per run)
+        # and which of its images this stage's experts train on, in class order
         shared = {"cfg": ctx.cfg.to_dict(), "stage": ctx.stage, "device": str(ctx.device),
                   "shape": (ctx.ds.channels, ctx.ds.num_classes, ctx.ds.size),
-                  "x": ctx.ds.x_train[real_idx], "y": ctx.ds.y_train[real_idx],
+                  "x": ctx.ds.x_train, "y": ctx.ds.y_train, "idx": torch.cat(ctx.real_by_class),
                   "frozen_x": ctx.frozen_x.cpu(), "frozen_y": ctx.frozen_y.cpu(),
                   "lrs": list(ctx.stage_lrs), "sizes": list(ctx.stage_sizes)}
         ctx.report(f"training experts: {c.num_experts} on the {ctx.units.name} executor")
@@ -66,7 +67,7 @@ def train_expert(shared: dict, e: int) -> torch.Tensor:
     ds = SimpleNamespace(channels=channels, num_classes=classes, size=size)
     ctx = StageContext(cfg, ds, shared["stage"], device, shared["frozen_x"].to(device), shared["frozen_y"].to(device),
                        shared["lrs"], shared["sizes"], [])
-    x, y = shared["x"].to(device), shared["y"].to(device)
+    x, y = shared["x"][shared["idx"]].to(device), shared["y"][shared["idx"]].to(device)
     s = seed_of(ctx.seed, 11, e)
     net = ctx.transition(ctx.new_model(s), s)
     checkpoints = [flat_params(net)]
