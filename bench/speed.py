@@ -267,13 +267,15 @@ def m_unroll(a: dict) -> dict:
 
 
 def m_executor(a: dict) -> dict:
-    """MTT's experts for one stage (the units) and the per-task overhead, on one executor."""
+    """One stage's units on one executor: MTT's experts, a 5-network evaluation (one network per unit,
+    as a run trains them where they are not vmapped together), and the per-task overhead."""
     import torch
     from pdd_engine import DistillConfig
     from pdd_engine.data import dataset_for
+    from pdd_engine.evaluate import EvalProtocol, random_subset
     from pdd_engine.executor import LocalExecutor, RayExecutor, ping
     from pdd_engine.methods.mtt import expert_trajectories
-    from pdd_engine.progressive import stage_context
+    from pdd_engine.progressive import curriculum_step, stage_context
 
     torch.set_num_threads(1)
     if a["executor"] == "ray":
@@ -284,15 +286,23 @@ def m_executor(a: dict) -> dict:
         ex = LocalExecutor()
     cfg = DistillConfig.make(dict(method="mtt", stages=1, ipc=10, num_experts=a["experts"],
                                   max_start_epoch=a["epochs"] - 1, expert_epochs=1))
-    ctx = stage_context(cfg, dataset_for(cfg), executor=ex)
+    ds = dataset_for(cfg)
+    ctx = stage_context(cfg, ds, executor=ex)
     expert_trajectories(ctx)  # start-up (Ray: worker processes, the object store) outside the timing
     t = time.perf_counter()
     trajectories = expert_trajectories(ctx)
     experts_s = time.perf_counter() - t
+    x, y = random_subset(ds, 0, 10, cfg.seed)
+    proto = EvalProtocol(epochs=a["eval_epochs"], models=5)
+    shared = {"ds": ds.eval_view, "proto": proto.to_dict(), "device": "cpu", "batched": False}
+    t = time.perf_counter()
+    evaluated = ex.map(curriculum_step, [(None, x, y, None, [k]) for k in range(proto.models)], shared)
+    eval_s = time.perf_counter() - t
     t = time.perf_counter()
     ex.map(ping, list(range(a["pings"])), {})
     per_task = (time.perf_counter() - t) / a["pings"]
-    return {"experts_s": experts_s, "per_task_ms": 1000 * per_task, "checksum": float(trajectories.sum())}
+    return {"experts_s": experts_s, "eval_s": eval_s, "per_task_ms": 1000 * per_task,
+            "checksum": float(trajectories.sum()), "eval_acc": [acc for _, part in evaluated for acc in part]}
 
 
 CHILDREN = {"method": m_method, "eval": m_eval, "transition": m_transition, "unroll": m_unroll,
@@ -460,17 +470,21 @@ def section_variants(args, report: dict) -> str:
 
 
 def section_executor(args, report: dict) -> str:
-    """Local against Ray (1 and 2 workers) on one stage of MTT's experts; the same trajectories."""
-    kw = dict(experts=2 if args.tiny else 8, epochs=1 if args.tiny else 3, pings=5 if args.tiny else 50)
+    """Local against Ray (1 and 2 workers) on one stage's units; the same trajectories and accuracies."""
+    kw = dict(experts=2 if args.tiny else 8, epochs=1 if args.tiny else 3, pings=5 if args.tiny else 50,
+              eval_epochs=5 if args.tiny else 300)
     rows = []
     for name, workers in (("local", 1), ("ray", 1), ("ray", 2)):
         r = attempt("executor", executor=name, workers=workers, **kw)
         report[f"executor_{name}_{workers}"] = r
         rows.append([name, workers] + cells(r, lambda r: [
-            f"{r['experts_s']:.1f}", f"{r['per_task_ms']:.1f}", f"{r['checksum']:.6g}"]))
-    return table(f"Executors: one stage of MTT's experts ({kw['experts']} experts x {kw['epochs']} epochs, digits, "
-                 f"1 torch thread per unit; the second of two calls timed) and the cost of a task that does nothing",
-                 ["executor", "workers", "experts s", "ms per task", "trajectory checksum"], rows)
+            f"{r['experts_s']:.1f}", f"{r['eval_s']:.1f}", f"{r['per_task_ms']:.1f}", f"{r['checksum']:.6g}",
+            f"{100 * sum(r['eval_acc']) / len(r['eval_acc']):.2f}"], width=5))
+    return table(f"Executors: one stage's units on digits — MTT's experts ({kw['experts']} experts x {kw['epochs']} "
+                 f"epochs; the second of two calls timed), a 5-network evaluation on IPC 10 ({kw['eval_epochs']} epochs, "
+                 f"one network per unit), 1 torch thread per unit — and the cost of a task that does nothing",
+                 ["executor", "workers", "experts s", "evaluation s", "ms per task", "trajectory checksum",
+                  "mean accuracy %"], rows)
 
 
 # The reference implementations' configuration (issue 10): MNIST, IPC 10, ConvNet-3 width 128, instance

@@ -32,3 +32,17 @@ def test_profile_script_breaks_a_dm_iteration_and_an_evaluation_epoch_down_by_op
         assert abs(sum(shares.values()) - 1) < 1e-6 and "convolution" in shares
         assert report[target]["top"] and report[target]["cpu_s"] > 0
     assert "DM iteration" in (tmp_path / "breakdown.md").read_text()
+
+
+def test_executor_rows_give_the_same_experts_and_accuracies_on_every_executor(tmp_path):
+    """bench/speed.py --only executor at toy sizes: local and Ray (1 and 2 workers) each time one stage's
+    experts and 5-network evaluation, and agree on the trajectories and the accuracies."""
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "speed.py"), "--tiny", "--only", "executor",
+                          "--out", str(tmp_path / "speed")], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    import json
+    rows = json.loads((tmp_path / "speed.json").read_text())
+    runs = [rows[f"executor_{name}_{workers}"] for name, workers in (("local", 1), ("ray", 1), ("ray", 2))]
+    assert all("failed" not in r for r in runs), runs
+    assert len({r["checksum"] for r in runs}) == 1 and len({tuple(r["eval_acc"]) for r in runs}) == 1
+    assert all(len(r["eval_acc"]) == 5 and r["experts_s"] > 0 and r["eval_s"] > 0 for r in runs)
