@@ -7,11 +7,12 @@ own temporary copies are bounded by ``gr.Blocks(delete_cache=...)`` (see :func:`
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from .settings import env_number
 
 
 @dataclass(frozen=True)
@@ -23,8 +24,8 @@ class Bound:
     @classmethod
     def from_env(cls, folder: Path, name: str, hours: float, gib: float) -> "Bound":
         """``PDD_<NAME>_KEEP_HOURS`` and ``PDD_<NAME>_MAX_GB`` override the defaults."""
-        hours = float(os.environ.get(f"PDD_{name}_KEEP_HOURS") or hours)
-        gib = float(os.environ.get(f"PDD_{name}_MAX_GB") or gib)
+        hours = env_number(f"PDD_{name}_KEEP_HOURS", hours, float)
+        gib = env_number(f"PDD_{name}_MAX_GB", gib, float)
         return cls(Path(folder), hours * 3600, int(gib * 2 ** 30))
 
 

@@ -24,6 +24,8 @@ from pdd_engine import events as E
 from pdd_engine.config import DistillConfig
 from pdd_engine.errors import PDDError
 
+from .settings import env_number
+
 STOP_GRACE_S = 10.0
 
 
@@ -156,7 +158,7 @@ def zerogpu_stage_fn():
         import spaces
     except ImportError:
         return stage_call if os.environ.get("PDD_STAGEWISE") else None
-    return spaces.GPU(duration=int(os.environ.get("PDD_GPU_SECONDS", "120")))(stage_call)
+    return spaces.GPU(duration=env_number("PDD_GPU_SECONDS", 120))(stage_call)
 
 
 @dataclass

@@ -36,3 +36,19 @@ def test_bounds_come_from_the_environment(tmp_path, monkeypatch):
 
 def test_a_missing_folder_prunes_nothing(tmp_path):
     assert prune(Bound(tmp_path / "never", 1, 1)) == []
+
+
+def test_a_setting_that_is_not_a_number_stops_the_server_in_one_line(tmp_path):
+    """PDD_EXPORT_KEEP_HOURS=two (or PDD_MAX_JOBS=x ...) at start: one line naming the variable and the fix,
+    no traceback; the same value as a number starts as usual (tested by every app test)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for var, value in (("PDD_EXPORT_KEEP_HOURS", "two"), ("PDD_MAX_JOBS", "1.5"), ("GRADIO_SERVER_PORT", "http")):
+        env = {**os.environ, "PDD_CACHE_DIR": str(tmp_path / "cache"), var: value}
+        out = subprocess.run([sys.executable, str(root / "app.py")], env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
+        assert out.stderr.strip().splitlines()[-1].startswith(f"error: {var}={value!r} is not a"), out.stderr
+        assert f"Fix: set {var} to" in out.stderr
