@@ -1,7 +1,8 @@
 """Where a stage's independent units run: in this process (``local``) or as Ray tasks (``ray``).
 
 The stage loop stays sequential (stage i+1 needs U_i); inside a stage, units that do not depend on
-each other (MTT's expert trajectories) are handed to an executor as ``map(fn, items, shared)``:
+each other (MTT's expert trajectories, evaluation networks, easy-example scorers) are handed to an
+executor as ``map(fn, items, shared)``:
 ``fn(shared, item)`` for every item, results in order. ``fn`` must be a module-level function and
 ``shared`` a dict of tensors and plain values, so a unit can run in another process or on another
 machine. Each value of ``shared`` goes to Ray's object store once for the executor's life (a run):
