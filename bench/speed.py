@@ -275,7 +275,7 @@ def m_executor(a: dict) -> dict:
     from pdd_engine.evaluate import EvalProtocol, random_subset
     from pdd_engine.executor import LocalExecutor, RayExecutor, ping
     from pdd_engine.methods.mtt import expert_trajectories
-    from pdd_engine.progressive import curriculum_step, stage_context
+    from pdd_engine.progressive import curriculum_step, eval_shared, stage_context
 
     torch.set_num_threads(1)
     if a["executor"] == "ray":
@@ -294,7 +294,7 @@ def m_executor(a: dict) -> dict:
     experts_s = time.perf_counter() - t
     x, y = random_subset(ds, 0, 10, cfg.seed)
     proto = EvalProtocol(epochs=a["eval_epochs"], models=5)
-    shared = {"ds": ds.eval_view, "proto": proto.to_dict(), "device": "cpu", "batched": False}
+    shared = eval_shared(ds, proto, torch.device("cpu"), False)
     t = time.perf_counter()
     evaluated = ex.map(curriculum_step, [(None, x, y, None, [k]) for k in range(proto.models)], shared)
     eval_s = time.perf_counter() - t

@@ -166,6 +166,11 @@ def ping(shared: dict, item: Any) -> Any:
     return item
 
 
+def or_local(executor: Optional[Executor]) -> Executor:
+    """``executor``, or units in this process where none is given (a method or step called on its own)."""
+    return executor if executor is not None else LocalExecutor()
+
+
 def make_executor(name: Optional[str] = None) -> Executor:
     """``name``, else ``PDD_EXECUTOR``, else local."""
     name = name or os.environ.get("PDD_EXECUTOR") or "local"

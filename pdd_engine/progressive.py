@@ -24,7 +24,7 @@ from .config import DistillConfig
 from .data import Dataset, dataset_for, dataset_info, to_uint8
 from .device import resolve_device
 from .errors import Cancelled, PDDError
-from .executor import Executor, LocalExecutor, gpus_for, make_executor, unit_device
+from .executor import Executor, gpus_for, make_executor, or_local, unit_device
 from .evaluate import Curriculum, EvalProtocol, make_curriculum, network_groups, random_subset, use_batched
 from .events import (Done, Event, Failed, Message, Progress, RunStarted, StageEvaluated, StageFinished,
                      StageImages, StageStarted, Stopped)
@@ -49,10 +49,9 @@ def filter_easy(ds: Dataset, x: torch.Tensor, y: torch.Tensor, keep: torch.Tenso
     """
     proto = replace(EvalProtocol.from_config(cfg, ds.size), models=cfg.filter_models, seed=seed_of(cfg.seed, 31, stage))
     idx = torch.nonzero(keep).flatten()
-    shared = {"ds": ds.eval_view, "proto": proto.to_dict(), "device": str(device), "union_x": x.cpu(),
-              "union_y": y.cpu(), "real_x": ds.x_train, "real_y": ds.y_train, "idx": idx}
-    units = executor if executor is not None else LocalExecutor()
-    right = units.map(score_easy, list(range(proto.models)), shared, cancel, gpus=gpus_for(device))
+    shared = eval_shared(ds, proto, device, False, union_x=x.cpu(), union_y=y.cpu(), real_x=ds.x_train,
+                         real_y=ds.y_train, idx=idx)
+    right = or_local(executor).map(score_easy, list(range(proto.models)), shared, cancel, gpus=gpus_for(device))
     easy = torch.stack(right).all(0)
     coin = torch.rand(len(idx), generator=torch.Generator().manual_seed(seed_of(cfg.seed, 37, stage)))
     drop = easy & (coin >= cfg.keep_easy)
@@ -64,11 +63,23 @@ def filter_easy(ds: Dataset, x: torch.Tensor, y: torch.Tensor, keep: torch.Tenso
 def score_easy(shared: dict, k: int) -> torch.Tensor:
     """Scorer ``k`` of :func:`filter_easy`: trained on the union, it says which kept real examples
     (``shared["idx"]``) it classifies right; a pure function of its inputs, like every unit."""
-    device = unit_device(shared["device"])
-    scorer = Curriculum(shared["ds"], EvalProtocol(**shared["proto"]), device, ids=[k])
+    scorer = unit_curriculum(shared, [k])
     scorer.fit(shared["union_x"], shared["union_y"])
-    idx = shared["idx"]
+    idx, device = shared["idx"], scorer.device
     return (predict(scorer.nets[0], shared["real_x"][idx].to(device)) == shared["real_y"][idx].to(device)).cpu()
+
+
+def eval_shared(ds: Dataset, proto: EvalProtocol, device: torch.device, batched: bool, **more) -> dict:
+    """What every evaluation-protocol unit (curriculum networks, scorers) shares: the test split
+    (``ds.eval_view``, one object per dataset, so an executor ships it once), the protocol, the run's
+    device and whether the unit's networks train together; ``more``: the caller's own tensors."""
+    return {"ds": ds.eval_view, "proto": proto.to_dict(), "device": str(device), "batched": batched, **more}
+
+
+def unit_curriculum(shared: dict, ids: list[int]) -> Curriculum:
+    """Networks ``ids`` of the protocol in :func:`eval_shared`'s ``shared``, on the unit's device."""
+    return make_curriculum(shared["ds"], EvalProtocol(**shared["proto"]), unit_device(shared["device"]),
+                           shared["batched"], ids)
 
 
 @dataclass
@@ -351,13 +362,12 @@ class Engine:
         if todo:
             batched = use_batched(self.cfg.eval_batched, proto, device, ds.size)
             groups = network_groups(batched, proto, device, ds.size)
-            shared = {"ds": ds.eval_view, "proto": proto.to_dict(), "device": str(device), "batched": batched}
+            shared = eval_shared(ds, proto, device, batched)
             items = []
             for k in todo:
                 _, state, x, y, lr = steps[k]
                 items += [(networks_of(state, ids), x, y, lr, ids) for ids in groups]
-            units = self.executor if self.executor is not None else LocalExecutor()
-            done = units.map(curriculum_step, items, shared, self.check_cancel, gpus=gpus_for(device))
+            done = or_local(self.executor).map(curriculum_step, items, shared, self.check_cancel, gpus=gpus_for(device))
             for n, k in enumerate(todo):
                 parts = done[n * len(groups):(n + 1) * len(groups)]
                 state = {name: t for part, _ in parts for name, t in part.items()}
@@ -380,8 +390,7 @@ def curriculum_step(shared: dict, item: tuple) -> tuple[dict, list]:
     alone), so any executor and any split of the networks into units give the same accuracies; the
     state comes back on the CPU."""
     state, x, y, lr, ids = item
-    device = unit_device(shared["device"])
-    cur = make_curriculum(shared["ds"], EvalProtocol(**shared["proto"]), device, shared["batched"], ids)
+    cur = unit_curriculum(shared, ids)
     if state is not None:
         cur.load(state)
     acc = cur.train_stage(x, y, lr)

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 from ..augment import DSA
 from ..config import DistillConfig
 from ..data import Dataset
-from ..executor import Executor, LocalExecutor
+from ..executor import Executor, or_local
 from ..lazy import LazyModule, nn, torch
 from ..training import make_sgd, seed_of, train_epochs
 from .spec import MethodSpec
@@ -47,7 +47,7 @@ class StageContext:
 
     @property
     def units(self) -> Executor:
-        return self.executor if self.executor is not None else LocalExecutor()
+        return or_local(self.executor)
 
     @property
     def seed(self) -> int:
