@@ -14,6 +14,9 @@ number of real images per class, split into the same P stages and trained with t
     .venv/bin/python bench/quality.py --datasets digits --ipcs 10 --methods dm,mtt --stages 1,5 --seeds 0,1,2
     .venv/bin/python bench/quality.py --datasets mnist --ipcs 10,50 --methods dm --budget 3600 --jobs 2
 
+``--reference FILE`` adds the reference code's accuracy on the same rows (a JSON measured outside this
+project, since the reference code is not ours to ship) beside the engine's, with the difference.
+
 Writes bench/results/<out>.json and .md and prints the markdown table.
 """
 
@@ -165,6 +168,8 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=2, help="rows run at once")
     ap.add_argument("--seed-jobs", type=int, default=1, help="seeds of a row run at once (jobs x seed-jobs processes)")
     ap.add_argument("--extra", type=json.loads, default={}, help="JSON of further config fields for every row")
+    ap.add_argument("--reference", help="JSON of the reference code's accuracies on the same rows (see "
+                                        "load_reference), shown beside the engine's")
     ap.add_argument("--out", default=str(RESULTS / "quality"))
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -213,7 +218,36 @@ def main() -> int:
 
 def report_of(args, iterations: int, results: list[dict], whole: dict, t0: float) -> dict:
     return {"machine": machine(), "args": vars(args), "iterations": iterations, "rows": results, "whole": whole,
-            "seconds": time.time() - t0}
+            "reference": load_reference(args.reference), "seconds": time.time() - t0}
+
+
+def load_reference(path: str | None) -> dict | None:
+    """The reference code's accuracies, measured by running it on this machine: ``{"how": "what ran, where,
+    when", "rows": [{"dataset", "ipc", "method", "stages", "accuracies": [one per seed, 0..1]}]}``."""
+    if not path:
+        return None
+    ref = json.loads(Path(path).read_text())
+    for r in ref["rows"]:
+        missing = {"dataset", "ipc", "method", "stages", "accuracies"} - set(r)
+        if missing:
+            raise SystemExit(f"error: {path}: a row lacks {', '.join(sorted(missing))}. Fix: give every row those keys.")
+    return ref
+
+
+def reference_table(rows: list[dict], ref: dict) -> list[str]:
+    """The engine's rows that the reference code also ran, side by side: Δ = engine - reference, and
+    whether the engine is within 0.2 points of it or better (issue 8's bar)."""
+    key = lambda r: (r["dataset"], r["ipc"], r["method"], r["stages"])  # noqa: E731
+    theirs = {key(r): r["accuracies"] for r in ref["rows"]}
+    out = ["", f"Against the reference code: {ref.get('how', '')}", "",
+           "| dataset | IPC | method | P | engine % | reference code % | Δ engine − reference | within 0.2 or better |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        if key(r) in theirs:
+            d = 100 * (np.mean(r["acc"]) - np.mean(theirs[key(r)]))
+            out.append(f"| {r['dataset']} | {r['ipc']} | {r['method'].upper()} | {r['stages']} | {pct(r['acc'])} | "
+                       f"{pct(theirs[key(r)])} | {delta(r['acc'], theirs[key(r)])} | {'yes' if d >= -0.2 else 'no'} |")
+    return out
 
 
 def write(report: dict, args) -> str:
@@ -247,6 +281,8 @@ def markdown(report: dict, args) -> str:
     for d, w in report["whole"].items():
         out.append(f"| {d} | all | whole training set | – | – | – | {args.whole_epochs} | {pct(w['acc'])} | – | – | – | "
                    f"{w['seconds']:.0f} |")
+    if report.get("reference"):
+        out += reference_table(rows, report["reference"])
     return "\n".join(out) + "\n"
 
 
