@@ -20,7 +20,7 @@ from .evaluate import EvalProtocol
 from .methods import REGISTRY, get_method
 
 # Bump when what a stored value means changes without any input changing (a bug fix in a method).
-KEY_VERSION = f"{__version__}+keys4"
+KEY_VERSION = f"{__version__}+keys5"  # keys5: 28 px one-channel ConvNets pad their first conv by 3
 
 # Fields that change where or how fast work runs, not what it computes: in no key.
 # (A method's own hyper-parameters say so in their Params: ``param(..., semantic=False)``.)

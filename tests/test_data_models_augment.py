@@ -73,6 +73,20 @@ def test_convnet_fits_any_size(size, depth):
     assert net(torch.randn(2, 3, size, size)).shape == (2, 7)
 
 
+@pytest.mark.parametrize("channels, size, depth, padding, features", [
+    (1, 28, 3, 3, 128 * 4 * 4),  # MNIST: 32 -> 16 -> 8 -> 4, the reference's 2048 features
+    (3, 32, 3, 1, 128 * 4 * 4),  # CIFAR: 32 -> 16 -> 8 -> 4
+    (1, 8, 2, 1, 128 * 2 * 2),  # digits: 8 -> 4 -> 2 (not padded to 12: see models.first_padding)
+    (1, 32, 3, 1, 128 * 4 * 4)])
+def test_convnet_is_the_reference_network_on_28_px_one_channel_inputs(channels, size, depth, padding, features):
+    """The reference ConvNet pads MNIST's 28 px to 32 in its first convolution (padding 3), so the feature
+    maps and the embedding are CIFAR's; without it they were 28 -> 14 -> 7 -> 3 (1,152 features)."""
+    net = ConvNet(channels, 10, size, depth=depth, width=128)
+    assert net.features[0].padding == (padding, padding)
+    assert all(m.padding == (1, 1) for m in net.features[1:] if isinstance(m, torch.nn.Conv2d))
+    assert net.embed_dim == features == net.embed(torch.randn(2, channels, size, size)).shape[1]
+
+
 @pytest.mark.parametrize("norm", ["instance", "none", "batch"])
 def test_chunked_convnet_gives_the_unchunked_outputs_and_gradients(norm):
     """On a CPU a ConvNet runs big batches in cache-sized chunks (models.CHUNK_BYTES); per-sample norms
@@ -81,7 +95,7 @@ def test_chunked_convnet_gives_the_unchunked_outputs_and_gradients(norm):
     net = ConvNet(1, 10, 28, depth=3, width=16, norm=norm)
     x = torch.randn(70, 1, 28, 28, requires_grad=True)
     y = torch.arange(70) % 10
-    net.chunk_bytes = 16 * 28 * 28 * 4 * 8  # 8 images per chunk
+    net.chunk_bytes = net.first_bytes * 4 * 8  # 8 images per chunk
     assert net.chunk_size(x) == (70 if norm == "batch" else 8)
     results = []
     for chunk_bytes in (net.chunk_bytes, None):
