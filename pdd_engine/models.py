@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 def norm_layer(kind: str, width: int) -> nn.Module:
@@ -29,6 +30,23 @@ def norm_layer(kind: str, width: int) -> nn.Module:
 # chunks of 4 to 32 MiB measured alike.
 # Per-sample norms only (instance, none): batch norm's statistics would change. None: never chunk.
 CHUNK_BYTES: int | None = 8 * 2 ** 20
+
+
+class Pool2(nn.Module):
+    """2x2 average pooling, stride 2 (odd sizes drop the last row/column, as ``nn.AvgPool2d(2)``).
+
+    On a CPU it is two strided additions and a scale: PyTorch's ``avg_pool2d`` kernel for NCHW tensors
+    took 4.3 ms on a (16, 128, 32, 32) chunk against 0.5 ms this way, which made a no-grad forward of
+    256 MNIST images through ConvNet-3 width 128 (DM's real batch) 0.53-0.66 s instead of 0.31-0.40 s
+    and a training step on 100 images 3-19 % slower (scratch timing, three runs, 2 threads). The result
+    equals ``avg_pool2d`` up to float rounding. GPUs keep the single ``avg_pool2d`` kernel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu":
+            return F.avg_pool2d(x, 2)
+        x = x[..., : x.shape[-2] // 2 * 2, : x.shape[-1] // 2 * 2]
+        rows = x[..., 0::2] + x[..., 1::2]
+        return (rows[..., 0::2, :] + rows[..., 1::2, :]).mul_(0.25)
 
 
 def first_padding(channels: int, size: int) -> int:
@@ -51,7 +69,7 @@ class ConvNet(nn.Module):
             layers += [nn.Conv2d(c, width, 3, padding=pad), norm_layer(norm, width), nn.ReLU(inplace=True)]
             pad = 1
             if s >= 2:
-                layers.append(nn.AvgPool2d(2))
+                layers.append(Pool2())
                 s //= 2
             c = width
         self.features = nn.Sequential(*layers)

@@ -87,6 +87,25 @@ def test_convnet_is_the_reference_network_on_28_px_one_channel_inputs(channels, 
     assert net.embed_dim == features == net.embed(torch.randn(2, channels, size, size)).shape[1]
 
 
+@pytest.mark.parametrize("size", [32, 7, 2])
+def test_pool2_is_avg_pool2d_in_value_gradient_and_under_vmap(size):
+    """models.Pool2 (strided additions on a CPU, measured faster) gives avg_pool2d's outputs and gradients,
+    odd sizes included (the last row and column dropped), and works inside vmap (batched evaluation)."""
+    from pdd_engine.models import Pool2
+    x = torch.randn(3, 4, size, size, requires_grad=True)
+    w = torch.randn(3, 4, size // 2, size // 2)
+    grads = []
+    for pool in (Pool2(), torch.nn.AvgPool2d(2)):
+        x.grad = None
+        out = pool(x)
+        (out * w).sum().backward()
+        grads.append((out.detach(), x.grad.clone()))
+    for ours, theirs in zip(*grads):
+        torch.testing.assert_close(ours, theirs)
+    batched = torch.func.vmap(Pool2())(x.detach().unsqueeze(1)).squeeze(1)
+    torch.testing.assert_close(batched, torch.nn.functional.avg_pool2d(x.detach(), 2))
+
+
 @pytest.mark.parametrize("norm", ["instance", "none", "batch"])
 def test_chunked_convnet_gives_the_unchunked_outputs_and_gradients(norm):
     """On a CPU a ConvNet runs big batches in cache-sized chunks (models.CHUNK_BYTES); per-sample norms
