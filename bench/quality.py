@@ -236,17 +236,18 @@ def load_reference(path: str | None) -> dict | None:
 
 def reference_table(rows: list[dict], ref: dict) -> list[str]:
     """The engine's rows that the reference code also ran, side by side: Δ = engine - reference, and
-    whether the engine is within 0.2 points of it or better (issue 8's bar)."""
+    whether the engine is within 0.2 points of it or better (issue 8's bar). A reference row may carry a
+    ``label`` (what differed in that run), so one engine row can face several."""
     key = lambda r: (r["dataset"], r["ipc"], r["method"], r["stages"])  # noqa: E731
-    theirs = {key(r): r["accuracies"] for r in ref["rows"]}
     out = ["", f"Against the reference code: {ref.get('how', '')}", "",
-           "| dataset | IPC | method | P | engine % | reference code % | Δ engine − reference | within 0.2 or better |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+           "| dataset | IPC | method | P | engine % | reference code | reference code % | Δ engine − reference | "
+           "within 0.2 or better |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        if key(r) in theirs:
-            d = 100 * (np.mean(r["acc"]) - np.mean(theirs[key(r)]))
+        for theirs in (t for t in ref["rows"] if key(t) == key(r)):
+            d = 100 * (np.mean(r["acc"]) - np.mean(theirs["accuracies"]))
             out.append(f"| {r['dataset']} | {r['ipc']} | {r['method'].upper()} | {r['stages']} | {pct(r['acc'])} | "
-                       f"{pct(theirs[key(r)])} | {delta(r['acc'], theirs[key(r)])} | {'yes' if d >= -0.2 else 'no'} |")
+                       f"{theirs.get('label', 'as published')} | {pct(theirs['accuracies'])} | "
+                       f"{delta(r['acc'], theirs['accuracies'])} | {'yes' if d >= -0.2 else 'no'} |")
     return out
 
 

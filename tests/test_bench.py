@@ -67,17 +67,20 @@ def test_quality_table_puts_the_reference_codes_accuracy_beside_the_engines_rows
     def table(ref_accs: list[float]) -> str:
         path = tmp_path / "ref.json"
         path.write_text(json.dumps({"how": "the harness", "rows": [
-            {"dataset": "digits", "ipc": 10, "method": "dm", "stages": 1, "accuracies": ref_accs}]}))
+            {"dataset": "digits", "ipc": 10, "method": "dm", "stages": 1, "accuracies": ref_accs, "label": "as is"},
+            {"dataset": "digits", "ipc": 10, "method": "dm", "stages": 1, "accuracies": [0.9, 0.9, 0.9],
+             "label": "other net"}]}))
         report = {"machine": machine, "iterations": 200, "rows": rows, "whole": {},
                   "reference": quality.load_reference(str(path))}
         return quality.markdown(report, args)
 
     near = table([0.953, 0.953, 0.953])  # engine 95.2 vs 95.3: 0.1 below, within the bar
     assert "Against the reference code: the harness" in near
-    assert "| digits | 10 | DM | 1 | 95.2 ± 0.2 | 95.3 ± 0.0 | -0.1 | yes |" in near
+    assert "| digits | 10 | DM | 1 | 95.2 ± 0.2 | as is | 95.3 ± 0.0 | -0.1 | yes |" in near
+    assert "| digits | 10 | DM | 1 | 95.2 ± 0.2 | other net | 90.0 ± 0.0 | +5.2 ✓ | yes |" in near
     assert "| DM | 2 | 94.2" not in near  # P = 2 has no reference row
     far = table([0.960, 0.962, 0.964])  # 1.0 below, outside both stds
-    assert "| 95.2 ± 0.2 | 96.2 ± 0.2 | -1.0 ✓ | no |" in far
+    assert "| 95.2 ± 0.2 | as is | 96.2 ± 0.2 | -1.0 ✓ | no |" in far
     assert "Against the reference code" not in quality.markdown({**{"machine": machine, "iterations": 200,
                                                                    "rows": rows, "whole": {}}}, args)
 
