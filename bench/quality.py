@@ -180,6 +180,7 @@ def main() -> int:
     if args.methods is None:
         from pdd_engine.methods import REGISTRY
         args.methods = list(REGISTRY)
+    reference = load_reference(args.reference)  # read and checked before any row runs
     rows = plan(args)
     iterations = args.iterations
     if args.budget:  # probe seconds per iteration of the first row's method, then scale every row
@@ -200,7 +201,7 @@ def main() -> int:
         with lock:
             if res is not None:
                 done.append(res)
-            write(report_of(args, iterations, sorted(done, key=planned), {}, t0), args)  # keep partial tables
+            write(report_of(args, iterations, sorted(done, key=planned), {}, reference, t0), args)  # keep partial tables
 
     def planned(r: dict) -> int:  # finished rows in the plan's order
         return rows.index({k: r[k] for k in ("dataset", "ipc", "method", "stages", "protocol", "schedule")})
@@ -212,13 +213,13 @@ def main() -> int:
         for d in args.datasets:
             whole[d] = child({"dataset": d, "max_train": args.max_train, "eval_models": args.eval_models, **args.extra},
                              args.threads, args.whole_epochs)
-    print(write(report_of(args, iterations, sorted(done, key=planned), whole, t0), args))
+    print(write(report_of(args, iterations, sorted(done, key=planned), whole, reference, t0), args))
     return 0
 
 
-def report_of(args, iterations: int, results: list[dict], whole: dict, t0: float) -> dict:
+def report_of(args, iterations: int, results: list[dict], whole: dict, reference: dict | None, t0: float) -> dict:
     return {"machine": machine(), "args": vars(args), "iterations": iterations, "rows": results, "whole": whole,
-            "reference": load_reference(args.reference), "seconds": time.time() - t0}
+            "reference": reference, "seconds": time.time() - t0}
 
 
 def load_reference(path: str | None) -> dict | None:
