@@ -20,6 +20,7 @@ from .errors import ConfigError
 DSA_OPS = ("color", "crop", "cutout", "flip", "scale", "rotate")
 Norm = Literal["instance", "batch", "none"]
 Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["float32", "bfloat16"]
 
 # One line per shared field on what it does, for the CLI's help and the studio's controls (a method's
 # own settings carry theirs in their ``param``).
@@ -40,6 +41,8 @@ HINTS = {
     "filter_easy": "drop the real examples networks already classify well before each next stage",
     "zca": "whiten images (ZCA), as the field does for CIFAR",
     "device": "auto: CUDA when present, else CPU",
+    "precision": "the distillation's matching in float32, or under bfloat16 autocast (faster where the "
+                 "processor has bf16 instructions; evaluation stays float32)",
     "executor": "where a stage's independent units (experts, evaluation networks, scorers) run; same results",
     "compare_base": "also distil the base method alone (P=1) at the same IPC, to see PDD's gain",
 }
@@ -93,6 +96,10 @@ class DistillConfig:
     compare_base: Literal["final", "every", "off"] = "final"
     # where it runs
     device: Device = "auto"
+    # the arithmetic of the distillation's matching (each method's loss, under torch.autocast): bfloat16
+    # is faster on processors with bf16 instructions (README, "Speed and memory"), and the images it gives
+    # differ, so it is in the stage keys. Evaluation, transitions and experts always run in float32.
+    precision: Precision = "float32"
     # where a stage's independent units (MTT's experts) run: local (this process) or ray (a cluster);
     # None: PDD_EXECUTOR, else local. Results are the same either way.
     executor: Optional[Literal["local", "ray"]] = None
@@ -250,6 +257,7 @@ def validate(c: DistillConfig) -> None:
     _check(c.width <= 1024, f"width {c.width} is out of range", "use a width from 1 to 1024")
     _check(c.norm in get_args(Norm), f"unknown norm '{c.norm}'", "use instance, batch or none")
     _check(c.device in get_args(Device), f"unknown device '{c.device}'", "use auto, cpu or cuda")
+    _check(c.precision in get_args(Precision), f"unknown precision '{c.precision}'", "use float32 or bfloat16")
     _check(c.init in ("real", "noise"), f"unknown init '{c.init}'", "use real or noise")
     _check(c.transition in ("chain", "fresh"), f"unknown transition '{c.transition}'", "use chain or fresh")
     _check(c.compare_base in ("final", "every", "off"), f"unknown compare_base '{c.compare_base}'",

@@ -36,7 +36,7 @@ TRANSITION = ("transition", "transition_epochs", "eval_lr", "eval_batch")
 EVAL = MODEL + ("seed", "eval_epochs", "eval_models", "eval_lr", "eval_batch", "eval_dsa", "dsa_strategy")
 # The easy-example filter's scorers train with the evaluation protocol (only when filter_easy is on).
 FILTER = ("keep_easy", "filter_models", "eval_epochs", "eval_models", "eval_lr", "eval_batch", "eval_dsa")
-STAGE = CONTEXT + ("method", "iterations", "lr_img", "init", "ipc", "filter_easy")  # "ipc": per stage
+STAGE = CONTEXT + ("method", "iterations", "lr_img", "init", "ipc", "filter_easy", "precision")  # "ipc": per stage
 RUN = EVAL + ("stages", "compare_base")
 
 # Inputs hashed as a resolved value rather than as the raw field: name -> (fields it reads, value

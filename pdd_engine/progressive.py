@@ -22,7 +22,7 @@ from . import runs
 from .cache import Store
 from .config import DistillConfig
 from .data import Dataset, dataset_for, dataset_info, to_uint8
-from .device import resolve_device
+from .device import matching_precision, precision_note, resolve_device
 from .errors import Cancelled, PDDError
 from .executor import Executor, gpus_for, make_executor, or_local, unit_device
 from .evaluate import Curriculum, EvalProtocol, make_curriculum, network_groups, random_subset, use_batched
@@ -202,11 +202,15 @@ class Engine:
         groups += [{"params": [p], "lr": lr} for p, lr in method.extra_params()]
         opt = torch.optim.SGD(groups, momentum=0.5)
         frozen_check = union.x.clone()
+        note = precision_note(cfg.precision, device)
+        if note:
+            yield Message(i, note)
         losses = []
         every = max(1, cfg.iterations // 100)
         for it in range(cfg.iterations):
             self.check_cancel()
-            loss = method.loss(stored, it)
+            with matching_precision(cfg.precision, device):
+                loss = method.loss(stored, it)
             value = float(loss.detach())
             if not np.isfinite(value):
                 raise PDDError(f"the {cfg.method} loss became {value} at stage {i}, iteration {it}",

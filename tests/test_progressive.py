@@ -203,3 +203,18 @@ def test_killed_process_resumes_at_first_unfinished_stage(tiny, tmp_path, digits
     assert 1 in finished and 3 not in finished
     resumed = done(list(run(cfg, store)))
     assert resumed.computed_stages == [i for i in (1, 2, 3) if i not in finished]
+
+
+def test_a_bfloat16_run_is_its_own_result_and_says_when_bf16_is_emulated(tiny, store, monkeypatch):
+    """precision=bfloat16 distils under bf16 autocast: other images than float32's, under other keys, and
+    a line in the log where the processor would emulate bf16 (slower than float32) rather than a silent cost."""
+    import pdd_engine.device
+    monkeypatch.setattr(pdd_engine.device, "has_bf16", lambda device: False)
+    cfg16, cfg32 = tiny(stages=1, precision="bfloat16"), tiny(stages=1)
+    evs = events(cfg16, store)
+    notes = [e.text for e in evs if isinstance(e, E.Message) and "bf16" in e.text]
+    assert notes and "set precision to float32" in notes[0]
+    assert not any(isinstance(e, E.Message) and "bf16" in e.text for e in events(cfg32, store))
+    images = [next(e.images for e in evs_ if isinstance(e, E.StageImages)) for evs_ in (evs, events(cfg32, store))]
+    assert (images[0] != images[1]).any()
+    assert Keys(cfg16, "f", 8).stage(1) != Keys(cfg32, "f", 8).stage(1)

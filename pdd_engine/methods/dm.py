@@ -63,7 +63,7 @@ class DM(Method):
             syn = x[y == c]
             seed = draw_seed(self.g)
             with torch.no_grad():
-                real_mean = net.embed(ctx.aug(real, seed)).mean(0)
-            syn_mean = net.embed(ctx.aug(syn, seed)).mean(0)
+                real_mean = net.embed(ctx.aug(real, seed)).float().mean(0)  # float: a no-op but under bf16
+            syn_mean = net.embed(ctx.aug(syn, seed)).float().mean(0)
             total = total + ((real_mean - syn_mean) ** 2).sum()
         return total
