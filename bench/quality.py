@@ -266,7 +266,8 @@ def markdown(report: dict, args) -> str:
            f"Own random: the same number of real images per class in the same P stages and curriculum. "
            f"Δ in points; ✓ = larger than both stds. Machine: {m['cpus']} CPUs, torch {m['torch']}"
            f"{', ' + m['cuda'] if m['cuda'] else ''}; wall s is per seed with {args.jobs} rows "
-           f"x {getattr(args, 'seed_jobs', 1)} seeds at once, {args.threads} thread(s) each.", "",
+           f"x {getattr(args, 'seed_jobs', 1)} seeds at once, {args.threads} thread(s) each."
+           + (f" Every row also sets {json.dumps(args.extra)}." if getattr(args, "extra", None) else ""), "",
            "| dataset | IPC | method | P | protocol | iterations | eval epochs | accuracy % | own random % | "
            "Δ vs P=1 | Δ vs own random | wall s |",
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]

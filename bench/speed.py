@@ -53,13 +53,10 @@ def device():
 
 
 def precision(variant: str):
-    """The context a timed call runs in: bf16 autocast for ``bf16``, plain float32 otherwise."""
-    import contextlib
-
-    import torch
-    if variant == "bf16":
-        return torch.autocast(device_type=device().type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    """The context a timed call runs in: the engine's bf16 autocast for ``bf16`` (the ``precision`` a run
+    can choose; here it also spans whole evaluations), plain float32 otherwise."""
+    from pdd_engine.device import matching_precision
+    return matching_precision("bfloat16" if variant == "bf16" else "float32", device())
 
 
 # -- measurements (each runs in a child process) ---------------------------------------------
@@ -84,7 +81,7 @@ def m_method(a: dict) -> dict:
     opt = torch.optim.SGD([stored] + [p for p, _ in method.extra_params()], lr=cfg.effective_lr_img, momentum=0.5)
 
     def step(it):
-        with precision(a.get("variant", "plain")):
+        with precision("bf16" if cfg.precision == "bfloat16" else a.get("variant", "plain")):  # as a run does
             loss = method.loss(stored, it)
         opt.zero_grad()
         loss.backward()
@@ -543,6 +540,14 @@ def section_reference(args, report: dict) -> str:
         report[f"reference_expert{tag}"] = r
         add(f"expert epoch{tag}", "s/epoch", r["epoch_s"] if "epoch_s" in r else r.get("failed", "failed"),
             f"{r.get('step_s', 0):.2f} s per step of 256 images, {r.get('train', 0)} images")
+    # precision=bfloat16: the same rows with the matching under bf16 autocast (faster where the CPU has bf16)
+    bf16_rows = [("DM iteration", dict(base, method="dm", batch_real=256), 5)] + [
+        (f"MTT iteration, syn_steps {steps}", dict(mtt, syn_steps=steps), 2) for steps in ((2,) if tiny else (10, 20))]
+    for name, cfg, iters in bf16_rows:
+        r = attempt("method", cfg=dict(cfg, precision="bfloat16"), iters=1 if tiny else iters)
+        report[f"reference_{name} (bfloat16)"] = r
+        add(f"{name}, precision bfloat16", "s/iter", 1 / r["it_per_s"] if "it_per_s" in r else r.get("failed", "failed"),
+            f"peak RSS {r.get('process_peak_mb', 0):.0f} MB; the reference runs float32")
     ev = dict(dataset=base["dataset"], depth=base["depth"], width=base["width"], ipc=10, models=5, threads=2,
               epochs=2 if tiny else 20)
     plain = None
