@@ -67,7 +67,7 @@ def m_method(a: dict) -> dict:
     from pdd_engine import DistillConfig
     from pdd_engine.methods import get_method
     from pdd_engine.data import dataset_for
-    from pdd_engine.device import resolve_device
+    from pdd_engine.device import matching_precision, resolve_device
     from pdd_engine.progressive import stage_context
 
     cfg = DistillConfig.make(a["cfg"], other_methods="drop")  # one base dict for every method
@@ -81,7 +81,7 @@ def m_method(a: dict) -> dict:
     opt = torch.optim.SGD([stored] + [p for p, _ in method.extra_params()], lr=cfg.effective_lr_img, momentum=0.5)
 
     def step(it):
-        with precision("bf16" if cfg.precision == "bfloat16" else a.get("variant", "plain")):  # as a run does
+        with matching_precision("bfloat16" if a.get("variant") == "bf16" else cfg.precision, device):  # as a run does
             loss = method.loss(stored, it)
         opt.zero_grad()
         loss.backward()
@@ -524,30 +524,27 @@ def section_reference(args, report: dict) -> str:
         rows.append([name, unit, f"{value:.2f}" if isinstance(value, float) else value, f"{r:.2f}" if r else "–",
                      ratio, extra])
 
+    # the per-iteration rows: (name, report key, config, timed iterations)
+    iteration_rows = [("DM iteration", "dm", dict(base, method="dm", batch_real=256), 5)] + [
+        (f"MTT iteration, syn_steps {steps}", f"mtt{steps}", dict(mtt, syn_steps=steps), 2)
+        for steps in ((2,) if tiny else (10, 20))]
+
+    def iterations(tag: str, key_tag: str, note: str, precision: str = "float32", unchunked: bool = False) -> None:
+        for name, key, cfg, iters in iteration_rows:
+            r = attempt("method", cfg=dict(cfg, precision=precision), iters=1 if tiny else iters, unchunked=unchunked)
+            report[f"reference_{key}{key_tag}"] = r
+            add(f"{name}{tag}", "s/iter", 1 / r["it_per_s"] if "it_per_s" in r else r.get("failed", "failed"),
+                f"peak RSS {r.get('process_peak_mb', 0):.0f} MB{note}")
+
     for unchunked in (False, True):
         tag = " (unchunked)" if unchunked else ""
-        r = attempt("method", cfg=dict(base, method="dm", batch_real=256), iters=1 if tiny else 5, unchunked=unchunked)
-        report[f"reference_dm{tag}"] = r
-        add(f"DM iteration{tag}", "s/iter", 1 / r["it_per_s"] if "it_per_s" in r else r.get("failed", "failed"),
-            f"peak RSS {r.get('process_peak_mb', 0):.0f} MB")
-        for steps in (2,) if tiny else (10, 20):
-            r = attempt("method", cfg=dict(mtt, syn_steps=steps), iters=1 if tiny else 2, unchunked=unchunked)
-            report[f"reference_mtt{steps}{tag}"] = r
-            add(f"MTT iteration, syn_steps {steps}{tag}", "s/iter",
-                1 / r["it_per_s"] if "it_per_s" in r else r.get("failed", "failed"),
-                f"peak RSS {r.get('process_peak_mb', 0):.0f} MB")
+        iterations(tag, tag, "", unchunked=unchunked)
         r = attempt("expert", cfg=dict(base, method="mtt"), steps=2 if tiny else 10, unchunked=unchunked)
         report[f"reference_expert{tag}"] = r
         add(f"expert epoch{tag}", "s/epoch", r["epoch_s"] if "epoch_s" in r else r.get("failed", "failed"),
             f"{r.get('step_s', 0):.2f} s per step of 256 images, {r.get('train', 0)} images")
     # precision=bfloat16: the same rows with the matching under bf16 autocast (faster where the CPU has bf16)
-    bf16_rows = [("DM iteration", dict(base, method="dm", batch_real=256), 5)] + [
-        (f"MTT iteration, syn_steps {steps}", dict(mtt, syn_steps=steps), 2) for steps in ((2,) if tiny else (10, 20))]
-    for name, cfg, iters in bf16_rows:
-        r = attempt("method", cfg=dict(cfg, precision="bfloat16"), iters=1 if tiny else iters)
-        report[f"reference_{name} (bfloat16)"] = r
-        add(f"{name}, precision bfloat16", "s/iter", 1 / r["it_per_s"] if "it_per_s" in r else r.get("failed", "failed"),
-            f"peak RSS {r.get('process_peak_mb', 0):.0f} MB; the reference runs float32")
+    iterations(", precision bfloat16", " (bfloat16)", "; the reference runs float32", precision="bfloat16")
     ev = dict(dataset=base["dataset"], depth=base["depth"], width=base["width"], ipc=10, models=5, threads=2,
               epochs=2 if tiny else 20)
     plain = None
