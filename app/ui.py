@@ -39,12 +39,15 @@ SHARED = {"stage_ipc": "Images per class of each stage",
           "image_size": "Image size in pixels",
           "eval_epochs": "Evaluation epochs per stage", "eval_models": "Evaluation networks", "seed": "Seed",
           "transition_epochs": "PDD transition epochs", "filter_easy": "Drop easy real examples between stages",
-          "zca": "ZCA whitening", "device": "Device", "precision": "Arithmetic of the matching", "executor": "Executor", "transition": "PDD transition",
+          "zca": "ZCA whitening", "device": "Device", "precision": "Arithmetic of the matching",
+          "eval_precision": "Arithmetic of the evaluation", "executor": "Executor", "transition": "PDD transition",
           "compare_base": "Compare with the base method alone (P=1)"}
 CHOICE_LABELS = {"transition": [("chain: one network through U_1, U_2, ... (paper)", "chain"),
                                 ("fresh: a new network on U_{i-1}", "fresh")],
                  "compare_base": [("at the final stage", "final"), ("at every stage", "every"), ("off", "off")],
                  "precision": [("float32", "float32"), ("bfloat16 (faster on CPUs with bf16 instructions)", "bfloat16")],
+                 "eval_precision": [("float32 (the field's protocol)", "float32"),
+                                    ("bfloat16 (faster on CPUs with bf16 instructions)", "bfloat16")],
                  "executor": [("the server's (PDD_EXECUTOR, else local)", ""), ("local: in the engine's process", "local"),
                               ("ray: Ray tasks (RAY_ADDRESS's cluster, else a local Ray)", "ray")]}
 POLL_S = 0.25

@@ -52,11 +52,10 @@ def device():
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def precision(variant: str):
-    """The context a timed call runs in: the engine's bf16 autocast for ``bf16`` (the ``precision`` a run
-    can choose; here it also spans whole evaluations), plain float32 otherwise."""
-    from pdd_engine.device import matching_precision
-    return matching_precision("bfloat16" if variant == "bf16" else "float32", device())
+def precision(variant: str) -> str:
+    """The engine precision a variant stands for: ``bf16`` is bfloat16 autocast (a run's ``precision`` for
+    the matching, ``eval_precision`` for the evaluation), anything else float32."""
+    return "bfloat16" if variant == "bf16" else "float32"
 
 
 # -- measurements (each runs in a child process) ---------------------------------------------
@@ -67,7 +66,7 @@ def m_method(a: dict) -> dict:
     from pdd_engine import DistillConfig
     from pdd_engine.methods import get_method
     from pdd_engine.data import dataset_for
-    from pdd_engine.device import matching_precision, resolve_device
+    from pdd_engine.device import arithmetic, resolve_device
     from pdd_engine.progressive import stage_context
 
     cfg = DistillConfig.make(a["cfg"], other_methods="drop")  # one base dict for every method
@@ -81,7 +80,7 @@ def m_method(a: dict) -> dict:
     opt = torch.optim.SGD([stored] + [p for p, _ in method.extra_params()], lr=cfg.effective_lr_img, momentum=0.5)
 
     def step(it):
-        with matching_precision("bfloat16" if a.get("variant") == "bf16" else cfg.precision, device):  # as a run does
+        with arithmetic(precision(a["variant"]) if "variant" in a else cfg.precision, device):  # as a run does
             loss = method.loss(stored, it)
         opt.zero_grad()
         loss.backward()
@@ -107,7 +106,9 @@ def m_eval(a: dict) -> dict:
     torch.set_num_threads(a["threads"])
     ds = load_dataset(a.get("dataset", "digits"))
     x, y = random_subset(ds, 0, a["ipc"], 0)
-    proto = EvalProtocol(epochs=a["epochs"], models=a["models"], depth=a.get("depth", 2), width=a["width"])
+    variant = a.get("variant", "plain")
+    proto = EvalProtocol(epochs=a["epochs"], models=a["models"], depth=a.get("depth", 2), width=a["width"],
+                         precision=precision(variant))  # the networks train and test in it, as in a run
     if a.get("plain"):
         return plain_eval(ds, x, y, proto)
     cls = BatchedCurriculum if a["batched"] else Curriculum
@@ -116,7 +117,6 @@ def m_eval(a: dict) -> dict:
         for net in cur.nets:
             net.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    variant = a.get("variant", "plain")
     if variant == "compile":  # the networks' forward (sequential) or the vmapped call (batched)
         if a["batched"]:
             cur.logits = torch.compile(cur.logits)
@@ -126,12 +126,10 @@ def m_eval(a: dict) -> dict:
     for _ in range(a.get("stages", 1)):  # stage 2 shows the steady state (compilation happens in stage 1)
         sync()
         t = time.perf_counter()
-        with precision(variant):
-            cur.fit(x, y)  # training alone, timed apart from the test pass that follows
+        cur.fit(x, y)  # training alone, timed apart from the test pass that follows
         sync()
         train_s = time.perf_counter() - t
-        with precision(variant):
-            acc = cur.test_accuracy()
+        acc = cur.test_accuracy()
         sync()
         times.append((train_s, time.perf_counter() - t - train_s))
         accs.append(sum(acc) / len(acc))
@@ -334,6 +332,9 @@ def main() -> int:
         a = json.loads(args.child[1])
         if a.get("unchunked"):
             unchunk()
+        if not a.get("plain"):  # the engine's allocator settings, as in a run; the plain loop runs as PyTorch does
+            from pdd_engine.device import tune_allocator
+            tune_allocator()
         print(json.dumps(CHILDREN[args.child[0]](a)))
         return 0
     unknown = [s for s in args.only if s not in SECTIONS]
@@ -550,6 +551,7 @@ def section_reference(args, report: dict) -> str:
     plain = None
     for name, kw in (("evaluation, plain PyTorch loop", {"plain": True, "batched": False}),
                      ("evaluation, engine sequential", {"batched": False}),
+                     ("evaluation, engine sequential, eval_precision bfloat16", {"batched": False, "variant": "bf16"}),
                      ("evaluation, engine batched (vmap)", {"batched": True}),
                      ("evaluation, engine batched (unchunked)", {"batched": True, "unchunked": True})):
         r = attempt("eval", **ev, **kw)

@@ -12,7 +12,7 @@ import typing
 from dataclasses import fields
 from typing import Any, Optional
 
-from .config import PRESETS, DistillConfig
+from .config import PRESETS, DistillConfig, Precision
 from .errors import PDDError
 
 
@@ -161,7 +161,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print("| --- |" + " --- |" * (len(headers) - 1))
     print("| " + " | ".join(rows[0]) + " |")
     for arch in args.arch or [None]:
-        accs = evaluate_bundle(args.bundle, arch, args.epochs, args.models, args.device, args.data_root, data=args.data)
+        accs = evaluate_bundle(args.bundle, arch, args.epochs, args.models, args.device, args.data_root, data=args.data,
+                               precision=args.precision)
         print("| " + " | ".join(evaluation_table(manifest, [(arch, accs)])[1][-1]) + " |", flush=True)
     return 0
 
@@ -261,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--epochs", type=int, help="epochs per stage (default: the manifest's)")
     e.add_argument("--models", type=int, help="evaluation networks (default: the manifest's)")
     e.add_argument("--device", default="auto")
+    e.add_argument("--precision", choices=typing.get_args(Precision),
+                   help="the evaluation's arithmetic (default: the manifest's eval_precision, float32 before bundles said)")
     e.add_argument("--data-root", help="where built-in datasets live (default: PDD_DATA_DIR or ~/.cache/pdd_studio/data)")
     e.add_argument("--data", help="for a bundle made on your own data: that folder or .zip (a bundle never says where)")
     e.set_defaults(func=cmd_evaluate)

@@ -42,7 +42,9 @@ HINTS = {
     "zca": "whiten images (ZCA), as the field does for CIFAR",
     "device": "auto: CUDA when present, else CPU",
     "precision": "the distillation's matching in float32, or under bfloat16 autocast (faster where the "
-                 "processor has bf16 instructions; evaluation stays float32)",
+                 "processor has bf16 instructions; the evaluation has its own setting, eval_precision)",
+    "eval_precision": "the evaluation networks' training and test pass in float32 (the field's protocol), or "
+                      "under bfloat16 autocast (faster where the processor has bf16 instructions)",
     "executor": "where a stage's independent units (experts, evaluation networks, scorers) run; same results",
     "compare_base": "also distil the base method alone (P=1) at the same IPC, to see PDD's gain",
 }
@@ -92,13 +94,19 @@ class DistillConfig:
     # on a CPU only for small networks (evaluate.BATCHED_CPU_MAX_WORK, bench/speed.py --only eval_widths).
     # The same results either way, up to floating-point summation order (not in any cache key)
     eval_batched: Optional[bool] = None
+    # the arithmetic of the evaluation (its networks' training and test pass; the easy-example scorers too):
+    # float32, the field's protocol, or bfloat16 autocast, faster on processors with bf16 instructions at
+    # the same accuracy (README, "bfloat16 against float32"). Accuracies differ run to run, so it is in the
+    # evaluation keys; it changes no distilled image.
+    eval_precision: Precision = "float32"
     # the base method alone (P = 1) at the same IPC, beside PDD: at the final stage, every stage, or off
     compare_base: Literal["final", "every", "off"] = "final"
     # where it runs
     device: Device = "auto"
     # the arithmetic of the distillation's matching (each method's loss, under torch.autocast): bfloat16
     # is faster on processors with bf16 instructions (README, "Speed and memory"), and the images it gives
-    # differ, so it is in the stage keys. Evaluation, transitions and experts always run in float32.
+    # differ, so it is in the stage keys. Transitions and experts run in float32; the evaluation's
+    # arithmetic is eval_precision.
     precision: Precision = "float32"
     # where a stage's independent units (MTT's experts) run: local (this process) or ray (a cluster);
     # None: PDD_EXECUTOR, else local. Results are the same either way.
@@ -258,6 +266,8 @@ def validate(c: DistillConfig) -> None:
     _check(c.norm in get_args(Norm), f"unknown norm '{c.norm}'", "use instance, batch or none")
     _check(c.device in get_args(Device), f"unknown device '{c.device}'", "use auto, cpu or cuda")
     _check(c.precision in get_args(Precision), f"unknown precision '{c.precision}'", "use float32 or bfloat16")
+    _check(c.eval_precision in get_args(Precision), f"unknown eval_precision '{c.eval_precision}'",
+           "use float32 or bfloat16")
     _check(c.init in ("real", "noise"), f"unknown init '{c.init}'", "use real or noise")
     _check(c.transition in ("chain", "fresh"), f"unknown transition '{c.transition}'", "use chain or fresh")
     _check(c.compare_base in ("final", "every", "off"), f"unknown compare_base '{c.compare_base}'",

@@ -1,9 +1,11 @@
-"""Which torch device a run uses (CUDA when present and not refused, never required), and the
-arithmetic its distillation runs in."""
+"""Which torch device a run uses (CUDA when present and not refused, never required), the arithmetic
+its training runs in, and the process's memory allocator settings."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import sys
 from typing import Optional
 
 from .errors import PDDError
@@ -17,8 +19,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
 
 
-def matching_precision(precision: str, device: torch.device):
-    """The context a method's loss runs in: bf16 autocast for ``bfloat16``, else none (float32).
+def arithmetic(precision: str, device: torch.device):
+    """The context a computation runs in for a ``precision`` setting (the matching's ``precision``, the
+    evaluation's ``eval_precision``): bf16 autocast for ``bfloat16``, else none (float32).
 
     Autocast's weight cache is off, so a context may span optimiser steps: with it on, a context around a
     training loop kept serving the bf16 copies of the first step's weights after SGD had changed them,
@@ -28,13 +31,14 @@ def matching_precision(precision: str, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=False)
 
 
-def precision_note(precision: str, device: torch.device) -> Optional[str]:
-    """A line for the run's log when ``bfloat16`` was asked of a processor without bf16 arithmetic,
-    where it is emulated and slower than float32 (6x for a DM iteration on an AVX2 CPU); else None."""
+def precision_note(field: str, precision: str, device: torch.device, what: str) -> Optional[str]:
+    """A line for the run's log when config ``field`` asks ``bfloat16`` of a processor without bf16
+    arithmetic, where it is emulated and slower than float32 (6x for a DM iteration on an AVX2 CPU);
+    ``what`` names the work it slows. Else None."""
     if precision != "bfloat16" or has_bf16(device):
         return None
-    return ("precision bfloat16: this processor has no bf16 arithmetic, so the distillation runs slower than in "
-            "float32; set precision to float32 for speed")
+    return (f"{field} bfloat16: this processor has no bf16 arithmetic, so {what} runs slower than in "
+            f"float32; set {field} to float32 for speed")
 
 
 def has_bf16(device: torch.device) -> bool:
@@ -42,3 +46,30 @@ def has_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+# glibc mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD = 32 * 2 ** 20  # glibc's own ceiling for its adaptive threshold
+TRIM_THRESHOLD = 2 ** 31 - 1
+
+
+def tune_allocator() -> bool:
+    """Keep freed CPU tensors' memory in the process for the next training step (glibc only; a no-op
+    returning False elsewhere). Called once by every engine entry point (a run, an executor unit).
+
+    A training step allocates its activations afresh and frees them in the backward pass. glibc hands
+    blocks over its mmap threshold straight back to the kernel, and trims the heap's free top once it
+    passes the trim threshold, so the next step page-faults the same memory in again: the 1-channel
+    first convolution of an MNIST ConvNet took 5 ms per 16 images instead of 0.5. With blocks up to 32 MiB
+    served from the heap and no trimming, the evaluation's training ran 8-13 % faster (MNIST, width 128,
+    100 images: 473-489 -> 503-546 images/s over two runs of three) with the same peak memory (1,159 vs
+    1,174 MB); DM, MTT and expert iterations measured the same either way. Setting only the trim
+    threshold switches glibc's adaptive mmap threshold off and halved the speed, hence both."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # musl and other libcs: their allocator, their defaults
+        return False
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))

@@ -15,6 +15,7 @@ import copy
 from .augment import DSA
 from .config import DistillConfig
 from .data import Dataset
+from .device import arithmetic
 from .errors import PDDError
 from .lazy import F, LazyModule, nn, torch
 from .training import accuracy, draw_seed, make_sgd, seed_of, train_epochs
@@ -69,12 +70,14 @@ class EvalProtocol:
     norm: str = "instance"
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    precision: str = "float32"  # the arithmetic of training and test pass (DistillConfig.eval_precision)
 
     @classmethod
     def from_config(cls, c: DistillConfig, size: int) -> "EvalProtocol":
         """The protocol of a config, for inputs of ``size`` pixels (which fixes an auto depth)."""
         return cls(c.eval_epochs, c.eval_models, c.eval_lr, c.eval_batch,
-                   c.dsa_strategy if c.eval_dsa else "none", c.seed, "convnet", c.depth_for(size), c.width, c.norm)
+                   c.dsa_strategy if c.eval_dsa else "none", c.seed, "convnet", c.depth_for(size), c.width, c.norm,
+                   precision=c.eval_precision)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -114,13 +117,19 @@ class Curriculum:
         self.stage += 1
         x, y = x.to(self.device), y.to(self.device)
         for k, net, opt in zip(self.ids, self.nets, self.opts):
-            train_epochs(net, x, y, self.proto.epochs, opt, lr or self.proto.lr, self.proto.batch, self.proto.aug,
-                         seed_of(self.proto.seed, 2000 + k, self.stage))
+            with self.arithmetic():
+                train_epochs(net, x, y, self.proto.epochs, opt, lr or self.proto.lr, self.proto.batch, self.proto.aug,
+                             seed_of(self.proto.seed, 2000 + k, self.stage))
+
+    def arithmetic(self):
+        """The context the networks train and predict in: the protocol's precision (float32, or bf16 autocast)."""
+        return arithmetic(self.proto.precision, self.device)
 
     def test_accuracy(self) -> list[float]:
         """Each network's accuracy on the test split."""
         xt, yt = self.ds.x_test.to(self.device), self.ds.y_test.to(self.device)
-        return [accuracy(net, xt, yt) for net in self.nets]
+        with self.arithmetic():
+            return [accuracy(net, xt, yt) for net in self.nets]
 
     def state(self) -> dict[str, torch.Tensor]:
         out = {"stage": torch.tensor(self.stage)}
@@ -176,9 +185,10 @@ class BatchedCurriculum(Curriculum):
                 xb = [x[i] for i in idx]
                 if aug:
                     xb = [aug(b, draw_seed(g), siamese=False) for b, g in zip(xb, gens)]
-                out = self.logits(torch.stack(xb))
+                with self.arithmetic():
+                    out = self.logits(torch.stack(xb))
                 yb = torch.stack([y[i] for i in idx])
-                loss = F.cross_entropy(out.flatten(0, 1), yb.flatten()) * len(self.ids)  # = sum of per-network means
+                loss = F.cross_entropy(out.float().flatten(0, 1), yb.flatten()) * len(self.ids)  # = sum of per-network means
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 self.opt.step()
@@ -187,7 +197,7 @@ class BatchedCurriculum(Curriculum):
         xt, yt = self.ds.x_test.to(self.device), self.ds.y_test.to(self.device)
         n = len(self.ids)
         correct = torch.zeros(n, device=self.device)
-        with torch.no_grad():
+        with torch.no_grad(), self.arithmetic():
             for i in range(0, len(xt), 1024):
                 xb = xt[i:i + 1024]
                 correct += (self.logits(xb.expand(n, *xb.shape)).argmax(-1) == yt[i:i + 1024]).sum(1)

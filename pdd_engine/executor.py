@@ -69,9 +69,12 @@ class LocalExecutor:
 
 
 def _in_worker(fn: Callable, threads: int, shared: dict, item: Any) -> Any:
-    """A unit in a Ray worker: the driver's torch thread count, so results match the local executor."""
+    """A unit in a Ray worker: the driver's torch thread count, so results match the local executor, and
+    the engine's allocator settings (device.tune_allocator), so it runs as fast."""
     import torch
+    from .device import tune_allocator
     torch.set_num_threads(threads)
+    tune_allocator()
     return fn(shared, item)
 
 

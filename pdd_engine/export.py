@@ -24,7 +24,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, get_args
 
 import numpy as np
 import torch
@@ -32,9 +32,9 @@ from PIL import Image
 
 from . import __version__
 from .cache import Store
-from .config import DistillConfig
+from .config import DistillConfig, Precision
 from .data import Dataset, dataset_for, dataset_info, to_uint8
-from .device import resolve_device
+from .device import resolve_device, tune_allocator
 from .errors import BundleError, PDDError
 from .evaluate import EvalProtocol, arch_changes, make_curriculum
 from .keys import Keys
@@ -230,8 +230,10 @@ def load_bundle(path: str | Path) -> Bundle:
 
 def evaluate_bundle(path: str | Path, arch: Optional[str] = None, epochs: Optional[int] = None,
                     models: Optional[int] = None, device: str = "auto", data_root: Optional[str] = None,
-                    batched: Optional[bool] = None, data: Optional[str] = None) -> list[list[float]]:
-    """Re-run the manifest's evaluation protocol on the bundle; optionally on another architecture.
+                    batched: Optional[bool] = None, data: Optional[str] = None,
+                    precision: Optional[str] = None) -> list[list[float]]:
+    """Re-run the manifest's evaluation protocol on the bundle; optionally on another architecture, or in
+    another arithmetic (``precision``: float32 or bfloat16; default the manifest's, float32 before it said).
 
     Where the data is comes from the caller only: ``data`` (the user's own folder or .zip, for a
     bundle made on user data) and ``data_root`` (where built-in sets live); never from the manifest."""
@@ -251,7 +253,12 @@ def evaluate_bundle(path: str | Path, arch: Optional[str] = None, epochs: Option
         changes["models"] = models
     if arch:
         changes.update(arch_changes(arch))
+    if precision:
+        if precision not in get_args(Precision):
+            raise PDDError(f"unknown precision '{precision}'", "use float32 or bfloat16")
+        changes["precision"] = precision
     proto = EvalProtocol(**{**proto.to_dict(), **changes})
+    tune_allocator()
     cur = make_curriculum(ds, proto, resolve_device(device), cfg.eval_batched if batched is None else batched)
     return [cur.train_stage(u["images"], u["labels"], e["eval_lr"]) for u, e in zip(bundle.unions, m["stage_entries"])]
 

@@ -33,9 +33,11 @@ MODEL = ("depth", "width", "norm")  # depth resolved for the input size
 CONTEXT = DATA + MODEL + ("seed", "dsa_strategy")
 TRANSITION = ("transition", "transition_epochs", "eval_lr", "eval_batch")
 # The curriculum evaluation protocol (EvalProtocol.from_config reads exactly these).
-EVAL = MODEL + ("seed", "eval_epochs", "eval_models", "eval_lr", "eval_batch", "eval_dsa", "dsa_strategy")
+EVAL = MODEL + ("seed", "eval_epochs", "eval_models", "eval_lr", "eval_batch", "eval_dsa", "dsa_strategy",
+               "eval_precision")
 # The easy-example filter's scorers train with the evaluation protocol (only when filter_easy is on).
-FILTER = ("keep_easy", "filter_models", "eval_epochs", "eval_models", "eval_lr", "eval_batch", "eval_dsa")
+FILTER = ("keep_easy", "filter_models", "eval_epochs", "eval_models", "eval_lr", "eval_batch", "eval_dsa",
+          "eval_precision")
 STAGE = CONTEXT + ("method", "iterations", "lr_img", "init", "ipc", "filter_easy", "precision")  # "ipc": per stage
 RUN = EVAL + ("stages", "compare_base")
 

@@ -22,7 +22,7 @@ from . import runs
 from .cache import Store
 from .config import DistillConfig
 from .data import Dataset, dataset_for, dataset_info, to_uint8
-from .device import matching_precision, precision_note, resolve_device
+from .device import arithmetic, precision_note, resolve_device, tune_allocator
 from .errors import Cancelled, PDDError
 from .executor import Executor, gpus_for, make_executor, or_local, unit_device
 from .evaluate import Curriculum, EvalProtocol, make_curriculum, network_groups, random_subset, use_batched
@@ -66,7 +66,8 @@ def score_easy(shared: dict, k: int) -> torch.Tensor:
     scorer = unit_curriculum(shared, [k])
     scorer.fit(shared["union_x"], shared["union_y"])
     idx, device = shared["idx"], scorer.device
-    return (predict(scorer.nets[0], shared["real_x"][idx].to(device)) == shared["real_y"][idx].to(device)).cpu()
+    with scorer.arithmetic():
+        return (predict(scorer.nets[0], shared["real_x"][idx].to(device)) == shared["real_y"][idx].to(device)).cpu()
 
 
 def eval_shared(ds: Dataset, proto: EvalProtocol, device: torch.device, batched: bool, **more) -> dict:
@@ -202,14 +203,14 @@ class Engine:
         groups += [{"params": [p], "lr": lr} for p, lr in method.extra_params()]
         opt = torch.optim.SGD(groups, momentum=0.5)
         frozen_check = union.x.clone()
-        note = precision_note(cfg.precision, device)
+        note = precision_note("precision", cfg.precision, device, "the distillation")
         if note:
             yield Message(i, note)
         losses = []
         every = max(1, cfg.iterations // 100)
         for it in range(cfg.iterations):
             self.check_cancel()
-            with matching_precision(cfg.precision, device):
+            with arithmetic(cfg.precision, device):
                 loss = method.loss(stored, it)
             value = float(loss.detach())
             if not np.isfinite(value):
@@ -299,12 +300,15 @@ class Engine:
         try:
             cfg = self.cfg
             device = resolve_device(cfg.device)
+            tune_allocator()
             torch.manual_seed(cfg.seed)
             ds = dataset_for(cfg)
             keys = Keys.of(cfg, ds)
             yield RunStarted(keys.run, cfg.to_dict(), dataset_info(ds), cfg.stages)
             if (skipped := skipped_files(ds.source)) is not None:  # stage 0: about the data, before any stage
                 yield Message(0, f"warning: {skipped}")
+            if note := precision_note("eval_precision", cfg.eval_precision, device, "the evaluation"):
+                yield Message(0, note)
             proto = EvalProtocol.from_config(cfg, ds.size)
             union = Union.empty(ds, device)
             pdd_eval = rand_eval = None

@@ -55,6 +55,20 @@ def test_batched_state_round_trips_into_sequential(digits):
     assert not isinstance(make_curriculum(digits, EvalProtocol(norm="batch"), torch.device("cpu")), BatchedCurriculum)
 
 
+def test_a_bfloat16_evaluation_trains_and_tests_in_bf16_and_still_learns(digits):
+    """precision=bfloat16 (eval_precision) runs both paths, one network after another and together (vmap),
+    under bf16 autocast: other weights than float32's (it is not a no-op), networks that learn as well."""
+    x, y = random_subset(digits, 0, 5, seed=0)
+    for cls in (Curriculum, BatchedCurriculum):
+        out = {}
+        for precision in ("float32", "bfloat16"):
+            cur = cls(digits, EvalProtocol(epochs=30, models=2, depth=2, width=16, precision=precision), torch.device("cpu"))
+            out[precision] = (cur.train_stage(x, y), cur.state())
+        (acc32, s32), (acc16, s16) = out["float32"], out["bfloat16"]
+        assert any(not torch.equal(s32[k], s16[k]) for k in s32), cls
+        assert min(acc16) > 0.3 and abs(sum(acc16) - sum(acc32)) / 2 < 0.05, (cls, acc32, acc16)  # chance: 0.1
+
+
 def test_mtt_auto_switches_to_bounded_unroll_when_memory_is_tight(tiny, store):
     from pdd_engine.methods.unroll import unroll_memory_bytes
     from pdd_engine.models import ConvNet
@@ -98,3 +112,32 @@ def test_the_evaluation_path_is_the_one_measured_faster_unless_chosen():
     assert use_batched(None, EvalProtocol(width=128), cuda, 32)
     assert use_batched(True, proto, cpu, 28) and not use_batched(False, proto, cuda, 8)  # the user's choice stands
     assert not use_batched(True, EvalProtocol(norm="batch"), cuda, 8) and not use_batched(True, EvalProtocol(models=1), cpu, 8)
+
+
+def test_after_tune_allocator_freed_tensors_stay_in_the_heap_for_the_next_step():
+    """device.tune_allocator (every run calls it): a freed 16 MiB tensor's memory stays in glibc's heap,
+    free for the next training step, instead of going back to the kernel to be page-faulted in again."""
+    import ctypes
+    import sys
+
+    import pytest
+
+    from pdd_engine.device import tune_allocator
+    if not sys.platform.startswith("linux"):
+        assert tune_allocator() is False
+        return
+    libc = ctypes.CDLL("libc.so.6")
+    if not hasattr(libc, "mallinfo2"):
+        pytest.skip("a libc without mallinfo2 (glibc < 2.33, or not glibc)")
+
+    class Info(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                    "fsmblks", "uordblks", "fordblks", "keepcost")]
+    libc.mallinfo2.restype = Info
+    assert tune_allocator() is True
+    t = torch.ones(4 * 2 ** 20)  # 16 MiB
+    mapped = libc.mallinfo2().hblkhd
+    del t
+    after = libc.mallinfo2()
+    assert after.hblkhd == mapped  # it was never a separate mapping
+    assert after.fordblks >= 16 * 2 ** 20  # and its memory is still the heap's, free

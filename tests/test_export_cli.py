@@ -58,6 +58,17 @@ def test_cross_architecture_evaluation_runs(bundle):
     assert len(accs) == 2 and all(0 <= a[0] <= 1 for a in accs)
 
 
+def test_a_bundle_evaluates_in_the_arithmetic_asked_for(bundle):
+    """``precision`` (CLI: evaluate --precision) re-runs the protocol in bf16: other accuracies than the
+    manifest's float32 ones; an unknown value is a one-line error naming the choices."""
+    path, _ = bundle
+    m = load_bundle(path).manifest
+    assert m["evaluation"]["precision"] == "float32"
+    assert evaluate_bundle(path, precision="bfloat16") != [e["accuracy"]["per_model"] for e in m["stage_entries"]]
+    with pytest.raises(PDDError, match="use float32 or bfloat16"):
+        evaluate_bundle(path, precision="bf16")
+
+
 def test_corrupt_and_foreign_bundles_are_refused(bundle, tmp_path):
     path, _ = bundle
     raw = bytearray(path.read_bytes())

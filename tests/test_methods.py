@@ -234,10 +234,10 @@ def test_dm_draws_a_fresh_network_every_iteration_at_stage_one(digits, tiny):
 def test_bfloat16_matching_follows_the_weights_after_every_step(digits):
     """The bf16 context may span optimiser steps: each forward casts the weights as they are now (autocast's
     weight cache would serve the first step's copies, and networks trained under it end at chance)."""
-    from pdd_engine.device import matching_precision
+    from pdd_engine.device import arithmetic
     torch.manual_seed(0)
     net, x = ConvNet(1, 10, 8, depth=2, width=16), digits.x_train[:32]
-    with matching_precision("bfloat16", torch.device("cpu")):
+    with arithmetic("bfloat16", torch.device("cpu")):
         before = net(x).float()
         with torch.no_grad():
             for p in net.parameters():
@@ -251,13 +251,13 @@ def test_bfloat16_matching_follows_the_weights_after_every_step(digits):
 @pytest.mark.parametrize("name", ["dm", "mtt"])
 def test_bfloat16_loss_is_the_float32_loss_up_to_bf16_rounding(name, digits, tiny):
     """precision=bfloat16 runs the same loss in bf16 arithmetic: close to float32, not identical."""
-    from pdd_engine.device import matching_precision
+    from pdd_engine.device import arithmetic
     cfg = tiny(method=name, stages=1, ipc=2, width=32, **LOSS_METHODS.get(name, {}))
     method = get_method(name)(stage_context(cfg, digits))
     method.setup()
     stored = method.init_images()
     losses = []
     for precision in ("float32", "bfloat16"):
-        with matching_precision(precision, torch.device("cpu")):
+        with arithmetic(precision, torch.device("cpu")):
             losses.append(mean_loss(method, stored, seeds=range(3)))
     assert losses[0] != losses[1] and abs(losses[1] - losses[0]) < 0.05 * losses[0], losses
