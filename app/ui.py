@@ -49,7 +49,6 @@ CHOICE_LABELS = {"transition": [("chain: one network through U_1, U_2, ... (pape
                  "eval_precision": [("float32 (the field's protocol)", "float32"),
                                     ("bfloat16 (faster on CPUs with bf16 instructions)", "bfloat16")],
                  "executor": [("the server's (PDD_EXECUTOR, else local)", ""), ("local: in the engine's process", "local"),
-                              ("threads: side by side in the engine's process", "threads"),
                               ("ray: Ray tasks (RAY_ADDRESS's cluster, else a local Ray)", "ray")]}
 POLL_S = 0.25
 LOSS_EVERY_S = 1.0  # the loss plot streams at most this often (it changes with every iteration)

@@ -112,8 +112,6 @@ def m_eval(a: dict) -> dict:
     if a.get("plain"):
         return plain_eval(ds, x, y, proto)
     cls = BatchedCurriculum if a["batched"] else Curriculum
-    if a.get("executor") == "threads":  # one network per unit, side by side, as a run with --executor threads
-        return threaded_eval(ds, x, y, proto)
     cur = cls(ds, proto, device())
     if a.get("channels_last"):  # sequential path only: NHWC weights and inputs
         for net in cur.nets:
@@ -139,24 +137,6 @@ def m_eval(a: dict) -> dict:
     n = a["models"] * a["epochs"] * len(x)
     return {"images_per_s": n / (train_s + test_s), "seconds": train_s + test_s, "acc": accs[-1],
             "first_stage_s": sum(times[0]), "test_s": test_s, "train_images_per_s": n / train_s}
-
-
-def threaded_eval(ds, x, y, proto) -> dict:
-    """The sequential path's networks as the threads executor runs a run's evaluation units: one network
-    per unit, units side by side, training timed apart from the test pass as in :func:`m_eval`."""
-    from pdd_engine.evaluate import Curriculum
-    from pdd_engine.executor import ThreadsExecutor
-
-    ex = ThreadsExecutor()
-    units = [Curriculum(ds, proto, device(), ids=[k]) for k in range(proto.models)]
-    t = time.perf_counter()
-    ex.map(lambda shared, cur: cur.fit(x, y), units, {})
-    train_s = time.perf_counter() - t
-    acc = [a for part in ex.map(lambda shared, cur: cur.test_accuracy(), units, {}) for a in part]
-    s = time.perf_counter() - t
-    n = proto.models * proto.epochs * len(x)
-    return {"images_per_s": n / s, "seconds": s, "acc": sum(acc) / len(acc), "first_stage_s": s,
-            "test_s": s - train_s, "train_images_per_s": n / train_s}
 
 
 def plain_eval(ds, x, y, proto) -> dict:
@@ -288,14 +268,12 @@ def m_executor(a: dict) -> dict:
     from pdd_engine import DistillConfig
     from pdd_engine.data import dataset_for
     from pdd_engine.evaluate import EvalProtocol, random_subset
-    from pdd_engine.executor import LocalExecutor, RayExecutor, ThreadsExecutor, ping
+    from pdd_engine.executor import LocalExecutor, RayExecutor, ping
     from pdd_engine.methods.mtt import expert_trajectories
     from pdd_engine.progressive import curriculum_step, eval_shared, stage_context
 
-    torch.set_num_threads(a["workers"] if a["executor"] == "threads" else 1)  # 1 torch thread per unit
-    if a["executor"] == "threads":
-        ex = ThreadsExecutor()
-    elif a["executor"] == "ray":
+    torch.set_num_threads(1)
+    if a["executor"] == "ray":
         import ray
         ray.init(num_cpus=a["workers"], include_dashboard=False, log_to_driver=False)
         ex = RayExecutor()
@@ -490,11 +468,11 @@ def section_variants(args, report: dict) -> str:
 
 
 def section_executor(args, report: dict) -> str:
-    """Local against threads (2 workers) and Ray (1 and 2 workers) on one stage's units; the same trajectories and accuracies."""
+    """Local against Ray (1 and 2 workers) on one stage's units; the same trajectories and accuracies."""
     kw = dict(experts=2 if args.tiny else 8, epochs=1 if args.tiny else 3, pings=5 if args.tiny else 50,
               eval_epochs=5 if args.tiny else 300)
     rows = []
-    for name, workers in (("local", 1), ("threads", 2), ("ray", 1), ("ray", 2)):
+    for name, workers in (("local", 1), ("ray", 1), ("ray", 2)):
         r = attempt("executor", executor=name, workers=workers, **kw)
         report[f"executor_{name}_{workers}"] = r
         rows.append([name, workers] + cells(r, lambda r: [
@@ -574,9 +552,6 @@ def section_reference(args, report: dict) -> str:
     for name, kw in (("evaluation, plain PyTorch loop", {"plain": True, "batched": False}),
                      ("evaluation, engine sequential", {"batched": False}),
                      ("evaluation, engine sequential, eval_precision bfloat16", {"batched": False, "variant": "bf16"}),
-                     ("evaluation, engine sequential, threads executor", {"batched": False, "executor": "threads"}),
-                     ("evaluation, engine sequential, threads executor, eval_precision bfloat16",
-                      {"batched": False, "executor": "threads", "variant": "bf16"}),
                      ("evaluation, engine batched (vmap)", {"batched": True}),
                      ("evaluation, engine batched (unchunked)", {"batched": True, "unchunked": True})):
         r = attempt("eval", **ev, **kw)

@@ -45,8 +45,7 @@ HINTS = {
                  "processor has bf16 instructions; the evaluation has its own setting, eval_precision)",
     "eval_precision": "the evaluation networks' training and test pass in float32 (the field's protocol), or "
                       "under bfloat16 autocast (faster where the processor has bf16 instructions)",
-    "executor": "where a stage's independent units (experts, evaluation networks, scorers) run: one after "
-                "another, side by side in threads, or on Ray; same results",
+    "executor": "where a stage's independent units (experts, evaluation networks, scorers) run; same results",
     "compare_base": "also distil the base method alone (P=1) at the same IPC, to see PDD's gain",
 }
 
@@ -109,11 +108,9 @@ class DistillConfig:
     # differ, so it is in the stage keys. Transitions and experts run in float32; the evaluation's
     # arithmetic is eval_precision.
     precision: Precision = "float32"
-    # where a stage's independent units (MTT's experts, evaluation networks, scorers) run: local (this
-    # process, one after another), threads (this process, side by side: faster for small networks on
-    # several cores) or ray (a cluster); None: PDD_EXECUTOR, else local. Results are the same (threads:
-    # up to float summation order).
-    executor: Optional[Literal["local", "threads", "ray"]] = None
+    # where a stage's independent units (MTT's experts) run: local (this process) or ray (a cluster);
+    # None: PDD_EXECUTOR, else local. Results are the same either way.
+    executor: Optional[Literal["local", "ray"]] = None
     data_root: Optional[str] = None
     cache_dir: Optional[str] = None
     max_memory_gb: Optional[float] = None

@@ -100,8 +100,9 @@ class Curriculum:
         self.nets: list[nn.Module] = []
         self.opts: list[torch.optim.SGD] = []
         for k in self.ids:
-            net = models.seeded_model(seed_of(proto.seed, 1000 + k), ds.channels, ds.num_classes, ds.size, proto.depth,
-                                      proto.width, proto.norm, proto.family).to(device)
+            torch.manual_seed(seed_of(proto.seed, 1000 + k))
+            net = models.build_model(ds.channels, ds.num_classes, ds.size, proto.depth, proto.width, proto.norm,
+                              proto.family).to(device)
             self.nets.append(net)
             self.opts.append(make_sgd(net, proto.lr, proto.momentum, proto.weight_decay))
         self.stage = 0

@@ -1,5 +1,4 @@
-"""Where a stage's independent units run: in this process one after another (``local``) or side by side
-(``threads``), or as Ray tasks (``ray``).
+"""Where a stage's independent units run: in this process (``local``) or as Ray tasks (``ray``).
 
 The stage loop stays sequential (stage i+1 needs U_i); inside a stage, units that do not depend on
 each other (MTT's expert trajectories, evaluation networks, easy-example scorers) are handed to an
@@ -22,7 +21,7 @@ from typing import Any, Callable, Optional, Protocol, Sequence
 
 from .errors import Cancelled, PDDError
 
-EXECUTORS = ("local", "threads", "ray")
+EXECUTORS = ("local", "ray")
 GPU_SHARE = 0.25  # of a GPU per unit on CUDA: several small networks share one
 
 
@@ -64,58 +63,6 @@ class LocalExecutor:
             if done:
                 done(len(out))
         return out
-
-    def close(self) -> None:
-        pass
-
-
-class ThreadsExecutor:
-    """Units side by side in this process, one per thread, torch's threads split among them.
-
-    A small network's training step does not keep several cores busy: MNIST's evaluation networks (width
-    128, 100 images) trained two at a time with one torch thread each ran 1.06-1.08x as fast as one after
-    another with two threads, in float32 and in bf16 (README, *Thread settings*). torch's thread count is
-    one setting for the whole process, so it is lowered for the map's duration and restored after. The
-    units and their inputs are local's; results equal local's up to float summation order (a convolution
-    splits its sums by thread count), as ``eval_batched`` does, so the executor is in no cache key."""
-
-    name = "threads"
-
-    def __init__(self, workers: Optional[int] = None):
-        """``workers``: units at once (default: torch's thread count, so each unit gets one thread)."""
-        self.workers = workers
-
-    def map(self, fn, items, shared, cancel=None, gpus=0.0, done=None):
-        import torch
-        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-
-        threads = torch.get_num_threads()
-        workers = max(1, min(self.workers or threads, len(items)))
-        if workers == 1:
-            return LocalExecutor().map(fn, items, shared, cancel, gpus, done)
-
-        def unit(item):
-            if cancel:
-                cancel()
-            return fn(shared, item)
-        torch.set_num_threads(max(1, threads // workers))
-        pool = ThreadPoolExecutor(workers, thread_name_prefix="pdd-unit")
-        try:
-            futures = [pool.submit(unit, item) for item in items]
-            pending, finished = set(futures), 0
-            while pending:
-                ready, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                for f in ready:
-                    f.result()  # a unit's error (Cancelled included) stops the map here
-                    finished += 1
-                    if done:
-                        done(finished)
-                if pending and cancel:
-                    cancel()
-            return [f.result() for f in futures]
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)  # running units finish; queued ones never start
-            torch.set_num_threads(threads)
 
     def close(self) -> None:
         pass
@@ -232,8 +179,6 @@ def make_executor(name: Optional[str] = None) -> Executor:
     name = name or os.environ.get("PDD_EXECUTOR") or "local"
     if name == "local":
         return LocalExecutor()
-    if name == "threads":
-        return ThreadsExecutor()
     if name == "ray":
         return RayExecutor()
     raise PDDError(f"unknown executor '{name}'", f"use one of {', '.join(EXECUTORS)} (--executor, PDD_EXECUTOR, the studio's Executor field)")

@@ -9,8 +9,6 @@ code's network, the one the field's MNIST numbers were measured with. Pooling st
 
 from __future__ import annotations
 
-import threading
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -140,17 +138,3 @@ def build_model(channels: int, num_classes: int, size: int, depth: int = 3, widt
     if family == "resnet":
         return ResNet(channels, num_classes, size, width, norm)
     return ConvNet(channels, num_classes, size, depth, width, norm)
-
-
-# Initial weights are drawn from torch's global generator, which is one per process: units running side by
-# side in threads (the threads executor) would interleave their draws. Seeding and building hold this lock.
-SEEDING = threading.Lock()
-
-
-def seeded_model(seed: int, channels: int, num_classes: int, size: int, depth: int = 3, width: int = 32,
-                 norm: str = "instance", family: str = "convnet") -> nn.Module:
-    """:func:`build_model` with its initial weights drawn right after ``torch.manual_seed(seed)``: the same
-    network for the same seed in any thread (nothing else in the engine draws from the global generator)."""
-    with SEEDING:
-        torch.manual_seed(seed)
-        return build_model(channels, num_classes, size, depth, width, norm, family)

@@ -1,14 +1,12 @@
-"""The executor seam: Ray tasks give the local executor's results, survive a killed worker, and stop;
-threads run units side by side with local's results.
+"""The executor seam: Ray tasks give the local executor's results, survive a killed worker, and stop.
 
-A real Ray cluster is started for the Ray tests (``ray start --head`` on 127.0.0.1) and stopped after.
+A real Ray cluster is started for this module (``ray start --head`` on 127.0.0.1) and stopped after.
 """
 
 import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import torch
 from pdd_engine import distill
 from pdd_engine.cache import Store
 from pdd_engine.errors import Cancelled
-from pdd_engine.executor import LocalExecutor, RayExecutor, ThreadsExecutor, make_executor
+from pdd_engine.executor import LocalExecutor, RayExecutor, make_executor
 from pdd_engine.keys import Keys
 from pdd_engine.progressive import Engine
 from tests.raytasks import die_once, sleepy  # importable by Ray's workers (the project root is on their path)
@@ -113,77 +111,3 @@ def test_the_studios_executor_setting_runs_the_units_on_ray(cluster, tmp_path):
         assert job_id and msg == ""
         _, final = follow(c, job_id)
     assert final[0].startswith("**Done**") and "units on the ray executor" in final[0], final[0]
-
-
-def meet(shared: dict, item: int) -> tuple[int, int]:
-    """A unit that finishes only once ``shared["n"]`` units run at the same time (local would time out)."""
-    shared["barrier"].wait(timeout=shared.get("timeout", 20))
-    return item, torch.get_num_threads()
-
-
-def test_threads_run_units_side_by_side_with_a_share_of_torchs_threads(monkeypatch):
-    """Units run at once (a barrier only two concurrent units pass), results come back in order, each
-    unit has its share of torch's threads, and the process's count is restored after, error or not."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(4)
-    try:
-        done = []
-        out = ThreadsExecutor(workers=2).map(meet, [3, 1, 2, 0], {"barrier": threading.Barrier(2)}, done=done.append)
-        assert out == [(3, 2), (1, 2), (2, 2), (0, 2)] and done == [1, 2, 3, 4]
-        assert torch.get_num_threads() == 4
-        with pytest.raises(threading.BrokenBarrierError):  # two units, three at the barrier: a unit's error surfaces
-            ThreadsExecutor(workers=2).map(meet, [0, 1], {"barrier": threading.Barrier(3), "timeout": 1})
-        assert torch.get_num_threads() == 4
-    finally:
-        torch.set_num_threads(before)
-
-
-def test_stop_keeps_queued_thread_units_from_starting():
-    started = []
-
-    def cancel():
-        if len(started) >= 2:
-            raise Cancelled()
-    with pytest.raises(Cancelled):
-        ThreadsExecutor(workers=2).map(lambda shared, item: started.append(item) or time.sleep(0.2), list(range(8)), {},
-                                       cancel=cancel)
-    assert len(started) < 8
-
-
-def test_threads_give_the_local_executors_results_at_one_torch_thread_per_unit(tiny, tmp_path):
-    """MTT's experts and the evaluation networks as units side by side give exactly local's results when
-    each unit has local's one torch thread; the executor is in no key. Networks are seeded under a lock
-    (models.SEEDING): without it, units interleaved their draws from torch's one global generator and
-    trained other experts and networks."""
-    cfg = tiny(method="mtt", stages=2, eval_models=3)
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        local = distill(cfg, Store(tmp_path / "local"))
-        torch.set_num_threads(2)  # two units at once, one thread each
-        threaded = distill(cfg.replace(executor="threads"), Store(tmp_path / "threads"))
-    finally:
-        torch.set_num_threads(before)
-    assert threaded.executor == "threads" and local.executor == "local"
-    assert Keys(cfg, "f", 8).run == Keys(cfg.replace(executor="threads"), "f", 8).run
-    assert threaded.accuracies == local.accuracies
-
-
-def test_networks_built_side_by_side_in_threads_get_their_own_seeds_weights():
-    """models.seeded_model holds a lock while it seeds torch's global generator and draws the weights: two
-    threads building networks at once (units on the threads executor) each get exactly their seed's."""
-    from pdd_engine.models import seeded_model
-    want = {s: list(seeded_model(s, 3, 10, 32, 3, 64).state_dict().values()) for s in (1, 2)}
-    wrong = []
-
-    def build(seed):
-        for _ in range(30):
-            got = seeded_model(seed, 3, 10, 32, 3, 64).state_dict().values()
-            if not all(torch.equal(a, b) for a, b in zip(got, want[seed])):
-                wrong.append(seed)
-    workers = [threading.Thread(target=build, args=(s,)) for s in (1, 2)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    assert not wrong

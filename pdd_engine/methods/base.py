@@ -58,9 +58,10 @@ class StageContext:
         return DSA(self.cfg.dsa_ops)
 
     def new_model(self, seed: int) -> nn.Module:
+        torch.manual_seed(seed)
         c = self.cfg
-        return models.seeded_model(seed, self.ds.channels, self.ds.num_classes, self.ds.size, c.depth_for(self.ds.size),
-                                   c.width, c.norm).to(self.device)
+        return models.build_model(self.ds.channels, self.ds.num_classes, self.ds.size, c.depth_for(self.ds.size), c.width,
+                           c.norm).to(self.device)
 
     @property
     def transition_lr(self) -> float:
