@@ -42,7 +42,7 @@ HINTS = {
     "zca": "whiten images (ZCA), as the field does for CIFAR",
     "device": "auto: CUDA when present, else CPU",
     "precision": "the distillation's matching in float32, or under bfloat16 autocast (faster where the "
-                 "processor has bf16 instructions; the evaluation has its own setting, eval_precision)",
+                 "processor has bf16 instructions; the evaluation has its own arithmetic setting)",
     "eval_precision": "the evaluation networks' training and test pass in float32 (the field's protocol), or "
                       "under bfloat16 autocast (faster where the processor has bf16 instructions)",
     "executor": "where a stage's independent units (experts, evaluation networks, scorers) run; same results",
