@@ -29,8 +29,8 @@ STARTUP_S = 6.0  # engine process start, imports and data loading, measured on t
 class Estimate:
     seconds: float
     peak_bytes: int
-    step_seconds: float  # fixed cost of one forward + backward call
-    sample_seconds: float  # added cost per sample in it
+    step_seconds: float  # fixed cost of one forward + backward call (float32)
+    sample_seconds: float  # added cost per sample in it (float32)
 
     def __str__(self) -> str:
         return f"about {human_time(self.seconds)} and {self.peak_bytes / 2 ** 30:.2f} GiB peak"
@@ -41,17 +41,24 @@ def human_time(s: float) -> str:
 
 
 @lru_cache(maxsize=32)
-def pass_cost(channels: int, size: int, classes: int, depth: int, width: int, norm: str, device: str) -> tuple[float, float]:
-    """Measured (seconds per call, seconds per sample) of forward + backward through the ConvNet."""
+def pass_cost(channels: int, size: int, classes: int, depth: int, width: int, norm: str, device: str,
+              precision: str = "float32") -> tuple[float, float]:
+    """Measured (seconds per call, seconds per sample) of forward + backward through the ConvNet, in the
+    arithmetic of a ``precision`` setting (bf16 is faster or, where emulated, several times slower)."""
+    from .device import arithmetic
     net = models.build_model(channels, classes, size, depth, width, norm).to(device)
+
+    def step(x, y) -> None:
+        with arithmetic(precision, torch.device(device)):
+            F.cross_entropy(net(x), y).backward()
 
     def timed(batch: int) -> float:
         x = torch.randn(batch, channels, size, size, device=device)
         y = torch.randint(classes, (batch,), device=device)
-        F.cross_entropy(net(x), y).backward()  # warm-up
+        step(x, y)  # warm-up
         t = time.perf_counter()
         for _ in range(5):
-            F.cross_entropy(net(x), y).backward()
+            step(x, y)
         if device == "cuda":
             torch.cuda.synchronize()
         return (time.perf_counter() - t) / 5
@@ -100,13 +107,15 @@ def data_shape(cfg: DistillConfig, shape: tuple[int, int, int, int] | None = Non
     return ch, cfg.image_size or size, classes, min(n_train, cfg.max_train or n_train)
 
 
-def cost_key(cfg: DistillConfig, device: str = "cpu", shape: tuple[int, int, int, int] | None = None) -> tuple:
-    """The arguments of :func:`pass_cost` for this config: what its timing depends on."""
+def cost_key(cfg: DistillConfig, device: str = "cpu", shape: tuple[int, int, int, int] | None = None,
+             precision: str = "float32") -> tuple:
+    """The arguments of :func:`pass_cost` for this config's network in ``precision``: what its timing
+    depends on."""
     ch, size, classes, _ = data_shape(cfg, shape)
-    return ch, size, classes, cfg.depth_for(size), cfg.width, cfg.norm, device
+    return ch, size, classes, cfg.depth_for(size), cfg.width, cfg.norm, device, precision
 
 
-CostFn = Callable[[int, int, int, int, int, str, str], tuple[float, float]]
+CostFn = Callable[[int, int, int, int, int, str, str, str], tuple[float, float]]
 # (cfg, channels, size, classes, union, real images, device) -> the method's extra peak bytes
 MemoryFn = Callable[[DistillConfig, int, int, int, int, int, str], int]
 
@@ -125,13 +134,14 @@ def estimate(cfg: DistillConfig, shape: tuple[int, int, int, int] | None = None,
     web server passes ones that run in a helper process: away from its request threads, whose load
     would skew the timing, and without importing torch."""
     ch, size, classes, n_train = data_shape(cfg, shape)
-    per_call, per_sample = (cost or pass_cost)(*cost_key(cfg, device, shape))
-    calls = samples = 0.0
+    # counted (calls, samples) by arithmetic: the matching runs in cfg.precision, the evaluation in
+    # cfg.eval_precision, transitions and experts in float32
+    work = {p: [0.0, 0.0] for p in ("float32", cfg.precision, cfg.eval_precision)}
 
-    def train(n: float, epochs: float, batch: int) -> None:
-        nonlocal calls, samples
-        calls += epochs * math.ceil(n / batch) if n else 0
-        samples += epochs * n
+    def train(n: float, epochs: float, batch: int, precision: str = "float32") -> None:
+        if n:
+            work[precision][0] += epochs * math.ceil(n / batch)
+        work[precision][1] += epochs * n
 
     method = get_method(cfg.method)
     mult = method.images_per_stored(cfg, size)
@@ -142,25 +152,28 @@ def estimate(cfg: DistillConfig, shape: tuple[int, int, int, int] | None = None,
             train(n, cfg.transition_epochs, cfg.eval_batch)
 
     def distil(union: float, prefixes: list[float]) -> None:
-        nonlocal calls, samples
-        work = method.cost(cfg, classes, union, n_train, bool(prefixes))
-        calls, samples = calls + work.calls, samples + work.samples
-        for _ in range(work.transitions):
+        w = method.cost(cfg, classes, union, n_train, bool(prefixes))
+        work[cfg.precision][0] += w.calls
+        work[cfg.precision][1] += w.samples
+        for _ in range(w.transitions):
             transition(prefixes)
-        for n, epochs, batch in work.training:
+        for n, epochs, batch in w.training:
             train(n, epochs, batch)
 
     for i in range(1, cfg.stages + 1):
         union = classes * cfg.cum_ipc(i) * mult
         distil(union, [classes * cfg.cum_ipc(j) * mult for j in range(1, i)])
         for _ in range(2 * cfg.eval_models):  # distilled and random-subset curricula
-            train(union, cfg.eval_epochs, cfg.eval_batch)
+            train(union, cfg.eval_epochs, cfg.eval_batch, cfg.eval_precision)
         if i in cfg.base_stages() and i > 1:  # the base method alone at this IPC (stage 1 is PDD's own)
             distil(union, [])
             for _ in range(cfg.eval_models):
-                train(union, cfg.eval_epochs, cfg.eval_batch)
+                train(union, cfg.eval_epochs, cfg.eval_batch, cfg.eval_precision)
     union_last = classes * cfg.ipc * mult
     data_bytes = 4 * ch * size * size * (n_train + union_last) * 2
     mem = data_bytes + RUNTIME_BYTES
     mem += (memory or extra_memory)(cfg, ch, size, classes, union_last, n_train, device)
-    return Estimate(STARTUP_S + calls * per_call + samples * per_sample, int(mem), per_call, per_sample)
+    costs = {p: (cost or pass_cost)(*cost_key(cfg, device, shape, p)) for p in work}
+    seconds = sum(calls * costs[p][0] + samples * costs[p][1] for p, (calls, samples) in work.items())
+    per_call, per_sample = costs["float32"]
+    return Estimate(STARTUP_S + seconds, int(mem), per_call, per_sample)

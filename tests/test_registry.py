@@ -110,3 +110,26 @@ def test_a_dataset_source_registered_in_one_place_reaches_every_front_end(toyset
     assert 0 < small.peak_bytes < default.peak_bytes  # the estimate read the registered shape
     with pytest.raises(ConfigError, match="unknown dataset 'toyz'.*toyset.*'folder:/path'"):
         DistillConfig(dataset="toyz")
+
+
+def test_the_estimate_prices_each_phase_in_its_own_arithmetic():
+    """``precision`` prices the matching and ``eval_precision`` the evaluation at costs timed in their own
+    arithmetic (bf16: faster, or several times slower where emulated); transitions and experts stay float32."""
+    from pdd_engine.estimate import STARTUP_S
+    asked = []
+
+    def cost(*key):  # seconds per sample: 1 in float32, 0.5 in bf16; nothing per call
+        asked.append(key[-1])
+        return 0.0, 1.0 if key[-1] == "float32" else 0.5
+    shape, memory = (1, 8, 10, 1000), (lambda *a: 0)
+    base = DistillConfig(dataset="digits", stages=2, ipc=10, compare_base="off", eval_models=3, eval_epochs=300)
+    seconds = {(m, e): estimate(base.replace(precision=m, eval_precision=e), shape, cost=cost, memory=memory).seconds
+               for m in ("float32", "bfloat16") for e in ("float32", "bfloat16")}
+    assert set(asked) == {"float32", "bfloat16"}
+    f32 = seconds["float32", "float32"]
+    evaluation = 2 * 3 * (10 * 5 + 10 * 10) * 300  # samples: 2 curricula x 3 networks over U_1 (50) and U_2 (100)
+    assert f32 - seconds["float32", "bfloat16"] == pytest.approx(0.5 * evaluation)
+    transitions = 16 * 50 * 50  # float32 always: stage 2's pool of 16 DM networks, 50 epochs on U_1
+    matching = f32 - STARTUP_S - evaluation - transitions
+    assert f32 - seconds["bfloat16", "float32"] == pytest.approx(0.5 * matching) and matching > 0
+    assert seconds["bfloat16", "bfloat16"] == pytest.approx(STARTUP_S + transitions + 0.5 * (matching + evaluation))
