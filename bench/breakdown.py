@@ -41,7 +41,7 @@ def workload(name: str, tiny: bool):
     import torch
     from pdd_engine import DistillConfig
     from pdd_engine.data import dataset_for
-    from pdd_engine.evaluate import BatchedCurriculum, EvalProtocol, random_subset
+    from pdd_engine.evaluate import BatchedCurriculum, Curriculum, EvalProtocol, random_subset
     from pdd_engine.methods import get_method
     from pdd_engine.methods.mtt import EXPERT_BATCH
     from pdd_engine.progressive import stage_context
@@ -67,8 +67,9 @@ def workload(name: str, tiny: bool):
         x, y = ds.x_train[:EXPERT_BATCH], ds.y_train[:EXPERT_BATCH]
         return lambda: train_epochs(net, x, y, 1, opt, 0.01, EXPERT_BATCH, ctx.aug, 0, decay_at_half=False)
     x, y = random_subset(ds, 0, 10, 0)
-    cur = BatchedCurriculum(ds, EvalProtocol(epochs=1, models=5, depth=base["depth"], width=base["width"]),
-                            torch.device("cpu"))
+    proto = EvalProtocol(epochs=1, models=5, depth=base["depth"], width=base["width"],
+                         precision="bfloat16" if name == "eval_bf16" else "float32")
+    cur = (BatchedCurriculum if name == "eval" else Curriculum)(ds, proto, torch.device("cpu"))
     cur.test_accuracy = lambda: []  # an epoch of training; the test pass is timed in bench/speed.py
     return lambda: cur.train_stage(x, y)
 
@@ -76,8 +77,10 @@ def workload(name: str, tiny: bool):
 def child(name: str, tiny: bool, unchunked: bool) -> dict:
     import torch
     from torch.profiler import ProfilerActivity, profile
+    from pdd_engine.device import tune_allocator
     if unchunked:
         unchunk()
+    tune_allocator()  # as every run does
     call = workload(name, tiny)
     call()
     t = time.perf_counter()
@@ -96,7 +99,9 @@ def child(name: str, tiny: bool, unchunked: bool) -> dict:
 
 
 TARGETS = {"dm": "DM iteration (loss + backward)", "mtt": "MTT iteration, syn_steps 10 (loss + backward)",
-           "expert": "expert step (256 real images)", "eval": "evaluation epoch (5 networks, 100 images, vmap)"}
+           "expert": "expert step (256 real images)", "eval": "evaluation epoch (5 networks, 100 images, vmap)",
+           "eval_seq": "evaluation epoch (5 networks, 100 images, sequential: a CPU run's path at this size)",
+           "eval_bf16": "the same, eval_precision bfloat16"}
 
 
 def main() -> int:
