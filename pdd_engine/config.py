@@ -233,6 +233,11 @@ def _check(ok: bool, problem: str, fix: str) -> None:
         raise ConfigError(problem, fix)
 
 
+def check_precision(name: str, value: str) -> None:
+    """A ``Precision`` setting (the config's two, a bundle re-evaluation's), or a one-line error naming it."""
+    _check(value in get_args(Precision), f"unknown {name} '{value}'", "use float32 or bfloat16")
+
+
 def validate(c: DistillConfig) -> None:
     """Reject bad values and combinations with a message that names the fix."""
     from .methods import REGISTRY  # the registry imports torch; config itself does not
@@ -265,9 +270,8 @@ def validate(c: DistillConfig) -> None:
     _check(c.width <= 1024, f"width {c.width} is out of range", "use a width from 1 to 1024")
     _check(c.norm in get_args(Norm), f"unknown norm '{c.norm}'", "use instance, batch or none")
     _check(c.device in get_args(Device), f"unknown device '{c.device}'", "use auto, cpu or cuda")
-    _check(c.precision in get_args(Precision), f"unknown precision '{c.precision}'", "use float32 or bfloat16")
-    _check(c.eval_precision in get_args(Precision), f"unknown eval_precision '{c.eval_precision}'",
-           "use float32 or bfloat16")
+    check_precision("precision", c.precision)
+    check_precision("eval_precision", c.eval_precision)
     _check(c.init in ("real", "noise"), f"unknown init '{c.init}'", "use real or noise")
     _check(c.transition in ("chain", "fresh"), f"unknown transition '{c.transition}'", "use chain or fresh")
     _check(c.compare_base in ("final", "every", "off"), f"unknown compare_base '{c.compare_base}'",

@@ -116,8 +116,8 @@ class Curriculum:
         """Continue every network on (x, y) for ``epochs`` (the next stage), without a test pass."""
         self.stage += 1
         x, y = x.to(self.device), y.to(self.device)
-        for k, net, opt in zip(self.ids, self.nets, self.opts):
-            with self.arithmetic():
+        with self.arithmetic():
+            for k, net, opt in zip(self.ids, self.nets, self.opts):
                 train_epochs(net, x, y, self.proto.epochs, opt, lr or self.proto.lr, self.proto.batch, self.proto.aug,
                              seed_of(self.proto.seed, 2000 + k, self.stage))
 

@@ -24,7 +24,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, get_args
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ from PIL import Image
 
 from . import __version__
 from .cache import Store
-from .config import DistillConfig, Precision
+from .config import DistillConfig, check_precision
 from .data import Dataset, dataset_for, dataset_info, to_uint8
 from .device import resolve_device, tune_allocator
 from .errors import BundleError, PDDError
@@ -254,8 +254,7 @@ def evaluate_bundle(path: str | Path, arch: Optional[str] = None, epochs: Option
     if arch:
         changes.update(arch_changes(arch))
     if precision:
-        if precision not in get_args(Precision):
-            raise PDDError(f"unknown precision '{precision}'", "use float32 or bfloat16")
+        check_precision("precision", precision)
         changes["precision"] = precision
     proto = EvalProtocol(**{**proto.to_dict(), **changes})
     tune_allocator()
