@@ -1,5 +1,7 @@
 """Speed and memory on this machine: methods, evaluation, transition, MTT unroll memory, threads,
-and (``--only variants``) bf16 autocast and ``torch.compile`` against plain float32.
+and (``--only variants``) bf16 autocast and ``torch.compile`` against plain float32; ``--only reference``
+the reference code's configurations, ``--only chunks`` those rows by chunk size, ``--only ceiling`` the
+floor this machine's arithmetic puts under them.
 
     .venv/bin/python bench/speed.py            # prints markdown tables, writes bench/results/speed.json/.md
     .venv/bin/python bench/speed.py --only variants --out bench/results/speed_variants
@@ -300,8 +302,61 @@ def m_executor(a: dict) -> dict:
             "checksum": float(trajectories.sum()), "eval_acc": [acc for _, part in evaluated for acc in part]}
 
 
+def m_peak(a: dict) -> dict:
+    """How fast this machine runs the reference network's convolutions, and the floor that puts under a
+    forward pass and a training step: each convolution (forward; backward for the weights and, but in the
+    first layer, the input) timed alone at a few batch sizes in float32 and bf16, its best rate kept. The
+    floor per image is each convolution's FLOPs at its own best rate, summed, with nothing else (norms,
+    ReLUs, pools, augmentation, the optimiser, the classifier) taking time: an empirical ceiling, what
+    oneDNN's kernels reach here, not the data sheet's. A 2048 x 2048 matrix product is shown beside."""
+    import torch
+    import torch.nn.functional as F
+    from pdd_engine.models import ConvNet
+
+    torch.set_num_threads(a["threads"])
+    torch.manual_seed(0)
+    net = ConvNet(1, 10, a["size"], a["depth"], a["width"])
+    convs = [m for m in net.features if isinstance(m, torch.nn.Conv2d)]
+    shapes, x = [], torch.zeros(1, 1, a["size"], a["size"])
+    for block in net.features:  # each convolution's input shape, for one image
+        if isinstance(block, torch.nn.Conv2d):
+            shapes.append(x.shape[1:])
+        x = block(x)
+
+    def rate(fn, flop: float) -> float:
+        fn()
+        t = time.perf_counter()
+        for _ in range(a["reps"]):
+            fn()
+        return flop * a["reps"] / (time.perf_counter() - t) / 1e9
+
+    out = {}
+    for prec, dt in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+        m = torch.randn(2048, 2048, dtype=dt)
+        layers, floor = [], {"forward": 0.0, "train": 0.0, "train_input_grad": 0.0}
+        for i, (conv, shape) in enumerate(zip(convs, shapes)):
+            w = conv.weight.detach().to(dt).requires_grad_(True)
+            fwd = bwd_w = bwd_x = 0.0
+            for n in a["batches"]:
+                xi = torch.randn(n, *shape, dtype=dt, requires_grad=True)
+                with torch.no_grad():
+                    flop = 2 * F.conv2d(xi, w, padding=conv.padding).numel() * w[0].numel() / n  # per image
+                    fwd = max(fwd, rate(lambda: F.conv2d(xi, w, padding=conv.padding), flop * n))
+                y = F.conv2d(xi, w, padding=conv.padding)
+                g = torch.randn_like(y)
+                bwd_w = max(bwd_w, rate(lambda: torch.autograd.grad(y, [w], g, retain_graph=True), flop * n))
+                bwd_x = max(bwd_x, rate(lambda: torch.autograd.grad(y, [xi, w], g, retain_graph=True), 2 * flop * n))
+            layers.append({"mflop": flop / 1e6, "forward": fwd, "backward_weights": bwd_w, "backward": bwd_x})
+            floor["forward"] += flop / fwd
+            floor["train"] += flop / fwd + (2 * flop / bwd_x if i else flop / bwd_w)
+            floor["train_input_grad"] += flop / fwd + 2 * flop / bwd_x
+        out[prec] = {"matmul_gflops": rate(lambda: m @ m, 2 * 2048 ** 3), "layers": layers,
+                     "floor_s_per_image": {k: v / 1e9 for k, v in floor.items()}}
+    return out
+
+
 CHILDREN = {"method": m_method, "eval": m_eval, "transition": m_transition, "unroll": m_unroll,
-            "executor": m_executor, "expert": m_expert, "run": m_run}
+            "executor": m_executor, "expert": m_expert, "run": m_run, "peak": m_peak}
 
 
 def child(name: str, **kw) -> dict:
@@ -332,6 +387,9 @@ def main() -> int:
         a = json.loads(args.child[1])
         if a.get("unchunked"):
             unchunk()
+        if a.get("chunk_mb"):
+            import pdd_engine.models
+            pdd_engine.models.CHUNK_BYTES = int(a["chunk_mb"] * 2 ** 20)
         if not a.get("plain"):  # the engine's allocator settings, as in a run; the plain loop runs as PyTorch does
             from pdd_engine.device import tune_allocator
             tune_allocator()
@@ -581,10 +639,76 @@ def section_reference(args, report: dict) -> str:
     return table(title, ["row", "unit", "engine", "reference", "engine / reference", "notes"], rows) + note
 
 
+def section_chunks(args, report: dict) -> str:
+    """The reference rows at several cache-sized chunk sizes (models.CHUNK_BYTES, the first block's
+    activation per pass, sized in the arithmetic the convolutions run in), in float32 and bf16: the
+    measurement CHUNK_BYTES was chosen by. Experts train in float32 whatever the precision."""
+    tiny = args.tiny
+    base = reference_cfg(tiny)
+    ev = dict(dataset=base["dataset"], depth=base["depth"], width=base["width"], ipc=10, models=5, threads=2,
+              epochs=2 if tiny else 20, batched=False)
+    rows = []
+    for mb in (8, 16) if tiny else (4, 8, 16, 32):
+        for prec in ("float32", "bfloat16"):
+            dm = attempt("method", cfg=dict(base, method="dm", batch_real=256, precision=prec),
+                         iters=1 if tiny else 5, chunk_mb=mb)
+            mtt = attempt("method", cfg=dict(base, **REFERENCE_MTT, syn_steps=2 if tiny else 10, precision=prec),
+                          iters=1 if tiny else 2, chunk_mb=mb)
+            ex = attempt("expert", cfg=dict(base, method="mtt"), steps=2 if tiny else 10, chunk_mb=mb) \
+                if prec == "float32" else {}
+            ev_r = attempt("eval", **ev, variant="bf16" if prec == "bfloat16" else "plain", chunk_mb=mb)
+            report[f"chunks_{mb}_{prec}"] = {"dm": dm, "mtt10": mtt, "expert": ex, "eval": ev_r}
+            rows.append([mb, prec] + [f"{1 / r['it_per_s']:.2f}" if "it_per_s" in r else r.get("failed", "failed")
+                                      for r in (dm, mtt)]
+                        + [f"{ex['step_s']:.3f}" if "step_s" in ex else ex.get("failed", "– (float32)"),
+                           f"{ev_r['train_images_per_s']:.0f}" if "train_images_per_s" in ev_r
+                           else ev_r.get("failed", "failed")])
+    title = ("Chunk sizes on the reference configurations (MNIST, width 128; DM batch_real 256, MTT syn_steps 10, "
+             "expert step of 256 images, evaluation 5 networks x 20 epochs on 100 images, sequential)")
+    return table(title, ["chunk MiB", "precision", "DM s/iter", "MTT s/iter", "expert s/step",
+                         "evaluation training images/s"], rows)
+
+
+def section_ceiling(args, report: dict) -> str:
+    """The floor the machine's arithmetic puts under the DM and evaluation targets: each convolution of
+    the reference network at the best rate this machine ran it (``m_peak``), nothing else taking time,
+    beside the target (DM: 0.5 x the reference's seconds per iteration; evaluation: 2 x the plain loop's
+    training images/s, measured in this run). Where the floor misses a target, no implementation that
+    does the network's arithmetic as these kernels do can meet it here."""
+    tiny = args.tiny
+    base = reference_cfg(tiny)
+    size = 28 if base["dataset"] == "mnist" else 8
+    ref_dm = load_reference(args.reference).get("DM iteration")
+    peak = attempt("peak", size=size, depth=base["depth"], width=base["width"], threads=2,
+                   batches=[16] if tiny else [16, 32, 64], reps=2 if tiny else 10)
+    report["ceiling_peak"] = peak
+    if "failed" in peak:
+        return f"**Arithmetic ceiling**: failed: {peak['failed']}\n"
+    ev = dict(dataset=base["dataset"], depth=base["depth"], width=base["width"], ipc=10, models=5, threads=2,
+              epochs=2 if tiny else 20)
+    plain = attempt("eval", **ev, plain=True, batched=False).get("train_images_per_s")
+    report["ceiling_plain_eval"] = plain
+    rows = []
+    for prec in ("float32", "bfloat16"):
+        p = peak[prec]
+        floor = p["floor_s_per_image"]
+        dm = 2560 * floor["forward"] + 100 * floor["train_input_grad"]  # 256 real images x 10 classes; IPC 10
+        rates = ", ".join(f"{layer['forward']:.0f}/{layer['backward']:.0f}" for layer in p["layers"])
+        rows.append([prec, rates, f"{p['matmul_gflops']:.0f}", f"{dm:.2f}", f"{0.5 * ref_dm:.2f}" if ref_dm else "–",
+                     f"{1 / floor['train']:.0f}", f"{2 * plain:.0f}" if plain else "–"])
+    mflop = " + ".join(f"{layer['mflop']:.1f}" for layer in peak["float32"]["layers"])
+    title = (f"Arithmetic ceiling ({base['dataset']}, depth {base['depth']}, width {base['width']}; convolutions "
+             f"{mflop} MFLOP per image forward; a DM iteration = 2,560 real images forward + 100 synthetic forward "
+             f"and backward; the plain evaluation loop in this run: {plain or 0:.0f} training images/s)")
+    return table(title, ["arithmetic", "each convolution's best GFLOP/s (forward/backward)", "matmul 2048 GFLOP/s",
+                         "DM floor s/iter", "DM target s/iter", "evaluation ceiling training images/s",
+                         "evaluation target images/s"], rows)
+
+
 SECTIONS = {"methods": section_methods, "eval": section_eval, "eval_widths": section_eval_widths,
             "transition": section_transition,
             "unroll": section_unroll, "variants": section_variants, "executor": section_executor,
-            "reference": section_reference}
+            "reference": section_reference, "chunks": section_chunks, "ceiling": section_ceiling}
 
 
 if __name__ == "__main__":

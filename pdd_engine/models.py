@@ -33,6 +33,14 @@ def norm_layer(kind: str, width: int) -> nn.Module:
 CHUNK_BYTES: int | None = 8 * 2 ** 20
 
 
+def activation_bytes(x: torch.Tensor) -> int:
+    """Bytes per element of the activations ``x`` makes on the CPU: bf16's 2 under CPU bf16 autocast
+    (the convolutions' outputs), else ``x``'s own."""
+    if x.is_floating_point() and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16:
+        return 2
+    return x.element_size()
+
+
 class Pool2(nn.Module):
     """2x2 average pooling, stride 2 (odd sizes drop the last row/column, as ``nn.AvgPool2d(2)``).
 
@@ -48,6 +56,22 @@ class Pool2(nn.Module):
         x = x[..., : x.shape[-2] // 2 * 2, : x.shape[-1] // 2 * 2]
         rows = x[..., 0::2] + x[..., 1::2]
         return (rows[..., 0::2, :] + rows[..., 1::2, :]).mul_(0.25)
+
+
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` (same parameters, same ``padding``, same results) that on a CPU runs a zero padding
+    wider than 1 as an explicit pad of the input, then a padding-1 convolution: oneDNN's kernels for
+    MNIST's first convolution (one channel, padding 3) trained 1.5-2.7x slower than for the same
+    convolution on the input padded 28 -> 30 px beforehand (float32, 16-32 images: 2.9 -> 1.9 and
+    7.7 -> 4.3 ms for forward and backward; bf16 2.2-2.6x; scratch timing, issue 10's closing note).
+    The outputs equal nn.Conv2d's to the last bit in float32 (the same products over the same zeros); the
+    weights' gradient up to summation order."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.padding
+        if x.device.type != "cpu" or self.padding_mode != "zeros" or isinstance(p, str) or p[0] != p[1] or p[0] < 2:
+            return super().forward(x)
+        return F.conv2d(F.pad(x, (p[0] - 1,) * 4), self.weight, self.bias, self.stride, 1, self.dilation, self.groups)
 
 
 def first_padding(channels: int, size: int) -> int:
@@ -67,7 +91,7 @@ class ConvNet(nn.Module):
         c, s = channels, size + 2 * pad - 2  # s: the map after the first convolution
         self.first_bytes = width * s * s
         for _ in range(depth):
-            layers += [nn.Conv2d(c, width, 3, padding=pad), norm_layer(norm, width), nn.ReLU(inplace=True)]
+            layers += [Conv2d(c, width, 3, padding=pad), norm_layer(norm, width), nn.ReLU(inplace=True)]
             pad = 1
             if s >= 2:
                 layers.append(Pool2())
@@ -90,11 +114,13 @@ class ConvNet(nn.Module):
 
     def chunk_size(self, x: torch.Tensor) -> int:
         """Images per pass: all of them on a GPU or under batch norm, else as many as keep the first block's
-        activation within ``chunk_bytes`` (see CHUNK_BYTES). Results equal the unchunked ones up to
-        float summation order, since every other layer is per-sample."""
+        activation within ``chunk_bytes`` (see CHUNK_BYTES), sized in the arithmetic the convolutions run
+        in: bf16 under CPU autocast (``precision`` / ``eval_precision`` bfloat16), so twice the images of
+        float32. Results equal the unchunked ones up to float summation order, since every other layer is
+        per-sample."""
         if self.chunk_bytes is None or x.device.type != "cpu" or self.batch_norm:
             return len(x)
-        return max(1, self.chunk_bytes // (self.first_bytes * x.element_size()))
+        return max(1, self.chunk_bytes // (self.first_bytes * activation_bytes(x)))
 
 
 class BasicBlock(nn.Module):

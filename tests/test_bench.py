@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -88,3 +90,22 @@ def test_quality_table_puts_the_reference_codes_accuracy_beside_the_engines_rows
     import pytest
     with pytest.raises(SystemExit, match="lacks accuracies. Fix: give every row those keys"):
         quality.load_reference(str(tmp_path / "bad.json"))
+
+
+def test_the_arithmetic_ceiling_is_each_convolutions_flops_at_its_own_measured_rate():
+    """bench/speed.py's ceiling: the floor per image is every convolution's FLOPs at the best rate measured
+    for it (forward; backward for the weights only in the first layer, whose input is the images, unless
+    the images' gradient is wanted too, as DM's synthetic set does)."""
+    sys.path.insert(0, str(ROOT))
+    from bench.speed import m_peak
+    r = m_peak({"size": 28, "depth": 2, "width": 8, "threads": 1, "batches": [2], "reps": 1})
+    for prec in ("float32", "bfloat16"):
+        layers, floor = r[prec]["layers"], r[prec]["floor_s_per_image"]
+        assert [round(layer["mflop"], 6) for layer in layers] == [
+            2 * (32 * 32 * 8) * (1 * 9) / 1e6,  # 28 px padded by 3: 32 x 32 maps, 8 filters over 1 channel
+            2 * (16 * 16 * 8) * (8 * 9) / 1e6]  # pooled to 16 x 16, 8 filters over 8 channels
+        at = [(layer["mflop"] / 1e3 / layer["forward"], layer["mflop"] / 1e3 / layer["backward_weights"],
+               2 * layer["mflop"] / 1e3 / layer["backward"]) for layer in layers]  # seconds per image
+        assert floor["forward"] == pytest.approx(sum(f for f, _, _ in at))
+        assert floor["train"] == pytest.approx(at[0][0] + at[0][1] + at[1][0] + at[1][2])
+        assert floor["train_input_grad"] == pytest.approx(sum(f + b for f, _, b in at))

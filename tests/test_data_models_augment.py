@@ -128,6 +128,44 @@ def test_chunked_convnet_gives_the_unchunked_outputs_and_gradients(norm):
         torch.testing.assert_close(chunked, whole, rtol=1e-4, atol=1e-5)
 
 
+def test_chunks_are_sized_in_the_arithmetic_the_convolutions_run_in():
+    """Under CPU bf16 autocast the activations are 2-byte, so a chunk holds twice the images of float32."""
+    net = ConvNet(1, 10, 28, depth=3, width=16)
+    net.chunk_bytes = net.first_bytes * 4 * 8  # 8 float32 images
+    x = torch.randn(70, 1, 28, 28)
+    assert net.chunk_size(x) == 8
+    with torch.autocast("cpu", torch.bfloat16):
+        assert net.chunk_size(x) == 16
+    with torch.autocast("cpu", torch.float16):
+        assert net.chunk_size(x) == 8
+
+
+@pytest.mark.parametrize("padding", [0, 1, 2, 3])
+def test_the_explicitly_padded_convolution_is_conv2d_in_value_gradient_and_under_vmap(padding):
+    """models.Conv2d pads a wide zero padding explicitly on a CPU (faster oneDNN kernels): the outputs and
+    every gradient are nn.Conv2d's (the weights' up to summation order), with the same parameters and
+    padding attribute, and it runs in vmap."""
+    from pdd_engine.models import Conv2d
+    torch.manual_seed(0)
+    ours = Conv2d(1, 8, 3, padding=padding)
+    theirs = torch.nn.Conv2d(1, 8, 3, padding=padding)
+    theirs.load_state_dict(ours.state_dict())
+    assert ours.padding == theirs.padding == (padding, padding)
+    x = torch.randn(5, 1, 28, 28, requires_grad=True)
+    results = []
+    for conv in (ours, theirs):
+        x.grad = None
+        out = conv(x)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append((out.detach(), x.grad.clone(), conv.weight.grad.clone(), conv.bias.grad.clone()))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=0)  # the outputs: bit for bit
+    params = {k: v.detach().unsqueeze(0).repeat(2, *([1] * v.dim())) for k, v in ours.named_parameters()}
+    batched = torch.func.vmap(lambda p, xb: torch.func.functional_call(ours, p, (xb,)))(params, x.detach().expand(2, *x.shape))
+    torch.testing.assert_close(batched[1], theirs(x).detach())
+
+
 def test_parse_arch_and_resnet():
     assert parse_arch("convnet-d4-w64") == {"family": "convnet", "depth": 4, "width": 64}
     assert parse_arch("resnet")["norm"] == "batch"
