@@ -33,12 +33,15 @@ def norm_layer(kind: str, width: int) -> nn.Module:
 CHUNK_BYTES: int | None = 8 * 2 ** 20
 
 
+def cpu_bf16_autocast() -> bool:
+    """Whether CPU work runs under bf16 autocast (``precision`` / ``eval_precision`` bfloat16)."""
+    return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
 def activation_bytes(x: torch.Tensor) -> int:
     """Bytes per element of the activations ``x`` makes on the CPU: bf16's 2 under CPU bf16 autocast
     (the convolutions' outputs), else ``x``'s own."""
-    if x.is_floating_point() and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16:
-        return 2
-    return x.element_size()
+    return 2 if x.is_floating_point() and cpu_bf16_autocast() else x.element_size()
 
 
 class Pool2(nn.Module):
@@ -59,17 +62,20 @@ class Pool2(nn.Module):
 
 
 class Conv2d(nn.Conv2d):
-    """``nn.Conv2d`` (same parameters, same ``padding``, same results) that on a CPU runs a zero padding
-    wider than 1 as an explicit pad of the input, then a padding-1 convolution: oneDNN's kernels for
-    MNIST's first convolution (one channel, padding 3) trained 1.5-2.7x slower than for the same
-    convolution on the input padded 28 -> 30 px beforehand (float32, 16-32 images: 2.9 -> 1.9 and
-    7.7 -> 4.3 ms for forward and backward; bf16 2.2-2.6x; scratch timing, issue 10's closing note).
-    The outputs equal nn.Conv2d's to the last bit in float32 (the same products over the same zeros); the
-    weights' gradient up to summation order."""
+    """``nn.Conv2d`` (same parameters, same ``padding``, same results) that on a CPU may run a zero padding
+    wider than 1 as an explicit pad of the input, then a padding-1 convolution. oneDNN's kernels for
+    MNIST's first convolution (one channel, padding 3) trained the weights 1.5-2.7x slower than the same
+    convolution on the input padded 28 -> 32 px beforehand (float32, 16-32 images: 2.9 -> 1.9 and
+    7.7 -> 4.3 ms for forward and backward; bf16 2.2-2.6x), but in float32 the input's gradient
+    (DM's and MTT's synthetic images) came slower that way (16 images: 3.1 -> 5.3 ms), so it is used
+    where the input needs no gradient or under bf16 autocast (5.8 -> 4.2 ms); scratch timings, issue
+    10's closing note. The outputs equal nn.Conv2d's to the last bit in float32 (the same products over
+    the same zeros); the gradients up to summation order."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.padding
-        if x.device.type != "cpu" or self.padding_mode != "zeros" or isinstance(p, str) or p[0] != p[1] or p[0] < 2:
+        if (x.device.type != "cpu" or self.padding_mode != "zeros" or isinstance(p, str) or p[0] != p[1]
+                or p[0] < 2 or (x.requires_grad and not cpu_bf16_autocast())):
             return super().forward(x)
         return F.conv2d(F.pad(x, (p[0] - 1,) * 4), self.weight, self.bias, self.stride, 1, self.dilation, self.groups)
 

@@ -140,30 +140,36 @@ def test_chunks_are_sized_in_the_arithmetic_the_convolutions_run_in():
         assert net.chunk_size(x) == 8
 
 
-@pytest.mark.parametrize("padding", [0, 1, 2, 3])
-def test_the_explicitly_padded_convolution_is_conv2d_in_value_gradient_and_under_vmap(padding):
-    """models.Conv2d pads a wide zero padding explicitly on a CPU (faster oneDNN kernels): the outputs and
-    every gradient are nn.Conv2d's (the weights' up to summation order), with the same parameters and
-    padding attribute, and it runs in vmap."""
+@pytest.mark.parametrize("padding, input_grad, bf16", [(p, g, b) for p in (0, 1, 2, 3) for g in (False, True)
+                                                      for b in (False, True)])
+def test_the_explicitly_padded_convolution_is_conv2d_in_value_gradient_and_under_vmap(padding, input_grad, bf16):
+    """models.Conv2d pads a wide zero padding explicitly on a CPU where that is faster (no input gradient,
+    or bf16 autocast): the outputs and every gradient are nn.Conv2d's (up to summation order), with the
+    same parameters and padding attribute, and it runs in vmap (the batched evaluation)."""
     from pdd_engine.models import Conv2d
     torch.manual_seed(0)
     ours = Conv2d(1, 8, 3, padding=padding)
     theirs = torch.nn.Conv2d(1, 8, 3, padding=padding)
     theirs.load_state_dict(ours.state_dict())
     assert ours.padding == theirs.padding == (padding, padding)
-    x = torch.randn(5, 1, 28, 28, requires_grad=True)
+    x = torch.randn(5, 1, 28, 28, requires_grad=input_grad)
     results = []
     for conv in (ours, theirs):
         x.grad = None
-        out = conv(x)
-        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
-        results.append((out.detach(), x.grad.clone(), conv.weight.grad.clone(), conv.bias.grad.clone()))
+        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            out = conv(x)
+        (out.float() * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append([out.detach().float(), conv.weight.grad.clone(), conv.bias.grad.clone()]
+                       + ([x.grad.clone()] if input_grad else []))
+        conv.zero_grad()
+    tol = {"rtol": 2e-2, "atol": 2e-1} if bf16 else {"rtol": 1e-4, "atol": 1e-3}
     for a, b in zip(*results):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)
-    torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=0)  # the outputs: bit for bit
+        torch.testing.assert_close(a, b, **tol)
+    if not bf16:
+        torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=0)  # the outputs: bit for bit
     params = {k: v.detach().unsqueeze(0).repeat(2, *([1] * v.dim())) for k, v in ours.named_parameters()}
     batched = torch.func.vmap(lambda p, xb: torch.func.functional_call(ours, p, (xb,)))(params, x.detach().expand(2, *x.shape))
-    torch.testing.assert_close(batched[1], theirs(x).detach())
+    torch.testing.assert_close(batched[1], theirs(x.detach()).detach())
 
 
 def test_parse_arch_and_resnet():
