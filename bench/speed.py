@@ -555,8 +555,17 @@ TINY_CFG = {"dataset": "digits", "width": 16, "depth": 2}  # --tiny: the same ro
 REFERENCE_MTT = dict(method="mtt", max_train=2000, num_experts=1, max_start_epoch=1, expert_epochs=1, batch_syn=100)
 
 
+REFERENCE_DM = dict(method="dm", batch_real=256)
+
+
 def reference_cfg(tiny: bool) -> dict:
     return dict(REFERENCE_CFG, **(TINY_CFG if tiny else {}))
+
+
+def reference_eval(base: dict, tiny: bool) -> dict:
+    """The evaluation child's arguments at the reference configuration: 5 networks x 20 epochs on IPC 10."""
+    return dict(dataset=base["dataset"], depth=base["depth"], width=base["width"], ipc=base["ipc"], models=5,
+                threads=2, epochs=2 if tiny else 20)
 
 
 def unchunk() -> None:
@@ -587,7 +596,7 @@ def section_reference(args, report: dict) -> str:
                      ratio, extra])
 
     # the per-iteration rows: (name, report key, config, timed iterations)
-    iteration_rows = [("DM iteration", "dm", dict(base, method="dm", batch_real=256), 5)] + [
+    iteration_rows = [("DM iteration", "dm", dict(base, **REFERENCE_DM), 5)] + [
         (f"MTT iteration, syn_steps {steps}", f"mtt{steps}", dict(mtt, syn_steps=steps), 2)
         for steps in ((2,) if tiny else (10, 20))]
 
@@ -607,8 +616,7 @@ def section_reference(args, report: dict) -> str:
             f"{r.get('step_s', 0):.2f} s per step of 256 images, {r.get('train', 0)} images")
     # precision=bfloat16: the same rows with the matching under bf16 autocast (faster where the CPU has bf16)
     iterations(", precision bfloat16", " (bfloat16)", "; the reference runs float32", precision="bfloat16")
-    ev = dict(dataset=base["dataset"], depth=base["depth"], width=base["width"], ipc=10, models=5, threads=2,
-              epochs=2 if tiny else 20)
+    ev = reference_eval(base, tiny)
     plain = None
     for name, kw in (("evaluation, plain PyTorch loop", {"plain": True, "batched": False}),
                      ("evaluation, engine sequential", {"batched": False}),
@@ -624,7 +632,7 @@ def section_reference(args, report: dict) -> str:
         add(name, "training images/s", speed if speed else r.get("failed", "failed"),
             f"{r.get('speed_up_over_plain', 0):.2f} x the plain loop; test pass (5 x 10,000 images) "
             f"{r.get('test_s', 0):.0f} s; acc {100 * r.get('acc', 0):.1f} %")
-    run_cfg = dict(base, method="dm", batch_real=256, iterations=2 if tiny else 20, eval_epochs=2 if tiny else 20,
+    run_cfg = dict(base, **REFERENCE_DM, iterations=2 if tiny else 20, eval_epochs=2 if tiny else 20,
                    eval_models=3)
     r = attempt("run", cfg=run_cfg)
     report["reference_whole_run"] = r
@@ -648,12 +656,11 @@ def section_chunks(args, report: dict) -> str:
     measurement CHUNK_BYTES was chosen by. Experts train in float32 whatever the precision."""
     tiny = args.tiny
     base = reference_cfg(tiny)
-    ev = dict(dataset=base["dataset"], depth=base["depth"], width=base["width"], ipc=10, models=5, threads=2,
-              epochs=2 if tiny else 20, batched=False)
+    ev = dict(reference_eval(base, tiny), batched=False)
     rows = []
     for mb in (8, 16) if tiny else (4, 8, 16, 32):
         for prec in ("float32", "bfloat16"):
-            dm = attempt("method", cfg=dict(base, method="dm", batch_real=256, precision=prec),
+            dm = attempt("method", cfg=dict(base, **REFERENCE_DM, precision=prec),
                          iters=1 if tiny else 5, chunk_mb=mb)
             mtt = attempt("method", cfg=dict(base, **REFERENCE_MTT, syn_steps=2 if tiny else 10, precision=prec),
                           iters=1 if tiny else 2, chunk_mb=mb)
@@ -680,22 +687,22 @@ def section_ceiling(args, report: dict) -> str:
     does the network's arithmetic as these kernels do can meet it here."""
     tiny = args.tiny
     base = reference_cfg(tiny)
-    size = 28 if base["dataset"] == "mnist" else 8
+    size, classes = (28 if base["dataset"] == "mnist" else 8), 10  # MNIST, or --tiny's digits
     ref_dm = load_reference(args.reference).get("DM iteration")
     peak = attempt("peak", size=size, depth=base["depth"], width=base["width"], threads=2,
                    batches=[16] if tiny else [16, 32, 64], reps=2 if tiny else 10)
     report["ceiling_peak"] = peak
     if "failed" in peak:
         return f"**Arithmetic ceiling**: failed: {peak['failed']}\n"
-    ev = dict(dataset=base["dataset"], depth=base["depth"], width=base["width"], ipc=10, models=5, threads=2,
-              epochs=2 if tiny else 20)
+    ev = reference_eval(base, tiny)
     plain = attempt("eval", **ev, plain=True, batched=False).get("train_images_per_s")
     report["ceiling_plain_eval"] = plain
     rows = []
     for prec in ("float32", "bfloat16"):
         p = peak[prec]
         floor = p["floor_s_per_image"]
-        dm = 2560 * floor["forward"] + 100 * floor["train_input_grad"]  # 256 real images x 10 classes; IPC 10
+        # a DM iteration: batch_real real images per class forward, the IPC synthetic ones forward and backward
+        dm = classes * (REFERENCE_DM["batch_real"] * floor["forward"] + base["ipc"] * floor["train_input_grad"])
         rates = ", ".join(f"{layer['forward']:.0f}/{layer['backward' if i else 'backward_weights']:.0f}"
                           for i, layer in enumerate(p["layers"]))  # as a training step runs each
         rows.append([prec, rates, f"{p['matmul_gflops']:.0f}", f"{dm:.2f}", f"{0.5 * ref_dm:.2f}" if ref_dm else "–",

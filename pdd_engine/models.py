@@ -27,8 +27,10 @@ def norm_layer(kind: str, width: int) -> nn.Module:
 # through memory four times. Measured on the 2-core CI machine (32 MiB L3), MNIST, width 128
 # (bench/speed.py --only reference, its "unchunked" rows are the same code with this set to None): a DM
 # iteration 4.89 -> 3.41 s, an MTT iteration (10 steps) 16.1 -> 11.0 s, an expert epoch 275 -> 229 s;
-# chunks of 4 to 32 MiB measured alike. On the AVX-512 machine (same L3 size) 4 and 8 MiB measured best and
-# 16-32 MiB 1.8x slower (a no-grad forward of 2,560 images 1.6 vs 2.9 s; scratch, issue 10's closing note).
+# chunks of 4 to 32 MiB measured alike. On the AVX-512 machine (same L3 size), with the engine's allocator
+# settings, a float32 DM iteration measured alike at 8 and 16 MiB and slower at 32; the bytes are counted in
+# the arithmetic the convolutions run in (activation_bytes), since bf16 training ran faster at 32-64 images
+# per chunk than at 16 (bench/speed.py --only chunks; README, *Chunks in bf16*).
 # Per-sample norms only (instance, none): batch norm's statistics would change. None: never chunk.
 CHUNK_BYTES: int | None = 8 * 2 ** 20
 
