@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from bench.common import RESULTS, machine, write_report  # noqa: E402
 from bench.speed import REFERENCE_MTT, reference_cfg, table, unchunk  # noqa: E402
@@ -120,8 +119,8 @@ def main() -> int:
     md.append(f"Machine: {report['machine']['cpus']} CPUs, torch {report['machine']['torch']}; "
               f"{'without' if args.unchunked else 'with'} cache-sized chunks{' (--tiny)' if args.tiny else ''}.\n")
     for name in args.only:
-        cmd = [sys.executable, __file__, "--child", name] + ["--tiny"] * args.tiny + ["--unchunked"] * args.unchunked
-        p = subprocess.run(cmd, capture_output=True, text=True)
+        cmd = [sys.executable, "-m", "bench.breakdown", "--child", name] + ["--tiny"] * args.tiny + ["--unchunked"] * args.unchunked
+        p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         if p.returncode:
             raise SystemExit(f"{name}: {p.stderr.strip()[-400:]}")
         r = report[name] = json.loads(p.stdout.strip().splitlines()[-1])

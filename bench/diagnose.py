@@ -28,7 +28,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from pdd_engine import DistillConfig, distill  # noqa: E402
 from pdd_engine.__main__ import add_config_flags  # noqa: E402

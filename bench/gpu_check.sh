@@ -49,15 +49,15 @@ step() {  # step NAME LIMIT_S COMMAND...: run, log, and note the outcome in the 
 step tests 300 "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/test_cuda.py
 
 if [ $TINY = 1 ]; then
-  step speed "${GPU_CHECK_SPEED_S:-300}" "$PY" bench/speed.py --tiny --only variants --out "$OUT/speed"
-  step quality "${GPU_CHECK_QUALITY_S:-300}" "$PY" bench/quality.py --datasets digits --methods mtt --ipcs 2 \
+  step speed "${GPU_CHECK_SPEED_S:-300}" "$PY" -m bench.speed --tiny --only variants --out "$OUT/speed"
+  step quality "${GPU_CHECK_QUALITY_S:-300}" "$PY" -m bench.quality --datasets digits --methods mtt --ipcs 2 \
     --stages 1,2 --protocols paper --seeds 0 --iterations 2 --eval-epochs 2 --eval-models 1 --whole-epochs 0 \
     --extra '{"num_experts": 1, "max_start_epoch": 1, "expert_epochs": 1}' --out "$OUT/quality"
 else
-  step speed "${GPU_CHECK_SPEED_S:-300}" "$PY" bench/speed.py --only variants,unroll --out "$OUT/speed"
+  step speed "${GPU_CHECK_SPEED_S:-300}" "$PY" -m bench.speed --only variants,unroll --out "$OUT/speed"
   # MTT at width 128 on all of MNIST, P = 1 and P = 2 (paper protocol: each stage gets the full
   # iterations) over 3 seeds, the 6 runs at once on the one GPU.
-  step quality "${GPU_CHECK_QUALITY_S:-540}" "$PY" bench/quality.py --datasets mnist --methods mtt --ipcs 10 \
+  step quality "${GPU_CHECK_QUALITY_S:-540}" "$PY" -m bench.quality --datasets mnist --methods mtt --ipcs 10 \
     --stages 1,2 --protocols paper --seeds 0,1,2 --jobs 2 --seed-jobs 3 --threads 2 --iterations 200 \
     --eval-epochs 300 --eval-models 3 --whole-epochs 0 \
     --extra '{"width": 128, "num_experts": 5, "max_start_epoch": 3, "expert_epochs": 2}' --out "$OUT/quality"

@@ -34,7 +34,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from bench.common import RESULTS, machine, write_report  # noqa: E402
 
@@ -68,8 +67,8 @@ def child_main(cfg: dict, threads: int, whole_epochs: int) -> dict:
 
 
 def child(cfg: dict, threads: int, whole_epochs: int = 0) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(cfg), "--threads", str(threads),
-                          "--whole-epochs", str(whole_epochs)], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "bench.quality", "--child", json.dumps(cfg), "--threads", str(threads),
+                          "--whole-epochs", str(whole_epochs)], capture_output=True, text=True, cwd=ROOT)
     if out.returncode != 0:
         raise RuntimeError(out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "row failed")
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from bench.common import RESULTS, machine, write_report  # noqa: E402
 
@@ -363,7 +362,8 @@ CHILDREN = {"method": m_method, "eval": m_eval, "transition": m_transition, "unr
 
 
 def child(name: str, **kw) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", name, json.dumps(kw)], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "bench.speed", "--child", name, json.dumps(kw)], capture_output=True, text=True,
+                         cwd=ROOT)
     if out.returncode:
         raise RuntimeError(out.stderr.strip()[-500:])
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -9,7 +9,6 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.apphelpers import CHROMIUM, CHROMIUM_ARGS, running_app  # noqa: E402
 
 

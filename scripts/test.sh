@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
-# Set up (if needed) and run the whole test suite. `.ci/run` runs exactly this.
+# Set up (if needed) and run the tests. `.ci/run` runs exactly this, with no argument: the whole suite.
+#   scripts/test.sh           everything (the browser tests drive Debian's Chromium)
+#   scripts/test.sh quick     the unmarked tests only: the loop to run while coding (under 2 minutes)
+#   scripts/test.sh ARGS...   pytest ARGS (e.g. -k ownership, -m browser)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh dev
+if [ "${1:-}" = quick ]; then
+  shift
+  exec .venv/bin/python -m pytest -q -m "not slow and not browser and not ray and not bench and not cuda" "$@"
+fi
 # Browser tests drive Debian's Chromium (Playwright's own browser download cannot work offline).
 if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
     || echo "warning: could not install chromium; browser tests will fail in CI" >&2
 fi
-exec .venv/bin/python -m pytest -q tests "$@"
+exec .venv/bin/python -m pytest -q "$@"

@@ -1,13 +1,8 @@
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pdd_engine import DistillConfig  # noqa: E402
-from pdd_engine.cache import Store  # noqa: E402
+from pdd_engine import DistillConfig
+from pdd_engine.cache import Store
 
 torch.set_num_threads(2)
 

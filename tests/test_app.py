@@ -89,6 +89,7 @@ def wait(job, timeout=120):
     return job
 
 
+@pytest.mark.slow
 def test_worker_writes_the_bundle_before_done_and_the_manager_exports_cached_runs(tmp_path, tiny):
     from pathlib import Path
     m = JobManager(str(tmp_path / "cache"), threads=1, export_dir=str(tmp_path / "ex"))
@@ -107,6 +108,7 @@ def test_worker_writes_the_bundle_before_done_and_the_manager_exports_cached_run
         m.shutdown()
 
 
+@pytest.mark.slow
 def test_control_changes_never_time_networks_in_the_server(tmp_path, monkeypatch):
     import pdd_engine.estimate
     from app.ui import Studio
@@ -133,6 +135,7 @@ def test_control_changes_never_time_networks_in_the_server(tmp_path, monkeypatch
         m.shutdown()
 
 
+@pytest.mark.slow
 def test_engine_and_helper_exit_when_the_server_is_killed(tmp_path):
     import subprocess
     import sys
@@ -140,8 +143,7 @@ def test_engine_and_helper_exit_when_the_server_is_killed(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     server = subprocess.Popen([sys.executable, "-c", f"""
-import sys, time
-sys.path.insert(0, {str(root)!r})
+import time
 from app.jobs import JobManager
 from app.ui import control_values
 from pdd_engine import DistillConfig
@@ -152,7 +154,7 @@ while job.process is None or not job.events:
     time.sleep(0.1)
 print(job.process.pid, *m.helper()._processes, flush=True)
 time.sleep(600)
-"""], stdout=subprocess.PIPE, text=True)
+"""], stdout=subprocess.PIPE, text=True, cwd=root)
     children = [int(p) for p in server.stdout.readline().split()]
     assert len(children) == 2
     server.kill()  # kill -9: no atexit, no finally
@@ -169,6 +171,7 @@ time.sleep(600)
     assert not any(alive(p) for p in children)
 
 
+@pytest.mark.slow
 def test_a_failed_engine_start_fails_one_job_and_the_next_runs(tmp_path, tiny):
     m = JobManager(str(tmp_path / "cache"), threads=1)
     real = m.ctx.Process
@@ -194,6 +197,7 @@ def test_a_failed_engine_start_fails_one_job_and_the_next_runs(tmp_path, tiny):
         m.shutdown()
 
 
+@pytest.mark.slow
 def test_job_manager_queues_stops_and_survives_a_dead_engine(tmp_path):
     m = JobManager(str(tmp_path / "cache"), max_concurrent=1, threads=1)
     slow = DistillConfig.make(dict(stages=2, ipc=2, iterations=5000, eval_epochs=5, eval_models=1, dm_pool=1))
@@ -226,6 +230,7 @@ def follow(client, job_id):
     return updates, job.outputs()[-1]
 
 
+@pytest.mark.slow
 def test_client_run_streams_each_stage_then_caches_and_downloads(app_url):
     from gradio_client import Client
 
@@ -247,6 +252,7 @@ def test_client_run_streams_each_stage_then_caches_and_downloads(app_url):
     assert any(r[1] == "digits" and r[2] == "dm" for r in rows["data"])
 
 
+@pytest.mark.slow
 def test_client_stop_keeps_finished_stages_and_resume_continues(app_url):
     from gradio_client import Client
 
@@ -266,6 +272,7 @@ def test_client_stop_keeps_finished_stages_and_resume_continues(app_url):
     assert "computed stage(s) [2, 3]" in final[0]  # stage 1 came from the cache
 
 
+@pytest.mark.slow
 def test_invalid_input_is_a_message_not_a_trace(app_url):
     from gradio_client import Client
 
@@ -281,6 +288,7 @@ def test_invalid_input_is_a_message_not_a_trace(app_url):
     assert "No run with that id" in updates[-1]
 
 
+@pytest.mark.slow
 def test_stagewise_jobs_match_a_normal_run_one_call_per_stage(tmp_path, monkeypatch):
     """The ZeroGPU path: one (fake) spaces.GPU call per stage, same results as the worker process."""
     import sys
@@ -305,6 +313,7 @@ def test_stagewise_jobs_match_a_normal_run_one_call_per_stage(tmp_path, monkeypa
     assert view.done.accuracies == reference.accuracies
 
 
+@pytest.mark.slow
 def test_stagewise_jobs_with_the_real_spaces_package(tmp_path, monkeypatch):
     """The real ``spaces`` package (installed by the test command): outside a Space its GPU decorator
     hands back the function itself, and the stage-per-call path gives the normal run's results.
@@ -327,6 +336,7 @@ def test_stagewise_jobs_with_the_real_spaces_package(tmp_path, monkeypatch):
     m.shutdown()
 
 
+@pytest.mark.slow
 def test_hostile_upload_is_refused_with_the_reason(app_url, tmp_path):
     from gradio_client import Client, handle_file
 
@@ -381,6 +391,7 @@ print("TORCH" if any(m == "torch" or m.startswith("torch.") for m in sys.modules
 """
 
 
+@pytest.mark.slow
 def test_the_web_process_never_imports_torch(tmp_path, tiny):
     """Validation, estimates (timing and memory in the helper), the Runs tab, following a run and
     exporting one: the server process does all of it without importing torch."""
@@ -460,6 +471,7 @@ def upload_zip(tmp_path):
     return z
 
 
+@pytest.mark.slow
 def test_runs_and_uploads_belong_to_the_browser_that_made_them(tmp_path):
     """Client A uploads a zip and runs it; client B (another browser) cannot list, export or delete
     A's run, even knowing its key, and nobody can fetch the upload back through the file route."""
@@ -506,6 +518,7 @@ def test_runs_and_uploads_belong_to_the_browser_that_made_them(tmp_path):
         store.close()
 
 
+@pytest.mark.slow
 def test_public_runs_are_listed_for_every_browser(tmp_path):
     from gradio_client import Client
 
@@ -516,6 +529,7 @@ def test_public_runs_are_listed_for_every_browser(tmp_path):
         assert len(b.predict("owner-b", api_name="/runs")[0]["data"]) == 1
 
 
+@pytest.mark.slow
 def test_cached_replays_leave_descriptors_flat_and_old_jobs_are_forgotten(tmp_path):
     """Every finished job's queue and process handles are closed, and only the newest
     ``keep_finished`` finished jobs stay in memory (each holds its images)."""
@@ -539,6 +553,7 @@ def test_cached_replays_leave_descriptors_flat_and_old_jobs_are_forgotten(tmp_pa
         m.shutdown()
 
 
+@pytest.mark.slow
 def test_client_previews_datasets_and_evaluates_a_bundle_on_two_architectures(app_url, tmp_path, tiny, store):
     """The named API endpoints preview_dataset and evaluate_bundle; bad bundles are one-line messages."""
     from gradio_client import Client, handle_file

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.bench
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -24,8 +26,8 @@ def test_gpu_check_script_runs_on_cpu_with_tiny_sizes(tmp_path):
 
 
 def test_profile_script_breaks_a_dm_iteration_and_an_evaluation_epoch_down_by_operator(tmp_path):
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "breakdown.py"), "--tiny", "--only", "dm,eval",
-                          "--out", str(tmp_path / "breakdown")], capture_output=True, text=True, timeout=600)
+    out = subprocess.run([sys.executable, "-m", "bench.breakdown", "--tiny", "--only", "dm,eval",
+                          "--out", str(tmp_path / "breakdown")], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     import json
     report = json.loads((tmp_path / "breakdown.json").read_text())
@@ -39,8 +41,8 @@ def test_profile_script_breaks_a_dm_iteration_and_an_evaluation_epoch_down_by_op
 def test_executor_rows_give_the_same_experts_and_accuracies_on_every_executor(tmp_path):
     """bench/speed.py --only executor at toy sizes: local and Ray (1 and 2 workers) each time one stage's
     experts and 5-network evaluation, and agree on the trajectories and the accuracies."""
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "speed.py"), "--tiny", "--only", "executor",
-                          "--out", str(tmp_path / "speed")], capture_output=True, text=True, timeout=600)
+    out = subprocess.run([sys.executable, "-m", "bench.speed", "--tiny", "--only", "executor",
+                          "--out", str(tmp_path / "speed")], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     import json
     rows = json.loads((tmp_path / "speed.json").read_text())
@@ -56,7 +58,6 @@ def test_quality_table_puts_the_reference_codes_accuracy_beside_the_engines_rows
     get none, and a reference row without its accuracies is refused with the fix."""
     import json
     from argparse import Namespace
-    sys.path.insert(0, str(ROOT))
     from bench import quality
 
     row = {"dataset": "digits", "ipc": 10, "method": "dm", "protocol": "paper", "schedule": None,
@@ -96,7 +97,6 @@ def test_the_arithmetic_ceiling_is_each_convolutions_flops_at_its_own_measured_r
     """bench/speed.py's ceiling: the floor per image is every convolution's FLOPs at the best rate measured
     for it (forward; backward for the weights only in the first layer, whose input is the images, unless
     the images' gradient is wanted too, as DM's synthetic set does)."""
-    sys.path.insert(0, str(ROOT))
     from bench.speed import m_peak
     r = m_peak({"size": 28, "depth": 2, "width": 8, "threads": 1, "batches": [2], "reps": 1})
     for prec in ("float32", "bfloat16"):

@@ -7,6 +7,8 @@ import pytest
 
 from tests.apphelpers import CHROMIUM, CHROMIUM_ARGS, running_app, tampered_copy
 
+pytestmark = pytest.mark.browser
+
 if not os.path.exists(CHROMIUM):
     if os.environ.get("CI"):
         raise RuntimeError(f"{CHROMIUM} is missing: scripts/test.sh installs Debian's chromium in CI")

@@ -50,6 +50,7 @@ def ray_executor(cluster, monkeypatch):
     ex.close()
 
 
+@pytest.mark.ray
 def test_ray_gives_the_local_executors_stages_and_accuracies(ray_executor, tiny, tmp_path, digits):
     """Every kind of unit on Ray (MTT's experts, the easy-example scorers, one evaluation network per
     unit) gives the local executor's stages, experts and accuracies; the dataset goes to the object
@@ -70,11 +71,13 @@ def test_ray_gives_the_local_executors_stages_and_accuracies(ray_executor, tiny,
     assert ray_executor.puts["x"] == 1 and "real_x" not in ray_executor.puts and ray_executor.puts["ds"] == 1
 
 
+@pytest.mark.ray
 def test_a_killed_ray_worker_is_retried_and_the_map_finishes(ray_executor, tmp_path):
     assert ray_executor.map(die_once, [1, 2], {"dir": str(tmp_path)}) == [10, 20]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["died-1", "died-2"]
 
 
+@pytest.mark.ray
 def test_stop_cancels_outstanding_ray_tasks(ray_executor, tmp_path):
     t0 = time.time()
 
@@ -96,6 +99,7 @@ def test_local_is_the_default_and_an_unknown_executor_is_named(monkeypatch):
         make_executor("spark")
 
 
+@pytest.mark.ray
 def test_the_studios_executor_setting_runs_the_units_on_ray(cluster, tmp_path):
     """The page's Executor field reaches the engine: a run started with "ray" by an API client runs its
     units on the cluster (RAY_ADDRESS of the server) and says so when done."""

@@ -12,11 +12,18 @@ from pdd_engine.errors import BundleError, PDDError
 from pdd_engine.export import evaluate_bundle, export_bundle, load_bundle
 
 
-@pytest.fixture
-def bundle(tiny, store, tmp_path):
-    cfg = tiny(method="mtt")
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    """One finished MTT run's bundle, shared by the tests that only read it."""
+    from pdd_engine import DistillConfig
+    from pdd_engine.cache import Store
+    from tests.conftest import TINY
+
+    tmp = tmp_path_factory.mktemp("bundle")
+    cfg, store = DistillConfig.make({**TINY, "method": "mtt"}, other_methods="drop"), Store(tmp / "cache")
     distill(cfg, store)
-    return export_bundle(cfg, tmp_path / "run.zip", store), cfg
+    yield export_bundle(cfg, tmp / "run.zip", store), cfg
+    store.close()
 
 
 def test_bundle_contents_and_manifest(bundle):

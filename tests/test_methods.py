@@ -69,6 +69,7 @@ def test_method_lowers_its_own_loss(name, digits, tiny):
     ("dm", dict()),
     ("mtt", dict(syn_steps=10, num_experts=3)),
 ])
+@pytest.mark.slow
 def test_distilled_beats_random_subset_at_ipc1_over_seeds(name, extra):
     """Real runs on digits (IPC 1, P = 1): the distilled set must beat the random real subset."""
     for seed in range(3):
@@ -111,6 +112,7 @@ def mean_loss_grad(method, stored, seeds=range(6)):
     return out / len(seeds)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["dc", "dsa", "idc"])
 def test_gradient_matching_beats_random_at_ipc1(name):
     for seed in range(2):

@@ -1,5 +1,6 @@
 """The PDD stage loop: frozen subsets, caching, extension, resume, and error paths."""
 
+import pytest
 import torch
 
 from pdd_engine import events as E
@@ -183,6 +184,7 @@ def _run_forever(cfg_dict, cache_dir):
         pass
 
 
+@pytest.mark.slow
 def test_killed_process_resumes_at_first_unfinished_stage(tiny, tmp_path, digits):
     """SIGKILL the engine right after stage 1 is stored; a new run computes only what is missing."""
     import multiprocessing as mp

@@ -114,8 +114,6 @@ def test_idx_folder(tmp_path):
 
 # -- hostile uploads: refused early, in bounded memory (peak resident set measured in a child) ----
 PEAK = """
-import sys
-sys.path.insert(0, {root!r})
 from pdd_engine.errors import DataUnavailable
 from pdd_engine.userdata import load_user_dataset
 
