@@ -136,17 +136,23 @@ def clock(timing: Optional[tuple]) -> str:
 
 
 def final_line(last: dict, method: str) -> str:
-    """PDD's final accuracy beside the base method alone (P = 1) and the random curriculum."""
+    """PDD's final accuracy beside the base method alone (P = 1), its images trained as long as PDD's
+    curriculum, and the random curriculum; then how PDD stands against each comparison."""
     def pm(mean, std):
         return f"{100 * mean:.1f} ± {100 * std:.1f} %"
-    base = (f", {method.upper()} alone (P=1) {pm(last['base_mean'], last['base_std'])}"
-            if last.get("base_mean") is not None else "")
+    m = method.upper()
+    shown = [(f"{m} alone (P=1)", "base"), (f"{m} alone trained as long", "base_epochs")]
+    base = "".join(f", {label} {pm(last[f'{k}_mean'], last[f'{k}_std'])}" for label, k in shown
+                   if last.get(f"{k}_mean") is not None)
     verdict = ""
-    if last.get("base_mean") is not None:
-        d = 100 * (last["mean"] - last["base_mean"])
-        verdict = (f" PDD is {abs(d):.1f} points {'ahead of' if d >= 0 else 'behind'} {method.upper()} alone"
-                   f"{' (within the std: no clear difference)' if abs(d) <= 100 * max(last['std'], last['base_std']) else ''}.")
-    return (f"Final accuracy: PDD+{method.upper()} {pm(last['mean'], last['std'])}{base}, "
+    for label, k in shown:
+        if last.get(f"{k}_mean") is None:
+            continue
+        d = 100 * (last["mean"] - last[f"{k}_mean"])
+        close = abs(d) <= 100 * max(last["std"], last[f"{k}_std"])
+        verdict += (f" PDD is {abs(d):.1f} points {'ahead of' if d >= 0 else 'behind'} {label}"
+                    f"{' (within the std: no clear difference)' if close else ''}.")
+    return (f"Final accuracy: PDD+{m} {pm(last['mean'], last['std'])}{base}, "
             f"random real subset {pm(last['random_mean'], last['random_std'])} (same IPC and curriculum).{verdict}")
 
 
@@ -167,22 +173,24 @@ def progress_html(view: RunView) -> str:
 
 def gains_html(view: RunView) -> str:
     """After each evaluated stage, its accuracies and PDD's gain, written out: over the random
-    curriculum always, over the base method alone where the run computed it."""
+    curriculum always, over the base method alone (and its images trained as long) where computed."""
     rows = []
     name = view.method.upper()
+    pm = lambda m, s: "–" if m is None else f"{100 * m:.1f} ± {100 * s:.1f}"  # noqa: E731
     for s in sorted(view.evals):
         e = view.evals[s]
         gain = f"{100 * (e.mean - e.random_mean):+.1f} vs random"
-        base = "–"
         if e.base_mean is not None:
-            base = f"{100 * e.base_mean:.1f} ± {100 * e.base_std:.1f}"
             gain += f", {100 * (e.mean - e.base_mean):+.1f} vs {name} alone"
-        rows.append(f"<tr><td>{s}</td><td>{e.images_per_class}</td><td>{100 * e.mean:.1f} ± {100 * e.std:.1f}</td>"
-                    f"<td>{base}</td><td>{100 * e.random_mean:.1f} ± {100 * e.random_std:.1f}</td><td>{gain}</td></tr>")
+        if e.base_epochs_mean is not None:
+            gain += f", {100 * (e.mean - e.base_epochs_mean):+.1f} vs same epochs"
+        rows.append(f"<tr><td>{s}</td><td>{e.images_per_class}</td><td>{pm(e.mean, e.std)}</td>"
+                    f"<td>{pm(e.base_mean, e.base_std)}</td><td>{pm(e.base_epochs_mean, e.base_epochs_std)}</td>"
+                    f"<td>{pm(e.random_mean, e.random_std)}</td><td>{gain}</td></tr>")
     if not rows:
         return ""
     return (f'<table class="pdd-gains"><tr><th>stage</th><th>IPC</th><th>PDD+{name} %</th><th>{name} alone %</th>'
-            f'<th>random %</th><th>PDD gain (points)</th></tr>{"".join(rows)}</table>')
+            f'<th>{name} alone, same epochs %</th><th>random %</th><th>PDD gain (points)</th></tr>{"".join(rows)}</table>')
 
 
 def grid_image(ev: Optional[E.StageImages], current: int = 0) -> Optional[Image.Image]:
@@ -276,7 +284,8 @@ def loss_figure(view: RunView) -> go.Figure:
 
 def accuracy_figure(view: RunView) -> go.Figure:
     """Accuracy vs cumulative IPC (± std): PDD, the base method alone (P = 1) at the same IPC where the
-    run computed it, and the random real subset trained with the same curriculum."""
+    run computed it (and its images trained for as many epochs as PDD's curriculum), and the random real
+    subset trained with the same curriculum."""
     stages = sorted(view.evals)
     fig = go.Figure()
     if stages:
@@ -289,6 +298,10 @@ def accuracy_figure(view: RunView) -> go.Figure:
         if based:
             trace(f"{view.method.upper()} alone (P=1)", based, "base_mean", "base_std",
                   mode="lines+markers" if len(based) > 1 else "markers", marker=dict(size=11, symbol="diamond"))
+        longer = [e for e in evs if e.base_epochs_acc is not None]
+        if longer:
+            trace(f"{view.method.upper()} alone, trained as long as PDD", longer, "base_epochs_mean", "base_epochs_std",
+                  mode="lines+markers" if len(longer) > 1 else "markers", marker=dict(size=11, symbol="square"))
         trace("random real subset", evs, "random_mean", "random_std", mode="lines+markers", line=dict(dash="dot"))
     fig.update_layout(xaxis_title="images per class so far (cumulative)", yaxis_title="test accuracy %", **LAYOUT)
     if stages:

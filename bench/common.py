@@ -1,25 +1,112 @@
-"""What every benchmark script shares: the machine it ran on, and writing its JSON + markdown."""
+"""What every benchmark script shares: the machine and commit a row was measured on, and the results files.
+
+Results are data: each benchmark appends one row per measured setting to a CSV under ``bench/results/``
+(``quality.csv``, ``speed.csv``), and ``bench/report.py`` renders the tables of ``docs/benchmarks.md`` and the
+README from those rows. A row is appended whole (one write, flushed and synced), so a killed benchmark
+leaves at most one damaged last line, which :func:`read_rows` skips (and a resumed run measures again).
+"""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import platform
+import subprocess
+import time
 from pathlib import Path
+from typing import Iterable, Optional
 
 RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cpu_name() -> str:
+    """The processor's model name and whether it runs bf16 natively (what a speed figure depends on)."""
+    name = platform.processor() or platform.machine()
+    flags = ""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), name)
+        have = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+        flags = "AVX-512 BF16" if {"avx512_bf16"} & have or {"amx_bf16"} & have else \
+            "AVX-512" if "avx512f" in have else "AVX2" if "avx2" in have else ""
+    except OSError:
+        pass
+    return f"{name} ({flags})" if flags else name
 
 
 def machine() -> dict:
-    """Platform, CPU count, torch version and GPU (None on CPU-only machines)."""
+    """Platform, CPU count and kind, torch version and GPU (None on CPU-only machines)."""
     import torch
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(), "torch": torch.__version__,
+    return {"platform": platform.platform(), "processor": cpu_name(), "cpus": os.cpu_count(), "torch": torch.__version__,
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
+def machine_line(m: Optional[dict] = None) -> str:
+    """One short line naming the machine, for a results row."""
+    m = m or machine()
+    return f"{m['cpus']} CPUs {m['processor']}, torch {m['torch']}" + (f", {m['cuda']}" if m["cuda"] else "")
+
+
+def commit() -> str:
+    """The checkout's commit (``+dirty`` with uncommitted changes to tracked files), or ``unknown``."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                               text=True).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def read_rows(path: Path, columns: list[str]) -> list[dict]:
+    """The well-formed rows of a results CSV (every column present, no extra field); a damaged line (a
+    killed writer, a bad merge) is left out with a notice, so the benchmark measures that setting again."""
+    if not path.exists():
+        return []
+    rows = []
+    with open(path, newline="") as f:
+        for n, row in enumerate(csv.DictReader(f), start=2):
+            if None in row or any(row.get(c) is None for c in columns):
+                print(f"note: {path.name} line {n} is damaged; it is left out and measured again", flush=True)
+                continue
+            rows.append(row)
+    return rows
+
+
+def append_row(path: Path, columns: list[str], row: dict) -> None:
+    """Append ``row`` (every column) as one line, with the header first in a new file."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, columns, lineterminator="\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists() or path.stat().st_size == 0
+    if new:
+        writer.writeheader()
+    writer.writerow({c: row[c] for c in columns})
+    with open(path, "a", newline="") as f:
+        f.write(buf.getvalue())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def joined(values: Iterable[float], digits: int = 4) -> str:
+    """A list of numbers as one CSV cell (``;``-separated)."""
+    return ";".join(f"{v:.{digits}f}" for v in values)
+
+
+def split_cell(cell: str) -> list[float]:
+    return [float(v) for v in cell.split(";")] if cell else []
+
+
 def write_report(out: str | Path, report: dict, md: str) -> None:
-    """``out``.json (the numbers) and ``out``.md (the table), side by side."""
+    """``out``.json (the numbers) and ``out``.md (the table), side by side (the speed script's sections)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{out}.json").write_text(json.dumps(report, indent=2))

@@ -51,17 +51,19 @@ step tests 300 "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/test_cuda.py
 if [ $TINY = 1 ]; then
   step speed "${GPU_CHECK_SPEED_S:-300}" "$PY" -m bench.speed --tiny --only variants --out "$OUT/speed"
   step quality "${GPU_CHECK_QUALITY_S:-300}" "$PY" -m bench.quality --datasets digits --methods mtt --ipcs 2 \
-    --stages 1,2 --protocols paper --seeds 0 --iterations 2 --eval-epochs 2 --eval-models 1 --whole-epochs 0 \
-    --extra '{"num_experts": 1, "max_start_epoch": 1, "expert_epochs": 1}' --out "$OUT/quality"
+    --stages 1,2 --protocols paper --seeds 0 --iterations 2 --eval-epochs 2 --eval-models 1 \
+    --extra '{"num_experts": 1, "max_start_epoch": 1, "expert_epochs": 1}' --results "$OUT/quality.csv" \
+    --cache-dir "$OUT/cache"
 else
   step speed "${GPU_CHECK_SPEED_S:-300}" "$PY" -m bench.speed --only variants,unroll --out "$OUT/speed"
-  # MTT at width 128 on all of MNIST, P = 1 and P = 2 (paper protocol: each stage gets the full
-  # iterations) over 3 seeds, the 6 runs at once on the one GPU.
-  step quality "${GPU_CHECK_QUALITY_S:-540}" "$PY" -m bench.quality --datasets mnist --methods mtt --ipcs 10 \
-    --stages 1,2 --protocols paper --seeds 0,1,2 --jobs 2 --seed-jobs 3 --threads 2 --iterations 200 \
-    --eval-epochs 300 --eval-models 3 --whole-epochs 0 \
-    --extra '{"width": 128, "num_experts": 5, "max_start_epoch": 3, "expert_epochs": 2}' --out "$OUT/quality"
+  # The MNIST rows of docs/benchmarks.md at the reference's scale: all 60k training images, width 128;
+  # PDD+MTT and PDD+IDC at P = 1, 2 and 5 over 3 seeds, 6 runs at once on the one GPU. A cut step
+  # keeps its finished rows (they are appended as they finish) and the same command resumes it.
+  step quality "${GPU_CHECK_QUALITY_S:-540}" "$PY" -m bench.quality --datasets mnist --methods mtt,idc --ipcs 10,50 \
+    --stages 1,2,5 --protocols paper --seeds 0,1,2 --jobs 2 --seed-jobs 3 --threads 2 --iterations 200 \
+    --eval-epochs 300 --eval-models 3 --extra '{"width": 128}' --results "$OUT/quality.csv" --cache-dir "$OUT/cache"
 fi
+[ -f "$OUT/quality.csv" ] && "$PY" -m bench.report --csv "$OUT/quality.csv" >"$OUT/quality.md"
 
 for part in speed quality; do
   if [ -f "$OUT/$part.md" ]; then { echo; echo "## $part"; echo; cat "$OUT/$part.md"; } >>"$REPORT"; fi

@@ -1,29 +1,35 @@
-"""Quality table: does PDD beat its own base method (P = 1) and its own random curriculum?
+"""Quality rows: does PDD beat its own base method (P = 1), those images trained as long, and its own random
+curriculum?
 
-Every row is one (dataset, IPC, method, P, protocol) over several seeds, each seed in its own
-subprocess with a fresh cache. Two protocols (PDD.md):
+Every row is one setting (dataset, IPC, method, P, protocol, schedule of sizes) over several seeds, each seed
+a child process. A PDD run compares itself as it goes (``compare_base`` and ``compare_epochs``), so one run
+per seed gives the row's four numbers:
 
-- **paper**: every stage gets the full distillation iterations and the full evaluation epochs, as the
-  official code does (P x the compute of P = 1);
-- **matched**: both are split by P, so every row of a block costs about the same.
+- **PDD**: the curriculum's accuracy after the last stage;
+- **P = 1**: the base method alone at the same IPC, trained for the evaluation epochs;
+- **P = 1, same epochs**: those P = 1 images trained for as many epochs as PDD's curriculum (P x E): what
+  more epochs alone give the base's own images (if PDD only ties this, its gain was the epochs);
+- **own random**: the same number of real images per class in the same P stages and curriculum.
 
-P = 1 is the same under both, so it runs once. Each row's random baseline is its *own*: the same
-number of real images per class, split into the same P stages and trained with the same curriculum
-(for P > 1 the union of the stages' random images is exactly P = 1's random subset).
+Two protocols (PDD.md): **paper** gives every stage the full distillation iterations and evaluation epochs,
+as the official code does (P x the compute of P = 1); **matched** splits both by P (its P = 1 comparison is
+then the P = 1 row itself, and "same epochs" is P = 1: E/P x P = E).
 
-    .venv/bin/python bench/quality.py --datasets digits --ipcs 10 --methods dm,mtt --stages 1,5 --seeds 0,1,2
-    .venv/bin/python bench/quality.py --datasets mnist --ipcs 10,50 --methods dm --budget 3600 --jobs 2
+Rows are appended to ``bench/results/quality.csv`` as each finishes; a setting already there is skipped, so a
+long table fills over several sittings (the same command resumes it; a damaged line is measured again). The
+seeds share one engine cache (``--cache-dir``): a P = 1 distillation serves every P > 1 row's comparison,
+and stage-1 MTT experts are trained once for every IPC. Tables: ``python -m bench.report``.
 
-``--reference FILE`` adds the reference code's accuracy on the same rows (a JSON measured outside this
-project, since the reference code is not ours to ship) beside the engine's, with the difference.
-
-Writes bench/results/<out>.json and .md and prints the markdown table.
+    python -m bench.quality --datasets digits --ipcs 10 --methods dm --stages 1,2,5
+    python -m bench.quality --datasets mnist --max-train 10000 --methods mtt,idc --ipcs 10,50 --stages 1,2,5 \\
+        --extra '{"width": 32}'
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -33,42 +39,47 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.common import RESULTS, ROOT, append_row, commit, joined, machine_line, now, read_rows
 
-from bench.common import RESULTS, machine, write_report  # noqa: E402
+# One row per measured setting; SETTING columns identify it (a row with the same values is not measured again).
+SETTING = ["dataset", "method", "stages", "ipc", "schedule", "protocol", "width", "max_train", "iterations",
+           "eval_epochs", "eval_models", "precision", "eval_precision", "seeds", "extra"]
+MEASURED = ["mean", "std", "random_mean", "random_std", "base_mean", "base_std", "base_epochs_mean", "base_epochs_std",
+            "stage_ipc", "stage_mean", "stage_std", "stage_random", "stage_base", "stage_base_epochs", "learned_lr",
+            "wall_s", "peak_mb", "machine", "commit", "date"]
+COLUMNS = SETTING + MEASURED
+CSV = RESULTS / "quality.csv"
 
 
 # -- one seed of one row, in a child process ------------------------------------------------
-def child_main(cfg: dict, threads: int, whole_epochs: int) -> dict:
+def child_main(cfg: dict, threads: int, cache_dir: str) -> dict:
     import resource
-    import tempfile
 
     import torch
 
-    from pdd_engine import DistillConfig, distill
+    from pdd_engine import DistillConfig, PDDError, run
+    from pdd_engine import events as E
     from pdd_engine.cache import Store
 
     torch.set_num_threads(threads)
     t = time.time()
-    if whole_epochs:
-        from pdd_engine.evaluate import Curriculum, EvalProtocol
-        from pdd_engine.data import dataset_for
-        from pdd_engine.device import resolve_device
-
-        c = DistillConfig.make(cfg, other_methods="drop")  # --extra may name another method's settings
-        ds = dataset_for(c)
-        proto = EvalProtocol(**{**EvalProtocol.from_config(c, ds.size).to_dict(), "epochs": whole_epochs})
-        out = {"acc": Curriculum(ds, proto, resolve_device(c.device)).train_stage(ds.x_train, ds.y_train)}
-    else:
-        d = distill(DistillConfig.make(cfg, other_methods="drop"), Store(tempfile.mkdtemp()))
-        out = {"accuracies": d.accuracies}
-    out.update(seconds=time.time() - t, peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    return out
+    c = DistillConfig.make(cfg, other_methods="drop")  # --extra may name another method's settings
+    lrs, last = [], None
+    for ev in run(c, Store(cache_dir, size_limit_gb=64)):
+        if isinstance(ev, E.StageFinished):
+            lrs.append(ev.learned_lr)
+        last = ev
+    if not isinstance(last, E.Done):
+        raise PDDError(getattr(last, "message", "the run did not finish"), "see the message")
+    return {"accuracies": last.accuracies, "lrs": lrs, "seconds": time.time() - t, "computed": last.computed_stages,
+            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "resolved": {"width": c.width, "max_train": c.max_train, "precision": c.precision,
+                         "eval_precision": c.eval_precision}}
 
 
-def child(cfg: dict, threads: int, whole_epochs: int = 0) -> dict:
+def child(cfg: dict, threads: int, cache_dir: str) -> dict:
     out = subprocess.run([sys.executable, "-m", "bench.quality", "--child", json.dumps(cfg), "--threads", str(threads),
-                          "--whole-epochs", str(whole_epochs)], capture_output=True, text=True, cwd=ROOT)
+                          "--cache-dir", cache_dir], capture_output=True, text=True, cwd=ROOT)
     if out.returncode != 0:
         raise RuntimeError(out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "row failed")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -76,7 +87,8 @@ def child(cfg: dict, threads: int, whole_epochs: int = 0) -> dict:
 
 # -- the plan -------------------------------------------------------------------------------
 def plan(args) -> list[dict]:
-    """Rows to run: P = 1 once, every P > 1 under each protocol."""
+    """Settings to measure, cheapest first within each dataset and IPC: P = 1 once, every P > 1 under each
+    protocol, then the uneven schedules; only (P, IPC) pairs the engine accepts."""
     from pdd_engine import DistillConfig
     from pdd_engine.errors import ConfigError
 
@@ -91,7 +103,7 @@ def plan(args) -> list[dict]:
                         continue
                     for protocol in (["paper"] if p == 1 else args.protocols):
                         rows.append({"dataset": dataset, "ipc": ipc, "method": method, "stages": p, "protocol": protocol,
-                                     "schedule": None})
+                                     "schedule": ""})
                 for schedule in args.schedules:  # uneven stages (PDD's IPC-schedule ablation)
                     sizes = [int(v) for v in schedule.split(",")]
                     if sum(sizes) == ipc:
@@ -100,49 +112,84 @@ def plan(args) -> list[dict]:
     return rows
 
 
-def row_config(row: dict, args, iterations: int) -> dict:
+def row_config(row: dict, args) -> dict:
+    """The engine config of a row (without its seed). The paper protocol compares with P = 1 and with P = 1
+    trained as long inside the run; the matched protocol's comparison is the P = 1 row itself."""
     split = row["stages"] if row["protocol"] == "matched" else 1
-    return {"eval_models": args.eval_models, "max_train": args.max_train, "compare_base": "off", **args.extra,
+    compare = "final" if row["protocol"] == "paper" else "off"
+    return {"eval_models": args.eval_models, "max_train": args.max_train, **args.extra,
             "dataset": row["dataset"], "method": row["method"], "stages": row["stages"], "ipc": row["ipc"],
-            "stage_ipc": row["schedule"],
-            "iterations": max(1, iterations // split), "eval_epochs": max(1, args.eval_epochs // split)}
+            "stage_ipc": row["schedule"] or None, "compare_base": compare, "compare_epochs": True,
+            "iterations": max(1, args.iterations // split), "eval_epochs": max(1, args.eval_epochs // split)}
 
 
-def run_row(row: dict, args, iterations: int) -> dict | None:
-    cfg = row_config(row, args, iterations)
+def setting_of(row: dict, cfg: dict, resolved: dict, args) -> dict:
+    """The SETTING columns of a row, as text (how the CSV holds them and how a resumed run recognises them)."""
+    values = {**row, **resolved, "iterations": cfg["iterations"], "eval_epochs": cfg["eval_epochs"],
+              "eval_models": cfg["eval_models"], "seeds": " ".join(map(str, args.seeds)),
+              "extra": json.dumps(args.extra, sort_keys=True)}
+    return {k: "" if values[k] is None else str(values[k]) for k in SETTING}
+
+
+def resolved_of(cfg: dict) -> dict:
+    """What the config resolves to for the SETTING columns, without running it."""
+    from pdd_engine import DistillConfig
+    c = DistillConfig.make(cfg, other_methods="drop")
+    return {"width": c.width, "max_train": c.max_train, "precision": c.precision, "eval_precision": c.eval_precision}
+
+
+def measured(results: list[dict], row: dict) -> dict:
+    """The MEASURED columns from each seed's per-stage accuracies (percentages; per-stage cells are means over
+    seeds). A matched-protocol row leaves its comparisons empty: they are the P = 1 row's."""
+    last = [r["accuracies"][-1] for r in results]
+    pct = lambda vals: (100 * float(np.mean(vals)), 100 * float(np.std(vals)))  # noqa: E731
+    out = {}
+    for name, key in (("", "mean"), ("random_", "random_mean"), ("base_", "base_mean"), ("base_epochs_", "base_epochs_mean")):
+        vals = [a.get(key) for a in last]
+        if row["stages"] == 1 and name.startswith("base"):  # P = 1 is its own base, trained for its own epochs
+            vals = [a["mean"] for a in last]
+        m, s = pct(vals) if all(v is not None for v in vals) else (None, None)
+        out[f"{name}mean"], out[f"{name}std"] = ("" if m is None else f"{m:.2f}"), ("" if s is None else f"{s:.2f}")
+
+    def per_stage(key: str) -> str:
+        cells = []
+        for s in range(row["stages"]):
+            vals = [r["accuracies"][s].get(key) for r in results]
+            cells.append(100 * float(np.mean(vals)) if all(v is not None for v in vals) else float("nan"))
+        return "" if all(np.isnan(cells)) else joined(cells, 2)
+    out.update(stage_ipc=";".join(str(a["ipc"]) for a in results[0]["accuracies"]), stage_mean=per_stage("mean"),
+               stage_std=joined([100 * float(np.std([r["accuracies"][s]["mean"] for r in results]))
+                                 for s in range(row["stages"])], 2),
+               stage_random=per_stage("random_mean"), stage_base=per_stage("base_mean"),
+               stage_base_epochs=per_stage("base_epochs_mean"),
+               learned_lr="" if results[0]["lrs"][-1] is None else
+               joined([float(np.mean([r["lrs"][s] for r in results])) for s in range(row["stages"])], 6),
+               wall_s=f"{np.mean([r['seconds'] for r in results]):.0f}",
+               peak_mb=f"{np.max([r['peak_mb'] for r in results]):.0f}")
+    return out
+
+
+def run_row(row: dict, args) -> dict | None:
+    cfg = row_config(row, args)
+
     def one_seed(seed: int) -> dict | None:
         try:
-            return child({**cfg, "seed": seed}, args.threads)
+            return child({**cfg, "seed": seed}, args.threads, args.cache_dir)
         except RuntimeError as e:
-            print(f"  {row} seed {seed}: {e}", file=sys.stderr)
+            print(f"  {label(row)} seed {seed}: {e}", file=sys.stderr, flush=True)
             return None
     with ThreadPoolExecutor(args.seed_jobs) as pool:  # seeds at once: a GPU has room for several runs
-        results = [r for r in pool.map(one_seed, args.seeds) if r is not None]
-    if not results:
-        return None
-    per_stage = [[r["accuracies"][s] for r in results] for s in range(row["stages"])]
-    res = {**row, "iterations_per_stage": cfg["iterations"], "eval_epochs_per_stage": cfg["eval_epochs"],
-           "total_iterations": cfg["iterations"] * row["stages"], "total_eval_epochs": cfg["eval_epochs"] * row["stages"],
-           "acc": [a["mean"] for a in per_stage[-1]], "random": [a["random_mean"] for a in per_stage[-1]],
-           "stage_acc": [[a["mean"] for a in s] for s in per_stage],
-           "stage_random": [[a["random_mean"] for a in s] for s in per_stage],
-           "seconds": float(np.mean([r["seconds"] for r in results])),
-           "peak_mb": float(np.max([r["peak_mb"] for r in results]))}
-    print(f"{row['dataset']} IPC {row['ipc']} {row['method']} P={row['stages']} {row['schedule'] or ''} {row['protocol']}: "
-          f"{pct(res['acc'])} "
-          f"(own random {pct(res['random'])}; {res['seconds']:.0f} s)", file=sys.stderr, flush=True)
-    return res
+        results = list(pool.map(one_seed, args.seeds))
+    if any(r is None for r in results):
+        return None  # a row is all its seeds or nothing: a resumed run measures it again
+    return {**setting_of(row, cfg, results[0]["resolved"], args), **measured(results, row),
+            "machine": args.machine, "commit": args.commit, "date": now()}
 
 
-def pct(values: list[float]) -> str:
-    return f"{100 * np.mean(values):.1f} ± {100 * np.std(values):.1f}"
-
-
-def delta(a: list[float], b: list[float]) -> str:
-    """Difference of means in points, with ✓ when it is larger than both standard deviations."""
-    d = 100 * (np.mean(a) - np.mean(b))
-    clear = abs(d) > 100 * max(np.std(a), np.std(b))
-    return f"{d:+.1f}{' ✓' if clear else ''}"
+def label(row: dict) -> str:
+    name = row["method"].upper() if row["stages"] == 1 else f"PDD+{row['method'].upper()}"
+    return (f"{row['dataset']} IPC {row['ipc']} {name} P={row['stages']}"
+            f"{' (' + row['schedule'] + ')' if row.get('schedule') else ''} {row['protocol']}")
 
 
 def main() -> int:
@@ -160,132 +207,53 @@ def main() -> int:
     ap.add_argument("--iterations", type=int, default=200, help="distillation iterations of P = 1 (and of each paper-protocol stage)")
     ap.add_argument("--eval-epochs", type=int, default=300, help="evaluation epochs of P = 1 (and of each paper-protocol stage)")
     ap.add_argument("--eval-models", type=int, default=3)
-    ap.add_argument("--whole-epochs", type=int, default=50, help="epochs for the whole-dataset row (0: skip it)")
     ap.add_argument("--max-train", type=int, default=None, help="stratified real-train subset (default: all of it)")
-    ap.add_argument("--budget", type=float, default=None, help="seconds for the table: iterations are scaled down to fit")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per child")
-    ap.add_argument("--jobs", type=int, default=2, help="rows run at once")
+    ap.add_argument("--jobs", type=int, default=1, help="rows run at once")
     ap.add_argument("--seed-jobs", type=int, default=1, help="seeds of a row run at once (jobs x seed-jobs processes)")
     ap.add_argument("--extra", type=json.loads, default={}, help="JSON of further config fields for every row")
-    ap.add_argument("--reference", help="JSON of the reference code's accuracies on the same rows (see "
-                                        "load_reference), shown beside the engine's")
-    ap.add_argument("--out", default=str(RESULTS / "quality"))
+    ap.add_argument("--results", type=Path, default=CSV, help="the CSV rows are appended to (default bench/results/quality.csv)")
+    ap.add_argument("--cache-dir", default=os.environ.get("PDD_BENCH_CACHE") or str(Path.home() / ".cache" / "pdd_studio" / "bench"),
+                    help="the engine cache every seed shares (PDD_BENCH_CACHE)")
+    ap.add_argument("--dry-run", action="store_true", help="list the settings still to measure, and stop")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child_main(json.loads(args.child), args.threads, args.whole_epochs)))
+        print(json.dumps(child_main(json.loads(args.child), args.threads, args.cache_dir)))
         return 0
-
     if args.methods is None:
         from pdd_engine.methods import REGISTRY
         args.methods = list(REGISTRY)
-    reference = load_reference(args.reference)  # read and checked before any row runs
-    rows = plan(args)
-    iterations = args.iterations
-    if args.budget:  # probe seconds per iteration of the first row's method, then scale every row
-        probe_cfg = {**row_config({**rows[0], "stages": 1, "protocol": "paper", "schedule": None}, args, 10), "eval_epochs": 1}
-        probe = child(probe_cfg, args.threads)
-        work = sum(r["stages"] if r["protocol"] == "paper" else 1 for r in rows) * len(args.seeds) / (args.jobs * args.seed_jobs)
-        per_iter = max(probe["seconds"] / 10, 1e-3)
-        iterations = int(np.clip(args.budget / work / per_iter, 10, args.iterations))
-        print(f"budget {args.budget:.0f} s -> {iterations} iterations per P=1 row (probe {per_iter:.2f} s/iteration)",
-              file=sys.stderr)
-
-    t0 = time.time()
-    done: list[dict] = []
+    args.machine, args.commit = machine_line(), commit()
+    done = {tuple(r[k] for k in SETTING) for r in read_rows(args.results, COLUMNS)}
+    todo = [r for r in plan(args)
+            if tuple(setting_of(r, row_config(r, args), resolved_of(row_config(r, args)), args)[k] for k in SETTING)
+            not in done]
+    print(f"{len(todo)} setting(s) to measure ({len(plan(args)) - len(todo)} already in {args.results.name})",
+          file=sys.stderr, flush=True)
+    if args.dry_run:
+        for r in todo:
+            print(label(r))
+        return 0
     lock = threading.Lock()
 
     def one(row: dict) -> None:
-        res = run_row(row, args, iterations)
+        t = time.time()
+        res = run_row(row, args)
         with lock:
-            if res is not None:
-                done.append(res)
-            write(report_of(args, iterations, sorted(done, key=planned), {}, reference, t0), args)  # keep partial tables
-
-    def planned(r: dict) -> int:  # finished rows in the plan's order
-        return rows.index({k: r[k] for k in ("dataset", "ipc", "method", "stages", "protocol", "schedule")})
+            if res is None:
+                print(f"{label(row)}: failed (see above); not written", file=sys.stderr, flush=True)
+                return
+            append_row(args.results, COLUMNS, res)
+            print(f"{label(row)}: {res['mean']} ± {res['std']} (P=1 {res['base_mean'] or '–'}, same epochs "
+                  f"{res['base_epochs_mean'] or '–'}, own random {res['random_mean']}; {time.time() - t:.0f} s)",
+                  file=sys.stderr, flush=True)
 
     with ThreadPoolExecutor(args.jobs) as pool:
-        list(pool.map(one, rows))
-    whole = {}
-    if args.whole_epochs:
-        for d in args.datasets:
-            whole[d] = child({"dataset": d, "max_train": args.max_train, "eval_models": args.eval_models, **args.extra},
-                             args.threads, args.whole_epochs)
-    print(write(report_of(args, iterations, sorted(done, key=planned), whole, reference, t0), args))
+        list(pool.map(one, todo))
+    from bench.report import quality_table
+    print(quality_table(read_rows(args.results, COLUMNS)))
     return 0
-
-
-def report_of(args, iterations: int, results: list[dict], whole: dict, reference: dict | None, t0: float) -> dict:
-    return {"machine": machine(), "args": vars(args), "iterations": iterations, "rows": results, "whole": whole,
-            "reference": reference, "seconds": time.time() - t0}
-
-
-def load_reference(path: str | None) -> dict | None:
-    """The reference code's accuracies, measured by running it on this machine: ``{"how": "what ran, where,
-    when", "rows": [{"dataset", "ipc", "method", "stages", "accuracies": [one per seed, 0..1]}]}``."""
-    if not path:
-        return None
-    ref = json.loads(Path(path).read_text())
-    for r in ref["rows"]:
-        missing = {"dataset", "ipc", "method", "stages", "accuracies"} - set(r)
-        if missing:
-            raise SystemExit(f"error: {path}: a row lacks {', '.join(sorted(missing))}. Fix: give every row those keys.")
-    return ref
-
-
-def reference_table(rows: list[dict], ref: dict) -> list[str]:
-    """The engine's rows that the reference code also ran, side by side: Δ = engine - reference, and
-    whether the engine is within 0.2 points of it or better (issue 8's bar). A reference row may carry a
-    ``label`` (what differed in that run), so one engine row can face several."""
-    key = lambda r: (r["dataset"], r["ipc"], r["method"], r["stages"])  # noqa: E731
-    out = ["", f"Against the reference code: {ref.get('how', '')}", "",
-           "| dataset | IPC | method | P | engine % | reference code | reference code % | Δ engine − reference | "
-           "within 0.2 or better |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in rows:
-        for theirs in (t for t in ref["rows"] if key(t) == key(r)):
-            d = 100 * (np.mean(r["acc"]) - np.mean(theirs["accuracies"]))
-            out.append(f"| {r['dataset']} | {r['ipc']} | {r['method'].upper()} | {r['stages']} | {pct(r['acc'])} | "
-                       f"{theirs.get('label', 'as published')} | {pct(theirs['accuracies'])} | "
-                       f"{delta(r['acc'], theirs['accuracies'])} | {'yes' if d >= -0.2 else 'no'} |")
-    return out
-
-
-def write(report: dict, args) -> str:
-    md = markdown(report, args)
-    write_report(args.out, report, md)
-    return md
-
-
-def markdown(report: dict, args) -> str:
-    m = report["machine"]
-    out = [f"Test accuracy % at the last stage, mean ± std over seeds {args.seeds} (each seed averages "
-           f"{args.eval_models} evaluation networks). P = 1: {report['iterations']} distillation iterations, "
-           f"{args.eval_epochs} evaluation epochs. *paper*: every stage gets both in full; *matched*: both split by P. "
-           f"Own random: the same number of real images per class in the same P stages and curriculum. "
-           f"Δ in points; ✓ = larger than both stds. Machine: {m['cpus']} CPUs, torch {m['torch']}"
-           f"{', ' + m['cuda'] if m['cuda'] else ''}; wall s is per seed with {args.jobs} rows "
-           f"x {getattr(args, 'seed_jobs', 1)} seeds at once, {args.threads} thread(s) each."
-           + (f" Every row also sets {json.dumps(args.extra)}." if getattr(args, "extra", None) else ""), "",
-           "| dataset | IPC | method | P | protocol | iterations | eval epochs | accuracy % | own random % | "
-           "Δ vs P=1 | Δ vs own random | wall s |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    rows = report["rows"]
-    for r in rows:
-        p = f"{r['stages']} ({r['schedule']})" if r.get("schedule") else r["stages"]
-        base = next((b for b in rows if b["stages"] == 1 and (b["dataset"], b["ipc"], b["method"]) ==
-                     (r["dataset"], r["ipc"], r["method"])), None)
-        name = r["method"].upper() if r["stages"] == 1 else f"PDD+{r['method'].upper()}"
-        vs_base = "–" if base is None or base is r else delta(r["acc"], base["acc"])
-        out.append(f"| {r['dataset']} | {r['ipc']} | {name} | {p} | {r['protocol'] if r['stages'] > 1 else 'both'} | "
-                   f"{r['total_iterations']} | {r['total_eval_epochs']} | {pct(r['acc'])} | {pct(r['random'])} | "
-                   f"{vs_base} | {delta(r['acc'], r['random'])} | {r['seconds']:.0f} |")
-    for d, w in report["whole"].items():
-        out.append(f"| {d} | all | whole training set | – | – | – | {args.whole_epochs} | {pct(w['acc'])} | – | – | – | "
-                   f"{w['seconds']:.0f} |")
-    if report.get("reference"):
-        out += reference_table(rows, report["reference"])
-    return "\n".join(out) + "\n"
 
 
 if __name__ == "__main__":

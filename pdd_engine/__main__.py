@@ -64,13 +64,15 @@ def config_from_args(args: argparse.Namespace) -> DistillConfig:
 
 
 def format_table(accuracies: list[dict], method: str) -> str:
-    """Per stage: PDD, the base method alone (P = 1) at the same IPC where computed, the random curriculum."""
+    """Per stage: PDD, the base method alone (P = 1) at the same IPC where computed (and its images trained
+    for as many epochs as PDD's curriculum), the random curriculum."""
     pm = lambda m, s: "–" if m is None else f"{100 * m:.1f} ± {100 * s:.1f}"  # noqa: E731
-    rows = [f"| stage | IPC | PDD+{method.upper()} acc % | {method.upper()} alone (P=1) acc % | random subset acc % |",
-            "| --- | --- | --- | --- | --- |"]
+    m = method.upper()
+    rows = [f"| stage | IPC | PDD+{m} acc % | {m} alone (P=1) acc % | {m} alone, same epochs acc % | "
+            "random subset acc % |", "| --- | --- | --- | --- | --- | --- |"]
     for a in accuracies:
         rows.append(f"| {a['stage']} | {a['ipc']} | {pm(a['mean'], a['std'])} | {pm(a.get('base_mean'), a.get('base_std'))} | "
-                    f"{pm(a['random_mean'], a['random_std'])} |")
+                    f"{pm(a.get('base_epochs_mean'), a.get('base_epochs_std'))} | {pm(a['random_mean'], a['random_std'])} |")
     return "\n".join(rows)
 
 
@@ -115,6 +117,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
             if bar is not None:
                 bar.close()
             base = "" if ev.base_mean is None else f"{cfg.method.upper()} alone (P=1) {100 * ev.base_mean:.1f} %, "
+            if ev.base_epochs_mean is not None:
+                base += f"same epochs {100 * ev.base_epochs_mean:.1f} %, "
             print(f"stage {ev.stage}: acc {100 * ev.mean:.1f} ± {100 * ev.std:.1f} %  "
                   f"({base}random subset {100 * ev.random_mean:.1f} ± {100 * ev.random_std:.1f} %)", file=sys.stderr)
         elif isinstance(ev, E.Failed):

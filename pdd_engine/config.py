@@ -47,6 +47,8 @@ HINTS = {
                       "under bfloat16 autocast (faster where the processor has bf16 instructions)",
     "executor": "where a stage's independent units (experts, evaluation networks, scorers) run; same results",
     "compare_base": "also distil the base method alone (P=1) at the same IPC, to see PDD's gain",
+    "compare_epochs": "also train the base method's P=1 images for as many epochs as PDD's curriculum (P x the "
+                      "evaluation epochs): did the stages make better images, or only train longer?",
 }
 
 
@@ -101,6 +103,9 @@ class DistillConfig:
     eval_precision: Precision = "float32"
     # the base method alone (P = 1) at the same IPC, beside PDD: at the final stage, every stage, or off
     compare_base: Literal["final", "every", "off"] = "final"
+    # beside it, the base method's P = 1 images trained for the curriculum's total epochs (i x eval_epochs
+    # after stage i: the same curriculum with each union replaced by those images), where i > 1
+    compare_epochs: bool = True
     # where it runs
     device: Device = "auto"
     # the arithmetic of the distillation's matching (each method's loss, under torch.autocast): bfloat16

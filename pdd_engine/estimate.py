@@ -167,8 +167,9 @@ def estimate(cfg: DistillConfig, shape: tuple[int, int, int, int] | None = None,
             train(union, cfg.eval_epochs, cfg.eval_batch, cfg.eval_precision)
         if i in cfg.base_stages() and i > 1:  # the base method alone at this IPC (stage 1 is PDD's own)
             distil(union, [])
+            epochs = cfg.eval_epochs * (i if cfg.compare_epochs else 1)  # and as long as PDD's curriculum
             for _ in range(cfg.eval_models):
-                train(union, cfg.eval_epochs, cfg.eval_batch, cfg.eval_precision)
+                train(union, epochs, cfg.eval_batch, cfg.eval_precision)
     union_last = classes * cfg.ipc * mult
     data_bytes = 4 * ch * size * size * (n_train + union_last) * 2
     mem = data_bytes + RUNTIME_BYTES

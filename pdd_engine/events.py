@@ -63,6 +63,9 @@ class StageEvaluated:
     random_acc: list[float]  # same protocol on a random real subset of the same size
     images_per_class: int  # cumulative: what U_i holds per class
     base_acc: Optional[list[float]] = None  # the base method alone (P = 1) at the same IPC, where computed
+    # the base method's P = 1 images trained for the same total epochs as PDD's curriculum (stage x
+    # eval_epochs), where compared and stage > 1: what more epochs alone give the base's own images
+    base_epochs_acc: Optional[list[float]] = None
 
     @property
     def mean(self) -> float:
@@ -88,11 +91,20 @@ class StageEvaluated:
     def base_std(self) -> Optional[float]:
         return None if self.base_acc is None else float(np.std(self.base_acc))
 
+    @property
+    def base_epochs_mean(self) -> Optional[float]:
+        return None if self.base_epochs_acc is None else float(np.mean(self.base_epochs_acc))
+
+    @property
+    def base_epochs_std(self) -> Optional[float]:
+        return None if self.base_epochs_acc is None else float(np.std(self.base_epochs_acc))
+
     def summary(self) -> dict[str, Any]:
         """The per-stage record of run results and the CLI's JSON (None where the base was not run)."""
         return {"stage": self.stage, "ipc": self.images_per_class, "mean": self.mean, "std": self.std,
                 "random_mean": self.random_mean, "random_std": self.random_std,
-                "base_mean": self.base_mean, "base_std": self.base_std}
+                "base_mean": self.base_mean, "base_std": self.base_std,
+                "base_epochs_mean": self.base_epochs_mean, "base_epochs_std": self.base_epochs_std}
 
 
 @dataclass

@@ -66,12 +66,12 @@ def _png(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def collect(cfg: DistillConfig, store: Store, ds: Dataset) -> tuple[list, list, list, list]:
-    """The stored stage, eval, random-baseline and base-method records of a finished run (the last
-    None where the run did not compare with the base method), or a clear error."""
+def collect(cfg: DistillConfig, store: Store, ds: Dataset) -> tuple[list, list, list, list, list]:
+    """The stored stage, eval, random-baseline, base-method and epoch-matched base-method records of a
+    finished run (the last two None where the run did not compare), or a clear error."""
     keys = Keys.of(cfg, ds)
     evals_ok = eval_check(EvalProtocol.from_config(cfg, ds.size))
-    stages, evals, randoms, bases = [], [], [], []
+    stages, evals, randoms, bases, matched = [], [], [], [], []
     for i in range(1, cfg.stages + 1):
         recs = [store.get(keys.stage(i), stage_check(ds, cfg, i)), store.get(keys.eval(i), evals_ok),
                 store.get(keys.random(i), evals_ok)]
@@ -81,9 +81,12 @@ def collect(cfg: DistillConfig, store: Store, ds: Dataset) -> tuple[list, list, 
         stages.append(recs[0])
         evals.append(recs[1][1]["acc"])
         randoms.append(recs[2][1]["acc"])
-        base = store.get(keys.base(i).eval(1), evals_ok) if i in cfg.base_stages() else None
+        compared = i in cfg.base_stages()
+        base = store.get(keys.base(i).eval(1), evals_ok) if compared else None
         bases.append(None if base is None else base[1]["acc"])
-    return stages, evals, randoms, bases
+        longer = store.get(keys.base(i).repeated(i), evals_ok) if compared and cfg.compare_epochs and i > 1 else None
+        matched.append(None if longer is None else longer[1]["acc"])
+    return stages, evals, randoms, bases, matched
 
 
 def _acc(values: Optional[list[float]]) -> Optional[dict[str, Any]]:
@@ -91,12 +94,12 @@ def _acc(values: Optional[list[float]]) -> Optional[dict[str, Any]]:
 
 
 def build_manifest(cfg: DistillConfig, ds: Dataset, stages: list, evals: list, randoms: list,
-                   bases: list) -> dict[str, Any]:
+                   bases: list, matched: list) -> dict[str, Any]:
     proto = EvalProtocol.from_config(cfg, ds.size)
     keys = Keys.of(cfg, ds)
     notes = get_method(cfg.method).manifest(cfg, ds.size)  # what the method says about its images
     stage_entries = []
-    for i, ((t, meta), acc, racc, bacc) in enumerate(zip(stages, evals, randoms, bases), start=1):
+    for i, ((t, meta), acc, racc, bacc, eacc) in enumerate(zip(stages, evals, randoms, bases, matched), start=1):
         stage_entries.append({
             "stage": i, "images_per_class": cfg.ipc_at(i), "cumulative_images_per_class": cfg.cum_ipc(i),
             "stored": f"stage_{i}/images.pt", "train": f"stage_{i}/train_images.pt", "union": f"union_{i}.pt",
@@ -104,6 +107,8 @@ def build_manifest(cfg: DistillConfig, ds: Dataset, stages: list, evals: list, r
             "learned_lr": meta["lr"], "eval_lr": meta["lr"] or proto.lr,
             "accuracy": _acc(acc), "random_subset_accuracy": _acc(racc),
             "base_method_accuracy": _acc(bacc),  # the base method alone (P = 1) at this IPC, if the run compared
+            # its images trained for as many epochs as the curriculum up to this stage, if the run compared
+            "base_method_same_epochs_accuracy": _acc(eacc), "base_method_same_epochs": i * proto.epochs,
             "distill_seconds": meta["seconds"], "real_examples_kept": meta["real_kept"],
         })
     return {
@@ -141,7 +146,7 @@ def export_bundle(cfg: DistillConfig, out: str | Path, store: Optional[Store] = 
     """Write the bundle of a finished run (all stages cached) to ``out`` (a .zip path)."""
     store = store if store is not None else Store(cfg.cache_dir)
     ds = ds if ds is not None else dataset_for(cfg)
-    stages, evals, randoms, bases = collect(cfg, store, ds)
+    stages, evals, randoms, bases, matched = collect(cfg, store, ds)
     files: dict[str, bytes] = {}
     union_x, union_y = [], []
     for i, (t, meta) in enumerate(stages, start=1):
@@ -162,7 +167,7 @@ def export_bundle(cfg: DistillConfig, out: str | Path, store: Optional[Store] = 
             files[f"png/stage_{i}/{safe_name(ds.classes[label])}/{k}.png"] = _png(px)
     if ds.zca is not None:
         files["zca.npz"] = _npz({"mean": ds.zca.mean, "matrix": ds.zca.matrix, "inverse": ds.zca.inverse})
-    manifest = manifests.portable(build_manifest(cfg, ds, stages, evals, randoms, bases))
+    manifest = manifests.portable(build_manifest(cfg, ds, stages, evals, randoms, bases, matched))
     manifest["files"] = {name: hashlib.sha256(b).hexdigest() for name, b in sorted(files.items())}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

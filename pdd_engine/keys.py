@@ -39,7 +39,7 @@ EVAL = MODEL + ("seed", "eval_epochs", "eval_models", "eval_lr", "eval_batch", "
 FILTER = ("keep_easy", "filter_models", "eval_epochs", "eval_models", "eval_lr", "eval_batch", "eval_dsa",
           "eval_precision")
 STAGE = CONTEXT + ("method", "iterations", "lr_img", "init", "ipc", "filter_easy", "precision")  # "ipc": per stage
-RUN = EVAL + ("stages", "compare_base")
+RUN = EVAL + ("stages", "compare_base", "compare_epochs")
 
 # Inputs hashed as a resolved value rather than as the raw field: name -> (fields it reads, value
 # for a config, an input size and the stage the key is for).
@@ -127,6 +127,11 @@ class Keys:
     def eval(self, i: int) -> str:
         """The curriculum evaluation's state after U_i (it resumes from U_{i-1}'s, inside stage i's key)."""
         return "eval:" + self._hash("eval", i, stage=self.stage(i), protocol=self._protocol())
+
+    def repeated(self, j: int) -> str:
+        """The curriculum evaluation of S_1 as every union, j stages long (j x the evaluation epochs): on the
+        base method's keys, its P = 1 images trained as long as a j-stage curriculum (it resumes from j - 1's)."""
+        return "eval:" + self._hash("eval", 1, stage=self.stage(1), protocol=self._protocol(), repeat=j)
 
     def random(self, i: int) -> str:
         return "random:" + self._hash("random", i, i=i, protocol=self._protocol())

@@ -262,21 +262,32 @@ class Engine:
 
     def base(self, ds: Dataset, keys: Keys, i: int, device) -> Iterator[Event]:
         """The base method alone (P = 1) at PDD's IPC after stage ``i``, distilled, evaluated and cached
-        like any stage. A generator whose return value is the accuracies of its evaluation networks."""
+        like any stage. A generator whose return value is (its evaluation networks' accuracies, and those
+        of the same images trained for as many epochs as PDD's curriculum, where compared, else None)."""
         keys = keys.base(i)
         sub = Engine(keys.cfg, self.store, self.cancel, self.executor)
         what = f"base method alone (P=1, IPC {sub.cfg.ipc})"
         proto = EvalProtocol.from_config(sub.cfg, ds.size)
         hit = self.store.get(keys.eval(1), eval_check(proto))
         yield from self.notes(i)
+        union = Union.empty(ds, device)
         if hit is not None:
             yield Message(i, f"{what}: from cache")
-            return hit[1]["acc"]
-        yield Message(i, f"{what}: distilling and evaluating")
-        union = Union.empty(ds, device)
-        for ev in sub.advance(ds, keys, 1, union, device, phase="base"):
-            yield replace(ev, stage=i)
-        return sub.evaluated(keys.eval(1), ds, proto, None, union.x, union.y, union.lr, device)[1]
+            state, acc = hit[0], hit[1]["acc"]
+        else:
+            yield Message(i, f"{what}: distilling and evaluating")
+            for ev in sub.advance(ds, keys, 1, union, device, phase="base"):
+                yield replace(ev, stage=i)
+            state, acc = sub.evaluated(keys.eval(1), ds, proto, None, union.x, union.y, union.lr, device)
+        if not self.cfg.compare_epochs or i == 1:
+            return acc, None
+        if not union.sizes:  # evaluated earlier: its images come from the store (or are distilled again)
+            for ev in sub.advance(ds, keys, 1, union, device, phase="base"):
+                yield replace(ev, stage=i)
+        yield Message(i, f"{what}: trained for {i} x {proto.epochs} epochs, as long as PDD's curriculum")
+        for j in range(2, i + 1):  # the curriculum with U_1 .. U_i all the base's images, each step cached
+            state, more = sub.evaluated(keys.repeated(j), ds, proto, state, union.x, union.y, union.lr, device)
+        return acc, more
 
     # -- the run ----------------------------------------------------------------------------
     def run(self) -> Iterator[Event]:
@@ -327,9 +338,9 @@ class Engine:
                 (pdd_eval, acc), (rand_eval, racc) = self.evaluated_all(ds, proto, device, [
                     (keys.eval(stage), pdd_eval, union.x, union.y, union.lr),
                     (keys.random(stage), rand_eval, torch.cat(rand_x), torch.cat(rand_y), None)])
-                bacc = (yield from self.base(ds, keys, stage, device)) if stage in cfg.base_stages() else None
+                bacc, eacc = (yield from self.base(ds, keys, stage, device)) if stage in cfg.base_stages() else (None, None)
                 yield from self.notes(stage)
-                ev = StageEvaluated(stage, acc, racc, cfg.cum_ipc(stage), bacc)
+                ev = StageEvaluated(stage, acc, racc, cfg.cum_ipc(stage), bacc, eacc)
                 accuracies.append(ev.summary())
                 yield ev
                 yield StageFinished(stage, cached, time.time() - t_stage, union.lr)

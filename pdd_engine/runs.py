@@ -41,6 +41,8 @@ class StageResult:
     random_std: float
     base_mean: Optional[float] = None  # the base method alone (P = 1) at this IPC, where compared
     base_std: Optional[float] = None
+    base_epochs_mean: Optional[float] = None  # the base's P = 1 images trained as many epochs as PDD's curriculum
+    base_epochs_std: Optional[float] = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "StageResult":
@@ -168,12 +170,13 @@ def export(store: Store, ref: str, path: str | Path) -> Path:
 def compare_table(records: list[RunRecord]) -> str:
     """Markdown: one row per run and stage, with the random subset and base method beside it."""
     pm = lambda m, s: "–" if m is None else f"{100 * m:.1f} ± {100 * s:.1f}"  # noqa: E731
-    rows = ["| run | dataset | method | P | stage | IPC | accuracy % | base method alone % | random subset % |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    rows = ["| run | dataset | method | P | stage | IPC | accuracy % | base method alone % | base alone, same epochs % "
+            "| random subset % |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in records:
         for s in r.stages:
             rows.append(f"| {r.id} | {r.config.dataset} | {r.config.method} | {r.config.stages} | {s.stage} | {s.ipc} | "
-                        f"{pm(s.mean, s.std)} | {pm(s.base_mean, s.base_std)} | {pm(s.random_mean, s.random_std)} |")
+                        f"{pm(s.mean, s.std)} | {pm(s.base_mean, s.base_std)} | {pm(s.base_epochs_mean, s.base_epochs_std)} | "
+                        f"{pm(s.random_mean, s.random_std)} |")
     return "\n".join(rows)
 
 

@@ -31,7 +31,7 @@ def fake_stream():
             E.StageEvaluated(1, [0.5, 0.6], [0.4, 0.4], 1), E.StageFinished(1, False, 1.0),
             E.StageStarted(2, 2, True), E.Progress(2, 10, 10, 0.2),
             E.StageImages(2, imgs, labels, new, list("0123456789")), E.Progress(2, 3, 10, 9.0, "base"),
-            E.StageEvaluated(2, [0.7, 0.7], [0.5, 0.6], 2, [0.6, 0.62])]
+            E.StageEvaluated(2, [0.7, 0.7], [0.5, 0.6], 2, [0.6, 0.62], [0.66, 0.68])]
 
 
 def test_run_view_folds_events_and_renders():
@@ -49,24 +49,27 @@ def test_run_view_folds_events_and_renders():
                                                 "stage 1 · class 1 · image 1"]
     assert later.getpixel((later.size[0] - 5, render.GRID_TOP + 5)) == render.FROZEN
     fig = render.accuracy_figure(view)
-    assert [t.name for t in fig.data] == ["PDD+DM", "DM alone (P=1)", "random real subset"]
+    assert [t.name for t in fig.data] == ["PDD+DM", "DM alone (P=1)", "DM alone, trained as long as PDD",
+                                          "random real subset"]
     assert list(fig.data[1].x) == [2] and list(fig.data[1].y) == pytest.approx([61.0])  # only where computed
-    assert list(fig.data[2].y) == pytest.approx([40.0, 55.0])
+    assert list(fig.data[2].x) == [2] and list(fig.data[2].y) == pytest.approx([67.0])  # the fourth marker
+    assert list(fig.data[3].y) == pytest.approx([40.0, 55.0])
     assert len(render.loss_figure(view).data) == 2 and max(v for _, v in view.losses[2]) == 0.2  # base loss kept apart
-    last = E.StageEvaluated(2, [0.7, 0.7], [0.5, 0.6], 2, [0.6, 0.62]).summary()
+    last = E.StageEvaluated(2, [0.7, 0.7], [0.5, 0.6], 2, [0.6, 0.62], [0.66, 0.68]).summary()
     line = render.final_line(last, "dm")
     assert "PDD+DM 70.0 ± 0.0 %" in line and "DM alone (P=1) 61.0 ± 1.0 %" in line and "random real subset 55.0" in line
-    assert "PDD is 9.0 points ahead of DM alone." in line
+    assert "DM alone trained as long 67.0 ± 1.0 %" in line
+    assert "PDD is 9.0 points ahead of DM alone (P=1). PDD is 3.0 points ahead of DM alone trained as long." in line
     tie = dict(last, mean=0.605, std=0.01)
-    assert "0.5 points behind DM alone (within the std: no clear difference)" in render.final_line(tie, "dm")
+    assert "0.5 points behind DM alone (P=1) (within the std: no clear difference)" in render.final_line(tie, "dm")
     assert "Queued" in render.status_markdown(view, "queued", 3) and "position 3" in render.status_markdown(view, "queued", 3)
     running = render.RunView.of(fake_stream()[:8])  # stage 2, iteration 10/10
     line = render.status_markdown(running, "running", timing=(12.4, 5.2))
     assert line.endswith("iteration 10/10 · 12 s into this stage, iterations done in about 5 s (its evaluation follows)")
     assert "done · 1 s" in render.progress_html(view)  # stage 1's own time, from StageFinished
     gains = render.gains_html(view)
-    assert "<td>1</td><td>1</td><td>55.0 ± 5.0</td><td>–</td><td>40.0 ± 0.0</td><td>+15.0 vs random</td>" in gains
-    assert "+15.0 vs random, +9.0 vs DM alone" in gains  # stage 2: 70.0 against 55.0 and 61.0
+    assert "<td>1</td><td>1</td><td>55.0 ± 5.0</td><td>–</td><td>–</td><td>40.0 ± 0.0</td><td>+15.0 vs random</td>" in gains
+    assert "+15.0 vs random, +9.0 vs DM alone, +3.0 vs same epochs" in gains  # stage 2: 70.0 against 55.0, 61.0, 67.0
 
 
 def test_job_times_each_stage_and_what_its_iterations_still_need():

@@ -52,20 +52,15 @@ def test_executor_rows_give_the_same_experts_and_accuracies_on_every_executor(tm
     assert all(len(r["eval_acc"]) == 5 and r["experts_s"] > 0 and r["eval_s"] > 0 for r in runs)
 
 
-def test_quality_table_puts_the_reference_codes_accuracy_beside_the_engines_rows(tmp_path):
-    """bench/quality.py --reference: each engine row the reference code also ran gets both accuracies, their
+def test_quality_rows_render_beside_the_reference_codes_accuracy(tmp_path):
+    """bench.report --reference: each quality row the reference code also ran gets both accuracies, their
     difference, and whether the engine is within 0.2 points of the reference or better; rows it did not run
     get none, and a reference row without its accuracies is refused with the fix."""
     import json
-    from argparse import Namespace
-    from bench import quality
+    from bench import report
 
-    row = {"dataset": "digits", "ipc": 10, "method": "dm", "protocol": "paper", "schedule": None,
-           "total_iterations": 200, "total_eval_epochs": 300, "random": [0.9, 0.9, 0.9], "seconds": 1.0}
-    rows = [{**row, "stages": 1, "acc": [0.950, 0.952, 0.954]},
-            {**row, "stages": 2, "acc": [0.940, 0.942, 0.944]}]
-    args = Namespace(seeds=[0, 1, 2], eval_models=3, eval_epochs=300, jobs=1, seed_jobs=1, threads=1, whole_epochs=0)
-    machine = {"cpus": 2, "torch": "x", "cuda": None}
+    row = {"dataset": "digits", "ipc": "10", "method": "dm", "protocol": "paper"}
+    rows = [{**row, "stages": "1", "mean": "95.2", "std": "0.16"}, {**row, "stages": "2", "mean": "94.2", "std": "0.16"}]
 
     def table(ref_accs: list[float]) -> str:
         path = tmp_path / "ref.json"
@@ -73,9 +68,7 @@ def test_quality_table_puts_the_reference_codes_accuracy_beside_the_engines_rows
             {"dataset": "digits", "ipc": 10, "method": "dm", "stages": 1, "accuracies": ref_accs, "label": "as is"},
             {"dataset": "digits", "ipc": 10, "method": "dm", "stages": 1, "accuracies": [0.9, 0.9, 0.9],
              "label": "other net"}]}))
-        report = {"machine": machine, "iterations": 200, "rows": rows, "whole": {},
-                  "reference": quality.load_reference(str(path))}
-        return quality.markdown(report, args)
+        return report.reference_table(rows, report.load_reference(str(path)))
 
     near = table([0.953, 0.953, 0.953])  # engine 95.2 vs 95.3: 0.1 below, within the bar
     assert "Against the reference code: the harness" in near
@@ -84,13 +77,9 @@ def test_quality_table_puts_the_reference_codes_accuracy_beside_the_engines_rows
     assert "| DM | 2 | 94.2" not in near  # P = 2 has no reference row
     far = table([0.960, 0.962, 0.964])  # 1.0 below, outside both stds
     assert "| 95.2 ± 0.2 | as is | 96.2 ± 0.2 | -1.0 ✓ | no |" in far
-    assert "Against the reference code" not in quality.markdown({**{"machine": machine, "iterations": 200,
-                                                                   "rows": rows, "whole": {}}}, args)
-
     (tmp_path / "bad.json").write_text(json.dumps({"rows": [{"dataset": "digits", "ipc": 10, "method": "dm", "stages": 1}]}))
-    import pytest
     with pytest.raises(SystemExit, match="lacks accuracies. Fix: give every row those keys"):
-        quality.load_reference(str(tmp_path / "bad.json"))
+        report.load_reference(str(tmp_path / "bad.json"))
 
 
 def test_the_arithmetic_ceiling_is_each_convolutions_flops_at_its_own_measured_rate():

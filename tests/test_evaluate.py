@@ -1,3 +1,5 @@
+import numpy as np
+import pytest
 import torch
 
 from pdd_engine import events as E
@@ -141,3 +143,35 @@ def test_after_tune_allocator_freed_tensors_stay_in_the_heap_for_the_next_step()
     after = libc.mallinfo2()
     assert after.hblkhd == mapped  # it was never a separate mapping
     assert after.fordblks >= 16 * 2 ** 20  # and its memory is still the heap's, free
+
+
+def test_the_epoch_matched_base_trains_its_own_images_for_the_curriculums_epochs(tiny, store, digits):
+    """compare_epochs: the base method's P = 1 images, trained for stage x eval_epochs with the curriculum's
+    optimiser settings (fresh SGD per network, momentum carried, lr x0.1 at half of each stage): exactly
+    a hand-rolled loop; cached like any evaluation (a second run computes nothing)."""
+    from pdd_engine import distill
+    from pdd_engine.keys import Keys
+    from pdd_engine.models import build_model
+    from pdd_engine.training import accuracy, make_sgd, seed_of, train_epochs
+
+    cfg = tiny(stages=2, ipc=2, compare_base="final", eval_batched=False, eval_epochs=6)
+    done = distill(cfg, store)
+    last = done.accuracies[-1]
+    base = store.get(Keys.of(cfg, digits).base(2).stage(1))[0]
+    x, y = base["train_x"], base["train_y"]
+    proto = EvalProtocol.from_config(cfg, digits.size)
+    hand = []
+    for k in range(cfg.eval_models):
+        torch.manual_seed(seed_of(cfg.seed, 1000 + k))
+        net = build_model(digits.channels, digits.num_classes, digits.size, proto.depth, proto.width, proto.norm)
+        opt = make_sgd(net, cfg.eval_lr)
+        for stage in (1, 2):  # P x E epochs: the curriculum's two stages, both on the base's own images
+            train_epochs(net, x, y, cfg.eval_epochs, opt, cfg.eval_lr, cfg.eval_batch, proto.aug,
+                         seed_of(cfg.seed, 2000 + k, stage))
+        hand.append(accuracy(net, digits.x_test, digits.y_test))
+    assert last["base_epochs_mean"] == pytest.approx(float(np.mean(hand)), abs=1e-9)
+    assert last["base_epochs_mean"] != last["base_mean"]  # the test can fail: more epochs move the accuracy
+    events = list(run(cfg, store))
+    assert events[-1].computed_stages == [] and events[-1].accuracies == done.accuracies
+    off = distill(cfg.replace(compare_epochs=False), store).accuracies[-1]
+    assert off["base_epochs_mean"] is None and off["base_mean"] == last["base_mean"]

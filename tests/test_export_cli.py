@@ -113,12 +113,18 @@ def test_cli_distill_evaluate_and_errors(tmp_path, capsys):
             "--dm-pool", "1", "--cache-dir", cache, "--quiet", "--out", str(tmp_path / "b.zip"), "--json"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "| stage | IPC | PDD+DM acc % | DM alone (P=1) acc % | random subset acc % |" in out
+    assert ("| stage | IPC | PDD+DM acc % | DM alone (P=1) acc % | DM alone, same epochs acc % | random subset acc % |"
+            in out)
     result = json.loads(out.strip().splitlines()[-1])
     first, last = result["accuracies"]
     assert first["base_mean"] is None and first["base_std"] is None  # the base runs at the final stage by default
-    assert {"mean", "std", "random_mean", "random_std", "base_mean", "base_std"} <= set(last)
+    assert {"mean", "std", "random_mean", "random_std", "base_mean", "base_std", "base_epochs_mean",
+            "base_epochs_std"} <= set(last)
     assert 0 < last["base_mean"] <= 1 and last["base_mean"] != last["mean"]
+    assert 0 < last["base_epochs_mean"] <= 1 and first["base_epochs_mean"] is None  # 2 x 5 epochs: stage 2 only
+    stage2 = load_bundle(tmp_path / "b.zip").manifest["stage_entries"][1]
+    assert stage2["base_method_same_epochs_accuracy"]["mean"] == last["base_epochs_mean"]
+    assert stage2["base_method_same_epochs"] == 10
     assert main(args[:-1] + ["--compare-base", "every"]) == 0  # stage 1's base is PDD's stage 1: served from cache
     every = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 1 |")][0]
     assert every.split("|")[3] == every.split("|")[4]

@@ -1,0 +1,209 @@
+"""Tables from the results data: ``bench/results/quality.csv`` and ``speed.csv`` -> markdown.
+
+The generated tables sit in ``docs/benchmarks.md`` and ``README.md`` between marker lines::
+
+    <!-- table: quality dataset=mnist method=mtt -->
+    ...generated...
+    <!-- end table -->
+
+The first line names the table and its row filter (``column=value`` pairs, ``|`` for alternatives). This script
+rewrites every marked block from the CSVs; ``--check`` only says whether the committed tables are what the
+data gives (the test suite runs it), so no figure is ever typed by hand.
+
+    python -m bench.report            # rewrite the tables in README.md and docs/benchmarks.md
+    python -m bench.report --check    # exit 1 if a committed table differs from a fresh render
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from bench.common import RESULTS, ROOT, read_rows, split_cell
+
+DOCUMENTS = [ROOT / "README.md", ROOT / "docs" / "benchmarks.md"]
+BLOCK = re.compile(r"(<!-- table: (\w+)((?: [\w.]+=[^ >]+)*) -->\n)(.*?)(<!-- end table -->)", re.S)
+
+
+def quality_rows() -> list[dict]:
+    from bench.quality import COLUMNS, CSV
+    return read_rows(CSV, COLUMNS)
+
+
+def speed_rows() -> list[dict]:
+    from bench.speed import COLUMNS, CSV
+    return read_rows(CSV, COLUMNS)
+
+
+def num(cell: str) -> Optional[float]:
+    return None if cell in ("", "nan") else float(cell)
+
+
+def pm(mean: Optional[float], std: Optional[float]) -> str:
+    return "–" if mean is None else f"{mean:.1f} ± {std:.1f}"
+
+
+def delta(a: tuple, b: tuple) -> str:
+    """Difference of means in points, with ✓ when it is larger than both standard deviations."""
+    if a[0] is None or b[0] is None:
+        return "–"
+    d = a[0] - b[0]
+    return f"{d:+.1f}{' ✓' if abs(d) > max(a[1], b[1]) else ''}"
+
+
+def comparisons(row: dict, rows: list[dict]) -> dict[str, tuple]:
+    """(mean, std) of PDD, P = 1, P = 1 trained as long, and the own random curriculum for ``row``. A
+    matched-protocol row takes its P = 1 from the P = 1 row of the same setting (the full budget, which is
+    also its epoch-matched comparison: E/P x P = E)."""
+    own = lambda r, k: (num(r[f"{k}mean"]), num(r[f"{k}std"]) or 0.0)  # noqa: E731
+    out = {"pdd": own(row, ""), "random": own(row, "random_"), "base": own(row, "base_"),
+           "epochs": own(row, "base_epochs_")}
+    if row["protocol"] == "matched":
+        same = ("dataset", "method", "ipc", "width", "max_train", "eval_models", "precision", "eval_precision", "seeds",
+                "extra")
+        p = int(row["stages"])
+        one = next((r for r in rows if r["stages"] == "1" and all(r[k] == row[k] for k in same)
+                    and max(1, int(r["iterations"]) // p) == int(row["iterations"])
+                    and max(1, int(r["eval_epochs"]) // p) == int(row["eval_epochs"])), None)
+        out["base"] = out["epochs"] = own(one, "") if one else (None, 0.0)
+    return out
+
+
+def quality_table(rows: list[dict]) -> str:
+    """One line per setting: PDD beside its three comparisons and the differences (points)."""
+    out = ["| dataset | IPC | method | P | protocol | iterations | eval epochs | accuracy % | P = 1 % | Δ vs P = 1 | "
+           "P = 1, same epochs % | Δ vs P = 1, same epochs | own random % | Δ vs own random | seeds | wall s |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        c = comparisons(r, rows)
+        p = int(r["stages"])
+        name = r["method"].upper() if p == 1 else f"PDD+{r['method'].upper()}"
+        stages = f"{p} ({r['schedule']})" if r["schedule"] else str(p)
+        protocol = "both" if p == 1 else r["protocol"]
+        out.append(f"| {r['dataset']} | {r['ipc']} | {name} | {stages} | {protocol} | {int(r['iterations']) * p} | "
+                   f"{int(r['eval_epochs']) * p} | {pm(*c['pdd'])} | {pm(*c['base'])} | "
+                   f"{'–' if p == 1 else delta(c['pdd'], c['base'])} | {pm(*c['epochs'])} | "
+                   f"{'–' if p == 1 else delta(c['pdd'], c['epochs'])} | {pm(*c['random'])} | "
+                   f"{delta(c['pdd'], c['random'])} | {len(r['seeds'].split())} | {r['wall_s']} |")
+    return "\n".join(out)
+
+
+def stage_table(rows: list[dict]) -> str:
+    """Per-stage diagnostics of P > 1 rows: each stage's accuracy, its gain over the previous union, and the
+    learned step size (MTT) — what to read when a target is missed."""
+    out = ["| dataset | IPC | method | P | protocol | stage | IPC so far | accuracy % | gain over previous stage | "
+           "own random % | learned lr |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        if r["stages"] == "1":
+            continue
+        means, randoms = split_cell(r["stage_mean"]), split_cell(r["stage_random"])
+        lrs = split_cell(r["learned_lr"]) or [None] * len(means)
+        for s, (ipc, m) in enumerate(zip(r["stage_ipc"].split(";"), means)):
+            gain = "–" if s == 0 else f"{m - means[s - 1]:+.1f}"
+            lr = "–" if lrs[s] is None else f"{lrs[s]:.4g}"
+            out.append(f"| {r['dataset']} | {r['ipc']} | PDD+{r['method'].upper()} | {r['stages']} | {r['protocol']} | "
+                       f"{s + 1} | {ipc} | {m:.1f} | {gain} | {randoms[s]:.1f} | {lr} |")
+    return "\n".join(out)
+
+
+def speed_table(rows: list[dict]) -> str:
+    from bench.speed import speed_table as table
+    return table(rows)
+
+
+TABLES: dict[str, tuple[Callable[[], list[dict]], Callable[[list[dict]], str]]] = {
+    "quality": (quality_rows, quality_table),
+    "stages": (quality_rows, stage_table),
+    "speed": (speed_rows, speed_table),
+}
+
+
+def matches(row: dict, filters: dict[str, str]) -> bool:
+    return all(row.get(k) in v.split("|") for k, v in filters.items())
+
+
+def render(text: str) -> str:
+    """``text`` with every marked table rewritten from the results data."""
+    cache: dict[str, list[dict]] = {}
+
+    def table(m: re.Match) -> str:
+        kind, filters = m.group(2), dict(f.split("=", 1) for f in m.group(3).split())
+        rows_of, draw = TABLES[kind]
+        rows = cache.setdefault(kind, rows_of()) if kind != "stages" else cache.setdefault("quality", rows_of())
+        chosen = [r for r in rows if matches(r, filters)]
+        body = draw(chosen) if chosen else "_No rows measured yet: the command above fills this table._"
+        return f"{m.group(1)}{body}\n{m.group(5)}"
+    return BLOCK.sub(table, text)
+
+
+def load_reference(path: str | None) -> dict | None:
+    """The reference code's accuracies, measured by running it on this machine: ``{"how": "what ran, where",
+    "rows": [{"dataset", "ipc", "method", "stages", "accuracies": [one per seed, 0..1]}]}``."""
+    if not path:
+        return None
+    ref = json.loads(Path(path).read_text())
+    for r in ref["rows"]:
+        missing = {"dataset", "ipc", "method", "stages", "accuracies"} - set(r)
+        if missing:
+            raise SystemExit(f"error: {path}: a row lacks {', '.join(sorted(missing))}. Fix: give every row those keys.")
+    return ref
+
+
+def reference_table(rows: list[dict], ref: dict) -> str:
+    """The engine's rows that the reference code also ran, side by side: Δ = engine - reference, and whether
+    the engine is within 0.2 points of it or better. A reference row may carry a ``label`` (what differed)."""
+    key = lambda r: (str(r["dataset"]), str(r["ipc"]), str(r["method"]), str(r["stages"]))  # noqa: E731
+    out = [f"Against the reference code: {ref.get('how', '')}", "",
+           "| dataset | IPC | method | P | engine % | reference code | reference code % | Δ engine − reference | "
+           "within 0.2 or better |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        mine = (num(r["mean"]), num(r["std"]))
+        for theirs in (t for t in ref["rows"] if key(t) == key(r)):
+            acc = 100 * np.asarray(theirs["accuracies"])
+            ref_ms = (float(acc.mean()), float(acc.std()))
+            d = mine[0] - ref_ms[0]
+            out.append(f"| {r['dataset']} | {r['ipc']} | {r['method'].upper()} | {r['stages']} | {pm(*mine)} | "
+                       f"{theirs.get('label', 'as published')} | {pm(*ref_ms)} | {delta(mine, ref_ms)} | "
+                       f"{'yes' if d >= -0.2 else 'no'} |")
+    return "\n".join(out)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--check", action="store_true", help="exit 1 if a committed table differs from the data")
+    ap.add_argument("--reference", help="print the quality rows beside the reference code's accuracies (JSON)")
+    ap.add_argument("--csv", type=Path, help="print the quality table of this CSV (e.g. a GPU check's) and stop")
+    args = ap.parse_args()
+    if args.csv:
+        from bench.quality import COLUMNS
+        rows = read_rows(args.csv, COLUMNS)
+        print(quality_table(rows) + "\n\n" + stage_table(rows))
+        return 0
+    if args.reference:
+        print(reference_table(quality_rows(), load_reference(args.reference)))
+        return 0
+    stale = []
+    for doc in DOCUMENTS:
+        if not doc.exists():
+            continue
+        old = doc.read_text()
+        new = render(old)
+        if new != old:
+            stale.append(doc.relative_to(ROOT))
+            if not args.check:
+                doc.write_text(new)
+    if args.check and stale:
+        print(f"stale tables in {', '.join(map(str, stale))}. Fix: python -m bench.report", file=sys.stderr)
+        return 1
+    print("tables " + ("up to date" if not stale else f"rewritten in {', '.join(map(str, stale))}"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
