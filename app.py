@@ -1,45 +1,43 @@
-"""PDD Studio web app: ``python app.py`` (settings by environment variable, see README)."""
+"""PDD Studio web app: ``python app.py`` (settings by environment variable: docs/security.md lists them)."""
 
 import os
 from pathlib import Path
 
 from app.housekeeping import Bound, start_janitor
-from app.jobs import JobManager, zerogpu_stage_fn
-from app.settings import env_number
-from pdd_engine.cache import Store, default_cache_dir
 from pdd_engine.errors import PDDError
+from pdd_engine.service import Service, env
 
 ROOT = Path(__file__).resolve().parent
 
 
 def main() -> None:
-    cache_dir = os.environ.get("PDD_CACHE_DIR") or str(default_cache_dir())
-    export_dir = Path(os.environ.get("PDD_EXPORT_DIR") or Path(cache_dir).parent / "exports")
-    upload_dir = Path(os.environ.get("PDD_UPLOAD_DIR") or Path(cache_dir).parent / "uploads")
-    try:  # a cache folder that is not writable, a setting that is not a number: one line with the fix
-        store = Store(cache_dir)
-        bounds = [Bound.from_env(export_dir, "EXPORT", hours=24, gib=2),
-                  Bound.from_env(upload_dir, "UPLOAD", hours=24 * 7, gib=5)]
-        jobs, threads = env_number("PDD_MAX_JOBS", 1), env_number("PDD_ENGINE_THREADS", 0)
-        concurrency, port = env_number("PDD_UI_CONCURRENCY", 8), env_number("GRADIO_SERVER_PORT", 7860)
-        stage_fn = zerogpu_stage_fn()
-    except PDDError as e:
+    try:  # a folder that is not writable, a setting that is not a number: one line with the fix
+        cache_dir = env("PDD_CACHE_DIR")
+        export_dir = env("PDD_EXPORT_DIR") or cache_dir.parent / "exports"
+        upload_dir = env("PDD_UPLOAD_DIR") or cache_dir.parent / "uploads"
+        env("PDD_CACHE_GB")
+        bounds = [Bound.from_env(export_dir, "EXPORT"), Bound.from_env(upload_dir, "UPLOAD")]
+        stagewise = env("PDD_STAGEWISE") or bool(os.environ.get("SPACES_ZERO_GPU"))
+        service = Service(cache_dir, export_dir, upload_dir, data_root=os.environ.get("PDD_DATA_DIR") or None,
+                          max_concurrent=env("PDD_MAX_JOBS"), threads=env("PDD_ENGINE_THREADS"), stagewise=stagewise,
+                          public=env("PDD_PUBLIC_RUNS"), gpu_seconds=env("PDD_GPU_SECONDS"))
+        concurrency, port = env("PDD_UI_CONCURRENCY"), int(os.environ.get("GRADIO_SERVER_PORT") or 7860)
+    except (PDDError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
-    from app.ui import Studio, build  # after the checks: Gradio reads GRADIO_SERVER_PORT when imported
-    manager = JobManager(cache_dir, max_concurrent=jobs, threads=threads, stage_fn=stage_fn,
-                         export_dir=str(export_dir))
-    public = os.environ.get("PDD_PUBLIC_RUNS", "").lower() in ("1", "true", "yes")
-    studio = Studio(manager, store, export_dir, os.environ.get("PDD_DATA_DIR"), upload_dir, public)
-    start_janitor(bounds)
-    studio.prime()
-    demo = build(studio)
-    demo.queue(default_concurrency_limit=concurrency)
+    from app.layout import build  # after the checks: Gradio reads GRADIO_SERVER_PORT when imported
+    from app.studio import Studio
+
     try:
+        studio = Studio(service)
+        start_janitor(bounds)
+        studio.prime()
+        demo = build(studio)
+        demo.queue(default_concurrency_limit=concurrency)
         demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), server_port=port,
                     css_paths=[ROOT / "assets" / "style.css"], allowed_paths=[str(export_dir)],
                     max_file_size="500mb", show_error=True)
     finally:
-        manager.shutdown()
+        service.shutdown()
 
 
 if __name__ == "__main__":

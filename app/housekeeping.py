@@ -2,7 +2,7 @@
 
 Everything pruned can be made again: a bundle is re-exported from the cache by the Runs tab's
 download (or a re-run, which the cache serves), an upload is uploaded again. The web framework's
-own temporary copies are bounded by ``gr.Blocks(delete_cache=...)`` (see :func:`app.ui.build`).
+own temporary copies are bounded by ``gr.Blocks(delete_cache=...)`` (see :func:`app.layout.build`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .settings import env_number
+from pdd_engine.service import env
 
 
 @dataclass(frozen=True)
@@ -22,11 +22,9 @@ class Bound:
     max_bytes: int
 
     @classmethod
-    def from_env(cls, folder: Path, name: str, hours: float, gib: float) -> "Bound":
-        """``PDD_<NAME>_KEEP_HOURS`` and ``PDD_<NAME>_MAX_GB`` override the defaults."""
-        hours = env_number(f"PDD_{name}_KEEP_HOURS", hours, float)
-        gib = env_number(f"PDD_{name}_MAX_GB", gib, float)
-        return cls(Path(folder), hours * 3600, int(gib * 2 ** 30))
+    def from_env(cls, folder: Path, name: str) -> "Bound":
+        """The bound ``PDD_<NAME>_KEEP_HOURS`` and ``PDD_<NAME>_MAX_GB`` set."""
+        return cls(Path(folder), env(f"PDD_{name}_KEEP_HOURS") * 3600, int(env(f"PDD_{name}_MAX_GB") * 2 ** 30))
 
 
 def prune(bound: Bound, now: float | None = None) -> list[Path]:

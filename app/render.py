@@ -17,7 +17,6 @@ import plotly.graph_objects as go
 from PIL import Image, ImageDraw
 
 from pdd_engine import events as E
-from pdd_engine.manifest import manifest_arch
 
 NEW, FROZEN = (255, 140, 0), (150, 150, 150)
 GRID_TOP = 4  # the run's grid is a page element of its own: no caption overlay to leave room for
@@ -253,21 +252,22 @@ def class_grid(images: np.ndarray, labels: np.ndarray, classes: list, frames: Op
     return canvas
 
 
-def preview_image(p) -> Optional[Image.Image]:
-    """Real images per class of a :class:`~pdd_engine.preview.DatasetPreview` (None before a download)."""
-    if p.images is None:
+def preview_image(p: dict) -> Optional[Image.Image]:
+    """Real images per class of a dataset preview (the service's; None before a download)."""
+    if p["images"] is None:
         return None
-    return class_grid(p.images, p.labels, list(p.classes), caption=f"{p.name}: random real training images")
+    return class_grid(p["images"], p["labels"], list(p["classes"]), caption=f"{p['name']}: random real training images")
 
 
-def preview_markdown(p) -> str:
+def preview_markdown(p: dict) -> str:
     """A dataset's facts in two lines: what it is, and how large."""
-    where = "on this machine" if p.availability == "offline" else "not on this machine: downloaded on first use (needs internet)"
-    sizes = f"{p.train:,} train" + (f" / {p.test:,} test" if p.test is not None else "")
-    per = (f" ({min(p.train_per_class):,}–{max(p.train_per_class):,} per class)"
-           if p.train_per_class and min(p.train_per_class) != max(p.train_per_class) else "")
-    return (f"**{p.title}** — {where}<br>{p.num_classes} classes · {p.channels} channel{'s' if p.channels != 1 else ''}"
-            f" · {p.size}×{p.size} px · {sizes}{per}<br><small>{p.licence}</small>")
+    where = "on this machine" if p["availability"] == "offline" else "not on this machine: downloaded on first use (needs internet)"
+    sizes = f"{p['train']:,} train" + (f" / {p['test']:,} test" if p["test"] is not None else "")
+    per_class = p["train_per_class"]
+    per = (f" ({min(per_class):,}–{max(per_class):,} per class)" if per_class and min(per_class) != max(per_class) else "")
+    return (f"**{p['title']}** — {where}<br>{p['num_classes']} classes · {p['channels']} "
+            f"channel{'s' if p['channels'] != 1 else ''} · {p['size']}×{p['size']} px · {sizes}{per}<br>"
+            f"<small>{p['licence']}</small>")
 
 
 def loss_figure(view: RunView) -> go.Figure:
@@ -309,15 +309,16 @@ def accuracy_figure(view: RunView) -> go.Figure:
     return fig
 
 
-def evaluation_figure(manifest: dict, results: list) -> go.Figure:
-    """A bundle's accuracy per cumulative IPC on each architecture: as exported, then each re-evaluation."""
+def evaluation_figure(manifest: dict, results: list, arch: str) -> go.Figure:
+    """A bundle's accuracy per cumulative IPC on each architecture: as exported (on ``arch``), then each
+    re-evaluation."""
     entries = manifest["stage_entries"]
     x = [e["cumulative_images_per_class"] for e in entries]
     fig = go.Figure()
     if all(e.get("accuracy") for e in entries):
         fig.add_trace(go.Scatter(x=x, y=[100 * e["accuracy"]["mean"] for e in entries], mode="lines+markers",
                                  error_y=dict(type="data", array=[100 * e["accuracy"]["std"] for e in entries]),
-                                 name=f"recorded in the bundle ({manifest_arch(manifest)})", line=dict(dash="dot")))
+                                 name=f"recorded in the bundle ({arch})", line=dict(dash="dot")))
     for arch, accs in results:
         fig.add_trace(go.Scatter(x=x, y=[100 * float(np.mean(a)) for a in accs], mode="lines+markers",
                                  error_y=dict(type="data", array=[100 * float(np.std(a)) for a in accs]),
@@ -328,12 +329,11 @@ def evaluation_figure(manifest: dict, results: list) -> go.Figure:
 
 
 def compare_figure(runs: list) -> go.Figure:
-    """Cached runs (pdd_engine.runs.RunRecord) on one accuracy plot: each run's per-stage curve."""
+    """Finished runs (the service's records) on one accuracy plot: each run's per-stage curve."""
     fig = go.Figure()
     for r in runs:
-        c, acc = r.config, r.stages
+        acc = r.stages
         fig.add_trace(go.Scatter(x=[a.ipc for a in acc], y=[100 * a.mean for a in acc], mode="lines+markers",
-                                 error_y=dict(type="data", array=[100 * a.std for a in acc]),
-                                 name=f"{c.dataset} {c.method} P={c.stages} IPC={c.ipc}"))
+                                 error_y=dict(type="data", array=[100 * a.std for a in acc]), name=r.label))
     fig.update_layout(xaxis_title="images per class (cumulative)", yaxis_title="test accuracy %", **LAYOUT)
     return fig

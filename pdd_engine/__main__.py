@@ -7,19 +7,34 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
 import typing
-from dataclasses import fields
+from pathlib import Path
 from typing import Any, Optional
 
-from .config import PRESETS, DistillConfig, Precision
+from PIL import Image
+from tqdm import tqdm
+
+from . import events as E
+from . import runs
+from .book import compare_table, config_differences, shown_dataset
+from .cache import Store
+from .config import PRESETS, DistillConfig, Precision, declarations
+from .datasets.builtin import fetch_mnist
 from .errors import PDDError
+from .estimate import config_warnings, estimate
+from .export import evaluate_bundle, export_bundle, load_bundle
+from .manifest import evaluation_table
+from .preview import montage, preview_dataset
+from .progressive import run
+from .registry import all_params, base_type, get_method, owners
 
 
 def _flag_type(t: Any) -> Any:
     """The argparse type of a field annotation (``Optional[...]`` unwrapped; ``Literal`` and lists
     such as ``--stage-ipc 6,4`` as text, which the config parses and checks)."""
-    from .methods.spec import base_type
     t, _ = base_type(t)
     return str if typing.get_origin(t) in (typing.Literal, tuple) else t
 
@@ -27,11 +42,8 @@ def _flag_type(t: Any) -> Any:
 def config_flags() -> list[tuple[str, Any, str]]:
     """(field, type, help) for every flag: the shared config fields, then each registered method's
     hyper-parameters (a name two methods share is one flag)."""
-    from .config import HINTS
-    from .methods import all_params, owners
-    hints = typing.get_type_hints(DistillConfig)
-    out = [(f.name, _flag_type(hints[f.name]), (f"{HINTS[f.name]}; " if f.name in HINTS else "") + f"default {f.default!r}")
-           for f in fields(DistillConfig) if f.name != "params"]
+    out = [(name, _flag_type(t), (f"{meta['hint']}; " if meta.get("hint") else "") + f"default {default!r}")
+           for name, t, default, meta in declarations()]
     return out + [(name, _flag_type(t), f"{meta['label']}" + (f": {meta['hint']}" if meta.get("hint") else "")
                    + f" [{', '.join(owners(name))}; default {default!r}]") for name, t, default, meta in all_params()]
 
@@ -49,7 +61,6 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> DistillConfig:
     """The preset, then the flags given. A flag of another method than the chosen one is an error
     naming the fix; a preset's value for another method is dropped."""
-    from .methods import get_method, owners
     overrides = {name: getattr(args, name) for name, _, _ in config_flags() if getattr(args, name) is not None}
     if args.preset not in PRESETS:
         raise PDDError(f"unknown preset '{args.preset}'", f"choose one of {', '.join(PRESETS)}")
@@ -77,20 +88,13 @@ def format_table(accuracies: list[dict], method: str) -> str:
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from . import events as E
-    from .cache import Store
-    from .export import export_bundle
-    from .progressive import run
-
-    from .estimate import config_warnings
-
     cfg = config_from_args(args)
     if args.out:
         check_writable(args.out, "--out")  # before the run, not after hours of it
     for w in config_warnings(cfg):
         print(w, file=sys.stderr)
+    if not args.quiet:  # what it will cost, before it starts (the CLI has no cap: the machine is yours)
+        print(f"estimate: {estimate(cfg)} (rough, ±2x)", file=sys.stderr)
     store = Store(cfg.cache_dir)
     bar: Optional[tqdm] = None
     bar_phase = ""
@@ -142,8 +146,6 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 def check_writable(path: str, flag: str) -> None:
     """A one-line error now if a file cannot be written at ``path`` (missing or read-only folder)."""
-    import os
-    from pathlib import Path
     folder = Path(path).expanduser().resolve().parent
     if not folder.is_dir():
         raise PDDError(f"{flag} {path}: the folder {folder} does not exist", f"create it, or give {flag} a path in an existing folder")
@@ -152,9 +154,6 @@ def check_writable(path: str, flag: str) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .export import evaluate_bundle, load_bundle
-    from .manifest import evaluation_table
-
     for flag, value in (("--epochs", args.epochs), ("--models", args.models)):
         if value is not None and value < 1:
             raise PDDError(f"{flag} must be 1 or more (got {value})", f"give {flag} a whole number >= 1, or leave it out")
@@ -172,8 +171,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    from .data import fetch_mnist
-
     if args.dataset != "mnist":
         raise PDDError(f"fetch supports only mnist (got '{args.dataset}')",
                        "torchvision downloads the other sets on first use where there is internet")
@@ -183,8 +180,6 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 def cmd_preview(args: argparse.Namespace) -> int:
     """``preview DATASET``: a dataset's facts (and, with --out, a PNG of real images per class)."""
-    from .preview import montage, preview_dataset
-
     if args.per_class < 1:
         raise PDDError(f"--per-class must be 1 or more (got {args.per_class})", "give --per-class a whole number >= 1")
     p = preview_dataset(args.dataset, args.data_root, args.per_class, args.image_size)
@@ -197,7 +192,6 @@ def cmd_preview(args: argparse.Namespace) -> int:
         if p.images is None:
             raise PDDError(f"{args.dataset} is not on this machine, so there are no images to show",
                            "run a distillation once (it downloads the data) or leave --out out")
-        from PIL import Image
         check_writable(args.out, "--out")
         pixels = montage(p)
         Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(args.out)
@@ -213,30 +207,27 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     """``runs [list|show|delete|export|compare] [ID ...]``: finished runs in the cache."""
-    import time
-
-    from . import runs
-    from .cache import Store
-
     store = Store(args.cache_dir)
     need = {"list": (0, None), "show": (1, 1), "delete": (1, None), "export": (1, 1), "compare": (1, None)}[args.action]
     if len(args.ids) < need[0] or (need[1] is not None and len(args.ids) > need[1]):
         raise PDDError(f"`runs {args.action}` takes {'one run id' if need[1] == 1 else 'run ids'} (got {len(args.ids)})",
-                       f"e.g. `python -m pdd_engine runs {args.action} <id>`; ids come from `runs list`")
+                       f"e.g. `pdd runs {args.action} <id>`; ids come from `runs list`")
     if args.action == "list":
-        records = runs.list_runs(store)
+        records = runs.book(store).records()
         if args.json:
             print(json.dumps([r.to_dict() for r in records]))
         for r in records if not args.json else []:
             f = r.final
-            print(f"{r.id}  {time.strftime('%Y-%m-%d %H:%M', time.localtime(r.finished))}  {r.config.dataset:<8} "
-                  f"{r.config.method:<4} P={r.config.stages} IPC={r.config.ipc:<3} acc {100 * f.mean:.1f}% "
-                  f"(random {100 * f.random_mean:.1f}%)" + ("" if r.current else "  [older engine: results only]"))
+            c = r.config
+            print(f"{r.id}  {time.strftime('%Y-%m-%d %H:%M', time.localtime(r.finished))}  "
+                  f"{shown_dataset(c['dataset']):<8} {c['method']:<4} P={c['stages']} IPC={c['ipc']:<3} "
+                  f"acc {100 * f.mean:.1f}% (random {100 * f.random_mean:.1f}%)"
+                  + ("" if runs.current(r) else "  [older engine: results only]"))
         if not records and not args.json:
             print("no finished runs in this cache", file=sys.stderr)
     elif args.action == "show":
         r = runs.get(store, args.ids[0])
-        print(json.dumps(r.to_dict(), indent=2) if args.json else runs.compare_table([r]))
+        print(json.dumps(r.to_dict(), indent=2) if args.json else compare_table([r]))
     elif args.action == "delete":
         n = runs.delete(store, args.ids)
         print(f"deleted {n} run record(s); their stages stay cached for runs that share them", file=sys.stderr)
@@ -245,12 +236,12 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print(f"bundle written to {runs.export(store, rec.id, args.out or rec.file_stem + '.zip')}", file=sys.stderr)
     elif args.action == "compare":
         chosen = [runs.get(store, ref) for ref in args.ids]
-        print(runs.compare_table(chosen) + "\n\n" + runs.config_differences(chosen))
+        print(compare_table(chosen) + "\n\n" + config_differences(chosen))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pdd_engine", description="Progressive Dataset Distillation")
+    p = argparse.ArgumentParser(prog="pdd", description="Progressive Dataset Distillation")
     p.add_argument("--debug", action="store_true", help="print tracebacks of internal errors")
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("distill", help="distil a dataset stage by stage (cached, resumable)")

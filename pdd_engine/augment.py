@@ -18,7 +18,8 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-from .lazy import F, torch
+import torch
+import torch.nn.functional as F
 
 SCALE, ROTATE, CROP_PAD, CUTOUT = 1.2, 15.0, 0.125, 0.5
 BRIGHTNESS, SATURATION, CONTRAST = 1.0, 2.0, 0.5

@@ -8,49 +8,35 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import sqlite3
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 import diskcache
+import safetensors.torch
+import torch
 
 from .errors import CacheError
-from .lazy import LazyModule, torch
-
-safetensors = LazyModule("safetensors.torch")  # listing runs (the web process) reads no tensors
-
-DEFAULT_SIZE_LIMIT_GB = float(os.environ.get("PDD_CACHE_GB", "4"))
+from .settings import env
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("PDD_CACHE_DIR", Path.home() / ".cache" / "pdd_studio" / "cache"))
+    return env("PDD_CACHE_DIR")
 
 
 def pack(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> bytes:
-    """A safetensors blob. A record without tensors (run records, owner marks) is written by hand, so
-    the web process writes them without torch; the bytes are what safetensors itself writes."""
-    metadata = {"json": json.dumps(meta, sort_keys=True)}
-    if not tensors:
-        header = json.dumps({"__metadata__": metadata}, separators=(",", ":")).encode()
-        header += b" " * (-len(header) % 8)  # safetensors pads its header to 8 bytes
-        return len(header).to_bytes(8, "little") + header
+    """A safetensors blob: the tensors, and ``meta`` as a JSON string in its metadata."""
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
-    return safetensors.save(tensors, metadata=metadata)
+    return safetensors.torch.save(tensors, metadata={"json": json.dumps(meta, sort_keys=True)})
 
 
 def unpack(blob: bytes) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(tensors, meta) of a safetensors blob. A record without tensors (a run record) is read from
-    its header alone, so listing runs needs no torch."""
+    """(tensors, meta) of a safetensors blob (its header: 8 bytes of length, then JSON)."""
     header_len = int.from_bytes(blob[:8], "little")
     header = json.loads(blob[8:8 + header_len])
     meta = json.loads(header.get("__metadata__", {}).get("json", "{}"))
-    if set(header) <= {"__metadata__"}:
-        if len(blob) != 8 + header_len:
-            raise ValueError("a record without tensors has trailing bytes")
-        return {}, meta
-    return safetensors.load(blob), meta
+    return safetensors.torch.load(blob), meta
 
 
 class BytesOnlyDisk(diskcache.Disk):
@@ -97,7 +83,9 @@ class Store:
 
     def __init__(self, directory: Optional[str | Path] = None, size_limit_gb: Optional[float] = None,
                  notice: Optional[Callable[[str], None]] = None):
-        size_limit_gb = size_limit_gb or DEFAULT_SIZE_LIMIT_GB
+        size_limit_gb = env("PDD_CACHE_GB") if size_limit_gb is None else size_limit_gb
+        if not size_limit_gb > 0:
+            raise CacheError(f"a cache of {size_limit_gb} GiB holds nothing", "set PDD_CACHE_GB to a positive size")
         self.directory = Path(directory) if directory else default_cache_dir()
         self.notice = notice or (lambda msg: print(msg, file=sys.stderr))
         try:

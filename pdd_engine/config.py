@@ -1,10 +1,11 @@
 """One typed, validated config for a distillation run, and the presets.
 
-The fields every method shares are flat; a method's own hyper-parameters are its registered
-``Params`` dataclass in ``params`` (``cfg.params.syn_steps`` for MTT). Front ends speak flat names
-(``--syn-steps``, one control per field): :meth:`DistillConfig.make` routes each name to its place and
-refuses a setting of another method with a fix. Which fields feed which cached artefact is declared
-in :mod:`pdd_engine.keys`.
+The fields every method shares are flat and declared with :func:`~pdd_engine.registry.setting` (label,
+hint, bounds, the server's maximum, choice labels); a method's own hyper-parameters are its registered
+``Params`` dataclass in ``params`` (``cfg.params.syn_steps`` for MTT), declared with ``param``. Front ends
+speak flat names (``--syn-steps``, one control per field): :meth:`DistillConfig.make` routes each name to
+its place and refuses a setting of another method with a fix. Which fields feed which cached artefact is
+declared in :mod:`pdd_engine.keys`.
 """
 
 from __future__ import annotations
@@ -12,113 +13,126 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import typing
 from dataclasses import dataclass, fields
 from typing import Any, Literal, Mapping, Optional, get_args
 
+from . import datasets, methods  # noqa: F401  (the registries, filled by their sources)
 from .errors import ConfigError
+from .registry import (REGISTRY, Params, check_cap, check_value, find, get_method, owners, reserve, setting,
+                       spec_of)
 
 DSA_OPS = ("color", "crop", "cutout", "flip", "scale", "rotate")
 Norm = Literal["instance", "batch", "none"]
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["float32", "bfloat16"]
-
-# One line per shared field on what it does, for the CLI's help and the studio's controls (a method's
-# own settings carry theirs in their ``param``).
-HINTS = {
-    "stages": "P: how many small sets are distilled one after another, each frozen before the next",
-    "ipc": "synthetic images per class in the end, over all stages",
-    "stage_ipc": "images per class each stage adds, e.g. 6,4; empty splits IPC evenly",
-    "iterations": "image updates per stage (the base method's budget)",
-    "lr_img": "step size of the synthetic pixels",
-    "width": "channels of the ConvNet used to distil and to evaluate",
-    "depth": "ConvNet blocks (conv, norm, ReLU, pool)",
-    "image_size": "resize every image to this many pixels per side (set it for mixed-size uploads)",
-    "eval_epochs": "epochs each evaluation network trains per stage",
-    "eval_models": "evaluation networks per stage: the ± is their std",
-    "seed": "one seed for everything: the same seed gives the same result",
-    "transition": "where each stage's matching networks start (chain: the paper's)",
-    "transition_epochs": "epochs a network trains on each earlier stage before it is matched",
-    "filter_easy": "drop the real examples networks already classify well before each next stage",
-    "zca": "whiten images (ZCA), as the field does for CIFAR",
-    "device": "auto: CUDA when present, else CPU",
-    "precision": "the distillation's matching in float32, or under bfloat16 autocast (faster where the "
-                 "processor has bf16 instructions; the evaluation has its own arithmetic setting)",
-    "eval_precision": "the evaluation networks' training and test pass in float32 (the field's protocol), or "
-                      "under bfloat16 autocast (faster where the processor has bf16 instructions)",
-    "executor": "where a stage's independent units (experts, evaluation networks, scorers) run; same results",
-    "compare_base": "also distil the base method alone (P=1) at the same IPC, to see PDD's gain",
-    "compare_epochs": "also train the base method's P=1 images for as many epochs as PDD's curriculum (P x the "
-                      "evaluation epochs): did the stages make better images, or only train longer?",
-}
+BF16 = "faster on CPUs with bf16 instructions"
 
 
 @dataclass(frozen=True)
 class DistillConfig:
     # what to distil
-    dataset: str = "digits"
-    method: str = "dm"
+    dataset: str = setting("digits", "Dataset", "a built-in set, or folder:PATH / idx:PATH for your own", shown="main")
+    method: str = setting("dm", "Base method", "the method each stage wraps", shown="main")
     # the method's own hyper-parameters (its registered Params dataclass; None: its defaults)
-    params: Any = None
-    stages: int = 2  # cpu-quick: the measured best PDD row on digits within 3 minutes (README, Results)
-    ipc: int = 10
+    params: Any = setting(None, "Method settings", shown="hidden")
+    # cpu-quick: the measured best PDD row on digits within 3 minutes (docs/benchmarks.md)
+    stages: int = setting(2, "Stages P", "how many small sets are distilled one after another, each frozen before "
+                          "the next", minimum=1, maximum=50, server_max=10, shown="main")
+    ipc: int = setting(10, "Total IPC", "synthetic images per class in the end, over all stages", minimum=1,
+                       maximum=1000, server_max=100, shown="main")
     # images per class each stage adds, e.g. (6, 4): more in the first stage, as the paper's ablation
     # tries; None splits IPC evenly. Its length is P and its sum is IPC ("6,4" on the CLI and the page)
-    stage_ipc: Optional[tuple[int, ...]] = None
-    iterations: int = 200
-    seed: int = 0
+    stage_ipc: Optional[tuple[int, ...]] = setting(None, "Images per class of each stage",
+                                                   "images per class each stage adds, e.g. 6,4; empty splits IPC evenly")
+    iterations: int = setting(200, "Iterations per stage", "image updates per stage (the base method's budget)",
+                              minimum=1, server_max=5000)
+    seed: int = setting(0, "Seed", "one seed for everything: the same seed gives the same result", minimum=0,
+                        maximum=2 ** 32 - 1)  # seeds feed 32-bit derivations (training.seed_of)
     # synthetic images
-    lr_img: Optional[float] = None
-    init: Literal["real", "noise"] = "real"
-    dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
-    zca: bool = False
-    image_size: Optional[int] = None
-    max_train: Optional[int] = None  # stratified subset of the real training set (seed 0)
+    lr_img: Optional[float] = setting(None, "Image learning rate", "step size of the synthetic pixels", positive=True)
+    init: Literal["real", "noise"] = setting("real", "Initial images", "start from real images or from noise",
+                                             shown="hidden")
+    dsa_strategy: str = setting("color_crop_cutout_flip_scale_rotate", "Augmentation",
+                                "DSA operations joined by '_', or none", shown="hidden")
+    zca: bool = setting(False, "ZCA whitening", "whiten images (ZCA), as the field does for CIFAR")
+    image_size: Optional[int] = setting(None, "Image size in pixels", "resize every image to this many pixels per side "
+                                        "(set it for mixed-size uploads)", minimum=4, maximum=128)
+    max_train: Optional[int] = setting(None, "Real training images", "a stratified subset of the real training set "
+                                       "(seed 0); empty: all of it", minimum=10, shown="hidden")
     # network
-    depth: Optional[int] = None  # None: the field's choice for the input size (see auto_depth)
-    width: int = 32
-    norm: Norm = "instance"
+    depth: Optional[int] = setting(None, "Network depth", "ConvNet blocks (conv, norm, ReLU, pool)", minimum=1,
+                                   maximum=6)  # None: the field's choice for the input size (see auto_depth)
+    width: int = setting(32, "Network width", "channels of the ConvNet used to distil and to evaluate", minimum=1,
+                         maximum=1024, server_max=256)
+    norm: Norm = setting("instance", "Normalisation", "of the ConvNet's blocks", shown="hidden")
     # PDD transition: where stage i's matching networks start. "chain" (the official code): one
     # network trained on U_1, then U_2, ... U_{i-1}, transition_epochs each; "fresh": a new network
     # trained on U_{i-1} alone.
-    transition: Literal["chain", "fresh"] = "chain"
-    transition_epochs: int = 50
+    transition: Literal["chain", "fresh"] = setting(
+        "chain", "PDD transition", "where each stage's matching networks start (chain: the paper's)",
+        choices=[("chain: one network through U_1, U_2, ... (paper)", "chain"),
+                 ("fresh: a new network on U_{i-1}", "fresh")])
+    transition_epochs: int = setting(50, "PDD transition epochs", "epochs a network trains on each earlier stage "
+                                     "before it is matched", minimum=0, server_max=1000)
     # easy-example filtering between stages (PDD, optional)
-    filter_easy: bool = False
-    keep_easy: float = 0.2
-    filter_models: int = 3
+    filter_easy: bool = setting(False, "Drop easy real examples between stages", "drop the real examples networks "
+                                "already classify well before each next stage")
+    keep_easy: float = setting(0.2, "Easy examples kept", "the share of easy examples kept", minimum=0.0, maximum=1.0,
+                               shown="hidden")
+    filter_models: int = setting(3, "Easy-example scorers", "networks that score the real examples", minimum=1,
+                                 server_max=10, shown="hidden")
     # evaluation (curriculum: eval_epochs on U_1, then on U_2, ... with optimizer state carried)
-    eval_epochs: int = 300
-    eval_models: int = 3  # cpu-quick: as in the benchmark row it was chosen by
-    eval_lr: float = 0.01
-    eval_batch: int = 256
-    eval_dsa: bool = True
+    eval_epochs: int = setting(300, "Evaluation epochs per stage", "epochs each evaluation network trains per stage",
+                               minimum=1, server_max=2000)
+    eval_models: int = setting(3, "Evaluation networks", "evaluation networks per stage: the ± is their std", minimum=1,
+                               server_max=10)
+    eval_lr: float = setting(0.01, "Evaluation learning rate", "used where a stage carries no learned lr",
+                             positive=True, shown="hidden")
+    eval_batch: int = setting(256, "Evaluation batch", "minibatch of the evaluation, transitions and scorers",
+                              minimum=1, server_max=4096, shown="hidden")
+    eval_dsa: bool = setting(True, "Augment the evaluation", "DSA while evaluation networks train", shown="hidden")
     # the evaluation networks trained together (vmap) or one after another; None: batched on a GPU,
     # on a CPU only for small networks (evaluate.BATCHED_CPU_MAX_WORK, bench/speed.py --only eval_widths).
     # The same results either way, up to floating-point summation order (not in any cache key)
-    eval_batched: Optional[bool] = None
+    eval_batched: Optional[bool] = setting(None, "Train evaluation networks together", "vmap; empty: where "
+                                           "measured faster", shown="hidden")
     # the arithmetic of the evaluation (its networks' training and test pass; the easy-example scorers too):
     # float32, the field's protocol, or bfloat16 autocast, faster on processors with bf16 instructions at
-    # the same accuracy (README, "bfloat16 against float32"). Accuracies differ run to run, so it is in the
-    # evaluation keys; it changes no distilled image.
-    eval_precision: Precision = "float32"
+    # the same accuracy (docs/benchmarks.md). Accuracies differ run to run, so it is in the evaluation keys;
+    # it changes no distilled image.
+    eval_precision: Precision = setting(
+        "float32", "Arithmetic of the evaluation", "the evaluation networks' training and test pass in float32 (the "
+        f"field's protocol), or under bfloat16 autocast ({BF16})",
+        choices=[("float32 (the field's protocol)", "float32"), (f"bfloat16 ({BF16})", "bfloat16")])
     # the base method alone (P = 1) at the same IPC, beside PDD: at the final stage, every stage, or off
-    compare_base: Literal["final", "every", "off"] = "final"
+    compare_base: Literal["final", "every", "off"] = setting(
+        "final", "Compare with the base method alone (P=1)", "also distil the base method alone (P=1) at the same "
+        "IPC, to see PDD's gain", choices=[("at the final stage", "final"), ("at every stage", "every"), ("off", "off")])
     # beside it, the base method's P = 1 images trained for the curriculum's total epochs (i x eval_epochs
     # after stage i: the same curriculum with each union replaced by those images), where i > 1
-    compare_epochs: bool = True
+    compare_epochs: bool = setting(True, "Compare with the base method trained as long", "also train the base "
+                                   "method's P=1 images for as many epochs as PDD's curriculum (P x the evaluation "
+                                   "epochs): did the stages make better images, or only train longer?")
     # where it runs
-    device: Device = "auto"
+    device: Device = setting("auto", "Device", "auto: CUDA when present, else CPU")
     # the arithmetic of the distillation's matching (each method's loss, under torch.autocast): bfloat16
-    # is faster on processors with bf16 instructions (README, "Speed and memory"), and the images it gives
-    # differ, so it is in the stage keys. Transitions and experts run in float32; the evaluation's
-    # arithmetic is eval_precision.
-    precision: Precision = "float32"
+    # is faster on processors with bf16 instructions, and the images it gives differ, so it is in the stage
+    # keys. Transitions and experts run in float32; the evaluation's arithmetic is eval_precision.
+    precision: Precision = setting(
+        "float32", "Arithmetic of the matching", "the distillation's matching in float32, or under bfloat16 "
+        f"autocast ({BF16}; the evaluation has its own arithmetic setting)",
+        choices=[("float32", "float32"), (f"bfloat16 ({BF16})", "bfloat16")])
     # where a stage's independent units (MTT's experts) run: local (this process) or ray (a cluster);
     # None: PDD_EXECUTOR, else local. Results are the same either way.
-    executor: Optional[Literal["local", "ray"]] = None
-    data_root: Optional[str] = None
-    cache_dir: Optional[str] = None
-    max_memory_gb: Optional[float] = None
+    executor: Optional[Literal["local", "ray"]] = setting(
+        None, "Executor", "where a stage's independent units (experts, evaluation networks, scorers) run; same "
+        "results", choices=[("the server's (PDD_EXECUTOR, else local)", ""), ("local: in the engine's process", "local"),
+                            ("ray: Ray tasks (RAY_ADDRESS's cluster, else a local Ray)", "ray")])
+    data_root: Optional[str] = setting(None, "Data folder", "where built-in datasets live", shown="server")
+    cache_dir: Optional[str] = setting(None, "Cache folder", "where stages are cached", shown="server")
+    max_memory_gb: Optional[float] = setting(None, "Memory budget (GB)", "what a step may use; empty: what the "
+                                             "machine has", positive=True, shown="hidden")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "params", method_params(self.method, self.params))
@@ -131,7 +145,6 @@ class DistillConfig:
         config, the chosen method's hyper-parameters to ``params``. A hyper-parameter of another method
         is an error naming the fix (``other_methods="drop"`` ignores it: a preset's values for a method
         the user switched away from)."""
-        from .methods import get_method, owners
         own = {f.name for f in fields(cls)} - {"params"}
         method = values.get("method", cls.method)
         mine = set(get_method(method).Params.names())
@@ -184,7 +197,6 @@ class DistillConfig:
     def automatic(self, size: int, n_train: int) -> dict[str, str]:
         """What each unset (automatic) setting becomes on ``size``-pixel data with ``n_train`` real
         training images, and why: front ends show it where the value would be."""
-        from .methods import get_method
         auto = {"lr_img": f"{self.effective_lr_img:g} ({self.method.upper()}'s default)",
                 "depth": f"{auto_depth(size)} (for {size} px)", "image_size": f"{size} (the dataset's own)",
                 "stage_ipc": f"{','.join(map(str, self.ipcs))} (IPC split evenly)" if not self.ipc % self.stages else "",
@@ -196,7 +208,6 @@ class DistillConfig:
     @property
     def effective_lr_img(self) -> float:
         """The user's lr_img, or the method's default (its spec in the registry)."""
-        from .methods import get_method  # the registry imports torch; config itself does not
         return self.lr_img if self.lr_img is not None else get_method(self.method).lr_img
 
     @property
@@ -206,7 +217,6 @@ class DistillConfig:
     def replace(self, **changes: Any) -> "DistillConfig":
         """A copy with ``changes`` (flat names). A new method keeps the hyper-parameters it shares with
         the old one (DC to IDC keeps outer_loop) and takes its defaults for the rest."""
-        from .methods import get_method
         method = changes.get("method", self.method)
         carried = {k: v for k, v in self.params.to_dict().items() if k in get_method(method).Params.names()}
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "params"}
@@ -219,6 +229,9 @@ class DistillConfig:
     def from_dict(cls, d: Mapping[str, Any]) -> "DistillConfig":
         """From :meth:`to_dict` (nested ``params``) or from flat names (records of engine 0.x)."""
         return cls.make(d)
+
+
+reserve({f.name for f in fields(DistillConfig)})
 
 
 def auto_depth(size: int) -> int:
@@ -243,22 +256,20 @@ def check_precision(name: str, value: str) -> None:
     _check(value in get_args(Precision), f"unknown {name} '{value}'", "use float32 or bfloat16")
 
 
+def declarations() -> list[tuple[str, Any, Any, dict]]:
+    """(name, type, default, metadata) of every shared field (``params`` aside), in order."""
+    hints = typing.get_type_hints(DistillConfig)
+    return [(f.name, hints[f.name], f.default, dict(f.metadata)) for f in fields(DistillConfig) if f.name != "params"]
+
+
 def validate(c: DistillConfig) -> None:
-    """Reject bad values and combinations with a message that names the fix."""
-    from .methods import REGISTRY  # the registry imports torch; config itself does not
+    """Reject bad values and combinations with a message that names the fix: every field against its own
+    declaration (type, bounds, finite numbers), then the rules across fields."""
     _check(c.method in REGISTRY, f"unknown method '{c.method}'", f"choose one of {', '.join(REGISTRY)}")
-    from .datasets import find
     find(c.dataset)  # a ConfigError naming the registered datasets if unknown
-    _check(c.depth is None or (isinstance(c.depth, int) and 1 <= c.depth <= 6), f"depth {c.depth} is out of range",
-           "use a depth from 1 to 6, or leave it unset to follow the input size")
-    for name in ("stages", "ipc", "iterations", "width", "eval_epochs", "eval_models", "eval_batch", "filter_models"):
-        _check(isinstance(getattr(c, name), int) and getattr(c, name) >= 1,
-               f"{name} must be a whole number >= 1 (got {getattr(c, name)!r})", f"set {name} to 1 or more")
-    for name in ("transition_epochs", "seed"):
-        _check(isinstance(getattr(c, name), int) and getattr(c, name) >= 0,
-               f"{name} must be a whole number >= 0 (got {getattr(c, name)!r})", f"set {name} to 0 or more")
-    # seeds feed 32-bit derivations (training.seed_of): a larger one would repeat a smaller one's run
-    _check(c.seed < 2 ** 32, f"seed {c.seed} is too large", "use a seed from 0 to 4294967295 (32 bits)")
+    for name, t, _, meta in declarations():
+        if name != "stage_ipc":
+            check_value(name, getattr(c, name), t, meta)
     _check(c.stages <= c.ipc, f"stages P={c.stages} exceeds IPC={c.ipc}: a stage needs at least one image per class",
            f"use at most {c.ipc} stages, or raise IPC to {c.stages} or more")
     if c.stage_ipc is not None:
@@ -271,29 +282,35 @@ def validate(c: DistillConfig) -> None:
         _check(c.ipc % c.stages == 0, f"IPC {c.ipc} is not divisible by stages P={c.stages}",
                f"pick IPC as a multiple of P, e.g. IPC {c.stages * max(1, round(c.ipc / c.stages))} "
                f"with P={c.stages}, or give the images per stage (stage_ipc)")
-    _check(c.ipc <= 1000, f"IPC {c.ipc} is larger than this tool supports (1000)", "use IPC <= 1000")
-    _check(c.width <= 1024, f"width {c.width} is out of range", "use a width from 1 to 1024")
-    _check(c.norm in get_args(Norm), f"unknown norm '{c.norm}'", "use instance, batch or none")
-    _check(c.device in get_args(Device), f"unknown device '{c.device}'", "use auto, cpu or cuda")
-    check_precision("precision", c.precision)
-    check_precision("eval_precision", c.eval_precision)
-    _check(c.init in ("real", "noise"), f"unknown init '{c.init}'", "use real or noise")
-    _check(c.transition in ("chain", "fresh"), f"unknown transition '{c.transition}'", "use chain or fresh")
-    _check(c.compare_base in ("final", "every", "off"), f"unknown compare_base '{c.compare_base}'",
-           "use final, every or off")
     bad_ops = [op for op in c.dsa_ops if op not in DSA_OPS]
     _check(not bad_ops, f"unknown augmentation(s) {bad_ops} in dsa_strategy",
            f"join names from {', '.join(DSA_OPS)} with '_', or use 'none'")
-    _check(c.eval_lr > 0, "eval_lr must be > 0", "set eval_lr to a positive number")
-    _check(c.lr_img is None or c.lr_img > 0, "lr_img must be > 0", "set lr_img to a positive number or leave it unset")
-    _check(0.0 <= c.keep_easy <= 1.0, f"keep_easy {c.keep_easy} is not a probability", "use a value in [0, 1]")
-    _check(c.image_size is None or 4 <= c.image_size <= 128, f"image_size {c.image_size} is out of range",
-           "use an image size from 4 to 128")
-    _check(c.max_train is None or c.max_train >= 10, "max_train must be >= 10",
-           "set max_train to 10 or more, or leave it unset for the whole training set")
-    _check(c.max_memory_gb is None or c.max_memory_gb > 0, "max_memory_gb must be > 0",
-           "set a positive number of GB or leave it unset")
     REGISTRY[c.method].validate(c)  # the method's own rules across fields (each field's bounds: its Params)
+
+
+def check_caps(c: DistillConfig, environ: Optional[Mapping[str, str]] = None) -> None:
+    """A one-line ConfigError if any setting is over the server's maximum for it (its declared
+    ``server_max``, raised with ``PDD_MAX_<NAME>``): what the studio's door checks before any work."""
+    for name, _, _, meta in declarations():
+        check_cap(name, getattr(c, name), meta, environ)
+    for name, _, _, meta in type(c.params).specs():
+        check_cap(name, getattr(c.params, name), meta, environ)
+
+
+def schema() -> dict[str, Any]:
+    """Every setting as plain data (name, label, hint, kind, bounds, server maximum, choices, the methods
+    that own it, where it is shown), with the registered methods, datasets and presets: what a front end
+    that imports no engine (the studio's web process) builds its controls and checks from."""
+    shared = [spec_of(name, t, default, meta) for name, t, default, meta in declarations()]
+    own: dict[str, dict] = {}
+    for name, cls in REGISTRY.items():
+        for pname, t, default, meta in cls.Params.specs():
+            own.setdefault(pname, spec_of(pname, t, default, meta, tuple(owners(pname))))
+    return {"settings": shared + list(own.values()),
+            "methods": [{"name": n, "title": cls.title, "lr_img": cls.lr_img} for n, cls in REGISTRY.items()],
+            "datasets": [{"name": n, "title": s.title, "shape": s.shape, "scheme": s.scheme}
+                         for n, s in datasets.DATASETS.items()],
+            "presets": PRESETS}
 
 
 def parse_stage_ipc(value: Any) -> Optional[tuple[int, ...]]:
@@ -314,7 +331,6 @@ def parse_stage_ipc(value: Any) -> Optional[tuple[int, ...]]:
 
 def method_params(method: str, given: Any) -> Any:
     """The method's Params from ``given`` (None: defaults; a dict: those values; or a Params of that method)."""
-    from .methods import Params, get_method  # the registry's specs do not import torch
     cls = get_method(method).Params
     if given is None:
         return cls()

@@ -9,7 +9,8 @@ import sys
 from typing import Optional
 
 from .errors import PDDError
-from .lazy import torch
+import torch
+
 
 
 def resolve_device(name: str) -> torch.device:

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from typing import Callable, Optional
 
-from .config import DistillConfig
-from .datasets import find
-from .lazy import F, LazyModule, torch
-from .methods import get_method
+import torch
+import torch.nn.functional as F
 
-models = LazyModule("pdd_engine.models")  # timing a network needs torch; the arithmetic does not
+from . import models
+from .config import DistillConfig
+from .device import arithmetic
+from .registry import find, get_method
 
 RUNTIME_BYTES = 800 * 2 ** 20  # resident size of Python + torch before any data (measured: ~800 MB)
 STARTUP_S = 6.0  # engine process start, imports and data loading, measured on the 2-core machines
@@ -45,7 +46,6 @@ def pass_cost(channels: int, size: int, classes: int, depth: int, width: int, no
               precision: str = "float32") -> tuple[float, float]:
     """Measured (seconds per call, seconds per sample) of forward + backward through the ConvNet, in the
     arithmetic of a ``precision`` setting (bf16 is faster or, where emulated, several times slower)."""
-    from .device import arithmetic
     net = models.build_model(channels, classes, size, depth, width, norm).to(device)
 
     def step(x, y) -> None:
@@ -84,8 +84,6 @@ LR_FACTOR = 1000  # farther than this from the default, a learning rate is almos
 def learning_rate_warnings(cfg: DistillConfig) -> list[str]:
     """Every learning rate (shared: lr_img, eval_lr; the method's: each ``*lr*`` setting) more than
     :data:`LR_FACTOR` times above or below its default: valid, but a run that diverges or never moves."""
-    from dataclasses import fields
-
     method = get_method(cfg.method)
     rates = [("lr_img", cfg.effective_lr_img, method.lr_img), ("eval_lr", cfg.eval_lr, DistillConfig.eval_lr)]
     rates += [(f.name, getattr(cfg.params, f.name), f.default) for f in fields(cfg.params)

@@ -12,16 +12,17 @@ from typing import Optional, Sequence
 
 import copy
 
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import models
 from .augment import DSA
 from .config import DistillConfig
 from .data import Dataset
 from .device import arithmetic
 from .errors import PDDError
-from .lazy import F, LazyModule, nn, torch
 from .training import accuracy, draw_seed, make_sgd, seed_of, train_epochs
-
-
-models = LazyModule("pdd_engine.models")  # the protocol (cache keys, the web process) needs no torch
 
 
 # Architectures front ends offer for cross-architecture evaluation (any parse_arch name works).

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import __version__
+from .version import __version__
 from .cache import Store
 from .config import DistillConfig, check_precision
 from .data import Dataset, dataset_for, dataset_info, to_uint8

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Optional
 
-from . import __version__
+from .version import __version__
 from .config import DistillConfig, digest
 from .evaluate import EvalProtocol
 from .methods import REGISTRY, get_method

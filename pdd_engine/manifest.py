@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .errors import BundleError
+from .datasets import find
+from .settings import data_root
 
 Number = (int, float)
 OPTIONAL_DICT = (dict, type(None))
@@ -74,10 +76,7 @@ def check(manifest: Any, bundle: str, fix: str) -> dict[str, Any]:
 
 def local_paths(cfg_dict: dict[str, Any]) -> list[str]:
     """The exporter's places that a manifest could otherwise carry, longest first."""
-    from .data import default_data_root
-    from .datasets import find
-
-    places = [cfg_dict.get("data_root"), cfg_dict.get("cache_dir"), str(default_data_root()), str(Path.home())]
+    places = [cfg_dict.get("data_root"), cfg_dict.get("cache_dir"), str(data_root()), str(Path.home())]
     name = cfg_dict.get("dataset", "")
     spec = find(name)
     if spec.scheme:
@@ -110,8 +109,6 @@ def portable(manifest: dict[str, Any]) -> dict[str, Any]:
 def dataset_to_read(name: str, data: Optional[str]) -> str:
     """The ``dataset`` an evaluation of a bundle made on ``name`` reads: built-in sets by name; the
     user's own data only from ``data``, the path the user gives (the manifest's path is never used)."""
-    from .datasets import find
-
     spec = find(name)
     if not spec.scheme:
         if data:

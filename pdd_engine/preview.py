@@ -14,7 +14,9 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .datasets import find
+from .data import load_raw, resize
+from .manifest import local_paths
+from .registry import find
 
 
 @dataclass(frozen=True)
@@ -53,10 +55,6 @@ def preview_dataset(name: str, data_root: Optional[str] = None, per_class: int =
         channels, size, classes, train = spec.shape or (0, 0, 0, 0)
         return DatasetPreview(shown, spec.title, "needs download", spec.licence, classes, channels,
                               image_size or size, train)
-    from .data import load_raw, resize  # torch: only once there is data to read
-
-    from .manifest import local_paths
-
     xtr, ytr, xte, _, classes, source = load_raw(name, data_root, image_size)
     for place in local_paths({"dataset": name, "data_root": data_root}):  # shown to web visitors: no server paths
         source = source.replace(place + "/", "").replace(place, ".")

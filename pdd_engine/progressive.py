@@ -23,7 +23,7 @@ from .cache import Store
 from .config import DistillConfig
 from .data import Dataset, dataset_for, dataset_info, to_uint8
 from .device import arithmetic, precision_note, resolve_device, tune_allocator
-from .errors import Cancelled, PDDError
+from .errors import CacheError, Cancelled, PDDError
 from .executor import Executor, gpus_for, make_executor, or_local, unit_device
 from .evaluate import Curriculum, EvalProtocol, make_curriculum, network_groups, random_subset, use_batched
 from .events import (Done, Event, Failed, Message, Progress, RunStarted, StageEvaluated, StageFinished,
@@ -33,7 +33,7 @@ from .records import eval_check, stage_check
 from .methods import StageContext, get_method
 from .methods.base import Memo
 from .training import predict, seed_of
-from .userdata import skipped_files
+from .datasets.userdata import skipped_files
 
 
 class CancelToken(Protocol):
@@ -248,7 +248,11 @@ class Engine:
             yield StageStarted(i, self.cfg.stages, hit is not None)
         if hit is None:
             yield from self.distil_stage(ds, keys, i, union, device, phase)
-            tensors, meta = self.store.get(keys.stage(i), check)
+            hit = self.store.get(keys.stage(i), check)
+            if hit is None:  # stored a moment ago and gone: the cache's size limit evicted it
+                raise CacheError(f"stage {i} was evicted from the cache right after it was stored: the cache is too "
+                                 f"small for this run", "raise PDD_CACHE_GB (or use a larger --cache-dir disk)")
+            tensors, meta = hit
         else:
             tensors, meta = hit
             for it, loss in meta["losses"]:

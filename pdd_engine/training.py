@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from .lazy import F, nn, torch
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 from .augment import DSA
 

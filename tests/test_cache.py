@@ -120,6 +120,6 @@ def test_planted_pickles_are_refused_without_running(tmp_path, capsys):
     notes = []
     s = Store(tmp_path / "c", notice=notes.append)
     assert s.get("run:evil") is None and any("not stored as bytes" in n for n in notes)
-    assert runs.list_runs(s) == [] and sorted(s.keys()) == [FORMAT_KEY]
+    assert runs.book(s).records() == [] and sorted(s.keys()) == [FORMAT_KEY]
     assert main(["runs", "--cache-dir", str(tmp_path / "c")]) == 0
     assert not marker.exists()

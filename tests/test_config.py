@@ -14,7 +14,7 @@ from pdd_engine.errors import ConfigError
     (dict(eval_models=-1), "eval_models must be"),
     (dict(width=4096), "width"),
     (dict(depth=9), "depth"),
-    (dict(keep_easy=1.5), "not a probability"),
+    (dict(keep_easy=1.5), "keep_easy must be <= 1 (got 1.5). Fix: set keep_easy to a value from 0 to 1"),
     (dict(dsa_strategy="color_warp"), "unknown augmentation"),
     (dict(method="mtt", expert_lr=0), "expert_lr must be > 0"),
     (dict(method="mtt", num_experts=1.5), "num_experts must be a whole number"),
@@ -23,7 +23,11 @@ from pdd_engine.errors import ConfigError
     (dict(method="dm", syn_steps=3), "syn_steps is a setting of mtt, not of dm. Fix: leave syn_steps out, or choose "
                                      "method mtt"),
     (dict(method="dm", warp=3), "unknown config field 'warp'"),
-    (dict(seed=2 ** 64), "seed 18446744073709551616 is too large"),
+    (dict(seed=2 ** 64), "seed must be <= 4294967295 (got 18446744073709551616)"),
+    (dict(eval_lr=float("nan")), "eval_lr must be a finite number (got nan)"),
+    (dict(lr_img=float("inf")), "lr_img must be a finite number (got inf)"),
+    (dict(method="mtt", expert_lr=float("nan")), "expert_lr must be a finite number (got nan)"),
+    (dict(keep_easy=float("nan")), "keep_easy must be a finite number (got nan). Fix: set keep_easy to a number from 0 to 1"),
 ])
 def test_bad_values_name_problem_and_fix(kw, words):
     with pytest.raises(ConfigError) as e:

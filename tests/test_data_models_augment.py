@@ -4,6 +4,7 @@ import torch
 
 from pdd_engine import data as D
 from pdd_engine.augment import DSA
+from pdd_engine.datasets.formats import read_idx
 from pdd_engine.errors import DataUnavailable
 from pdd_engine.evaluate import parse_arch
 from pdd_engine.models import ConvNet, build_model
@@ -39,7 +40,7 @@ def test_mnist_from_local_idx_files(tmp_path):
 def test_truncated_idx_is_reported(tmp_path):
     (tmp_path / "bad").write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 9, 1, 2]))
     with pytest.raises(DataUnavailable, match="truncated"):
-        D.read_idx(tmp_path / "bad")
+        read_idx(tmp_path / "bad")
 
 
 def offline(monkeypatch):

@@ -181,8 +181,8 @@ def test_runs_records_and_cli(tiny, tmp_path, capsys):
     a, b = tiny(stages=1, ipc=1), tiny(stages=2, ipc=2, compare_base="final")
     distill(a, store)
     distill(b, store)
-    recs = runs.list_runs(store)
-    assert [r.config for r in recs] == [b, a] and all(r.current for r in recs)  # newest first, typed
+    recs = runs.book(store).records()
+    assert [r.config for r in recs] == [b.to_dict(), a.to_dict()] and all(map(runs.current, recs))  # newest first
     rb = recs[0]
     assert rb.final.stage == 2 and rb.final.base_mean is not None and rb.stages[0].base_mean is None
     assert runs.get(store, rb.id[:6]) == rb and runs.get(store, rb.key) == rb
@@ -201,7 +201,7 @@ def test_runs_records_and_cli(tiny, tmp_path, capsys):
     assert "takes one run id" in capsys.readouterr().err
     stage_keys = set(store.keys("stage:"))
     assert main(["runs", "delete", rb.id, "--cache-dir", cache]) == 0
-    assert [r.id for r in runs.list_runs(store)] == [recs[1].id] and set(store.keys("stage:")) == stage_keys
+    assert [r.id for r in runs.book(store).records()] == [recs[1].id] and set(store.keys("stage:")) == stage_keys
 
 
 # -- the manifest is untrusted: schema-checked, never a source of paths, and free of the exporter's ----
@@ -225,7 +225,7 @@ def test_a_manifest_never_makes_evaluate_read_or_create_a_path(bundle, tmp_path,
     def hostile(m):
         m["config"].update(dataset="folder:/etc", data_root=str(planted), cache_dir=str(planted))
     bad = rewrite_manifest(path, tmp_path / "hostile.zip", hostile)
-    import pdd_engine.userdata as U
+    import pdd_engine.datasets.userdata as U
     read = []
     monkeypatch.setattr(U, "load_user_dataset", lambda *a, **k: read.append(a) or (_ for _ in ()).throw(AssertionError))
     with pytest.raises(BundleError, match="--data PATH"):

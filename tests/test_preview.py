@@ -83,16 +83,16 @@ def test_automatic_settings_say_what_they_become_for_the_data():
 
 
 def test_config_differences_list_only_what_differs(tmp_path):
-    from pdd_engine import runs
+    from pdd_engine.book import RunRecord, config_differences
 
     def record(key, **kw):
-        return runs.RunRecord(key, DistillConfig.make(kw), {}, (), 0.0, "0.1.0", True)
+        return RunRecord(key, DistillConfig.make(kw).to_dict(), {}, (), 0.0, "0.1.0", "keys")
 
     a, b, c = record("run:a", method="dm", ipc=10), record("run:b", method="mtt", ipc=10), record("run:c", method="dm")
-    table = runs.config_differences([a, b])
+    table = config_differences([a, b])
     assert "| method | dm | mtt |" in table and "| syn_steps | – | – |" not in table
     assert "| expert_epochs | – | 2 |" in table and "| ipc |" not in table
-    assert runs.config_differences([a, c]) == "The selected runs have the same settings."
+    assert config_differences([a, c]) == "The selected runs have the same settings."
 
 
 def test_evaluation_table_puts_the_bundles_own_row_first():

@@ -58,7 +58,9 @@ def test_repeated_run_is_served_from_cache(tiny, store, monkeypatch):
     monkeypatch.setattr("pdd_engine.evaluate.train_epochs", no_training)
     writes = store.writes
     d = done(events(tiny(), store))
-    assert d.computed_stages == [] and store.writes == writes + 1  # only the run summary is rewritten
+    assert d.computed_stages == [] and store.writes == writes  # nothing stored again (the record is the book's)
+    from pdd_engine.runs import book
+    assert [r.key for r in book(store).records()] == [d.run_key]
 
 
 def test_extending_a_run_computes_only_the_new_stage(tiny, store):

@@ -12,7 +12,7 @@ from pdd_engine import events as E
 from pdd_engine import run
 from pdd_engine.data import load_dataset
 from pdd_engine.errors import DataUnavailable
-from pdd_engine.userdata import Limits, load_user_dataset
+from pdd_engine.datasets.userdata import Limits, load_user_dataset
 
 
 def png(size=(12, 12), colour=False, seed=0):
@@ -115,7 +115,7 @@ def test_idx_folder(tmp_path):
 # -- hostile uploads: refused early, in bounded memory (peak resident set measured in a child) ----
 PEAK = """
 from pdd_engine.errors import DataUnavailable
-from pdd_engine.userdata import load_user_dataset
+from pdd_engine.datasets.userdata import load_user_dataset
 
 def status(field):
     return int(next(l for l in open("/proc/self/status") if l.startswith(field)).split()[1]) / 1024

@@ -8,17 +8,20 @@ parameters (MTT's step size) it learns. That is all PDD needs to wrap any method
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
+import torch
+import torch.nn as nn
+
+from .. import models
 from ..augment import DSA
-from ..config import DistillConfig
 from ..data import Dataset
 from ..executor import Executor, or_local
-from ..lazy import LazyModule, nn, torch
+from ..registry import MethodSpec
 from ..training import make_sgd, seed_of, train_epochs
-from .spec import MethodSpec
 
-models = LazyModule("pdd_engine.models")  # registering a method (and reading its spec) needs no torch
+if TYPE_CHECKING:
+    from ..config import DistillConfig
 
 
 # memo(name, compute, check) -> tensors: the cached value of the method's artefact ``name`` at this
@@ -31,7 +34,7 @@ Memo = Callable[[str, Callable[[], dict], Optional[Callable[[dict], Optional[str
 class StageContext:
     """Everything a method may look at while distilling stage ``stage`` (1-based)."""
 
-    cfg: DistillConfig
+    cfg: "DistillConfig"
     ds: Dataset
     stage: int
     device: torch.device

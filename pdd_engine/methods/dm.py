@@ -12,11 +12,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..lazy import torch
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..registry import Params, Work, param, register
 from ..training import draw_seed, seed_of
-from ..config import DistillConfig
 from .base import Method
-from .spec import Params, Work, param, register
+
+if TYPE_CHECKING:
+    from ..config import DistillConfig
 
 
 @dataclass(frozen=True)

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-from ..lazy import F, torch
+import torch
+import torch.nn.functional as F
 
 from ..augment import DSA
-from ..config import DistillConfig
 from ..errors import PDDError
+from ..registry import Params, Work, param, register
 from ..training import draw_seed, seed_of
 from .base import Method
-from .spec import Params, Work, param, register
+
+if TYPE_CHECKING:
+    from ..config import DistillConfig
 
 
 @dataclass(frozen=True)

@@ -8,19 +8,21 @@ training. Trajectories are cached by the content hash of U_{i-1} and the expert 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Literal, Optional
 
-from ..config import DistillConfig
+import torch
+
+from .. import models
 from ..errors import MemoryBudgetError
 from ..executor import gpus_for, unit_device
-from ..lazy import LazyModule, torch
+from ..registry import Params, Work, param, register
 from ..training import draw_seed, flat_params, seed_of, train_epochs
+from . import unroll
 from .base import Method, StageContext
-from .spec import Params, Work, param, register
 
-# the differentiable student (full or bounded-memory unroll) and the network: torch, loaded on first use
-unroll = LazyModule("pdd_engine.methods.unroll")
-models = LazyModule("pdd_engine.models")
+if TYPE_CHECKING:
+    from ..config import DistillConfig
 
 EXPERT_BATCH = 256
 
@@ -36,7 +38,7 @@ def expert_trajectories(ctx: StageContext) -> torch.Tensor:
     def train() -> dict:
         # the whole training set (the same tensors every stage: an executor ships them once per run)
         # and which of its images this stage's experts train on, in class order
-        shared = {"cfg": ctx.cfg.to_dict(), "stage": ctx.stage, "device": str(ctx.device),
+        shared = {"cfg": ctx.cfg, "stage": ctx.stage, "device": str(ctx.device),
                   "shape": (ctx.ds.channels, ctx.ds.num_classes, ctx.ds.size),
                   "x": ctx.ds.x_train, "y": ctx.ds.y_train, "idx": torch.cat(ctx.real_by_class),
                   "frozen_x": ctx.frozen_x.cpu(), "frozen_y": ctx.frozen_y.cpu(),
@@ -58,9 +60,7 @@ def expert_trajectories(ctx: StageContext) -> torch.Tensor:
 def train_expert(shared: dict, e: int) -> torch.Tensor:
     """Expert ``e``'s trajectory, (epochs + 1, n_params) on the CPU: a pure function of ``shared``
     (see :func:`expert_trajectories`) and ``e``, so any executor gives the same result."""
-    from types import SimpleNamespace
-
-    cfg = DistillConfig.from_dict(shared["cfg"])
+    cfg = shared["cfg"]
     c: MTTParams = cfg.params
     device = unit_device(shared["device"])
     channels, classes, size = shared["shape"]

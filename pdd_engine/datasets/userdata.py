@@ -14,7 +14,6 @@ to the target size. Each limit has an environment variable that raises it (:data
 from __future__ import annotations
 
 import io
-import os
 import zipfile
 import zlib
 from collections import Counter
@@ -25,9 +24,10 @@ from typing import Callable, Optional
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..errors import ConfigError, DataUnavailable
+from ..registry import DatasetSpec, register_dataset
+from ..settings import env
 from .formats import read_idx, split_holdout
-from .datasets import DatasetSpec, register_dataset
-from .errors import DataUnavailable
 
 IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -43,16 +43,12 @@ class Limits:
     max_pixels: int = 2 ** 28  # all images together, from their headers, before any is decoded
 
     @classmethod
-    def from_env(cls, env=os.environ) -> "Limits":
-        values = {}
-        for name, var in LIMIT_ENV.items():
-            if env.get(var, "").strip():
-                try:
-                    values[name] = int(env[var])
-                except ValueError:
-                    raise DataUnavailable(f"{var}={env[var]!r} is not a whole number",
-                                          f"set {var} to a number (it raises a user-dataset limit) or unset it") from None
-        return cls(**values)
+    def from_env(cls, environ=None) -> "Limits":
+        """The limits, each raised (or lowered) by its variable (:data:`LIMIT_ENV`)."""
+        try:
+            return cls(**{name: env(var, environ) for name, var in LIMIT_ENV.items()})
+        except ConfigError as e:  # a bad variable is the operator's setting: the same one line, as data trouble
+            raise DataUnavailable(e.problem, e.fix) from None
 
 
 LIMIT_ENV = {"max_files": "PDD_MAX_FILES", "max_total_bytes": "PDD_MAX_BYTES", "max_entry_bytes": "PDD_MAX_FILE_BYTES",

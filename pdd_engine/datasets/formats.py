@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataUnavailable
+from ..errors import DataUnavailable
 
 
 def stratified_subset(y: np.ndarray, n: int, seed: int) -> np.ndarray:

@@ -1,0 +1,384 @@
+"""The studio's callbacks: page controls -> settings (by name) -> the service; the service's answers and
+run events -> what the page shows (:mod:`app.render`).
+
+Every callback that touches a run, a run's files or an upload names the visitor (:mod:`app.identity`)
+and lets the service decide; nothing here holds a run, a path the visitor may not have, or an engine
+object. Errors are the service's one-line messages, shown where the control is.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Optional
+
+import gradio as gr
+
+from pdd_engine.errors import PDDError
+from pdd_engine.service import RunView, Service
+
+from . import render
+from .identity import owner_of, token_for
+
+UPLOAD = "upload your own (.zip)"
+EXPORTED = "same as exported"  # the Evaluate tab's choice for the bundle's own architecture
+NO_RUN = ("none: evaluate the uploaded bundle", "")
+MAIN = ["dataset", "upload", "method", "stages", "ipc", "preset"]  # the controls above Advanced, in order
+FOLLOW_WAIT_S = 2.0  # a stream re-renders at least this often (the per-stage clock), else on each event
+LOSS_EVERY_S = 1.0  # the loss plot streams at most this often (it changes with every iteration)
+PREVIEW_WAIT_S = 30.0  # a first read of a large dataset (MNIST: ~1 s; a big zip longer)
+OUTPUTS = 9  # what a run's frame fills: status, progress, grid, loss, accuracy, bundle, stage files, stop, resume
+RUNS_EMPTY = ("**No finished runs yet.** Every run you finish on the *Distil* tab is listed here with its accuracy "
+              "beside the base method alone and a random subset; select runs to open, compare, download or delete them.")
+
+
+def error_html(e: Any) -> str:
+    return f'<span class="pdd-error">⚠ {e}</span>'
+
+
+def whole_number(value: Any, label: str) -> int:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise PDDError(f"{label} must be a whole number (got {value!r})", f"enter a whole number for {label}") from None
+    if f != f or f in (float("inf"), float("-inf")) or f != int(f):
+        raise PDDError(f"{label} must be a whole number (got {value})", f"enter a whole number for {label}")
+    return int(f)
+
+
+def parse(spec: dict, value: Any) -> Any:
+    """A control's value as its setting takes it (the service checks bounds). ``None``: automatic (an
+    emptied box; 0 is what an emptied number box sends); a number box's text is a number."""
+    kind, optional = spec["kind"], spec["optional"]
+    if isinstance(value, str) and kind in ("int", "float"):
+        value = value.strip()
+    if optional and value in (None, "", 0, "0"):
+        return None
+    if kind == "int":
+        return whole_number(value, spec["label"])
+    if kind == "float":
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise PDDError(f"{spec['label']} must be a number (got {value!r})",
+                           f"enter a number for {spec['label']}, or leave it empty") from None
+    return value
+
+
+def shown_for(spec: dict, method: str) -> bool:
+    """A control is shown unless it is another method's hyper-parameter (no MTT fields for DM)."""
+    return not spec["owners"] or method in spec["owners"]
+
+
+class Studio:
+    def __init__(self, service: Service):
+        self.service = service
+        self.schema = service.schema()
+        self.settings = {s["name"]: s for s in self.schema["settings"]}
+        # Advanced: the shared fields shown there, then every method's own hyper-parameters
+        self.fields = [s for s in self.schema["settings"] if s["shown"] == "advanced"]
+        self.presets = self.schema["presets"]
+        self.kept: dict[tuple[str, str], str] = {}  # (visitor, the web framework's temporary upload) -> dataset
+
+    # -- controls -> settings ---------------------------------------------------------------------
+    def settings_of(self, owner: str, dataset: str, upload: Any, method: str, stages: Any, ipc: Any, preset: str,
+                    *advanced: Any) -> dict:
+        """The settings (by name) the page's controls say; raises PDDError naming the field."""
+        values = dict(self.presets.get(preset, {}))
+        values.update(dataset=self.dataset_of(owner, dataset, upload), method=method,
+                      stages=whole_number(stages, "Stages P"), ipc=whole_number(ipc, "Total IPC"))
+        for spec, value in zip(self.fields, advanced):
+            if not shown_for(spec, method) or (not spec["optional"] and value in (None, "")):
+                continue  # another method's setting (hidden), or an empty box: the preset's value
+            values[spec["name"]] = parse(spec, value)
+        return {k: v for k, v in values.items() if not self.settings.get(k, {"owners": []})["owners"]
+                or method in self.settings[k]["owners"]}
+
+    def dataset_of(self, owner: str, dataset: str, upload: Any) -> str:
+        """The dataset value: a built-in name, or the visitor's upload kept by the service."""
+        if dataset != UPLOAD:
+            return dataset
+        path = getattr(upload, "name", upload)
+        if not path:
+            raise PDDError("no dataset file was uploaded", "upload a .zip with one folder of images per class")
+        key = (owner, str(path))
+        if key not in self.kept:
+            self.kept[key] = self.service.keep_upload(str(path), owner)
+        return self.kept[key]
+
+    def check(self, profile: Optional[gr.OAuthProfile], token: str, *controls: Any) -> tuple:
+        """Validation line, estimate, whether Run is enabled, and what each automatic Advanced field becomes
+        (its placeholder)."""
+        owner = owner_of(token, profile)
+        skip = tuple(gr.update() for _ in self.fields)
+        try:
+            settings = self.settings_of(owner or "anonymous", *controls)
+        except PDDError as e:
+            return error_html(e), "", gr.update(interactive=False), *skip
+        c = self.service.check(settings, owner or "anonymous")
+        if not c.ok:
+            return error_html(c.error), "", gr.update(interactive=False), *skip
+        per = str(c.ipcs[0]) if len(set(c.ipcs)) == 1 else ", ".join(map(str, c.ipcs))
+        note = "".join(f'<br><span class="pdd-warning">⚠ {w}</span>' for w in c.warnings)
+        if next((d for d in self.schema["datasets"] if d["name"] == c.config["dataset"]), {}).get("availability") \
+                == "needs download":
+            note += f"<br>ℹ {c.config['dataset']} is not on this machine: it is downloaded on first use (needs internet)."
+        valid = f"✓ valid: {c.config['stages']} stage(s) × {per} image(s) per class{note}"
+        est = ("Estimate on this machine: timing this network… (change any value to see it)." if c.estimate is None
+               else f"Estimate on this machine: **{c.estimate}** (rough, ±2×).")
+        auto = c.automatic or {}
+        holders = [gr.update(placeholder=f"automatic: {auto[f['name']]}" if f["name"] in auto else "automatic")
+                   if self.automatic(f) else gr.update() for f in self.fields]
+        return valid, est, gr.update(interactive=True), *holders
+
+    @staticmethod
+    def automatic(spec: dict) -> bool:
+        """Empty means "chosen for you": a text box whose placeholder says what it becomes."""
+        return spec["optional"] and spec["kind"] in ("int", "float", "text")
+
+    def control_values(self, preset: str = "cpu-quick") -> list:
+        """Every control's value for a preset, in the order of the page's controls."""
+        values = {**{s["name"]: s["default"] for s in self.schema["settings"]}, **self.presets.get(preset, {})}
+        advanced = [self.shown_value(f, values.get(f["name"])) for f in self.fields]
+        return [values["dataset"], None, values["method"], values["stages"], values["ipc"], preset, *advanced]
+
+    def preset_values(self, preset: str) -> list:
+        """What a preset sets: dataset, method, stages, IPC and the Advanced controls."""
+        values = self.control_values(preset)
+        return values[:1] + values[2:5] + values[6:]
+
+    def shown_value(self, spec: dict, value: Any) -> Any:
+        if self.automatic(spec):
+            if value is None:
+                return ""
+            return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else f"{value:g}" \
+                if isinstance(value, float) else str(value)
+        return "" if value is None else value
+
+    # -- data ---------------------------------------------------------------------------------------
+    def preview(self, profile: Optional[gr.OAuthProfile], token: str, dataset: str, upload: Any) -> tuple:
+        """The chosen dataset's sample grid and facts (never downloads)."""
+        owner = owner_of(token, profile)
+        if dataset == UPLOAD and not getattr(upload, "name", upload):
+            return None, "Upload a .zip with one folder of images per class (class_name/*.png) to see it here."
+        try:
+            p = self.service.preview(self.dataset_of(owner, dataset, upload), owner, timeout=PREVIEW_WAIT_S)
+        except PDDError as e:
+            return None, error_html(e)
+        except TimeoutError:
+            return None, "Reading the dataset… (pick it again in a moment to see it)"
+        return render.preview_image(p), render.preview_markdown(p)
+
+    # -- runs ------------------------------------------------------------------------------------------
+    def start_page(self, profile: Optional[gr.OAuthProfile], token: str, *controls: Any) -> tuple[str, str, str]:
+        """Run the page's settings: (run id, this browser's token, message)."""
+        token = token_for(token)
+        owner = owner_of(token, profile)
+        try:
+            return self.service.submit(self.settings_of(owner, *controls), owner), token, ""
+        except PDDError as e:
+            return "", token, error_html(e)
+
+    def start(self, owner: str, settings: dict) -> tuple[str, str, str]:
+        """Start a run from settings by name (one JSON object; anything left out takes its default, so a new
+        setting never shifts a client's arguments). ``owner``: the token an earlier call returned, or empty.
+        Returns (run id, the owner token to pass to /follow, /stop, /resume and /runs, message)."""
+        token = token_for(owner)
+        who = owner_of(token)
+        try:
+            if not isinstance(settings, dict):
+                raise PDDError("settings must be one JSON object of names and values", 'send e.g. {"stages": 2, "ipc": 10}')
+            return self.service.submit(settings, who), token, ""
+        except PDDError as e:
+            return "", token, f"⚠ {e}"
+
+    def resume(self, profile: Optional[gr.OAuthProfile], run_id: str, token: str) -> tuple[str, str, str]:
+        try:
+            return self.service.resume(run_id, owner_of(token, profile)), token, ""
+        except PDDError as e:
+            return run_id if run_id else "", token, error_html(e)
+
+    def stop(self, profile: Optional[gr.OAuthProfile], run_id: str, token: str) -> str:
+        return self.service.stop(run_id, owner_of(token, profile)) if run_id else "No run to stop."
+
+    def follow(self, profile: Optional[gr.OAuthProfile], run_id: str, token: str):
+        """Stream the page's view of a run until it finishes (reattaches from the first event)."""
+        owner = owner_of(token, profile)
+        view = self.service.watch(run_id, owner)
+        if view is None:
+            yield self.frame(None, extra="No run with that id on this server (it may have restarted). Fix: press Run "
+                                         "with the same settings: finished stages come from the cache.")
+            return
+        shown: dict = {}
+        while True:
+            view = self.service.watch(run_id, owner)
+            yield self.frame(view, shown=shown)
+            if view.finished:
+                return
+            self.service.wait(run_id, len(view.events), FOLLOW_WAIT_S)
+
+    def follow_if_any(self, profile: Optional[gr.OAuthProfile], run_id: str, token: str):
+        """On page load: reattach to the run named in the URL, if any."""
+        if not run_id:
+            yield tuple(gr.skip() for _ in range(OUTPUTS))
+            return
+        yield from self.follow(profile, run_id, token)
+
+    def frame(self, run: Optional[RunView], extra: str = "", shown: Optional[dict] = None) -> tuple:
+        """The page's outputs for a run. With ``shown`` (what this stream already sent, updated here), an
+        output whose content has not changed is skipped, and the loss plot is redrawn at most every
+        LOSS_EVERY_S: the server renders less, and the browser redraws less, on the cores the engine runs on.
+        A visitor who does not own the run (a shared link) sees its progress and images, never its files."""
+        view = render.RunView.of(run.events if run else [])
+        state = run.state.value if run else "failed"
+        bundle, stages = None, None
+        status = render.status_markdown(view, state, run.position if run else 0, run.timing if run else None)
+        status += f" {extra}" if extra else ""
+        if view.done and view.exported is not None:  # written by the engine's process before Done
+            bundle, stages = view.exported.path, view.exported.stage_paths or None
+            if view.exported.error:
+                status += f"<br>⚠ export failed: {view.exported.error}"
+        owned = bool(run and run.owned)
+        running = state in ("queued", "running")
+        now = time.time()
+        loss_due = shown is None or now - shown.get("loss_at", 0.0) >= LOSS_EVERY_S or not running
+        parts = [  # (name, what decides its content, how to draw it)
+            ("progress", render.progress_html(view), None),
+            ("grid", (id(view.images), view.current), lambda: render.grid_html(view.images, view.current)),
+            ("loss", sum(map(len, view.losses.values())) if loss_due else shown.get("loss"), lambda: render.loss_figure(view)),
+            ("accuracy", (len(view.evals), view.done is not None), lambda: render.accuracy_figure(view)),
+            ("bundle", bundle, None), ("stages", tuple(stages or ()), lambda: stages),
+            ("stop", running and owned, lambda: gr.update(interactive=running and owned)),
+            ("resume", (running, state, owned), lambda: gr.update(interactive=owned and not running and state != "done")),
+        ]
+        out = [status]
+        for name, key, draw in parts:
+            if shown is not None and name in shown and shown[name] == key:
+                out.append(gr.skip())
+                continue
+            if shown is not None:
+                shown[name] = key
+                if name == "loss":
+                    shown["loss_at"] = now
+            out.append(key if draw is None else draw())
+        return tuple(out)
+
+    # -- the Runs tab ---------------------------------------------------------------------------------
+    def runs_table(self, profile: Optional[gr.OAuthProfile], token: str) -> tuple:
+        """The Runs table, the run pickers (Runs and Evaluate tabs), and the empty state's text."""
+        rows, choices = [], []
+        pm = lambda m, s: "–" if m is None else f"{100 * m:.1f}"  # noqa: E731
+        for r in self.service.runs(owner_of(token, profile)):
+            c, last = r.config, r.final
+            rows.append([r.id, r.label.split()[1], c["method"], c["stages"], c["ipc"], c["iterations"],
+                         f"{100 * last.mean:.1f} ± {100 * last.std:.1f}", pm(last.base_mean, 0),
+                         pm(last.base_epochs_mean, 0), f"{100 * last.random_mean:.1f}",
+                         time.strftime("%Y-%m-%d %H:%M", time.localtime(r.finished))])
+            choices.append((r.label, r.key))
+        empty = "" if rows else RUNS_EMPTY
+        return rows, gr.update(choices=choices, value=[]), gr.update(choices=[NO_RUN] + choices, value=""), empty
+
+    def compare(self, profile: Optional[gr.OAuthProfile], keys: list[str], token: str) -> tuple:
+        chosen, differences = self.service.compare(keys, owner_of(token, profile))
+        if not chosen:
+            return None, "⚠ select one or more runs first."
+        return render.compare_figure(chosen), differences
+
+    def confirm_delete(self, profile: Optional[gr.OAuthProfile], keys: list[str], token: str) -> tuple:
+        chosen = self.service.records(keys, owner_of(token, profile))
+        if not chosen:
+            return "⚠ select one or more runs first.", gr.update(visible=False)
+        names = ", ".join(r.id for r in chosen)
+        return (f"Delete {len(chosen)} run record(s) ({names})? Their cached stages stay for runs that share them.",
+                gr.update(visible=True))
+
+    def delete(self, profile: Optional[gr.OAuthProfile], keys: list[str], token: str) -> str:
+        try:
+            n = self.service.delete(keys, owner_of(token, profile))
+        except PDDError as e:
+            return f"⚠ {e}"
+        return f"Deleted {n} run record(s); their stages stay cached for runs that share them."
+
+    def download(self, profile: Optional[gr.OAuthProfile], keys: list[str], token: str) -> tuple:
+        owner = owner_of(token, profile)
+        files, problems = [], []
+        for r in self.service.records(keys, owner):
+            done = self.service.export(r.key, owner)
+            if done.path:
+                files.append(done.path)
+            else:
+                problems.append(f"⚠ {r.id}: {done.error}")
+        return files or None, "<br>".join(problems)
+
+    def open(self, profile: Optional[gr.OAuthProfile], keys: list[str], token: str) -> tuple:
+        """Open a finished run: a run that replays it from the cache (no training happens)."""
+        try:
+            run_id = self.service.open((keys or [""])[0], owner_of(token, profile))
+        except PDDError as e:
+            return "", gr.update(), f"⚠ {e}"
+        return run_id, gr.Tabs(selected="distil"), ""
+
+    # -- the Evaluate tab ------------------------------------------------------------------------------
+    def bundle(self, upload: Any, run_key: str, owner: str) -> tuple[str, Optional[str]]:
+        return self.service.bundle_path(getattr(upload, "name", upload) or None, run_key, owner)
+
+    def inspect_bundle(self, profile: Optional[gr.OAuthProfile], upload: Any, run_key: str, token: str) -> tuple:
+        """What a bundle holds, in one line (or why it is not one), and its epochs as the placeholder."""
+        if not getattr(upload, "name", upload) and not run_key:
+            return "", gr.update(placeholder="as exported")
+        try:
+            m = self.service.manifest(self.bundle(upload, run_key, owner_of(token, profile))[0])
+        except PDDError as e:
+            return error_html(e), gr.update(placeholder="as exported")
+        c, e = m["config"], m["evaluation"]
+        line = (f"✓ {c['method'].upper()} on {c['dataset']}: {m['stages']} stage(s), IPC {m['ipc']}, evaluated on "
+                f"{self.service.bundle_architecture(m)} ({e['models']} networks × {e['epochs']} epochs per stage).")
+        return line, gr.update(placeholder=f"as exported: {e['epochs']}")
+
+    def evaluate(self, profile: Optional[gr.OAuthProfile], upload: Any, run_key: str, archs: list[str], models: Any,
+                 epochs: Any, data: Any, token: str):
+        """Re-train fresh networks of each chosen architecture on the bundle's stages (curriculum), streaming
+        the table and the curves as each architecture finishes."""
+        owner = owner_of(token, profile)
+        try:
+            path, own_data = self.bundle(upload, run_key, owner)
+            m = self.service.manifest(path)
+            if not archs:
+                raise PDDError("no architecture is chosen", "tick one or more under Architectures")
+            n = whole_number(models, "Networks per architecture") if models not in (None, "") else None
+            ep = whole_number(epochs, "Epochs per stage") if str(epochs or "").strip() not in ("", "0") else None
+            if (n is not None and n < 1) or (ep is not None and ep < 1):
+                raise PDDError("networks and epochs must be 1 or more", "enter a whole number >= 1, or leave Epochs empty")
+            data_path = getattr(data, "name", data) or own_data
+            if m["config"]["dataset"].startswith("folder:") and not data_path:
+                raise PDDError("this bundle was made on your own data, and a bundle never says where it is",
+                               "upload the same .zip under 'Its dataset'")
+        except PDDError as e:
+            yield error_html(e), None, None
+            return
+        results: list = []
+        names = [None if a == EXPORTED else a for a in archs]
+        yield f"Evaluating {archs[0]} (1/{len(archs)})…", *self.evaluation_view(m, results)
+        try:
+            for i, (arch, accs) in enumerate(self.service.evaluate_bundle(path, names, n, ep, data_path)):
+                results.append((arch, accs))
+                more = f" Evaluating {archs[i + 1]} ({i + 2}/{len(archs)})…" if i + 1 < len(archs) else ""
+                yield f"✓ {arch or EXPORTED} done.{more}", *self.evaluation_view(m, results)
+        except PDDError as e:
+            yield error_html(e), *self.evaluation_view(m, results)
+            return
+        yield f"✓ Evaluated on {len(results)} architecture(s).", *self.evaluation_view(m, results)
+
+    def evaluation_view(self, manifest: dict, results: list) -> tuple:
+        headers, rows = self.service.evaluation_table(manifest, results)
+        arch = self.service.bundle_architecture(manifest)
+        return {"headers": headers, "data": rows}, render.evaluation_figure(manifest, results, arch)
+
+    def prime(self) -> None:
+        """Start the helper's answers for the default page (the network's timing, the default preview) so
+        the first visitor finds them ready; returns at once."""
+        def work() -> None:
+            self.check(None, "0" * 16, *self.control_values())
+            self.preview(None, "0" * 16, self.control_values()[0], None)
+        threading.Thread(target=work, daemon=True).start()
+

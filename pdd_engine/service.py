@@ -1,0 +1,733 @@
+"""The one door between a front end and the engine: runs, their owners and limits, and the processes
+that do the work.
+
+A front end (the studio) holds a :class:`Service` and nothing else of the engine. Every operation that
+touches a run, a run's files or a visitor's upload takes the caller's identity (``owner``) and refuses
+what is not the caller's, here and only here; every count a visitor can ask for is checked against the
+server's maxima, and every run's estimate against ``PDD_MAX_RUN_HOURS``, before any work. Refusals are
+one-line :class:`~pdd_engine.errors.PDDError` messages that name the limit and its variable.
+
+The work happens in child processes, so this module (the web process) never imports torch: one engine
+process per run (events stream back through a queue), a long-lived *helper* (validation, the estimate's
+timing, previews, exports, bundle manifests) and an *evaluator* (bundle re-evaluations, minutes each). A
+child that dies is replaced and its call retried once; Stop asks the engine to stop, then terminates it,
+then kills it. The functions the children run live in :mod:`pdd_engine.worker`, called by name.
+
+    service = Service(cache_dir)
+    run_id = service.submit({"dataset": "digits", "method": "dm", "stages": 2, "ipc": 10}, owner="visitor-token")
+    view = service.watch(run_id, "visitor-token")   # state, position, the run's events
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import multiprocessing as mp
+import os
+import queue
+import secrets
+import shutil
+import threading
+import time
+import traceback
+from collections import OrderedDict
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+from . import events as E
+from .book import RunBook, RunRecord, compare_table, config_differences, shown_dataset
+from .errors import PDDError
+from .manifest import evaluation_table, manifest_arch
+from .settings import env
+
+WORKER = "pdd_engine.worker"
+STOP_GRACE_S = 10.0  # a stopped engine's time to finish its iteration before it is terminated
+KILL_GRACE_S = 3.0  # then its time to exit before it is killed (a stopped, SIGSTOPped or hung process)
+QUICK_S = 1.0  # a control change waits at most this long for the helper's answer
+SERVER_ONLY = ("data_root", "cache_dir")  # settings the server decides, never a visitor
+
+
+class RunState(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+    @property
+    def finished(self) -> bool:
+        return self in (RunState.DONE, RunState.FAILED, RunState.STOPPED)
+
+
+def call_by_name(module: str, name: str, *args: Any) -> Any:
+    """What a child process runs: ``module.name(*args)``, imported there (a web process that named the
+    function by reference would have to import the module, and torch with it)."""
+    return getattr(importlib.import_module(module), name)(*args)
+
+
+def watch_parent(parent: int) -> None:
+    """A child process exits as soon as its parent (the server) is gone, even after kill -9."""
+    call_by_name(WORKER, "exit_with_parent", parent)
+
+
+# -- the children ------------------------------------------------------------------------------
+class Child:
+    """One long-lived child process (a process pool of one) for calls into :mod:`pdd_engine.worker`. A
+    child that died (killed for memory, say) is replaced and the call tried once more; a second death is
+    one line for the caller. Answers can be remembered by key (the estimate's timings, previews)."""
+
+    def __init__(self, name: str, ctx, keep: int = 64):
+        self.name, self.ctx, self.keep = name, ctx, keep
+        self.lock = threading.RLock()
+        self.pool: Optional[ProcessPoolExecutor] = None
+        self.answers: OrderedDict[Any, Future] = OrderedDict()
+
+    def _pool(self) -> ProcessPoolExecutor:
+        with self.lock:
+            if self.pool is None:
+                self.pool = ProcessPoolExecutor(max_workers=1, mp_context=self.ctx, initializer=watch_parent,
+                                                initargs=(os.getpid(),))
+            return self.pool
+
+    def _renew(self, broken: ProcessPoolExecutor) -> None:
+        with self.lock:
+            if self.pool is broken:
+                broken.shutdown(wait=False, cancel_futures=True)
+                self.pool = None
+            for key in [k for k, f in self.answers.items() if f.done() and isinstance(f.exception(), BrokenProcessPool)]:
+                del self.answers[key]
+
+    def submit(self, fn: str, *args: Any) -> Future:
+        pool = self._pool()
+        try:
+            return pool.submit(call_by_name, WORKER, fn, *args)
+        except (BrokenProcessPool, RuntimeError):  # died between calls: a new process takes this call
+            self._renew(pool)
+            return self._pool().submit(call_by_name, WORKER, fn, *args)
+
+    def call(self, fn: str, *args: Any, timeout: Optional[float] = None) -> Any:
+        """``worker.fn(*args)`` in the child, retried once in a new child if the first one died."""
+        for attempt in (1, 2):
+            pool = self._pool()
+            try:
+                return self.submit(fn, *args).result(timeout=timeout)
+            except BrokenProcessPool:
+                self._renew(pool)
+                if attempt == 2:
+                    raise PDDError(f"the server's {self.name} process died twice while working on this",
+                                   "try again in a moment; if it keeps failing, the server is short of memory")
+
+    def ask(self, key: Any, fn: str, *args: Any, timeout: Optional[float] = None) -> Any:
+        """:meth:`call`, answered once per ``key`` (the newest ``keep`` answers are kept); raises
+        TimeoutError if it is not done within ``timeout`` (it goes on, and a later ask finds it)."""
+        for attempt in (1, 2):
+            with self.lock:
+                future = self.answers.get(key)
+                if future is None:
+                    future = self.answers[key] = self.submit(fn, *args)
+                    while len(self.answers) > self.keep:
+                        self.answers.popitem(last=False)
+            try:
+                return future.result(timeout=timeout)
+            except BrokenProcessPool:
+                self._renew(self.pool)
+                if attempt == 2:
+                    raise PDDError(f"the server's {self.name} process died twice while working on this",
+                                   "try again in a moment; if it keeps failing, the server is short of memory")
+            except Exception:
+                with self.lock:  # a failed answer is not remembered: the next ask tries again
+                    if self.answers.get(key) is future and not isinstance(future.exception(), TimeoutError):
+                        del self.answers[key]
+                raise
+
+    def pids(self) -> list[int]:
+        pool = self.pool
+        return list(getattr(pool, "_processes", None) or {}) if pool is not None else []
+
+    def shutdown(self) -> None:
+        with self.lock:
+            if self.pool is not None:
+                self.pool.shutdown(wait=False, cancel_futures=True)
+                self.pool = None
+
+
+# -- runs ----------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    """A run the service holds: its settings, owner and state, and the events its engine sent."""
+
+    id: str
+    config: dict
+    owner: str
+    created: float = field(default_factory=time.time)
+    state: RunState = RunState.QUEUED
+    events: list = field(default_factory=list)
+    process: Any = None
+    thread: Optional[threading.Thread] = None
+    cancel: Any = None
+    queue: Any = None
+    stop_requested: float = 0.0
+    # when each stage started, and each (stage, phase)'s first iteration: (time, iteration), for the
+    # page's per-stage timing and how long the iterations still take
+    stage_started: dict = field(default_factory=dict)
+    first_progress: dict = field(default_factory=dict)
+
+    def add(self, ev: Any) -> None:
+        now = time.time()
+        if isinstance(ev, E.StageStarted):
+            self.stage_started[ev.stage] = now
+        elif isinstance(ev, E.Progress):
+            self.first_progress.setdefault((ev.stage, ev.phase), (now, ev.iteration))
+        self.events.append(ev)
+
+    def timing(self, stage: int, phase: str, iteration: int, iterations: int) -> tuple[float, Optional[float]]:
+        """(seconds since ``stage`` started, seconds its ``phase``'s iterations still need, or None)."""
+        now = time.time()
+        since = now - self.stage_started.get(stage, now)
+        t0, it0 = self.first_progress.get((stage, phase), (now, iteration))
+        left = (now - t0) / (iteration - it0) * (iterations - iteration) if iteration > it0 else None
+        return since, left
+
+    @property
+    def stage(self) -> int:
+        stages = [e.stage for e in self.events if isinstance(e, E.StageStarted)]
+        return stages[-1] if stages else 0
+
+
+@dataclass(frozen=True)
+class RunView:
+    """What a caller may see of a run: everything for its owner; progress and images only for anyone
+    else who has its id (a shared ``?run=`` link), never its files, Stop, Resume or Delete."""
+
+    id: str
+    state: RunState
+    position: int  # 1-based place in the queue, 0 when not waiting
+    events: list
+    owned: bool
+    timing: Optional[tuple] = None  # (seconds into the current stage, seconds its iterations still need or None)
+
+    @property
+    def finished(self) -> bool:
+        return self.state.finished
+
+
+@dataclass(frozen=True)
+class Check:
+    """A settings check: ``ok`` with the normalised config, or the one-line ``error``."""
+
+    ok: bool
+    error: str = ""
+    config: Optional[dict] = None
+    ipcs: tuple = ()
+    warnings: tuple = ()
+    automatic: Optional[dict] = None
+    estimate: Optional[str] = None  # "about 2 min and 0.9 GiB peak", or None while the network is timed
+    seconds: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one visitor may ask of a shared server (the CLI on one's own machine has none)."""
+
+    run_hours: float
+    runs_per_visitor: int
+
+    @classmethod
+    def from_env(cls) -> "Limits":
+        return cls(env("PDD_MAX_RUN_HOURS"), env("PDD_MAX_RUNS_PER_VISITOR"))
+
+
+class Service:
+    """The engine, as a front end sees it. Thread-safe; one per server."""
+
+    def __init__(self, cache_dir: str | Path, export_dir: Optional[str | Path] = None,
+                 upload_dir: Optional[str | Path] = None, data_root: Optional[str] = None, max_concurrent: int = 1,
+                 threads: int = 0, stagewise: bool = False, public: bool = False, limits: Optional[Limits] = None,
+                 keep_finished: int = 100, gpu_seconds: int = 120):
+        """``export_dir``: where finished runs' bundles are written (a folder per owner); ``upload_dir``:
+        where visitors' uploaded datasets are kept; ``stagewise``: run each stage as one call of
+        :func:`pdd_engine.worker.stage_call` (a ZeroGPU Space lends the GPU per call) instead of an engine
+        process; ``public``: every visitor may see, export and delete every run (a single-user or teaching
+        server); ``keep_finished``: finished runs kept in memory for ``?run=`` links."""
+        self.cache_dir = str(cache_dir)
+        self.export_dir = Path(export_dir) if export_dir else Path(cache_dir).parent / "exports"
+        self.upload_dir = Path(upload_dir) if upload_dir else Path(cache_dir).parent / "uploads"
+        self.data_root = data_root
+        self.max_concurrent, self.threads, self.public = max(1, max_concurrent), threads, public
+        self.limits = limits or Limits.from_env()
+        self.keep_finished, self.gpu_seconds = keep_finished, gpu_seconds
+        self.book = RunBook(cache_dir)
+        self.ctx = mp.get_context("spawn")
+        self.helper, self.evaluator = Child("helper", self.ctx), Child("evaluator", self.ctx, keep=0)
+        self.stage_fn = stage_function(gpu_seconds) if stagewise else None
+        self._runs: dict[str, Run] = {}
+        self._waiting: list[str] = []
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._schema: Optional[dict] = None
+        threading.Thread(target=self._loop, daemon=True, name="pdd-service").start()
+
+    # -- what there is to choose -----------------------------------------------------------------
+    def schema(self) -> dict:
+        """Every setting (name, label, hint, kind, bounds, server maximum, choices, owning methods, where
+        it is shown), the methods, the datasets (with whether each is on this machine) and the presets:
+        plain data, read once from the helper."""
+        if self._schema is None:
+            self._schema = self.helper.call("schema", self.data_root)
+        return self._schema
+
+    # -- checks --------------------------------------------------------------------------------
+    def check(self, settings: dict, owner: str, wait: float = QUICK_S) -> Check:
+        """Validate and price ``settings`` as a run of ``owner``'s: quickly (a network not timed yet is timed
+        in the background, and the estimate says so). Never raises for bad settings: ``error`` says why."""
+        try:
+            values = self._settings(settings, owner)
+            shape = self._shape(values["dataset"], timeout=wait)
+            out = self.helper.call("check", values, shape, False, True, timeout=max(wait, 5))
+        except PDDError as e:
+            return Check(False, str(e))
+        except TimeoutError:
+            return Check(False, "the server is busy checking these settings. Fix: change any value in a moment")
+        if out["ok"] and out["timing"] is not None:  # time that network now, in the background
+            try:
+                self.helper.ask(("timing", tuple(out["timing"])), "time_network", *out["timing"], timeout=0)
+            except TimeoutError:
+                pass
+        return self._check_of(out)
+
+    @staticmethod
+    def _check_of(out: dict) -> Check:
+        if not out["ok"]:
+            return Check(False, out["error"])
+        est = out["estimate"]
+        return Check(True, "", out["config"], tuple(out["ipcs"]), tuple(out["warnings"]), out["automatic"],
+                     None if est is None else est["text"], None if est is None else est["seconds"])
+
+    def _settings(self, settings: dict, owner: str) -> dict:
+        """A visitor's settings as the engine takes them: the server's folders set by the server, and a
+        dataset that is a built-in one or one of this visitor's own uploads (never a path on the server)."""
+        values = dict(settings)
+        given = [k for k in SERVER_ONLY if values.get(k) not in (None, "")]
+        if given:
+            raise PDDError(f"{given[0]} is the server's setting, not a visitor's", f"leave {given[0]} out")
+        values.update(data_root=self.data_root, cache_dir=None)
+        dataset = values["dataset"] = str(values.get("dataset") or self.schema()["settings"][0]["default"])
+        if ":" in dataset:
+            scheme, _, where = dataset.partition(":")
+            path = Path(where)
+            if scheme != "folder" or path.parent != self.upload_dir or not self._owns_upload(path.name, owner):
+                raise PDDError(f"the dataset '{shown_dataset(dataset)}' is not one of your uploads",
+                               "choose a built-in dataset, or upload your .zip (Dataset: upload your own)")
+        return values
+
+    def _owns_upload(self, name: str, owner: str) -> bool:
+        return bool(owner) and (self.public or self.book.owns_upload(name, owner))
+
+    def _shape(self, dataset: str, timeout: float) -> Optional[tuple]:
+        """(channels, size, classes, training images) of a dataset: the registry's, else its preview's
+        (an upload), else None while that is still being read."""
+        known = next((d["shape"] for d in self.schema()["datasets"] if d["name"] == dataset), None)
+        if known:
+            return tuple(known)
+        try:
+            p = self.helper.ask(("preview", dataset, self.data_root, None), "preview", dataset, self.data_root, None,
+                                timeout=timeout)
+        except (PDDError, TimeoutError):
+            return None
+        return p["channels"], p["size"], p["num_classes"], p["train"]
+
+    # -- uploads and previews ----------------------------------------------------------------------
+    def keep_upload(self, temp_path: str, owner: str) -> str:
+        """Move a visitor's uploaded dataset (the web framework's temporary file, which its file route
+        serves) into the upload folder, named by content, as that visitor's: the ``dataset`` value to
+        run it with. Identical uploads share the cached work, never the ownership."""
+        if not owner:
+            raise PDDError("no visitor to keep the upload for", "reload the page")
+        src = Path(temp_path)
+        if src.suffix.lower() != ".zip":
+            raise PDDError(f"{src.name} is not a .zip file", "upload a .zip with one folder of images per class")
+        try:
+            with open(src, "rb") as f:
+                digest = hashlib.file_digest(f, "sha256").hexdigest()[:20]
+            self.upload_dir.mkdir(parents=True, exist_ok=True)
+            kept = self.upload_dir / f"{digest}.zip"
+            if not kept.exists():
+                tmp = kept.with_name(f".{kept.name}.{secrets.token_hex(4)}")
+                shutil.copyfile(src, tmp)
+                os.replace(tmp, kept)
+            src.unlink(missing_ok=True)
+        except OSError as e:
+            raise PDDError(f"the upload could not be kept ({e.strerror})", "upload it again") from None
+        self.book.claim_upload(kept.name, owner)
+        return f"folder:{kept}"
+
+    def preview(self, dataset: str, owner: str, timeout: float = 30.0) -> dict:
+        """A dataset's facts and real images per class (never downloads): a built-in one, or one of the
+        caller's uploads. Raises PDDError (one line) or TimeoutError (still reading: ask again)."""
+        dataset = self._settings({"dataset": dataset}, owner)["dataset"]
+        return self.helper.ask(("preview", dataset, self.data_root, None), "preview", dataset, self.data_root, None,
+                               timeout=timeout)
+
+    # -- runs --------------------------------------------------------------------------------------
+    def submit(self, settings: dict, owner: str) -> str:
+        """Queue a run of ``settings`` (flat names; anything left out takes its default) for ``owner``; its
+        id. Refused in one line, before any work, when the settings are invalid, over a server maximum, or
+        estimated longer than ``PDD_MAX_RUN_HOURS``, or when the visitor already has
+        ``PDD_MAX_RUNS_PER_VISITOR`` runs queued or running."""
+        if not owner:
+            raise PDDError("this request names no visitor", "reload the page (API clients: pass the owner token "
+                                                            "the first /start returned)")
+        values = self._settings(settings, owner)
+        with self._lock:
+            active = sum(1 for r in self._runs.values() if r.owner == owner and not r.state.finished)
+        if active >= self.limits.runs_per_visitor:
+            raise PDDError(f"you already have {active} run(s) queued or running, this server's maximum per visitor "
+                           f"(PDD_MAX_RUNS_PER_VISITOR)", "wait for one to finish, or stop one")
+        shape = self._shape(values["dataset"], timeout=120)
+        out = self.helper.call("check", values, shape, True, False, timeout=300)
+        if not out["ok"]:
+            raise PDDError(*out["error"].rstrip(".").split(". Fix: ", 1))
+        seconds = out["estimate"]["seconds"]
+        if seconds > self.limits.run_hours * 3600:
+            raise PDDError(f"this run is estimated at {out['estimate']['time']}, over this server's maximum of "
+                           f"{self.limits.run_hours:g} h per run (PDD_MAX_RUN_HOURS)",
+                           "lower iterations, eval_epochs, IPC or stages, or run it with the CLI on your own machine")
+        run = Run(secrets.token_hex(8), out["config"], owner)
+        with self._lock:
+            self._runs[run.id] = run
+            self._waiting.append(run.id)
+        self._schedule()
+        return run.id
+
+    def watch(self, run_id: str, owner: str) -> Optional[RunView]:
+        """The caller's view of a run (None if there is no such run on this server)."""
+        run = self._runs.get(run_id or "")
+        if run is None:
+            return None
+        with self._lock:
+            owned = self._may(run, owner)
+            events = [self._shown(ev) for ev in run.events if owned or not isinstance(ev, E.Exported)]
+            position = self._waiting.index(run.id) + 1 if run.id in self._waiting else 0
+            state = run.state
+        view = RunView(run.id, state, position, events, owned)
+        last = next((e for e in reversed(events) if isinstance(e, E.Progress)), None)
+        if last is not None and not state.finished:
+            view = RunView(run.id, state, position, events, owned, run.timing(last.stage, last.phase, last.iteration,
+                                                                                last.iterations))
+        return view
+
+    def wait(self, run_id: str, seen: int, timeout: float) -> None:
+        """Return when the run has more than ``seen`` events or has changed state, or after ``timeout``."""
+        run = self._runs.get(run_id or "")
+        if run is None:
+            return
+        with self._changed:
+            self._changed.wait_for(lambda: len(run.events) != seen or run.state.finished, timeout=timeout)
+
+    def stop(self, run_id: str, owner: str) -> str:
+        run = self._runs.get(run_id or "")
+        if run is None:
+            return "No such run."
+        if not self._may(run, owner):
+            return "This run was started by another visitor; only they can stop it."
+        with self._lock:
+            if run.id in self._waiting:
+                self._waiting.remove(run.id)
+                self._finish(run, RunState.STOPPED, E.Stopped(0, "removed from the queue before it started"))
+                return "Removed from the queue."
+            if run.state is RunState.RUNNING:
+                run.cancel.set()
+                run.stop_requested = run.stop_requested or time.time()
+                if run.thread is not None:
+                    return "Stopping after the current stage; finished stages stay cached."
+                return "Stopping after the current iteration; finished stages stay cached."
+        return f"The run is already {run.state.value}."
+
+    def resume(self, run_id: str, owner: str) -> str:
+        """A new run of a finished run's settings (its finished stages come from the cache): owner only."""
+        run = self._runs.get(run_id or "")
+        if run is None or not self._may(run, owner):
+            raise PDDError("there is no run of yours to resume", "start a run first")
+        if not run.state.finished:
+            raise PDDError("the run is still going", "wait for it, or stop it first")
+        return self.submit(self._visitor_settings(run.config), owner)
+
+    @staticmethod
+    def _visitor_settings(config: dict) -> dict:
+        """A stored config as settings a visitor could have sent (the server's folders left out)."""
+        return {**{k: v for k, v in config.items() if k not in SERVER_ONLY and k != "params"}, **(config.get("params") or {})}
+
+    # -- finished runs -----------------------------------------------------------------------------
+    def runs(self, owner: str) -> list[RunRecord]:
+        """The caller's finished runs, newest first (every run on a public server)."""
+        if self.public:
+            return self.book.records()
+        return self.book.records(owner) if owner else []
+
+    def records(self, keys: list[str], owner: str) -> list[RunRecord]:
+        """The chosen runs that the caller may see (others are left out, as if they did not exist)."""
+        mine = {r.key: r for r in self.runs(owner)}
+        return [mine[k] for k in keys or [] if k in mine]
+
+    def open(self, key: str, owner: str) -> str:
+        """Replay one of the caller's finished runs from the cache (a run whose stages come back at once)."""
+        chosen = self.records([key], owner)
+        if not chosen:
+            raise PDDError("that run is not one of yours (or no longer listed)", "pick one of your runs")
+        return self.submit(self._visitor_settings(chosen[0].config), owner)
+
+    def compare(self, keys: list[str], owner: str) -> tuple[list[RunRecord], str]:
+        """The chosen runs of the caller's, and the settings in which they differ (markdown)."""
+        chosen = self.records(keys, owner)
+        return chosen, config_differences(chosen)
+
+    def table(self, keys: list[str], owner: str) -> str:
+        return compare_table(self.records(keys, owner))
+
+    def delete(self, keys: list[str], owner: str) -> int:
+        """Take the chosen runs off the caller's list (their stages stay cached for runs that share them);
+        a run still running is refused."""
+        chosen = self.records(keys, owner)
+        with self._lock:
+            active = {tuple(sorted(self._visitor_settings(r.config).items())) for r in self._runs.values()
+                      if not r.state.finished}
+        if any(tuple(sorted(self._visitor_settings(r.config).items())) in active for r in chosen):
+            raise PDDError("a selected run is running right now and cannot be deleted", "wait until it finishes")
+        if self.public:
+            return sum(self.book.delete(r.key) for r in chosen)
+        return sum(self.book.release(r.key, owner) for r in chosen)
+
+    def export(self, key: str, owner: str) -> E.Exported:
+        """The bundle of one of the caller's finished runs (written by the helper into the caller's folder)."""
+        if not self.records([key], owner):
+            return E.Exported(None, [], "that run is not one of yours (or no longer listed). Fix: pick one of your runs")
+        return self.helper.call("export_run", self.cache_dir, key, self._folder(owner))
+
+    def _folder(self, owner: str) -> str:
+        return str(self.export_dir / self.book.folder_of(owner))
+
+    # -- bundles -------------------------------------------------------------------------------------
+    def bundle_path(self, upload: Optional[str], run_key: str, owner: str) -> tuple[str, Optional[str]]:
+        """(bundle path, the data it was made on if that is one of the caller's uploads) for an uploaded
+        bundle, or for one of the caller's runs (exported first)."""
+        if upload:
+            if not str(upload).lower().endswith(".zip"):
+                raise PDDError(f"{Path(str(upload)).name} is not a .zip file", "upload a bundle exported by PDD Studio")
+            return str(upload), None
+        if not run_key:
+            raise PDDError("no bundle to evaluate", "upload a bundle (.zip) or pick one of your runs")
+        done = self.export(run_key, owner)
+        if done.path is None:
+            raise PDDError(*done.error.rstrip(".").split(". Fix: ", 1)) if ". Fix: " in done.error else \
+                PDDError(done.error, "run it again with the same settings")
+        dataset = self.records([run_key], owner)[0].config["dataset"]
+        return done.path, dataset.removeprefix("folder:") if dataset.startswith("folder:") else None
+
+    def manifest(self, path: str) -> dict:
+        """A bundle's verified manifest (read by the helper; BundleError if it is none)."""
+        return self.helper.call("manifest", path)
+
+    def evaluate_bundle(self, path: str, archs: list[Optional[str]], models: Optional[int], epochs: Optional[int],
+                        data: Optional[str] = None) -> Iterator[tuple[Optional[str], list]]:
+        """Re-train fresh networks of each architecture (None: the bundle's own) on the bundle's stages, one
+        architecture after another in the evaluator process: yields (architecture, per-stage accuracies)."""
+        for arch in archs:
+            yield arch, self.evaluator.call("evaluate", path, arch, models, epochs, self.data_root, data, self.threads)
+
+    @staticmethod
+    def evaluation_table(manifest: dict, results: list) -> tuple[list[str], list[list[str]]]:
+        return evaluation_table(manifest, results)
+
+    @staticmethod
+    def bundle_architecture(manifest: dict) -> str:
+        return manifest_arch(manifest)
+
+    # -- ownership ---------------------------------------------------------------------------------
+    def _may(self, run: Run, owner: str) -> bool:
+        return self.public or (bool(owner) and run.owner == owner)
+
+    def _shown(self, ev: Any) -> Any:
+        """An event as a visitor sees it: the run's config without the server's folders, user data by file
+        name; messages without the server's paths."""
+        if isinstance(ev, E.RunStarted):
+            config = {**{k: v for k, v in ev.config.items() if k not in SERVER_ONLY},
+                      "dataset": shown_dataset(ev.config.get("dataset", ""))}
+            return E.RunStarted(ev.run_key, config, {k: v for k, v in ev.dataset.items() if k != "source"}, ev.stages)
+        if isinstance(ev, (E.Message, E.Failed, E.Stopped)):
+            return _redacted(ev, self._places())
+        return ev
+
+    def _places(self) -> list[str]:
+        places = [str(self.upload_dir), self.cache_dir, str(self.export_dir), str(self.data_root or ""),
+                  str(Path.home())]
+        return sorted({p for p in places if p and p != "."}, key=len, reverse=True)
+
+    # -- the engine processes ------------------------------------------------------------------------
+    def _schedule(self) -> None:
+        with self._lock:
+            while self._waiting and sum(r.state is RunState.RUNNING for r in self._runs.values()) < self.max_concurrent:
+                run = self._runs[self._waiting.pop(0)]
+                run.state = RunState.RUNNING
+                if self.stage_fn is not None:
+                    run.cancel = threading.Event()
+                    run.thread = threading.Thread(target=self._stagewise, args=(run,), daemon=True)
+                    run.thread.start()
+                    continue
+                try:
+                    run.queue, run.cancel = self.ctx.Queue(), self.ctx.Event()
+                    run.process = self.ctx.Process(
+                        target=call_by_name, daemon=True, name=f"pdd-engine-{run.id}",
+                        args=(WORKER, "run_engine", run.config, self.cache_dir, run.queue, run.cancel, self.threads,
+                              self._folder(run.owner), run.owner, os.getpid()))
+                    run.process.start()
+                except Exception as e:  # e.g. "Too many open files": this run fails, the server goes on
+                    self._finish(run, RunState.FAILED, E.Failed(
+                        f"the engine process could not start ({type(e).__name__}: {e}). Fix: wait for other runs to "
+                        "finish and start it again.", None, traceback.format_exc()))
+                    self._release(run)
+            self._changed.notify_all()
+
+    def _finish(self, run: Run, state: RunState, ev: Any = None) -> None:
+        with self._lock:
+            if ev is not None:
+                run.add(ev)
+            run.state = state
+            self._changed.notify_all()
+
+    def _release(self, run: Run) -> None:
+        """Close a finished run's queue and process handles (file descriptors); its events stay."""
+        if run.queue is not None:
+            run.queue.close()
+            run.queue = None
+        if run.process is not None and (run.process.pid is None or not run.process.is_alive()):
+            if run.process.pid is not None:
+                run.process.close()
+            run.process = None
+
+    def _drain(self, run: Run) -> None:
+        states = {E.Done: RunState.DONE, E.Failed: RunState.FAILED, E.Stopped: RunState.STOPPED}
+        while True:
+            try:
+                ev = run.queue.get_nowait()
+            except (queue.Empty, OSError, ValueError):
+                return
+            with self._lock:
+                run.add(ev)
+                if type(ev) in states:
+                    run.state = states[type(ev)]
+                self._changed.notify_all()
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(0.1)
+            try:
+                self._pump()
+            except Exception:  # noqa: BLE001 - the pump must outlive any one run's trouble
+                traceback.print_exc()
+
+    def _pump(self) -> None:
+        with self._lock:
+            live = [r for r in self._runs.values() if r.process is not None]
+        for run in live:
+            if run.state.finished:  # ended earlier: free its handles once its process has exited
+                run.process.join(timeout=0.05)
+                self._release(run)
+                continue
+            self._drain(run)
+            alive = run.process.is_alive()
+            waited = time.time() - run.stop_requested if run.stop_requested else 0.0
+            if run.state is RunState.RUNNING and run.stop_requested and waited > STOP_GRACE_S and alive:
+                # asked to stop and still going: terminate, then kill (a stopped or hung process ignores SIGTERM)
+                run.process.terminate() if waited < STOP_GRACE_S + KILL_GRACE_S else run.process.kill()
+                if waited >= STOP_GRACE_S + KILL_GRACE_S:
+                    run.process.join(timeout=1)
+                    self._finish(run, RunState.STOPPED, E.Stopped(run.stage, "stopped (engine ended); finished "
+                                                                             "stages are cached"))
+            elif run.state is RunState.RUNNING and not alive:
+                self._drain(run)
+                if run.state is RunState.RUNNING:
+                    if run.stop_requested:
+                        self._finish(run, RunState.STOPPED, E.Stopped(run.stage, "stopped (engine ended); finished "
+                                                                                 "stages are cached"))
+                    else:
+                        self._finish(run, RunState.FAILED, E.Failed(
+                            f"the engine process exited unexpectedly (code {run.process.exitcode}). Fix: finished "
+                            "stages are cached; start the run again to resume.", run.stage or None))
+            if run.state.finished:
+                run.process.join(timeout=1)
+                self._release(run)
+        self._forget_old()
+        self._schedule()
+
+    def _forget_old(self) -> None:
+        """Drop the oldest finished runs beyond ``keep_finished`` (their events hold images)."""
+        with self._lock:
+            done = sorted((r for r in self._runs.values() if r.state.finished and r.process is None and r.queue is None),
+                          key=lambda r: r.created)
+            for run in done[:max(0, len(done) - self.keep_finished)]:
+                del self._runs[run.id]
+
+    def _stagewise(self, run: Run) -> None:
+        """One ``stage_fn`` call per stage (ZeroGPU); a stop takes effect between stages."""
+        try:
+            for i in range(1, run.config["stages"] + 1):
+                if run.cancel.is_set():
+                    self._finish(run, RunState.STOPPED, E.Stopped(i))
+                    return
+                for ev in self.stage_fn(run.config, self.cache_dir, i):
+                    if isinstance(ev, E.RunStarted) and i > 1:
+                        continue
+                    if isinstance(ev, E.Done):
+                        self.book.claim(ev.run_key, run.owner)
+                        self._finish(run, RunState.RUNNING, self.helper.call("export_run", self.cache_dir, ev.run_key,
+                                                                             self._folder(run.owner)))
+                    if isinstance(ev, (E.Failed, E.Stopped, E.Done)):
+                        state = {E.Failed: RunState.FAILED, E.Stopped: RunState.STOPPED, E.Done: RunState.DONE}[type(ev)]
+                        self._finish(run, state, ev)
+                        return
+                    self._finish(run, RunState.RUNNING, ev)
+        except Exception as e:  # noqa: BLE001 - a GPU host's error becomes the run's message
+            self._finish(run, RunState.FAILED, E.Failed(f"the stage call failed ({type(e).__name__}: {e}). Fix: "
+                                                        "finished stages are cached; start the run again to resume.",
+                                                        None, traceback.format_exc()))
+        finally:
+            self._schedule()
+
+    # -- for tests and shutdown -----------------------------------------------------------------------
+    def processes(self) -> dict[str, list[int]]:
+        """The pids of the service's children, by kind (engine, helper, evaluator)."""
+        with self._lock:
+            engines = [r.process.pid for r in self._runs.values() if r.process is not None and r.process.pid]
+        return {"engine": engines, "helper": self.helper.pids(), "evaluator": self.evaluator.pids()}
+
+    def shutdown(self) -> None:
+        self.helper.shutdown()
+        self.evaluator.shutdown()
+        with self._lock:
+            for run in self._runs.values():
+                if run.process is not None and run.process.is_alive():
+                    run.process.kill()
+
+
+def _redacted(ev: Any, places: list[str]) -> Any:
+    """``ev`` with the server's folders cut out of its text (a visitor sees file names, never paths)."""
+    field_name = "text" if isinstance(ev, E.Message) else "message"
+    text = getattr(ev, field_name)
+    for p in places:
+        text = text.replace(p + "/", "").replace(p, ".")
+    return replace(ev, **{field_name: text})
+
+
+def stage_function(gpu_seconds: int) -> Callable:
+    """:func:`pdd_engine.worker.stage_call`, wrapped by ``spaces.GPU`` on a ZeroGPU Space. A ZeroGPU Space
+    must import torch in its main process, so this is the one place the web process imports the worker."""
+    worker = importlib.import_module(WORKER)
+    try:
+        import spaces
+    except ImportError:
+        return worker.stage_call
+    return spaces.GPU(duration=gpu_seconds)(worker.stage_call)
