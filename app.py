@@ -21,8 +21,8 @@ def main() -> None:
         service = Service(cache_dir, export_dir, upload_dir, data_root=os.environ.get("PDD_DATA_DIR") or None,
                           max_concurrent=env("PDD_MAX_JOBS"), threads=env("PDD_ENGINE_THREADS"), stagewise=stagewise,
                           public=env("PDD_PUBLIC_RUNS"), gpu_seconds=env("PDD_GPU_SECONDS"))
-        concurrency, port = env("PDD_UI_CONCURRENCY"), int(os.environ.get("GRADIO_SERVER_PORT") or 7860)
-    except (PDDError, ValueError) as e:
+        concurrency, port = env("PDD_UI_CONCURRENCY"), env("GRADIO_SERVER_PORT")
+    except PDDError as e:
         raise SystemExit(f"error: {e}") from None
     from app.layout import build  # after the checks: Gradio reads GRADIO_SERVER_PORT when imported
     from app.studio import Studio

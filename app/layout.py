@@ -176,8 +176,7 @@ def build(studio: Studio) -> gr.Blocks:
                                      api_name="resume"))
         stop_btn.click(studio.stop, [run_id, token], validation, queue=False, api_name="stop")
         gr.api(studio.start, api_name="start")
-        gr.api(lambda: studio.schema["settings"], api_name="settings",
-               api_description="Every setting /start takes: name, label, hint, kind, bounds, server maximum, choices.")
+        gr.api(studio.setting_list, api_name="settings")
 
         def on_load(request: gr.Request, who: str):
             run = request.query_params.get("run", "") if request else ""

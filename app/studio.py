@@ -70,6 +70,46 @@ def shown_for(spec: dict, method: str) -> bool:
     return not spec["owners"] or method in spec["owners"]
 
 
+def frame(run: Optional[RunView], extra: str = "", shown: Optional[dict] = None) -> tuple:
+    """The page's outputs for a run. With ``shown`` (what this stream already sent, updated here), an
+    output whose content has not changed is skipped, and the loss plot is redrawn at most every
+    LOSS_EVERY_S: the server renders less, and the browser redraws less, on the cores the engine runs on.
+    A visitor who does not own the run (a shared link) sees its progress and images, never its files."""
+    view = render.RunView.of(run.events if run else [])
+    state = run.state.value if run else "failed"
+    bundle, stages = None, None
+    status = render.status_markdown(view, state, run.position if run else 0, run.timing if run else None)
+    status += f" {extra}" if extra else ""
+    if view.done and view.exported is not None:  # written by the engine's process before Done
+        bundle, stages = view.exported.path, view.exported.stage_paths or None
+        if view.exported.error:
+            status += f"<br>⚠ export failed: {view.exported.error}"
+    owned = bool(run and run.owned)
+    running = state in ("queued", "running")
+    now = time.time()
+    loss_due = shown is None or now - shown.get("loss_at", 0.0) >= LOSS_EVERY_S or not running
+    parts = [  # (name, what decides its content, how to draw it)
+        ("progress", render.progress_html(view), None),
+        ("grid", (id(view.images), view.current), lambda: render.grid_html(view.images, view.current)),
+        ("loss", sum(map(len, view.losses.values())) if loss_due else shown.get("loss"), lambda: render.loss_figure(view)),
+        ("accuracy", (len(view.evals), view.done is not None), lambda: render.accuracy_figure(view)),
+        ("bundle", bundle, None), ("stages", tuple(stages or ()), lambda: stages),
+        ("stop", running and owned, lambda: gr.update(interactive=running and owned)),
+        ("resume", (running, state, owned), lambda: gr.update(interactive=owned and not running and state != "done")),
+    ]
+    out = [status]
+    for name, key, draw in parts:
+        if shown is not None and name in shown and shown[name] == key:
+            out.append(gr.skip())
+            continue
+        if shown is not None:
+            shown[name] = key
+            if name == "loss":
+                shown["loss_at"] = now
+        out.append(key if draw is None else draw())
+    return tuple(out)
+
+
 class Studio:
     def __init__(self, service: Service):
         self.service = service
@@ -142,6 +182,11 @@ class Studio:
         advanced = [self.shown_value(f, values.get(f["name"])) for f in self.fields]
         return [values["dataset"], None, values["method"], values["stages"], values["ipc"], preset, *advanced]
 
+    def setting_list(self) -> list[dict]:
+        """Every setting /start takes: name, label, hint, kind, bounds, server maximum, choices, the methods
+        that own it (none: every method's), and its default."""
+        return self.schema["settings"]
+
     def preset_values(self, preset: str) -> list:
         """What a preset sets: dataset, method, stages, IPC and the Advanced controls."""
         values = self.control_values(preset)
@@ -206,13 +251,13 @@ class Studio:
         owner = owner_of(token, profile)
         view = self.service.watch(run_id, owner)
         if view is None:
-            yield self.frame(None, extra="No run with that id on this server (it may have restarted). Fix: press Run "
+            yield frame(None, extra="No run with that id on this server (it may have restarted). Fix: press Run "
                                          "with the same settings: finished stages come from the cache.")
             return
         shown: dict = {}
         while True:
             view = self.service.watch(run_id, owner)
-            yield self.frame(view, shown=shown)
+            yield frame(view, shown=shown)
             if view.finished:
                 return
             self.service.wait(run_id, len(view.events), FOLLOW_WAIT_S)
@@ -223,45 +268,6 @@ class Studio:
             yield tuple(gr.skip() for _ in range(OUTPUTS))
             return
         yield from self.follow(profile, run_id, token)
-
-    def frame(self, run: Optional[RunView], extra: str = "", shown: Optional[dict] = None) -> tuple:
-        """The page's outputs for a run. With ``shown`` (what this stream already sent, updated here), an
-        output whose content has not changed is skipped, and the loss plot is redrawn at most every
-        LOSS_EVERY_S: the server renders less, and the browser redraws less, on the cores the engine runs on.
-        A visitor who does not own the run (a shared link) sees its progress and images, never its files."""
-        view = render.RunView.of(run.events if run else [])
-        state = run.state.value if run else "failed"
-        bundle, stages = None, None
-        status = render.status_markdown(view, state, run.position if run else 0, run.timing if run else None)
-        status += f" {extra}" if extra else ""
-        if view.done and view.exported is not None:  # written by the engine's process before Done
-            bundle, stages = view.exported.path, view.exported.stage_paths or None
-            if view.exported.error:
-                status += f"<br>⚠ export failed: {view.exported.error}"
-        owned = bool(run and run.owned)
-        running = state in ("queued", "running")
-        now = time.time()
-        loss_due = shown is None or now - shown.get("loss_at", 0.0) >= LOSS_EVERY_S or not running
-        parts = [  # (name, what decides its content, how to draw it)
-            ("progress", render.progress_html(view), None),
-            ("grid", (id(view.images), view.current), lambda: render.grid_html(view.images, view.current)),
-            ("loss", sum(map(len, view.losses.values())) if loss_due else shown.get("loss"), lambda: render.loss_figure(view)),
-            ("accuracy", (len(view.evals), view.done is not None), lambda: render.accuracy_figure(view)),
-            ("bundle", bundle, None), ("stages", tuple(stages or ()), lambda: stages),
-            ("stop", running and owned, lambda: gr.update(interactive=running and owned)),
-            ("resume", (running, state, owned), lambda: gr.update(interactive=owned and not running and state != "done")),
-        ]
-        out = [status]
-        for name, key, draw in parts:
-            if shown is not None and name in shown and shown[name] == key:
-                out.append(gr.skip())
-                continue
-            if shown is not None:
-                shown[name] = key
-                if name == "loss":
-                    shown["loss_at"] = now
-            out.append(key if draw is None else draw())
-        return tuple(out)
 
     # -- the Runs tab ---------------------------------------------------------------------------------
     def runs_table(self, profile: Optional[gr.OAuthProfile], token: str) -> tuple:

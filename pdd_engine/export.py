@@ -36,6 +36,7 @@ from .config import DistillConfig, check_precision
 from .data import Dataset, dataset_for, dataset_info, to_uint8
 from .device import resolve_device, tune_allocator
 from .errors import BundleError, PDDError
+from .files import atomic
 from .evaluate import EvalProtocol, arch_changes, make_curriculum
 from .keys import Keys
 from . import manifest as manifests
@@ -142,8 +143,9 @@ def build_manifest(cfg: DistillConfig, ds: Dataset, stages: list, evals: list, r
 
 
 def export_bundle(cfg: DistillConfig, out: str | Path, store: Optional[Store] = None,
-                  ds: Optional[Dataset] = None) -> Path:
-    """Write the bundle of a finished run (all stages cached) to ``out`` (a .zip path)."""
+                  ds: Optional[Dataset] = None, flag: str = "--out") -> Path:
+    """Write the bundle of a finished run (all stages cached) to ``out`` (a .zip path), whole or not at all
+    (``flag``: how the user chose that path, named when the disk is full)."""
     store = store if store is not None else Store(cfg.cache_dir)
     ds = ds if ds is not None else dataset_for(cfg)
     stages, evals, randoms, bases, matched = collect(cfg, store, ds)
@@ -171,7 +173,7 @@ def export_bundle(cfg: DistillConfig, out: str | Path, store: Optional[Store] = 
     manifest["files"] = {name: hashlib.sha256(b).hexdigest() for name, b in sorted(files.items())}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as z:
+    with atomic(out, flag) as part, zipfile.ZipFile(part, "w", compression=zipfile.ZIP_DEFLATED) as z:
         z.writestr("manifest.json", json.dumps(manifest, indent=2))
         for name, blob in files.items():
             z.writestr(name, blob)
@@ -267,10 +269,11 @@ def evaluate_bundle(path: str | Path, arch: Optional[str] = None, epochs: Option
     return [cur.train_stage(u["images"], u["labels"], e["eval_lr"]) for u, e in zip(bundle.unions, m["stage_entries"])]
 
 
-def stage_archive(bundle_path: str | Path, stage: int, out: str | Path) -> Path:
+def stage_archive(bundle_path: str | Path, stage: int, out: str | Path, flag: str = "--out") -> Path:
     """A small zip with one stage's images alone (tensors, PNGs and the manifest) cut from a bundle."""
     out = Path(out)
-    with zipfile.ZipFile(bundle_path) as src, zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as dst:
+    with zipfile.ZipFile(bundle_path) as src, atomic(out, flag) as part, \
+            zipfile.ZipFile(part, "w", compression=zipfile.ZIP_DEFLATED) as dst:
         for name in src.namelist():
             if name == "manifest.json" or name.startswith((f"stage_{stage}/", f"png/stage_{stage}/")):
                 dst.writestr(name, src.read(name))

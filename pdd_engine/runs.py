@@ -66,10 +66,10 @@ def delete(store: Store, refs: list[str]) -> int:
     return sum(b.delete(get(store, ref).key) for ref in refs)
 
 
-def export(store: Store, ref: str, path: str | Path) -> Path:
+def export(store: Store, ref: str, path: str | Path, flag: str = "--out") -> Path:
     """Write the bundle of a finished run."""
     rec = get(store, ref)
     if not current(rec):
         raise PDDError(f"run {rec.id} was made by engine {rec.version}, whose stages this version cannot address",
                        f"run it again with the same settings (see `pdd runs show {rec.id}`)")
-    return export_bundle(DistillConfig.from_dict(rec.config), path, store)
+    return export_bundle(DistillConfig.from_dict(rec.config), path, store, flag=flag)

@@ -289,7 +289,7 @@ class Service:
             shape = self._shape(values["dataset"], timeout=wait)
             out = self.helper.call("check", values, shape, False, True, timeout=max(wait, 5))
         except PDDError as e:
-            return Check(False, str(e))
+            return Check(False, self.redact(str(e)))
         except TimeoutError:
             return Check(False, "the server is busy checking these settings. Fix: change any value in a moment")
         if out["ok"] and out["timing"] is not None:  # time that network now, in the background
@@ -299,10 +299,9 @@ class Service:
                 pass
         return self._check_of(out)
 
-    @staticmethod
-    def _check_of(out: dict) -> Check:
+    def _check_of(self, out: dict) -> Check:
         if not out["ok"]:
-            return Check(False, out["error"])
+            return Check(False, self.redact(out["error"]))
         est = out["estimate"]
         return Check(True, "", out["config"], tuple(out["ipcs"]), tuple(out["warnings"]), out["automatic"],
                      None if est is None else est["text"], None if est is None else est["seconds"])
@@ -390,7 +389,7 @@ class Service:
         shape = self._shape(values["dataset"], timeout=120)
         out = self.helper.call("check", values, shape, True, False, timeout=300)
         if not out["ok"]:
-            raise PDDError(*out["error"].rstrip(".").split(". Fix: ", 1))
+            raise PDDError(*self.redact(out["error"]).rstrip(".").split(". Fix: ", 1))
         seconds = out["estimate"]["seconds"]
         if seconds > self.limits.run_hours * 3600:
             raise PDDError(f"this run is estimated at {out['estimate']['time']}, over this server's maximum of "
@@ -558,13 +557,18 @@ class Service:
                       "dataset": shown_dataset(ev.config.get("dataset", ""))}
             return E.RunStarted(ev.run_key, config, {k: v for k, v in ev.dataset.items() if k != "source"}, ev.stages)
         if isinstance(ev, (E.Message, E.Failed, E.Stopped)):
-            return _redacted(ev, self._places())
+            name = "text" if isinstance(ev, E.Message) else "message"
+            return replace(ev, **{name: self.redact(getattr(ev, name))})
         return ev
 
-    def _places(self) -> list[str]:
+    def redact(self, text: str) -> str:
+        """``text`` with the server's folders cut out: a visitor's data is named by its file name alone (the
+        one place every message leaving the service passes)."""
         places = [str(self.upload_dir), self.cache_dir, str(self.export_dir), str(self.data_root or ""),
                   str(Path.home())]
-        return sorted({p for p in places if p and p != "."}, key=len, reverse=True)
+        for p in sorted({p for p in places if p and p != "."}, key=len, reverse=True):
+            text = text.replace(p + "/", "").replace(p, ".")
+        return text
 
     # -- the engine processes ------------------------------------------------------------------------
     def _schedule(self) -> None:
@@ -711,15 +715,6 @@ class Service:
             for run in self._runs.values():
                 if run.process is not None and run.process.is_alive():
                     run.process.kill()
-
-
-def _redacted(ev: Any, places: list[str]) -> Any:
-    """``ev`` with the server's folders cut out of its text (a visitor sees file names, never paths)."""
-    field_name = "text" if isinstance(ev, E.Message) else "message"
-    text = getattr(ev, field_name)
-    for p in places:
-        text = text.replace(p + "/", "").replace(p, ".")
-    return replace(ev, **{field_name: text})
 
 
 def stage_function(gpu_seconds: int) -> Callable:

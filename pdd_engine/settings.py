@@ -1,4 +1,4 @@
-"""Every ``PDD_*`` environment variable: declared once here, parsed by one function.
+"""Every ``PDD_*`` environment variable (and the studio's port): declared once here, parsed by one function.
 
 A bad value is one line that names the variable and the fix (never a ValueError traceback at import). The
 declarations are data, so the docs' limits table and ``pdd limits`` list exactly what is read. The
@@ -41,6 +41,7 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in [
     Variable("PDD_MAX_JOBS", int, 1, "engines running at once (other runs wait in line)", minimum=1),
     Variable("PDD_ENGINE_THREADS", int, 0, "torch threads per engine process (0: torch's choice)", minimum=0),
     Variable("PDD_UI_CONCURRENCY", int, 8, "page requests served at once", minimum=1),
+    Variable("GRADIO_SERVER_PORT", int, 7860, "the studio's port (Gradio's own variable)", minimum=1),
     Variable("PDD_PUBLIC_RUNS", bool, False, "every visitor sees, downloads and deletes every run (a single-user or "
              "teaching server)"),
     Variable("PDD_SIGN_IN", bool, False, "offer Hugging Face sign-in (on by itself on a Space with hf_oauth)"),

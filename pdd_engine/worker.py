@@ -9,7 +9,6 @@ answers (:func:`check`, :func:`schema`, :func:`time_network`, :func:`preview`, :
 
 from __future__ import annotations
 
-import errno
 import os
 import threading
 import time
@@ -26,6 +25,7 @@ from .config import DistillConfig, check_caps, schema as config_schema
 from .datasets import find
 from .device import resolve_device, tune_allocator
 from .errors import PDDError
+from .files import write_error
 from .evaluate import ARCHITECTURES
 from .estimate import config_warnings, cost_key, estimate, human_time, pass_cost
 from .export import evaluate_bundle, export_bundle, load_bundle, stage_archive
@@ -79,6 +79,9 @@ def stage_call(cfg_dict: dict, cache_dir: Optional[str], stage: int) -> list:
 
 
 # -- exports ----------------------------------------------------------------------------------
+EXPORT_FOLDER = "PDD_EXPORT_DIR (the run is finished and listed: download it again from the Runs tab)"
+
+
 def usable_bundle(path: Path) -> bool:
     """Whether an earlier export at ``path`` is whole (a truncated or damaged file is written again)."""
     try:
@@ -99,17 +102,14 @@ def export_run(cache_dir: Optional[str], run_key: str, export_dir: str, store: O
             os.utime(path)  # in use again: the export folder's pruning goes by age
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
-            runs.export(store, rec.key, path)
-        stages = [str(stage_archive(path, i, path.with_name(f"{path.stem}_stage{i}.zip")))
+            runs.export(store, rec.key, path, flag=EXPORT_FOLDER)
+        stages = [str(stage_archive(path, i, path.with_name(f"{path.stem}_stage{i}.zip"), EXPORT_FOLDER))
                   for i in range(1, rec.config["stages"] + 1)]
         return E.Exported(str(path), stages)
-    except PDDError as e:
+    except PDDError as e:  # the run is finished and listed either way: its bundle can be downloaded again later
         return E.Exported(None, [], str(e))
     except OSError as e:
-        full = e.errno in (errno.ENOSPC, errno.EDQUOT)
-        return E.Exported(None, [], f"the bundle could not be written ({'the disk is full' if full else e.strerror}). "
-                                    "Fix: free space on the server (PDD_EXPORT_DIR), then download it again from "
-                                    "the Runs tab; the run itself is finished and listed")
+        return E.Exported(None, [], str(write_error(e, Path(export_dir), EXPORT_FOLDER)))
 
 
 # -- quick answers (the helper process) ----------------------------------------------------------

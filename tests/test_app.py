@@ -1,5 +1,7 @@
-"""The web app: rendering, the job manager, and the real server driven by gradio_client."""
+"""The web app: rendering, the studio's callbacks over the service, and the real server driven by gradio_client,
+including every public endpoint called by a stranger with another visitor's ids."""
 
+import json
 import re
 import time
 import zipfile
@@ -9,17 +11,15 @@ import numpy as np
 import pytest
 
 from app import render
-from app.jobs import JobManager
-from app.ui import control_values
-from pdd_engine import DistillConfig
+from app.identity import owner_of, token_for
+from app.studio import Studio, frame
 from pdd_engine import events as E
 from pdd_engine.export import load_bundle
+from pdd_engine.service import RunState, RunView, Service
 from tests.apphelpers import running_app, tampered_copy
 
-# every control of the page, in the order the /start API takes them
-TINY = DistillConfig.make(dict(stages=2, ipc=2, iterations=15, width=16, eval_epochs=20, eval_models=2,
-                               transition_epochs=5, device="cpu"))
-TINY_CONTROLS = control_values(TINY)
+TINY = {"stages": 2, "ipc": 2, "iterations": 15, "width": 16, "eval_epochs": 20, "eval_models": 2,
+        "transition_epochs": 5, "device": "cpu"}
 
 
 def fake_stream():
@@ -72,163 +72,100 @@ def test_run_view_folds_events_and_renders():
     assert "+15.0 vs random, +9.0 vs DM alone, +3.0 vs same epochs" in gains  # stage 2: 70.0 against 55.0, 61.0, 67.0
 
 
-def test_job_times_each_stage_and_what_its_iterations_still_need():
-    from app.jobs import Job
+def test_a_stream_sends_only_what_changed():
+    """Re-sending unchanged figures costs the server and the browser CPU the engine needs."""
+    import gradio as gr
 
-    job = Job("j", TINY, "me")
-    job.add(E.StageStarted(1, 2, False))
-    job.add(E.Progress(1, 1, 10, 0.5))  # the first iteration: setup (experts, warm-up) is not counted
-    time.sleep(0.3)
-    job.add(E.Progress(1, 3, 10, 0.4))
-    since, left = job.timing(1, "stage", 3, 10)
-    assert since >= 0.3 and 0.3 / 2 * 7 <= left < 3  # 0.15 s per iteration, 7 to go
-    assert job.timing(1, "base", 0, 10)[1] is None  # a phase not begun: no guess
-
-
-def wait(job, timeout=120):
-    t = time.time()
-    while not job.finished and time.time() - t < timeout:
-        time.sleep(0.2)
-    return job
+    events = fake_stream()
+    view = lambda evs: RunView("r", RunState.RUNNING, 0, evs, True)  # noqa: E731
+    shown = {}
+    first = frame(view(events[:8]), shown=shown)
+    assert all(v != gr.skip() for v in first[:5])  # the first frame draws everything
+    again = frame(view(events[:8]), shown=shown)
+    assert again[0] == first[0] and [v == gr.skip() for v in again[1:]] == [True] * 8
+    later = frame(view(events), shown=shown)  # new images and a new evaluation
+    assert later[2] != gr.skip() and later[4] != gr.skip() and later[3] == gr.skip()  # loss: not yet due again
+    assert frame(view(events))[3] != gr.skip()  # without a stream: everything
 
 
-@pytest.mark.slow
-def test_worker_writes_the_bundle_before_done_and_the_manager_exports_cached_runs(tmp_path, tiny):
-    from pathlib import Path
-    m = JobManager(str(tmp_path / "cache"), threads=1, export_dir=str(tmp_path / "ex"))
-    try:
-        job = wait(m.submit(tiny(stages=2, ipc=2), "me"))
-        assert job.state == "done", job.events[-1]
-        exported = [e for e in job.events if isinstance(e, E.Exported)]
-        assert len(exported) == 1 and isinstance(job.events[job.events.index(exported[0]) + 1], E.Done)
-        assert Path(exported[0].path).exists() and len(exported[0].stage_paths) == 2
-        Path(exported[0].path).unlink()
-        again = m.export(job.events[-1].run_key, "me")  # a helper process, not the caller, writes it
-        assert again.path == exported[0].path and Path(again.path).exists() and again.error == ""
-        missing = m.export("run:0000")
-        assert missing.path is None and "no run matches" in missing.error
-    finally:
-        m.shutdown()
+def test_a_shared_link_shows_progress_and_images_never_files_or_controls():
+    last = fake_stream()[-1].summary()
+    done = fake_stream() + [E.Exported("/srv/x/run.zip", ["/srv/x/s1.zip"]), E.Done("run:abc", [last], 1.0)]
+    mine, theirs = (frame(RunView("r", RunState.DONE, 0, done if owned else done[:-2] + done[-1:], owned))
+                    for owned in (True, False))
+    assert mine[5] == "/srv/x/run.zip" and mine[6] == ["/srv/x/s1.zip"] and mine[8]["interactive"] is False
+    assert theirs[5] is None and theirs[6] is None and theirs[7]["interactive"] is False and theirs[8]["interactive"] is False
+    assert "img" in theirs[2]  # the synthetic images are there
+    assert "No run with that id on this server" in frame(None, extra="No run with that id on this server.")[0]
 
 
-@pytest.mark.slow
-def test_control_changes_never_time_networks_in_the_server(tmp_path, monkeypatch):
-    import pdd_engine.estimate
-    from app.ui import Studio
-    from pdd_engine.cache import Store
-    from pdd_engine.estimate import cost_key
-
-    def in_server(*a):
-        raise AssertionError("timed a network in the server process")
-    monkeypatch.setattr(pdd_engine.estimate, "pass_cost", in_server)
-    m = JobManager(str(tmp_path / "cache"))
-    try:
-        studio = Studio(m, Store(tmp_path / "cache"), tmp_path / "ex")
-        d = DistillConfig()
-        controls = studio.control_values(d)
-        m.pass_cost(*cost_key(d))  # what app.py starts at launch
-        valid, est, *_ = studio.check(*controls)
-        assert valid.startswith("✓ valid") and "Estimate on this machine: **about" in est
-        assert len(m._costs) == 1  # measured once, in the helper process
-        m.helper().submit(time.sleep, 5)  # the helper is busy: a new shape's timing must not hold the answer
-        controls = studio.control_values(d.replace(width=48))
-        valid, est, *_ = studio.check(*controls)
-        assert valid.startswith("✓ valid") and "timing this network" in est
-    finally:
-        m.shutdown()
+def test_identity_is_the_account_when_signed_in_else_the_browsers_token():
+    from types import SimpleNamespace
+    token = token_for("")
+    assert re.fullmatch(r"[0-9a-f]{32}", token) and token_for(token) == token
+    assert owner_of(token) == token and owner_of(token, SimpleNamespace(username="ada")) == "hf:ada"
+    assert owner_of("hf:ada") == "" and token_for("hf:ada") != "hf:ada"  # a browser cannot claim an account
+    assert owner_of("") == "" and owner_of("x" * 20) == ""
 
 
-@pytest.mark.slow
-def test_engine_and_helper_exit_when_the_server_is_killed(tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    server = subprocess.Popen([sys.executable, "-c", f"""
-import time
-from app.jobs import JobManager
-from app.ui import control_values
-from pdd_engine import DistillConfig
-m = JobManager({str(tmp_path / "c")!r}, threads=1)
-job = m.submit(DistillConfig(iterations=100000), "me")
-m.helper().submit(time.sleep, 0).result()
-while job.process is None or not job.events:
-    time.sleep(0.1)
-print(job.process.pid, *m.helper()._processes, flush=True)
-time.sleep(600)
-"""], stdout=subprocess.PIPE, text=True, cwd=root)
-    children = [int(p) for p in server.stdout.readline().split()]
-    assert len(children) == 2
-    server.kill()  # kill -9: no atexit, no finally
-    server.wait()
-
-    def alive(pid):
-        try:
-            return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] != "Z"
-        except (FileNotFoundError, IndexError):
-            return False
-    deadline = time.time() + 30
-    while any(alive(p) for p in children) and time.time() < deadline:
-        time.sleep(0.2)
-    assert not any(alive(p) for p in children)
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("studio")
+    service = Service(tmp / "cache", tmp / "exports", tmp / "uploads", threads=1)
+    yield Studio(service)
+    service.shutdown()
 
 
-@pytest.mark.slow
-def test_a_failed_engine_start_fails_one_job_and_the_next_runs(tmp_path, tiny):
-    m = JobManager(str(tmp_path / "cache"), threads=1)
-    real = m.ctx.Process
-    calls = []
-
-    def flaky(*a, **k):
-        calls.append(1)
-        if len(calls) == 1:
-            raise OSError(24, "Too many open files")
-        return real(*a, **k)
-    m.ctx.Process = flaky
-    try:
-        first = wait(m.submit(tiny(stages=1, ipc=1), "me"))
-        assert first.state == "failed" and "could not start (OSError" in first.events[-1].message
-        assert "Fix: wait for other runs to finish" in first.events[-1].message
-        second = wait(m.submit(tiny(stages=1, ipc=1), "me"))
-        assert second.state == "done", second.events[-1]
-        deadline = time.time() + 10
-        while (second.queue is not None or second.process is not None) and time.time() < deadline:
-            time.sleep(0.1)
-        assert second.queue is None and second.process is None and second.events  # handles released, events kept
-    finally:
-        m.shutdown()
+def test_controls_are_the_schemas_settings_and_the_page_sends_them_by_name(studio):
+    """Every shown setting comes from the service's schema (labels, hints, bounds); "6,4" in the page's field
+    becomes the schedule; a schedule that does not add up is refused on the validation line with the fix."""
+    names = [f["name"] for f in studio.fields]
+    assert {"stage_ipc", "iterations", "compare_epochs", "syn_steps", "idc_factor"} <= set(names)
+    token = token_for("")
+    controls = studio.control_values()
+    controls[6 + names.index("stage_ipc")] = "6,4"
+    settings = studio.settings_of(token, *controls)
+    assert settings["stage_ipc"] == "6,4" and settings["stages"] == 2 and "syn_steps" not in settings
+    controls[6 + names.index("stage_ipc")] = "6, 5"
+    valid, _, run_button, *_ = studio.check(None, token, *controls)
+    assert "pdd-error" in valid and "adds up to 11" in valid and "Fix: set IPC to 11" in valid
+    assert run_button["interactive"] is False
+    controls[6 + names.index("stage_ipc")] = ""
+    assert studio.settings_of(token, *controls)["stage_ipc"] is None
+    assert studio.settings_of(token, *controls)["executor"] is None  # empty: the server's (PDD_EXECUTOR)
+    controls[6 + names.index("executor")] = "ray"
+    assert studio.settings_of(token, *controls)["executor"] == "ray"
+    assert studio.control_values()[6 + names.index("executor")] == ""
+    controls[6 + names.index("iterations")] = "nan"
+    assert "Iterations per stage must be a whole number" in studio.check(None, token, *controls)[0]
 
 
-@pytest.mark.slow
-def test_job_manager_queues_stops_and_survives_a_dead_engine(tmp_path):
-    m = JobManager(str(tmp_path / "cache"), max_concurrent=1, threads=1)
-    slow = DistillConfig.make(dict(stages=2, ipc=2, iterations=5000, eval_epochs=5, eval_models=1, dm_pool=1))
-    a = m.submit(slow, owner="alice")
-    b = m.submit(slow.replace(seed=1), owner="bob")
-    assert m.position(b.id) == 1 and b.state == "queued"
-    assert "another browser" in m.stop(a.id, owner="mallory") and a.state in ("queued", "running")
-    while not any(isinstance(e, E.Progress) for e in a.events):
-        time.sleep(0.2)
-    assert "Stopping" in m.stop(a.id, owner="alice")
-    assert wait(a).state == "stopped"
-    while b.state != "running":
-        time.sleep(0.1)
-    b.process.kill()  # an engine crash: the manager reports it and keeps serving
-    assert wait(b).state == "failed" and "exited unexpectedly" in b.events[-1].message
-    c = m.submit(DistillConfig.make(dict(stages=1, ipc=1, iterations=3, eval_epochs=3, eval_models=1, dm_pool=1)), owner="carol")
-    assert wait(c).state == "done"
-    m.shutdown()
+def test_an_uploaded_dataset_is_the_uploaders_alone(studio, tmp_path):
+    from tests.test_service import upload
+    a, b = token_for(""), token_for("")
+    z = upload(tmp_path)
+    controls = studio.control_values()
+    controls[0], controls[1] = "upload your own (.zip)", str(z)
+    image, facts = studio.preview(None, a, controls[0], str(z))
+    assert image is not None and "3 classes" in facts and str(tmp_path) not in facts
+    kept = studio.kept[(a, str(z))]
+    b_controls = list(controls)
+    for named in (kept, kept.removeprefix("folder:")):  # B names A's kept file outright
+        b_controls[0], b_controls[1] = named, None
+        refused = studio.check(None, b, *b_controls)[0]
+        assert "pdd-error" in refused and str(studio.service.upload_dir) not in refused, refused
+    assert "not one of your uploads" in studio.check(None, b, kept, None, *controls[2:])[0]
 
 
+# -- the real server ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
     with running_app(tmp_path_factory.mktemp("app")) as url:
         yield url
 
 
-def follow(client, job_id):
-    job = client.submit(job_id, api_name="/follow")
+def follow(client, run_id, token):
+    job = client.submit(run_id, token, api_name="/follow")
     updates = [out[0] for out in job]
     return updates, job.outputs()[-1]
 
@@ -238,21 +175,21 @@ def test_client_run_streams_each_stage_then_caches_and_downloads(app_url):
     from gradio_client import Client
 
     c = Client(app_url, verbose=False)
-    job_id, owner, msg = c.predict("", *TINY_CONTROLS, api_name="/start")
-    assert job_id and msg == ""
-    updates, final = follow(c, job_id)
+    run_id, token, msg = c.predict("", TINY, api_name="/start")
+    assert run_id and msg == ""
+    updates, final = follow(c, run_id, token)
     for stage in (1, 2):
         assert any(f"stage {stage}/2" in u for u in updates), updates
     assert final[0].startswith("**Done**") and "computed stage(s) [1, 2]" in final[0]
     bundle = load_bundle(final[5])
     assert len(bundle.manifest["stage_entries"]) == 2 and len(final[6]) == 2
     assert "stage_1/images.pt" in zipfile.ZipFile(final[6][0]).namelist()
-    # the same config again: served from the cache, no stage computed
-    job2, _, _ = c.predict(owner, *TINY_CONTROLS, api_name="/start")
-    _, final2 = follow(c, job2)
-    assert "all stages served from the cache" in final2[0]
-    rows = c.predict(owner, api_name="/runs")[0]
+    again, _, _ = c.predict(token, TINY, api_name="/start")  # the same settings: served from the cache
+    assert "all stages served from the cache" in follow(c, again, token)[1][0]
+    rows = c.predict(token, api_name="/runs")[0]
     assert any(r[1] == "digits" and r[2] == "dm" for r in rows["data"])
+    names = {s["name"] for s in c.predict(api_name="/settings")}
+    assert {"iterations", "compare_epochs", "syn_steps"} <= names
 
 
 @pytest.mark.slow
@@ -260,19 +197,17 @@ def test_client_stop_keeps_finished_stages_and_resume_continues(app_url):
     from gradio_client import Client
 
     c = Client(app_url, verbose=False)
-    controls = control_values(TINY.replace(stages=3, ipc=3, iterations=400))
-    job_id, owner, _ = c.predict("", *controls, api_name="/start")
-    stream = c.submit(job_id, api_name="/follow")
+    run_id, token, _ = c.predict("", {**TINY, "stages": 3, "ipc": 3, "iterations": 400}, api_name="/start")
+    stream = c.submit(run_id, token, api_name="/follow")
     for out in stream:
         if "stage 2/3: iteration" in out[0]:
             break
-    assert "Stopping" in c.predict(job_id, owner, api_name="/stop")
+    assert "Stopping" in c.predict(run_id, token, api_name="/stop")
     while not stream.done():
         time.sleep(0.2)
     assert stream.outputs()[-1][0].startswith("**Stopped**")
-    new_id, _, _ = c.predict(job_id, owner, api_name="/resume")
-    _, final = follow(c, new_id)
-    assert "computed stage(s) [2, 3]" in final[0]  # stage 1 came from the cache
+    new_id, _, _ = c.predict(run_id, token, api_name="/resume")
+    assert "computed stage(s) [2, 3]" in follow(c, new_id, token)[1][0]  # stage 1 came from the cache
 
 
 @pytest.mark.slow
@@ -280,280 +215,61 @@ def test_invalid_input_is_a_message_not_a_trace(app_url):
     from gradio_client import Client
 
     c = Client(app_url, verbose=False)
-    bad = list(TINY_CONTROLS)
-    bad[4] = 3  # IPC 3 with P = 2
-    job_id, _, msg = c.predict("", *bad, api_name="/start")
-    assert job_id == "" and "not divisible" in msg and "Fix:" in msg and "Traceback" not in msg
-    bad = list(TINY_CONTROLS)
-    bad[0] = "upload your own (.zip)"
-    assert "no dataset file was uploaded" in c.predict("", *bad, api_name="/start")[2]
-    updates, _ = follow(c, "does-not-exist")
-    assert "No run with that id" in updates[-1]
+    for settings, words in (({**TINY, "ipc": 3}, "not divisible"), ({**TINY, "iterations": "many"}, "iterations must be"),
+                            ({**TINY, "eval_lr": "nan"}, "eval_lr must be"), ({"warp": 3}, "unknown config field"),
+                            ("not a dict", "one JSON object"), ({**TINY, "eval_epochs": 10 ** 6}, "PDD_MAX_EVAL_EPOCHS")):
+        run_id, _, msg = c.predict("", settings, api_name="/start")
+        assert run_id == "" and words in msg and "Fix:" in msg and "Traceback" not in msg, msg
+    assert "No run with that id" in follow(c, "does-not-exist", "")[0][-1]
+
+
+# what a stranger sends for each parameter of an endpoint; the identifying ones carry the first visitor's ids
+STRANGER_ARGS = {"owner": "TOKEN", "token": "TOKEN", "settings": {}, "dataset": "digits", "upload": None, "data": None,
+                 "archs": ["same as exported"], "models": 1, "epochs": "1"}
+IDENTIFYING = {"run_id": "RUN_ID", "keys": "KEYS", "run_key": "RUN_KEY"}
 
 
 @pytest.mark.slow
-def test_stagewise_jobs_match_a_normal_run_one_call_per_stage(tmp_path, monkeypatch):
-    """The ZeroGPU path: one (fake) spaces.GPU call per stage, same results as the worker process."""
-    import sys
-    import types
-
-    from app import jobs
-    from pdd_engine import distill
-    from pdd_engine.cache import Store
-
-    calls = []
-    fake = types.SimpleNamespace(GPU=lambda duration: (lambda fn: (lambda *a: calls.append(a[2]) or fn(*a))))
-    monkeypatch.setitem(sys.modules, "spaces", fake)
-    monkeypatch.setenv("SPACES_ZERO_GPU", "1")
-    cfg = DistillConfig.make(dict(stages=3, ipc=3, iterations=4, eval_epochs=4, eval_models=2, dm_pool=1))
-    m = JobManager(str(tmp_path / "a"), stage_fn=jobs.zerogpu_stage_fn(), export_dir=str(tmp_path / "ex"))
-    job = wait(m.submit(cfg, "me"))
-    assert job.state == "done" and calls == [1, 2, 3]
-    view = render.RunView.of(job.events)
-    assert view.exported.path and load_bundle(view.exported.path).manifest["stages"] == 3
-    assert view.stages == 3 and sorted(view.evals) == [1, 2, 3] and sorted(view.losses) == [1, 2, 3]
-    reference = distill(cfg, Store(tmp_path / "b"))
-    assert view.done.accuracies == reference.accuracies
-
-
-@pytest.mark.slow
-def test_stagewise_jobs_with_the_real_spaces_package(tmp_path, monkeypatch):
-    """The real ``spaces`` package (installed by the test command): outside a Space its GPU decorator
-    hands back the function itself, and the stage-per-call path gives the normal run's results.
-    (The stand-in above is kept for what this cannot show: one decorated call per stage.)"""
-    import spaces  # noqa: F401 - the real one: the test command installs it
-
-    from app import jobs
-    from pdd_engine import distill
-    from pdd_engine.cache import Store
-
-    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
-    monkeypatch.setenv("PDD_STAGEWISE", "1")
-    fn = jobs.zerogpu_stage_fn()
-    assert fn is jobs.stage_call
-    cfg = DistillConfig.make(dict(stages=2, ipc=2, iterations=4, eval_epochs=4, eval_models=2, dm_pool=1))
-    m = JobManager(str(tmp_path / "a"), stage_fn=fn)
-    job = wait(m.submit(cfg, "me"))
-    assert job.state == "done", job.events[-1]
-    assert render.RunView.of(job.events).done.accuracies == distill(cfg, Store(tmp_path / "b")).accuracies
-    m.shutdown()
-
-
-@pytest.mark.slow
-def test_hostile_upload_is_refused_with_the_reason(app_url, tmp_path):
-    from gradio_client import Client, handle_file
-
-    evil = tmp_path / "evil.zip"
-    with zipfile.ZipFile(evil, "w") as z:
-        z.writestr("a/0.png", b"x")
-        z.writestr("../../../etc/escaped.png", b"x")
-    c = Client(app_url, verbose=False)
-    controls = list(TINY_CONTROLS)
-    controls[0], controls[1] = "upload your own (.zip)", handle_file(str(evil))
-    job_id, _, msg = c.predict("", *controls, api_name="/start")
-    assert job_id and msg == ""
-    _, final = follow(c, job_id)
-    assert final[0].startswith("**Failed**") and "outside the archive" in final[0] and "Fix:" in final[0]
-    controls[1] = handle_file(__file__)  # not a zip: Gradio's own file-type check refuses it, with a message
-    with pytest.raises(Exception) as err:
-        c.predict("", *controls, api_name="/start")
-    assert "Invalid file type" in str(err.value) and "Traceback" not in str(err.value)
-
-
-WEB_PROCESS = """
-import sys, time
-from pathlib import Path
-from app.jobs import JobManager
-from app.ui import Studio, build
-from pdd_engine import DistillConfig
-from pdd_engine.cache import Store
-
-tmp = Path(sys.argv[1])
-manager = JobManager(str(tmp / "cache"), export_dir=str(tmp / "ex"))
-studio = Studio(manager, Store(tmp / "cache"), tmp / "ex")
-build(studio)
-for method in ("dm", "mtt", "idc"):  # validation and the whole estimate, MTT's unroll memory included
-    controls = studio.control_values(DistillConfig.make({"method": method}))
-    for _ in range(120):
-        valid, est, *_ = studio.check(*controls)
-        if "about" in est:
-            break
-    assert valid.startswith("✓ valid") and "about" in est, (valid, est)
-rows, *_ = studio.runs_table("web")
-assert rows == [], rows  # the CLI's run belongs to no browser
-job = manager.submit(DistillConfig(stages=1, ipc=1, iterations=3, eval_epochs=2, eval_models=1,
-                                   compare_base="off", device="cpu"), "web")
-frames = list(studio.follow(job.id))  # the engine's events, rendered as the page shows them
-assert frames[-1][0].startswith("**Done**") and frames[-1][5], frames[-1][0]
-choices = studio.runs_table("web")[1]["choices"]
-assert len(choices) == 1 and studio.runs_table("someone else")[0] == []
-files, problems = studio.download_runs([key for _, key in choices], "web")
-assert files and not problems, problems
-manager.shutdown()
-print("TORCH" if any(m == "torch" or m.startswith("torch.") for m in sys.modules) else "NO TORCH")
-"""
-
-
-@pytest.mark.slow
-def test_the_web_process_never_imports_torch(tmp_path, tiny):
-    """Validation, estimates (timing and memory in the helper), the Runs tab, following a run and
-    exporting one: the server process does all of it without importing torch."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from pdd_engine import distill
-    from pdd_engine.cache import Store
-
-    store = Store(tmp_path / "cache")
-    distill(tiny(stages=1, ipc=1, iterations=3, eval_epochs=2, eval_models=1), store)  # one run record to list
-    store.close()
-    root = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, "-c", WEB_PROCESS, str(tmp_path)], cwd=root, capture_output=True,
-                         text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip().splitlines()[-1] == "NO TORCH"
-
-
-def test_stage_schedule_is_a_text_field_of_the_page(tmp_path):
-    """"6,4" in the page's field becomes the schedule; a schedule that does not add up to Total IPC
-    is refused on the validation line with the fix."""
-    from app.ui import Studio
-    from pdd_engine.cache import Store
-
-    m = JobManager(str(tmp_path / "cache"))
-    try:
-        studio = Studio(m, Store(tmp_path / "cache"), tmp_path / "ex")
-        names = ["dataset", "upload", "method", "stages", "ipc", "preset"] + [f.name for f in studio.fields]
-        controls = studio.control_values(DistillConfig(stage_ipc="6,4"))
-        assert controls[names.index("stage_ipc")] == "6,4"
-        assert studio.config(*controls).ipcs == (6, 4)
-        controls[names.index("stage_ipc")] = "6, 5"
-        valid, _, run_button, *_ = studio.check(*controls)
-        assert "pdd-error" in valid and "adds up to 11" in valid and "Fix: set IPC to 11" in valid
-        controls[names.index("stage_ipc")] = ""
-        assert studio.config(*controls).stage_ipc is None
-        # the executor is a setting of the page: empty is the server's (PDD_EXECUTOR), else the one chosen
-        assert controls[names.index("executor")] == "" and studio.config(*controls).executor is None
-        controls[names.index("executor")] = "ray"
-        assert studio.config(*controls).executor == "ray"
-        assert studio.control_values(DistillConfig(executor="local"))[names.index("executor")] == "local"
-    finally:
-        m.shutdown()
-
-
-def test_an_unknown_run_link_says_so_with_the_fix(tmp_path):
-    """?run=<id> after a server restart: the page says the run is gone and how to get it back."""
-    from app.ui import Studio
-    from pdd_engine.cache import Store
-
-    m = JobManager(str(tmp_path / "cache"))
-    try:
-        status = next(iter(Studio(m, Store(tmp_path / "cache"), tmp_path / "ex").follow_if_any("gone")))[0]
-        assert "No run with that id on this server" in status and "finished stages come from the cache" in status
-    finally:
-        m.shutdown()
-
-
-def refused(call):
-    """The call's result, or None where the page itself refused it (gradio_client raises AppError)."""
-    from gradio_client.exceptions import AppError
-    try:
-        return call()
-    except AppError:
-        return None
-
-
-def upload_zip(tmp_path):
-    from tests.test_userdata import make_folder
-    make_folder(tmp_path / "mine", n=10)
-    z = tmp_path / "mine.zip"
-    with zipfile.ZipFile(z, "w") as f:
-        for p in sorted((tmp_path / "mine").rglob("*.png")):
-            f.write(p, p.relative_to(tmp_path / "mine").as_posix())
-    return z
-
-
-@pytest.mark.slow
-def test_runs_and_uploads_belong_to_the_browser_that_made_them(tmp_path):
-    """Client A uploads a zip and runs it; client B (another browser) cannot list, export or delete
-    A's run, even knowing its key, and nobody can fetch the upload back through the file route."""
-    import httpx
-    from gradio_client import Client, handle_file
-
-    from app.ui import UPLOAD
-    from pdd_engine.cache import Store
-
-    data = upload_zip(tmp_path)
-    with running_app(tmp_path) as url:
-        # where the web framework keeps this upload (content-addressed: the run's upload lands there too)
-        temp = httpx.post(url + "gradio_api/upload", files={"files": ("mine.zip", data.read_bytes())}).json()[0]
-        assert httpx.get(url + "gradio_api/file=" + temp).status_code == 200  # served, before a run takes it
-        a, b = Client(url, verbose=False), Client(url, verbose=False)
-        controls = list(TINY_CONTROLS)
-        controls[0], controls[1] = UPLOAD, handle_file(str(data))
-        job_id, owner_a, msg = a.predict("", *controls, api_name="/start")
-        assert job_id and msg == "", msg
-        final = follow(a, job_id)[1]
-        assert final[0].startswith("**Done**")
-        from pdd_engine.runs import owner_id
-        bundle = Path(final[5])  # gradio_client's copy keeps the name; the server's lies in A's own folder
-        assert [p.parent.name for p in (tmp_path / "exports").rglob(bundle.name)] == [owner_id(owner_a)]
-        rows = a.predict(owner_a, api_name="/runs")[0]["data"]
-        assert len(rows) == 1 and rows[0][1].startswith("folder:") and str(tmp_path) not in rows[0][1]
-        store = Store(tmp_path / "cache")
-        key = next(store.keys("run:"))
-        assert b.predict("owner-b", api_name="/runs")[0]["data"] == []
-        # B knows the key: the page refuses a choice it never offered B, and the server checks ownership
-        assert refused(lambda: b.predict([key], "owner-b", api_name="/download")) in (None, (None, ""))
-        assert refused(lambda: b.predict([key], "owner-b", api_name="/delete")) in (None, "Deleted 0 run record(s); "
-                                                                                    "their stages stay cached for runs that share them.")
-        from app.ui import Studio
-        from app.jobs import JobManager
-        server_side = Studio(JobManager(str(tmp_path / "cache")), store, tmp_path / "exports")
-        assert server_side.selected([key], "owner-b") == [] and server_side.delete_runs([key], "owner-b").startswith("Deleted 0")
-        server_side.manager.shutdown()
-        assert len(a.predict(owner_a, api_name="/runs")[0]["data"]) == 1
-        for path in (temp, *map(str, (tmp_path / "uploads").glob("*.zip"))):
-            assert httpx.get(url + "gradio_api/file=" + path).status_code != 200, path
-        assert "Deleted 1" in a.predict([key], owner_a, api_name="/delete")
-        assert a.predict(owner_a, api_name="/runs")[0]["data"] == []
-        store.close()
-
-
-@pytest.mark.slow
-def test_public_runs_are_listed_for_every_browser(tmp_path):
+def test_every_endpoint_refuses_a_stranger_with_another_visitors_ids(tmp_path):
+    """Every public API endpoint, from the app's own API description: those that take a run id or run key,
+    called by a second client with the first client's, give no files, no rows and no control of the run. A
+    new endpoint with a parameter this test does not know fails it."""
     from gradio_client import Client
+    from gradio_client.exceptions import AppError
 
-    with running_app(tmp_path, PDD_PUBLIC_RUNS="1") as url:
+    with running_app(tmp_path) as url:
         a, b = Client(url, verbose=False), Client(url, verbose=False)
-        job_id, owner_a, _ = a.predict("", *TINY_CONTROLS, api_name="/start")
-        assert follow(a, job_id)[1][0].startswith("**Done**")
-        assert len(b.predict("owner-b", api_name="/runs")[0]["data"]) == 1
-
-
-@pytest.mark.slow
-def test_cached_replays_leave_descriptors_flat_and_old_jobs_are_forgotten(tmp_path):
-    """Every finished job's queue and process handles are closed, and only the newest
-    ``keep_finished`` finished jobs stay in memory (each holds its images)."""
-    import os
-
-    cfg = DistillConfig.make(dict(stages=1, ipc=1, iterations=3, eval_epochs=2, eval_models=1, compare_base="off",
-                                  device="cpu"))
-    m = JobManager(str(tmp_path / "cache"), threads=1, keep_finished=3)
-    try:
-        assert wait(m.submit(cfg, "me")).state == "done"  # computes; every later job is a cached replay
-        time.sleep(0.5)
-        before = len(os.listdir("/proc/self/fd"))
-        jobs = [wait(m.submit(cfg, "me")) for _ in range(12)]
-        assert all(j.state == "done" for j in jobs)
-        t = time.time()  # the pump releases a job's handles once its process has exited, then forgets it
-        while (len(m.jobs) > 3 or any(j.process or j.queue for j in jobs)) and time.time() - t < 20:
-            time.sleep(0.1)
-        assert len(os.listdir("/proc/self/fd")) - before <= 2  # was +4.5 per run
-        assert [j.id for j in sorted(m.jobs.values(), key=lambda j: j.created)] == [j.id for j in jobs[-3:]]
-    finally:
-        m.shutdown()
+        run_id, token_a, _ = a.predict("", TINY, api_name="/start")
+        _, final = follow(a, run_id, token_a)
+        bundle_name = Path(final[5]).name
+        key = a.predict(token_a, api_name="/runs")[1]["choices"][0][1]
+        token_b = b.predict("", {"stages": 1, "ipc": 1, "iterations": 2, "eval_epochs": 1, "eval_models": 1},
+                            api_name="/start")[1]
+        values = {"TOKEN": token_b, "RUN_ID": run_id, "KEYS": [key], "RUN_KEY": key}
+        endpoints = b.view_api(return_format="dict", print_info=False)["named_endpoints"]
+        tried = []
+        for name, ep in sorted(endpoints.items()):
+            params = [p["parameter_name"] for p in ep["parameters"]]
+            unknown = set(params) - set(STRANGER_ARGS) - set(IDENTIFYING)
+            assert not unknown, f"{name} takes {unknown}: say here what a stranger sends for it"
+            if not set(params) & set(IDENTIFYING):
+                continue
+            args = [values[IDENTIFYING[p]] if p in IDENTIFYING else values.get(STRANGER_ARGS[p], STRANGER_ARGS[p])
+                    if isinstance(STRANGER_ARGS[p], str) else STRANGER_ARGS[p] for p in params]
+            tried.append(name)
+            try:  # the page may refuse first (a run key it never offered B is not one of B's choices)
+                out = json.dumps([str(o) for o in (b.predict(*args, api_name=name) if name != "/follow"
+                                                   else follow(b, run_id, token_b)[1])])
+            except AppError as e:  # refused before the handler: the message only echoes what B sent
+                assert bundle_name not in str(e) and "not in the list of choices" in str(e), (name, e)
+                continue
+            assert bundle_name not in out and "stage1.zip" not in out, (name, out)  # no files
+            assert key[4:16] not in out or name == "/follow", (name, out)  # no rows naming A's run
+        assert sorted(tried) == ["/delete", "/download", "/evaluate_bundle", "/follow", "/resume", "/stop"], tried
+        _, b_view = follow(b, run_id, token_b)
+        assert b_view[0].startswith("**Done**") and b_view[5] is None  # progress yes, files no
+        assert a.predict(token_a, api_name="/runs")[0]["data"]  # A's run is still A's
+        assert "another visitor" in b.predict(run_id, token_b, api_name="/stop")
 
 
 @pytest.mark.slow
@@ -566,44 +282,24 @@ def test_client_previews_datasets_and_evaluates_a_bundle_on_two_architectures(ap
     from pdd_engine.manifest import manifest_arch
 
     c = Client(app_url, verbose=False)
-    image, facts = c.predict("digits", None, api_name="/preview_dataset")
+    image, facts = c.predict("", "digits", None, api_name="/preview_dataset")
     assert "10 classes" in facts and "1,438 train / 359 test" in facts and Path(image).stat().st_size > 1000
-    image, facts = c.predict("cifar10", None, api_name="/preview_dataset")
+    image, facts = c.predict("", "cifar10", None, api_name="/preview_dataset")
     assert image is None and "not on this machine" in facts  # facts without a download
-
     cfg = tiny(stages=2, ipc=2)
     distill(cfg, store)
     bundle = export_bundle(cfg, tmp_path / "run.zip", store)
-    msg, table, _ = c.predict(handle_file(str(bundle)), "", ["same as exported", "convnet-w16"], 1, 2, None, "",
+    msg, table, _ = c.predict(handle_file(str(bundle)), "", ["same as exported", "convnet-w16"], 1, "2", None, "",
                               api_name="/evaluate_bundle")
     assert msg.startswith("✓ Evaluated on 2 architecture(s)"), msg
     arch = manifest_arch(load_bundle(bundle).manifest)
     assert [r[0] for r in table["data"]] == [f"recorded in the bundle ({arch})", "same as exported", "convnet-w16"]
     assert table["headers"] == ["architecture", "stage 1 (IPC 1)", "stage 2 (IPC 2)"]
-
     notzip = tmp_path / "notes.zip"
     notzip.write_text("hello")
     tampered = tampered_copy(bundle, tmp_path / "tampered.zip")  # its manifest's shape is checked before use
     for bad, words in ((notzip, "not a zip file"), (tampered, "malformed")):
-        msg, _, _ = c.predict(handle_file(str(bad)), "", ["convnet"], 1, 1, None, "", api_name="/evaluate_bundle")
+        msg, _, _ = c.predict(handle_file(str(bad)), "", ["convnet"], 1, "1", None, "", api_name="/evaluate_bundle")
         assert words in msg and "Fix:" in msg and "Traceback" not in msg and msg.count("<br>") == 0, msg
-    msg, _, _ = c.predict(handle_file(str(bundle)), "", ["vit"], 1, 1, None, "", api_name="/evaluate_bundle")
+    msg, _, _ = c.predict(handle_file(str(bundle)), "", ["vit"], 1, "1", None, "", api_name="/evaluate_bundle")
     assert "unknown architecture 'vit'" in msg
-
-
-def test_a_stream_sends_only_what_changed(tmp_path):
-    """Re-sending unchanged figures costs the server and the browser CPU the engine needs."""
-    import gradio as gr
-
-    from app.ui import Studio
-
-    studio = Studio(None, None, tmp_path / "exports")
-    events = fake_stream()
-    shown = {}
-    first = studio.frame(render.RunView.of(events[:8]), "running", shown=shown)
-    assert all(v != gr.skip() for v in first[:5])  # the first frame draws everything
-    again = studio.frame(render.RunView.of(events[:8]), "running", shown=shown)
-    assert again[0] == first[0] and [v == gr.skip() for v in again[1:]] == [True] * 8
-    later = studio.frame(render.RunView.of(events), "running", shown=shown)  # new images and a new evaluation
-    assert later[2] != gr.skip() and later[4] != gr.skip() and later[3] == gr.skip()  # loss: not yet due again
-    assert studio.frame(render.RunView.of(events), "running")[3] != gr.skip()  # without a stream: everything

@@ -167,7 +167,7 @@ def test_run_shows_grid_and_plots_and_reattaches(page_url):
     page.wait_for_function("document.querySelector('#pdd-status')?.innerText.includes('Done')", timeout=180_000)
     assert page.locator("#pdd-acc .js-plotly-plot").count() == 1
     legend = page.locator("#pdd-acc .legendtext").all_text_contents()  # SVG text: no innerText
-    assert legend == ["PDD+DM", "DM alone (P=1)", "random real subset"], legend  # three curves
+    assert legend == ["PDD+DM", "DM alone (P=1)", "DM alone, trained as long as PDD", "random real subset"], legend
     assert "DM alone (P=1)" in page.locator("#pdd-status").inner_text()
     assert page.locator("#pdd-loss .js-plotly-plot").count() == 1
     assert "run=" in page.url

@@ -29,9 +29,9 @@ def test_prune_by_age_then_by_size_oldest_first(tmp_path):
 def test_bounds_come_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("PDD_EXPORT_KEEP_HOURS", "2")
     monkeypatch.setenv("PDD_EXPORT_MAX_GB", "0.5")
-    b = Bound.from_env(tmp_path, "EXPORT", hours=24, gib=2)
+    b = Bound.from_env(tmp_path, "EXPORT")
     assert b.max_age_s == 7200 and b.max_bytes == 2 ** 29
-    assert Bound.from_env(tmp_path, "UPLOAD", hours=24, gib=2).max_age_s == 24 * 3600
+    assert Bound.from_env(tmp_path, "UPLOAD").max_age_s == 7 * 24 * 3600  # its default: a week
 
 
 def test_a_missing_folder_prunes_nothing(tmp_path):

@@ -230,7 +230,7 @@ def test_a_bfloat16_evaluation_keeps_the_images_and_says_when_bf16_is_emulated(t
     where the processor would emulate bf16."""
     import pdd_engine.device
     monkeypatch.setattr(pdd_engine.device, "has_bf16", lambda device: False)
-    cfg16, cfg32 = tiny(stages=1, eval_precision="bfloat16"), tiny(stages=1)
+    cfg16, cfg32 = tiny(stages=1, eval_precision="bfloat16", eval_epochs=30), tiny(stages=1, eval_epochs=30)
     evs32 = events(cfg32, store)
     evs16 = events(cfg16, store)
     notes = [e.text for e in evs16 if isinstance(e, E.Message) and "bf16" in e.text]

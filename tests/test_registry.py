@@ -57,16 +57,19 @@ def toy():
 
 
 def test_a_method_defined_in_one_file_runs_everywhere(toy, tmp_path, capsys):
-    from app.ui import advanced_fields, method_choices, shown_for
+    from app.studio import shown_for
+    from pdd_engine.config import schema
 
     m = distill_by_cli(tmp_path, "--method", "toy", "--pull", "2")
     assert "| stage | IPC | PDD+TOY acc %" in capsys.readouterr().out
     assert m["method"] == "toy" and m["training_form"].startswith("toy:") and len(m["stage_entries"]) == 2
-    assert ("Toy: class-mean matching", "toy") in method_choices()
+    s = schema()  # what the service hands the studio: its menu and controls
+    assert {"name": "toy", "title": "Toy: class-mean matching", "lr_img": 1.0} in s["methods"]
     assert m["config"]["params"] == {"batch_real": 32, "pull": 2.0}
-    assert shown_for("iterations", "toy") and not shown_for("syn_steps", "toy") and shown_for("syn_steps", "mtt")
-    assert shown_for("pull", "toy") and not shown_for("pull", "dm")
-    assert [f.label for f in advanced_fields() if f.name == "pull"] == ["Toy: pull towards the real mean"]
+    spec = {x["name"]: x for x in s["settings"]}
+    assert shown_for(spec["iterations"], "toy") and not shown_for(spec["syn_steps"], "toy")
+    assert shown_for(spec["pull"], "toy") and not shown_for(spec["pull"], "dm") and spec["pull"]["owners"] == ["toy"]
+    assert spec["pull"]["label"] == "Toy: pull towards the real mean" and spec["pull"]["positive"]
     cfg = DistillConfig(method="toy")
     assert cfg.effective_lr_img == 1.0 and estimate(cfg).seconds > 0
     k = lambda c: Keys(c, "f" * 16, 8).stage(2)  # noqa: E731
@@ -100,12 +103,12 @@ def toyset():
 
 
 def test_a_dataset_source_registered_in_one_place_reaches_every_front_end(toyset, tmp_path, capsys):
-    from app.ui import dataset_choices
+    from pdd_engine.config import schema
 
     m = distill_by_cli(tmp_path, "--dataset", "toyset")
     assert m["dataset"]["licence"] == "made up by the test (public domain)" and m["dataset"]["classes"] == ["low", "mid", "high"]
     assert m["dataset"]["size"] == 6 and "mean and std" in m["dataset"]["normalisation"]
-    assert ("toyset (offline)", "toyset") in dataset_choices()
+    assert {"name": "toyset", "title": "Toy set", "shape": (1, 6, 3, 120), "scheme": False} in schema()["datasets"]
     small, default = estimate(DistillConfig(dataset="toyset")), estimate(DistillConfig(dataset="mnist"))
     assert 0 < small.peak_bytes < default.peak_bytes  # the estimate read the registered shape
     with pytest.raises(ConfigError, match="unknown dataset 'toyz'.*toyset.*'folder:/path'"):
