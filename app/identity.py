@@ -1,9 +1,9 @@
 """Who a request comes from. The studio asks the service everything on behalf of this identity, and the
 service decides, in one place, what it may see and do.
 
-- On a Space with Hugging Face sign-in (``hf_oauth: true`` in the README's front matter, or
-  ``PDD_SIGN_IN=1``), a signed-in visitor is their account: the server's signed session says so, and their
-  runs follow them across browsers.
+- On a Space with Hugging Face sign-in (``hf_oauth: true`` in the README's front matter), a signed-in
+  visitor is their account: the server's signed session says so, and their runs follow them across
+  browsers.
 - Otherwise (or before signing in) a visitor is the random token their browser keeps (``gr.BrowserState``).
   A token is only ever hex, so no browser can pass itself off as an account (``hf:...``).
 """
@@ -15,15 +15,12 @@ import re
 import secrets
 from typing import Any, Optional
 
-from pdd_engine.service import env
-
 TOKEN = re.compile(r"[0-9a-f]{16,64}")
 
 
 def sign_in_enabled() -> bool:
-    """A Space with ``hf_oauth`` sets OAUTH_CLIENT_ID; PDD_SIGN_IN=1 offers it anywhere (Gradio then mocks
-    the sign-in on a machine that is not a Space, for trying it out)."""
-    return bool(os.environ.get("OAUTH_CLIENT_ID") and os.environ.get("SPACE_ID")) or env("PDD_SIGN_IN")
+    """A Space with ``hf_oauth: true`` sets OAUTH_CLIENT_ID (and every Space sets SPACE_ID)."""
+    return bool(os.environ.get("OAUTH_CLIENT_ID") and os.environ.get("SPACE_ID"))
 
 
 def owner_of(token: str, profile: Optional[Any] = None) -> str:

@@ -44,7 +44,6 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in [
     Variable("GRADIO_SERVER_PORT", int, 7860, "the studio's port (Gradio's own variable)", minimum=1),
     Variable("PDD_PUBLIC_RUNS", bool, False, "every visitor sees, downloads and deletes every run (a single-user or "
              "teaching server)"),
-    Variable("PDD_SIGN_IN", bool, False, "offer Hugging Face sign-in (on by itself on a Space with hf_oauth)"),
     Variable("PDD_STAGEWISE", bool, False, "run each stage as one call (how ZeroGPU Spaces lend a GPU; on by itself there)"),
     Variable("PDD_GPU_SECONDS", int, 120, "ZeroGPU: seconds of GPU asked for each stage call", minimum=1),
     Variable("PDD_EXPORT_KEEP_HOURS", float, 24.0, "exported bundles older than this are deleted (they export again)",
