@@ -26,6 +26,7 @@ from .datasets.builtin import fetch_mnist
 from .errors import PDDError
 from .estimate import config_warnings, estimate
 from .export import evaluate_bundle, export_bundle, load_bundle
+from .files import atomic
 from .manifest import evaluation_table
 from .preview import montage, preview_dataset
 from .progressive import run
@@ -194,7 +195,8 @@ def cmd_preview(args: argparse.Namespace) -> int:
                            "run a distillation once (it downloads the data) or leave --out out")
         check_writable(args.out, "--out")
         pixels = montage(p)
-        Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(args.out)
+        with atomic(args.out) as part:  # the whole picture or no file
+            Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(part, format="PNG")
         print(f"images: {args.out}")
     return 0
 

@@ -46,7 +46,7 @@ class DistillConfig:
     stage_ipc: Optional[tuple[int, ...]] = setting(None, "Images per class of each stage",
                                                    "images per class each stage adds, e.g. 6,4; empty splits IPC evenly")
     iterations: int = setting(200, "Iterations per stage", "image updates per stage (the base method's budget)",
-                              minimum=1, server_max=5000)
+                              minimum=1, maximum=10 ** 6, server_max=5000)
     seed: int = setting(0, "Seed", "one seed for everything: the same seed gives the same result", minimum=0,
                         maximum=2 ** 32 - 1)  # seeds feed 32-bit derivations (training.seed_of)
     # synthetic images
@@ -74,23 +74,23 @@ class DistillConfig:
         choices=[("chain: one network through U_1, U_2, ... (paper)", "chain"),
                  ("fresh: a new network on U_{i-1}", "fresh")])
     transition_epochs: int = setting(50, "PDD transition epochs", "epochs a network trains on each earlier stage "
-                                     "before it is matched", minimum=0, server_max=1000)
+                                     "before it is matched", minimum=0, maximum=10 ** 5, server_max=1000)
     # easy-example filtering between stages (PDD, optional)
     filter_easy: bool = setting(False, "Drop easy real examples between stages", "drop the real examples networks "
                                 "already classify well before each next stage")
     keep_easy: float = setting(0.2, "Easy examples kept", "the share of easy examples kept", minimum=0.0, maximum=1.0,
                                shown="hidden")
     filter_models: int = setting(3, "Easy-example scorers", "networks that score the real examples", minimum=1,
-                                 server_max=10, shown="hidden")
+                                 maximum=100, server_max=10, shown="hidden")
     # evaluation (curriculum: eval_epochs on U_1, then on U_2, ... with optimizer state carried)
     eval_epochs: int = setting(300, "Evaluation epochs per stage", "epochs each evaluation network trains per stage",
-                               minimum=1, server_max=2000)
+                               minimum=1, maximum=10 ** 5, server_max=2000)
     eval_models: int = setting(3, "Evaluation networks", "evaluation networks per stage: the ± is their std", minimum=1,
-                               server_max=10)
+                               maximum=100, server_max=10)
     eval_lr: float = setting(0.01, "Evaluation learning rate", "used where a stage carries no learned lr",
                              positive=True, shown="hidden")
     eval_batch: int = setting(256, "Evaluation batch", "minibatch of the evaluation, transitions and scorers",
-                              minimum=1, server_max=4096, shown="hidden")
+                              minimum=1, maximum=2 ** 16, server_max=4096, shown="hidden")
     eval_dsa: bool = setting(True, "Augment the evaluation", "DSA while evaluation networks train", shown="hidden")
     # the evaluation networks trained together (vmap) or one after another; None: batched on a GPU,
     # on a CPU only for small networks (evaluate.BATCHED_CPU_MAX_WORK, bench/speed.py --only eval_widths).
@@ -276,8 +276,9 @@ def validate(c: DistillConfig) -> None:
         schedule = ",".join(map(str, c.stage_ipc))
         _check(len(c.stage_ipc) == c.stages, f"stage_ipc {schedule} has {len(c.stage_ipc)} stages but P is {c.stages}",
                f"set stages to {len(c.stage_ipc)}, or give {c.stages} numbers")
-        _check(sum(c.stage_ipc) == c.ipc, f"stage_ipc {schedule} adds up to {sum(c.stage_ipc)} images per class "
-               f"but IPC is {c.ipc}", f"set IPC to {sum(c.stage_ipc)}, or change stage_ipc to add up to {c.ipc}")
+        total, most = sum(c.stage_ipc), DistillConfig.__dataclass_fields__["ipc"].metadata["maximum"]
+        _check(total == c.ipc, f"stage_ipc {schedule} adds up to {total} images per class but IPC is {c.ipc}",
+               (f"set IPC to {total}, or " if total <= most else "") + f"change stage_ipc to add up to {c.ipc}")
     else:
         _check(c.ipc % c.stages == 0, f"IPC {c.ipc} is not divisible by stages P={c.stages}",
                f"pick IPC as a multiple of P, e.g. IPC {c.stages * max(1, round(c.ipc / c.stages))} "
@@ -318,13 +319,14 @@ def parse_stage_ipc(value: Any) -> Optional[tuple[int, ...]]:
     None or an empty text: no schedule (IPC split evenly)."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
-    parts = value.replace(" ", "").split(",") if isinstance(value, str) else list(value)
     try:
+        parts = value.replace(" ", "").split(",") if isinstance(value, str) else list(value)
         out = tuple(int(p) for p in parts)
-    except (TypeError, ValueError):
-        out = ()
-    _check(bool(out) and all(n >= 1 and str(n) == str(p).strip() for n, p in zip(out, parts)),
-           f"stage_ipc {value!r} is not a list of whole numbers >= 1",
+    except (TypeError, ValueError, AttributeError):
+        parts, out = [], ()
+    most = int(DistillConfig.__dataclass_fields__["ipc"].metadata["maximum"])
+    _check(bool(out) and len(out) <= most and all(1 <= n <= most and str(n) == str(p).strip() for n, p in zip(out, parts)),
+           f"stage_ipc {str(value)[:40]!r} is not a list of whole numbers from 1 to {most}",
            "give the images per class of each stage, e.g. 6,4 (or leave it empty to split IPC evenly)")
     return out
 

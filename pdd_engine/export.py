@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import json
 import platform
 import time
 import zipfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -32,16 +32,18 @@ from PIL import Image
 
 from .version import __version__
 from .cache import Store
-from .config import DistillConfig, check_precision
+from .config import DSA_OPS, DistillConfig, check_precision, declarations
 from .data import Dataset, dataset_for, dataset_info, to_uint8
 from .device import resolve_device, tune_allocator
-from .errors import BundleError, PDDError
+from .errors import BundleError, ConfigError, PDDError
 from .files import atomic
 from .evaluate import EvalProtocol, arch_changes, make_curriculum
 from .keys import Keys
 from . import manifest as manifests
 from .records import eval_check, stage_check
 from .methods import get_method
+from .registry import base_type, check_cap, check_value
+from .untrusted import Limits, SafeZip, over_limit
 
 FORMAT = "pdd-studio-bundle"
 FORMAT_VERSION = 1
@@ -196,51 +198,120 @@ class Bundle:
         return DistillConfig.from_dict(self.manifest["config"])
 
 
-def load_bundle(path: str | Path) -> Bundle:
-    """Read and verify a bundle; a foreign or damaged file raises :class:`BundleError`."""
+BUNDLE_FIX = "export the run again with `pdd distill ... --out RUN.zip` (or download it again from the studio)"
+# the manifest's evaluation protocol -> the config field whose declaration bounds it (one source of bounds)
+PROTOCOL = {"epochs": "eval_epochs", "models": "eval_models", "lr": "eval_lr", "batch": "eval_batch", "seed": "seed",
+            "depth": "depth", "width": "width", "norm": "norm", "precision": "eval_precision"}
+
+
+def load_bundle(path: str | Path, limits: Optional[Limits] = None) -> Bundle:
+    """Read and verify a bundle (everything in it is untrusted): bounded before it is read (entries, sizes,
+    the manifest), every listed file checksummed, nothing unlisted, the manifest's protocol checked against
+    the config's declarations and every tensor against the manifest's dataset. Any failure is one
+    :class:`BundleError` line naming the file and the field."""
     path = Path(path)
-    fix = "export the run again with `python -m pdd_engine distill ... --out RUN.zip`"
-    if not path.is_file():
-        raise BundleError(f"{path} does not exist", "give the path of a bundle .zip")
-    if not zipfile.is_zipfile(path):
-        raise BundleError(f"{path.name} is not a zip file", fix)
-    try:
-        with zipfile.ZipFile(path) as z:
-            names = set(z.namelist())
-            if "manifest.json" not in names:
-                raise BundleError(f"{path.name} has no manifest.json: not a PDD Studio bundle", fix)
-            manifest = json.loads(z.read("manifest.json"))
-            found = manifest.get("format") if isinstance(manifest, dict) else None
-            if found != FORMAT:
-                raise BundleError(f"{path.name} is not a PDD Studio bundle (format {found!r})", fix)
-            if isinstance(manifest.get("format_version"), int) and manifest["format_version"] > FORMAT_VERSION:
-                raise BundleError(f"{path.name} was written by a newer PDD Studio (format {manifest['format_version']})",
-                                  "upgrade pdd_engine")
-            manifests.check(manifest, path.name, fix)
-            blobs = {}
-            for name, sha in manifest["files"].items():
-                if name not in names:
-                    raise BundleError(f"{path.name} is missing {name}", fix)
-                blob = z.read(name)
-                if hashlib.sha256(blob).hexdigest() != sha:
-                    raise BundleError(f"{name} in {path.name} is corrupt (checksum mismatch)", fix)
+    limits = limits or Limits.from_env(error=BundleError)
+    if not path.exists():
+        raise BundleError(f"{path.name or path} does not exist", "give the path of a bundle .zip")
+    with SafeZip(path, limits, BundleError, BUNDLE_FIX) as z:
+        if "manifest.json" not in z.members:
+            raise BundleError(f"{path.name} has no manifest.json: not a PDD Studio bundle", BUNDLE_FIX)
+        try:
+            manifest = json.loads(z.read("manifest.json", limits.manifest_bytes, "manifest_bytes"))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+            raise BundleError(f"the manifest of {path.name} is not JSON", BUNDLE_FIX) from None
+        check_manifest(manifest, path.name, limits)
+        unlisted = sorted(set(z.members) - set(manifest["files"]) - {"manifest.json"})
+        if unlisted:
+            raise BundleError(f"{path.name} holds '{unlisted[0]}', which its manifest does not list", BUNDLE_FIX)
+        needed = {e[k] for e in manifest["stage_entries"] for k in ("union", "stored")}
+        blobs = {}
+        for name, sha in manifest["files"].items():
+            if name not in z.members:
+                raise BundleError(f"{path.name} is missing {name}", BUNDLE_FIX)
+            blob = z.read(name)
+            if hashlib.sha256(blob).hexdigest() != sha:
+                raise BundleError(f"{name} in {path.name} is corrupt (checksum mismatch)", BUNDLE_FIX)
+            if name in needed:  # the rest (PNGs, npz twins) checked and let go
                 blobs[name] = blob
-    except (zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError, KeyError, OSError, zlib.error) as e:
-        raise BundleError(f"{path.name} is damaged ({type(e).__name__})", fix) from None
+    d = manifest["dataset"]
+    shape, classes = (d["channels"], d["size"], d["size"]), len(d["classes"])
+    unions = [tensors_of(blobs[e["union"]], e["union"], path.name, shape, classes) for e in manifest["stage_entries"]]
+    stored = [tensors_of(blobs[e["stored"]], e["stored"], path.name, shape, classes) for e in manifest["stage_entries"]]
+    return Bundle(manifest, unions, stored)
+
+
+def check_manifest(m: Any, bundle: str, limits: Limits) -> None:
+    """The manifest's format, shape (manifest.check), stage count, dataset facts and evaluation protocol."""
+    found = m.get("format") if isinstance(m, dict) else None
+    if found != FORMAT:
+        raise BundleError(f"{bundle} is not a PDD Studio bundle (format {found!r})", BUNDLE_FIX)
+    if isinstance(m.get("format_version"), int) and m["format_version"] > FORMAT_VERSION:
+        raise BundleError(f"{bundle} was written by a newer PDD Studio (format {m['format_version']})", "upgrade pdd_engine")
+    manifests.check(m, bundle, BUNDLE_FIX)
+    bad = lambda field, why: BundleError(f"the manifest of {bundle} is malformed: {field} {why}", BUNDLE_FIX)  # noqa: E731
+    if len(m["stage_entries"]) > limits.bundle_stages:
+        raise over_limit(f"{bundle} has {len(m['stage_entries']):,} stage entries", "bundle_stages",
+                         f"{limits.bundle_stages:,}", BundleError, "use a bundle with fewer stages")
+    d = m["dataset"]
+    if d["channels"] not in (1, 3):
+        raise bad("dataset.channels", f"is {d['channels']}, not 1 or 3")
+    if not 4 <= d["size"] <= 128:
+        raise bad("dataset.size", f"is {d['size']}, not from 4 to 128")
+    if not 2 <= len(d["classes"]) <= 10 ** 4:
+        raise bad("dataset.classes", f"has {len(d['classes'])} classes")
+    e = m["evaluation"]
+    decl = {name: (t, meta) for name, t, _, meta in declarations()}
+    for key, name in PROTOCOL.items():
+        t, meta = decl[name]
+        try:
+            check_value(name, e.get(key, "float32" if key == "precision" else None), base_type(t)[0], meta)
+        except ConfigError as err:
+            raise bad(f"evaluation.{key}", f"is invalid ({err.problem})") from None
+    if e["family"] not in ("convnet", "resnet"):
+        raise bad("evaluation.family", f"is '{e['family']}', not convnet or resnet")
+    for key, low, high in (("momentum", 0.0, 1.0), ("weight_decay", 0.0, 1.0)):
+        if not (math.isfinite(e[key]) and low <= e[key] < high):
+            raise bad(f"evaluation.{key}", f"is {e[key]}, not in [{low:g}, {high:g})")
+    if any(op not in DSA_OPS for op in ([] if e["dsa_strategy"] in ("", "none") else e["dsa_strategy"].split("_"))):
+        raise bad("evaluation.dsa_strategy", f"'{e['dsa_strategy']}' names an unknown augmentation")
+    for i, entry in enumerate(m["stage_entries"]):
+        if not (math.isfinite(entry["eval_lr"]) and entry["eval_lr"] > 0):
+            raise bad(f"stage_entries[{i}].eval_lr", f"is {entry['eval_lr']}, not a positive number")
+
+
+def tensors_of(blob: bytes, name: str, bundle: str, shape: tuple, classes: int) -> dict[str, torch.Tensor]:
+    """A stage file's tensor dict, checked against the manifest's dataset: float32 images (N, C, H, W) with
+    finite values, int64 labels of length N in [0, classes)."""
     try:
-        load = lambda name: torch.load(io.BytesIO(blobs[name]), weights_only=True)  # noqa: E731
-        entries = manifest["stage_entries"]
-        return Bundle(manifest, [load(e["union"]) for e in entries], [load(e["stored"]) for e in entries])
+        t = torch.load(io.BytesIO(blob), weights_only=True)
     except Exception as e:  # a checksummed file that is not a tensor dict: crafted, not damaged in transit
-        raise BundleError(f"{path.name} holds a stage file that is not a tensor dict ({type(e).__name__})", fix) from None
+        raise BundleError(f"{name} in {bundle} is not a tensor file ({type(e).__name__})", BUNDLE_FIX) from None
+    where = f"{name} in {bundle}"
+    if not isinstance(t, dict) or not {"images", "labels"} <= set(t):
+        raise BundleError(f"{where} should hold images and labels", BUNDLE_FIX)
+    x, y = t["images"], t["labels"]
+    if not torch.is_tensor(x) or x.dtype != torch.float32 or x.dim() != 4 or tuple(x.shape[1:]) != shape or not len(x):
+        got = f"{x.dtype} {tuple(x.shape)}" if torch.is_tensor(x) else type(x).__name__
+        raise BundleError(f"{where}: images should be float32 of shape (N, {', '.join(map(str, shape))}), not {got}",
+                          BUNDLE_FIX)
+    if not bool(torch.isfinite(x).all()):
+        raise BundleError(f"{where}: images hold NaN or infinite values", BUNDLE_FIX)
+    if not torch.is_tensor(y) or y.dtype != torch.int64 or tuple(y.shape) != (len(x),):
+        got = f"{y.dtype} {tuple(y.shape)}" if torch.is_tensor(y) else type(y).__name__
+        raise BundleError(f"{where}: labels should be int64 of length {len(x)}, not {got}", BUNDLE_FIX)
+    if int(y.min()) < 0 or int(y.max()) >= classes:
+        raise BundleError(f"{where}: labels should lie in [0, {classes}), not [{int(y.min())}, {int(y.max())}]", BUNDLE_FIX)
+    return t
 
 
 def evaluate_bundle(path: str | Path, arch: Optional[str] = None, epochs: Optional[int] = None,
                     models: Optional[int] = None, device: str = "auto", data_root: Optional[str] = None,
                     batched: Optional[bool] = None, data: Optional[str] = None,
-                    precision: Optional[str] = None) -> list[list[float]]:
+                    precision: Optional[str] = None, caps: bool = False) -> list[list[float]]:
     """Re-run the manifest's evaluation protocol on the bundle; optionally on another architecture, or in
     another arithmetic (``precision``: float32 or bfloat16; default the manifest's, float32 before it said).
+    ``caps``: refuse a protocol over the server's maxima (epochs, networks, width), as the studio does.
 
     Where the data is comes from the caller only: ``data`` (the user's own folder or .zip, for a
     bundle made on user data) and ``data_root`` (where built-in sets live); never from the manifest."""
@@ -264,6 +335,11 @@ def evaluate_bundle(path: str | Path, arch: Optional[str] = None, epochs: Option
         check_precision("precision", precision)
         changes["precision"] = precision
     proto = EvalProtocol(**{**proto.to_dict(), **changes})
+    decl = {name: meta for name, _, _, meta in declarations()}
+    for key, name in (("epochs", "eval_epochs"), ("models", "eval_models"), ("width", "width"), ("depth", "depth")):
+        check_value(name, getattr(proto, key), int, decl[name])  # bounds for everyone
+        if caps:
+            check_cap(name, getattr(proto, key), decl[name])
     tune_allocator()
     cur = make_curriculum(ds, proto, resolve_device(device), cfg.eval_batched if batched is None else batched)
     return [cur.train_stage(u["images"], u["labels"], e["eval_lr"]) for u, e in zip(bundle.unions, m["stage_entries"])]

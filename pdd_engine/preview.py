@@ -16,6 +16,7 @@ import numpy as np
 
 from .data import load_raw, resize
 from .manifest import local_paths
+from .datasets.userdata import sample_user_dataset
 from .registry import find
 
 
@@ -55,18 +56,22 @@ def preview_dataset(name: str, data_root: Optional[str] = None, per_class: int =
         channels, size, classes, train = spec.shape or (0, 0, 0, 0)
         return DatasetPreview(shown, spec.title, "needs download", spec.licence, classes, channels,
                               image_size or size, train)
-    xtr, ytr, xte, _, classes, source = load_raw(name, data_root, image_size)
+    if spec.scheme:  # a user's data: facts from the headers, only the shown images decoded
+        s = sample_user_dataset(name, image_size, per_class, seed)
+        x, labels, classes, counts, test, source = s["x"], s["y"], s["classes"], s["train"], s["test"], s["source"]
+    else:
+        xtr, ytr, xte, _, classes, source = load_raw(name, data_root, image_size)
+        rng = np.random.default_rng(seed)
+        pick = np.concatenate([rng.permutation(np.flatnonzero(ytr == c))[:per_class] for c in range(len(classes))])
+        x, labels, counts, test = xtr[pick], ytr[pick], np.bincount(ytr, minlength=len(classes)), len(xte)
     for place in local_paths({"dataset": name, "data_root": data_root}):  # shown to web visitors: no server paths
         source = source.replace(place + "/", "").replace(place, ".")
-    rng = np.random.default_rng(seed)
-    pick = np.concatenate([rng.permutation(np.flatnonzero(ytr == c))[:per_class] for c in range(len(classes))])
-    x = xtr[pick]
     if image_size is not None and image_size != x.shape[-1]:
         x = resize(x, image_size)
     pixels = (np.transpose(x, (0, 2, 3, 1)) * 255).round().clip(0, 255).astype(np.uint8)
-    counts = tuple(int(n) for n in np.bincount(ytr, minlength=len(classes)))
-    return DatasetPreview(shown, spec.title, "offline", spec.licence, len(classes), xtr.shape[1], x.shape[-1],
-                          len(ytr), len(xte), tuple(classes), source, pixels, ytr[pick].astype(np.int64), counts)
+    counts = tuple(int(n) for n in counts)
+    return DatasetPreview(shown, spec.title, "offline", spec.licence, len(classes), x.shape[1], x.shape[-1],
+                          sum(counts), test, tuple(classes), source, pixels, labels.astype(np.int64), counts)
 
 
 def montage(preview: DatasetPreview, pad: int = 1) -> np.ndarray:

@@ -186,4 +186,4 @@ def evaluate(path: str, arch: Optional[str], models: Optional[int], epochs: Opti
     if threads:
         torch.set_num_threads(threads)
     tune_allocator()
-    return evaluate_bundle(path, arch, epochs, models, data_root=data_root, data=data)
+    return evaluate_bundle(path, arch, epochs, models, data_root=data_root, data=data, caps=True)

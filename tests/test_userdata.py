@@ -12,7 +12,14 @@ from pdd_engine import events as E
 from pdd_engine import run
 from pdd_engine.data import load_dataset
 from pdd_engine.errors import DataUnavailable
-from pdd_engine.datasets.userdata import Limits, load_user_dataset
+from pdd_engine.datasets.userdata import load_user_dataset
+from pdd_engine.untrusted import Limits
+
+
+def limits(**changes) -> Limits:
+    """The environment's limits with ``changes``."""
+    from dataclasses import replace
+    return replace(Limits.from_env(), **changes)
 
 
 def png(size=(12, 12), colour=False, seed=0):
@@ -95,12 +102,12 @@ def test_path_traversal_zip_is_refused_and_writes_nothing(tmp_path):
 def test_limits_are_enforced(tmp_path):
     make_folder(tmp_path / "d", n=3)
     with pytest.raises(DataUnavailable, match="over the limit"):
-        load_user_dataset(f"folder:{tmp_path / 'd'}", limits=Limits(max_files=5))
-    with pytest.raises(DataUnavailable, match="GiB"):
-        load_user_dataset(f"folder:{tmp_path / 'd'}", limits=Limits(max_total_bytes=100))
+        load_user_dataset(f"folder:{tmp_path / 'd'}", limits=limits(files=5))
+    with pytest.raises(DataUnavailable, match="over the limit of 100 bytes"):
+        load_user_dataset(f"folder:{tmp_path / 'd'}", limits=limits(total_bytes=100))
     big = make_folder(tmp_path / "big", classes=("a", "b"), n=2, size=(64, 64))
     with pytest.raises(DataUnavailable, match="over the 32 px limit"):
-        load_user_dataset(f"folder:{big}", limits=Limits(max_side=32))
+        load_user_dataset(f"folder:{big}", limits=limits(side=32))
 
 
 def test_idx_folder(tmp_path):

@@ -1,65 +1,40 @@
 """User datasets: ``folder:PATH`` (a folder or .zip of ``class_name/*.png|jpg``) and ``idx:PATH``.
 
-A folder may hold ``train/`` and ``test/`` (each with class folders); otherwise a stratified 20%
-hold-out (seed 0) is the test split. Zips are read in memory and never extracted, and entries that
-point outside the archive are refused. Unreadable files (and corrupt zip entries) are skipped and
-named in the notes; a class none of whose files can be read is an error naming it.
+A folder may hold ``train/`` and ``test/`` (each with class folders); otherwise a stratified 20% hold-out
+(seed 0) is the test split. Zips are read in memory and never extracted. Unreadable files (and corrupt zip
+entries) are skipped and named in the notes; a class none of whose files can be read is an error naming it.
 
-Hostile input cannot exhaust the machine: a zip entry's declared size is checked before it is read
-(zipfile never inflates past it), every image's header is read before any pixel is decoded (sides and
-the total pixel count are bounded from headers alone), and images are decoded one at a time straight
-to the target size. Each limit has an environment variable that raises it (:data:`LIMIT_ENV`).
+Hostile input cannot exhaust the machine (:mod:`pdd_engine.untrusted`): a zip's entries are bounded by their
+declared sizes before any is read; every image's header is read before any pixel is decoded (sides and the
+total pixel count are bounded from headers alone); the decoded size (images x side² x channels x 4 bytes) is
+bounded before decoding, and the images are decoded one at a time, straight to the target size, into one
+array allocated once. A preview decodes only the images it shows.
 """
 
 from __future__ import annotations
 
+import gzip
 import io
-import zipfile
-import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Optional
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import ConfigError, DataUnavailable
+from ..errors import DataUnavailable
 from ..registry import DatasetSpec, register_dataset
-from ..settings import env
-from .formats import read_idx, split_holdout
+from ..untrusted import ZIP_ERRORS, Limits, SafeZip, over_limit, regular, regular_files, size_text
+from .formats import parse_idx, split_holdout
 
 IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What reading one user dataset may cost. The server's operator (or a CLI user) raises one with
-    its environment variable, which every refusal names."""
-    max_files: int = 100_000
-    max_total_bytes: int = 2 * 2 ** 30  # all files, uncompressed (as a zip's directory declares them)
-    max_entry_bytes: int = 64 * 2 ** 20  # one file, uncompressed: a zip bomb is one huge entry
-    max_side: int = 4096  # pixels; larger images are skipped
-    max_pixels: int = 2 ** 28  # all images together, from their headers, before any is decoded
-
-    @classmethod
-    def from_env(cls, environ=None) -> "Limits":
-        """The limits, each raised (or lowered) by its variable (:data:`LIMIT_ENV`)."""
-        try:
-            return cls(**{name: env(var, environ) for name, var in LIMIT_ENV.items()})
-        except ConfigError as e:  # a bad variable is the operator's setting: the same one line, as data trouble
-            raise DataUnavailable(e.problem, e.fix) from None
-
-
-LIMIT_ENV = {"max_files": "PDD_MAX_FILES", "max_total_bytes": "PDD_MAX_BYTES", "max_entry_bytes": "PDD_MAX_FILE_BYTES",
-             "max_side": "PDD_MAX_SIDE", "max_pixels": "PDD_MAX_PIXELS"}
-
-
-def over_limit(problem: str, name: str, value: str) -> DataUnavailable:
-    """The refusal for a limit: what is over it, and the two fixes (less data, or a raised limit)."""
-    return DataUnavailable(f"{problem}, over the limit of {value}",
-                           f"use fewer or smaller images, or raise the limit: set {LIMIT_ENV[name]} in the environment "
-                           f"of the CLI or the studio's server")
+IMAGE_ERRORS = (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, SyntaxError,
+                Image.DecompressionBombWarning)
+MIN_SIDE = 4  # pixels: a smaller image carries nothing a ConvNet can use
+GREY = ("L", "1", "I", "I;16", "LA")
+LAYOUT = "give a folder (or .zip) with one sub-folder of images per class (class_name/image.png)"
+SKIPPED = "file(s) skipped"
 
 
 @dataclass
@@ -69,27 +44,33 @@ class Entry:
     read: Callable[[], bytes]
 
 
-def list_entries(path: Path) -> list[Entry]:
+def list_entries(path: Path, limits: Limits) -> list[Entry]:
+    """The files of a folder or a zip, bounded (count, bytes) before any is read."""
     if path.is_dir():
-        return [Entry(p.relative_to(path).parts, p.stat().st_size, p.read_bytes)
-                for p in sorted(path.rglob("*")) if p.is_file() and not p.name.startswith(".")]
-    if zipfile.is_zipfile(path):
-        z = zipfile.ZipFile(path)
-        out = []
-        for info in z.infolist():
-            name = PurePosixPath(info.filename)
-            if name.is_absolute() or ".." in name.parts or "\\" in info.filename:
-                raise DataUnavailable(f"zip entry '{info.filename}' points outside the archive",
-                                      "re-create the zip with relative paths (class_name/image.png)")
-            if not info.is_dir() and not name.name.startswith(".") and "__MACOSX" not in name.parts:
-                out.append(Entry(name.parts, info.file_size, lambda i=info: z.read(i)))
-        return out
-    raise DataUnavailable(f"{path} is neither a folder nor a zip file",
-                          "give a folder (or .zip) with one sub-folder of images per class")
-
-
-ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError)  # corrupt or unsupported entries
-IMAGE_ERRORS = (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, SyntaxError)
+        files = []
+        for p in regular_files(path):
+            if p.name.startswith("."):
+                continue
+            files.append(Entry(p.relative_to(path).parts, p.stat().st_size, p.read_bytes))
+            if len(files) > limits.files:
+                raise over_limit(f"{path.name} has more than {limits.files:,} files", "files", f"{limits.files:,}",
+                                 DataUnavailable, "use fewer files")
+        for e in files:
+            if e.size > limits.entry_bytes:
+                raise over_limit(f"'{'/'.join(e.parts)}' is {size_text(e.size)}", "entry_bytes",
+                                 f"{size_text(limits.entry_bytes)} per file", DataUnavailable, "use smaller files")
+        total = sum(e.size for e in files)
+        if total > limits.total_bytes:
+            raise over_limit(f"{path.name} holds {size_text(total)}", "total_bytes", size_text(limits.total_bytes),
+                             DataUnavailable, "use less data")
+        return files
+    z = SafeZip(path, limits, DataUnavailable, LAYOUT)
+    out = []
+    for m in z.members.values():
+        parts = PurePosixPath(m.name).parts
+        if not parts[-1].startswith(".") and "__MACOSX" not in parts:
+            out.append(Entry(parts, m.size, lambda info=m.info: z.zip.read(info)))  # a corrupt entry: skipped, noted
+    return out
 
 
 @dataclass
@@ -99,20 +80,34 @@ class Header:
     size: tuple[int, int]
     mode: str
 
+    @property
+    def where(self) -> str:
+        return "/".join(self.entry.parts)
+
 
 def read_header(e: Entry, limits: Limits) -> Header:
     """The image's size and mode from its header alone: no pixel is decoded here."""
     with Image.open(io.BytesIO(e.read())) as img:
-        if max(img.size) > limits.max_side:
-            raise ValueError(f"{img.size[0]}x{img.size[1]} px is over the {limits.max_side} px limit ({LIMIT_ENV['max_side']})")
-        return Header(e, e.parts[-2], img.size, img.mode)
+        w, h = img.size
+        if max(w, h) > limits.side:
+            raise ValueError(f"{w}x{h} px is over the {limits.side} px limit (PDD_MAX_SIDE)")
+        if min(w, h) < MIN_SIDE:
+            raise DataUnavailable(f"'{'/'.join(e.parts)}' is {w}x{h} px: images need at least {MIN_SIDE} px per side",
+                                  "remove it or replace it with a larger image")
+        return Header(e, e.parts[-2], (w, h), img.mode)
 
 
-def decode_to(h: Header, size: int, colour: bool) -> np.ndarray:
-    """One image decoded straight to ``size`` (JPEG decodes at a reduced scale first)."""
+def decode_into(out: np.ndarray, h: Header) -> None:
+    """One image decoded straight into ``out`` (C, size, size): upright by its EXIF orientation, JPEGs at a
+    reduced scale first."""
+    size, colour = out.shape[-1], out.shape[0] == 3
     with Image.open(io.BytesIO(h.entry.read())) as img:
         img.draft("RGB" if colour else "L", (size, size))
-        return as_array(img, size, colour)
+        img = ImageOps.exif_transpose(img).convert("RGB" if colour else "L")
+        if img.size != (size, size):
+            img = img.resize((size, size), Image.Resampling.BILINEAR)
+        a = np.asarray(img, dtype=np.float32) / 255.0
+        out[:] = a.transpose(2, 0, 1) if colour else a[None]
 
 
 def split_layout(entries: list[Entry]) -> dict[str, list[Entry]]:
@@ -122,7 +117,7 @@ def split_layout(entries: list[Entry]) -> dict[str, list[Entry]]:
         return {s: [Entry(e.parts[1:], e.size, e.read) for e in entries if e.parts[0].lower() == s and len(e.parts) >= 3]
                 for s in ("train", "test")}
     # a single wrapping folder (zip of a folder) is looked through
-    if len({e.parts[0] for e in entries}) == 1 and all(len(e.parts) >= 3 for e in entries):
+    if entries and len({e.parts[0] for e in entries}) == 1 and all(len(e.parts) >= 3 for e in entries):
         return split_layout([Entry(e.parts[1:], e.size, e.read) for e in entries])
     return {"train": entries}
 
@@ -144,24 +139,13 @@ def headers_of(items: list[Entry], limits: Limits, notes: list[str]) -> list[Hea
         else:
             try:
                 out.append(read_header(e, limits))
+            except DataUnavailable:
+                raise
             except ZIP_ERRORS as err:
                 notes.append(f"skipped {where}: corrupt zip entry ({str(err)[:80]})")
             except IMAGE_ERRORS as err:
                 notes.append(f"skipped {where}: unreadable ({str(err)[:80]})")
     return out
-
-
-def check_sizes(path: Path, entries: list[Entry], limits: Limits) -> None:
-    """Refuse before reading anything: too many files, too many bytes, one file too large."""
-    if len(entries) > limits.max_files:
-        raise over_limit(f"{path} has {len(entries)} files", "max_files", str(limits.max_files))
-    total = sum(e.size for e in entries)
-    if total > limits.max_total_bytes:
-        raise over_limit(f"{path} holds {total / 2**30:.1f} GiB", "max_total_bytes", f"{limits.max_total_bytes / 2**30:.1f} GiB")
-    big = max(entries, key=lambda e: e.size)
-    if big.size > limits.max_entry_bytes:
-        raise over_limit(f"'{'/'.join(big.parts)}' is {big.size / 2**20:.0f} MiB uncompressed", "max_entry_bytes",
-                         f"{limits.max_entry_bytes / 2**20:.0f} MiB per file")
 
 
 def unreadable_class(entries: list[Entry], headers: list[Header], notes: list[str]) -> Optional[DataUnavailable]:
@@ -175,28 +159,70 @@ def unreadable_class(entries: list[Entry], headers: list[Header], notes: list[st
     return None
 
 
-def load_folder(path: Path, image_size: Optional[int], limits: Limits) -> tuple:
-    entries = list_entries(path)
+@dataclass
+class Scan:
+    """A folder dataset read as far as its headers: what it holds, before any pixel is decoded."""
+
+    path: Path
+    splits: dict[str, list[Header]]  # "train" (and "test" when the folder has both)
+    classes: list[str]
+    size: int  # the side every image is decoded to
+    colour: bool
+    notes: list[str]
+
+    @property
+    def channels(self) -> int:
+        return 3 if self.colour else 1
+
+    def decode(self, headers: list[Header], notes: Optional[list[str]] = None) -> tuple[np.ndarray, np.ndarray]:
+        """Pass 2: ``headers``' images decoded into one array allocated once (a file that fails here is
+        skipped and noted)."""
+        index = {c: i for i, c in enumerate(self.classes)}
+        headers = [h for h in headers if h.label in index]
+        x = np.empty((len(headers), self.channels, self.size, self.size), np.float32)
+        y = np.empty(len(headers), np.int64)
+        kept = 0
+        for h in headers:
+            try:
+                decode_into(x[kept], h)
+            except ZIP_ERRORS + IMAGE_ERRORS as err:
+                (self.notes if notes is None else notes).append(f"skipped {h.where}: unreadable ({str(err)[:80]})")
+                continue
+            y[kept] = index[h.label]
+            kept += 1
+        return x[:kept], y[:kept]
+
+
+def scan_folder(path: Path, image_size: Optional[int], limits: Limits) -> Scan:
+    """Read a folder dataset's headers and check everything that can be checked before decoding it: its
+    layout, classes, sizes and what it would take in memory decoded."""
+    entries = list_entries(path, limits)
     if not entries:
-        raise DataUnavailable(f"{path} contains no files", "add one sub-folder of images per class")
-    check_sizes(path, entries, limits)
+        raise DataUnavailable(f"{path.name} contains no files", "add one sub-folder of images per class")
     notes: list[str] = []
     layout = split_layout(entries)
     splits = {split: headers_of(items, limits, notes) for split, items in layout.items()}
     train = splits["train"]
     if not train:
-        raise DataUnavailable(f"{path} has no readable images in class folders",
+        raise DataUnavailable(f"{path.name} has no readable images in class folders",
                               "use the layout class_name/image.png" + (f" ({notes[0]})" if notes else ""))
     if (err := unreadable_class(layout["train"], train, notes)) is not None:
         raise err
     classes = sorted({h.label for h in train})
     if len(classes) < 2:
-        raise DataUnavailable(f"{path} has a single class ('{classes[0]}')", "add a folder of images for at least one more class")
+        raise DataUnavailable(f"{path.name} has a single class ('{classes[0]}')",
+                              "add a folder of images for at least one more class")
+    if "test" not in splits:  # the 80/20 hold-out needs an image to train on and one to test on, per class
+        count = Counter(h.label for h in train)
+        few = sorted(c for c in classes if count[c] < 2)
+        if few:
+            raise DataUnavailable(f"class '{few[0]}' has {count[few[0]]} image: a class needs at least 2 (one to train "
+                                  "on, one to test on)", f"add images to '{few[0]}', or give train/ and test/ folders")
     every = train + splits.get("test", [])
     pixels = sum(h.size[0] * h.size[1] for h in every)
-    if pixels > limits.max_pixels:
-        raise over_limit(f"the {len(every)} images hold {pixels / 1e6:.0f} million pixels", "max_pixels",
-                         f"{limits.max_pixels / 1e6:.0f} million")
+    if pixels > limits.pixels:
+        raise over_limit(f"the {len(every):,} images hold {pixels / 1e6:,.0f} million pixels", "pixels",
+                         f"{limits.pixels / 1e6:,.0f} million", DataUnavailable, "use fewer or smaller images")
     sizes = Counter(h.size for h in every)
     if image_size is None:
         if len(sizes) > 1:
@@ -208,37 +234,28 @@ def load_folder(path: Path, image_size: Optional[int], limits: Limits) -> tuple:
             raise DataUnavailable(f"the images are {w}x{h}; square images of at most 128 px are supported as they are",
                                   "set image_size to resize them, e.g. 32 (CLI --image-size; studio: Advanced, Image size)")
         image_size = w
-    colour = any(h.mode not in ("L", "1", "I", "I;16", "LA") for h in train)
-    index = {c: i for i, c in enumerate(classes)}
+    colour = any(h.mode not in GREY for h in train)
+    decoded = len(every) * image_size ** 2 * (3 if colour else 1) * 4
+    if decoded > limits.decoded_bytes:
+        raise over_limit(f"{len(every):,} images at {image_size}x{image_size} px take {size_text(decoded)} decoded",
+                         "decoded_bytes", size_text(limits.decoded_bytes), DataUnavailable,
+                         "use fewer images or a smaller image_size")
+    return Scan(path, splits, classes, image_size, colour, notes)
 
-    def arrays(headers: list[Header]) -> tuple[np.ndarray, np.ndarray]:
-        """Pass 2: decode one image at a time to the target size (a file may still fail here)."""
-        xs, ys = [], []
-        for h in headers:
-            if h.label not in index:
-                continue
-            try:
-                xs.append(decode_to(h, image_size, colour))
-                ys.append(index[h.label])
-            except ZIP_ERRORS + IMAGE_ERRORS as err:
-                notes.append(f"skipped {'/'.join(h.entry.parts)}: unreadable ({str(err)[:80]})")
-        shape = (0, 3 if colour else 1, image_size, image_size)
-        return (np.stack(xs) if xs else np.zeros(shape, np.float32)), np.array(ys, dtype=np.int64)
 
-    x, y = arrays(train)
-    if splits.get("test"):
-        xt, yt = arrays(splits["test"])
-        source = f"{path} (train/ and test/ folders)"
+def load_folder(path: Path, image_size: Optional[int], limits: Limits) -> tuple:
+    scan = scan_folder(path, image_size, limits)
+    x, y = scan.decode(scan.splits["train"])
+    if scan.splits.get("test"):
+        xt, yt = scan.decode(scan.splits["test"])
+        source = f"{path.name} (train/ and test/ folders)"
     else:
         tr, te = split_holdout(y, 0.2, seed=0)
         x, xt, y, yt = x[tr], x[te], y[tr], y[te]
-        source = f"{path} (stratified 80/20 split, seed 0)"
-    if notes:
-        source += f"; {len(notes)} {SKIPPED}: " + "; ".join(notes[:5]) + (" ..." if len(notes) > 5 else "")
-    return x, y, xt, yt, classes, source
-
-
-SKIPPED = "file(s) skipped"
+        source = f"{path.name} (stratified 80/20 split, seed 0)"
+    if scan.notes:
+        source += f"; {len(scan.notes)} {SKIPPED}: " + "; ".join(scan.notes[:5]) + (" ..." if len(scan.notes) > 5 else "")
+    return x, y, xt, yt, scan.classes, source
 
 
 def skipped_files(source: str) -> Optional[str]:
@@ -247,47 +264,94 @@ def skipped_files(source: str) -> Optional[str]:
     return f"{head.rsplit('; ', 1)[-1]} {SKIPPED}: {tail}" if sep else None
 
 
-def as_array(im: Image.Image, size: int, colour: bool) -> np.ndarray:
-    im = im.convert("RGB" if colour else "L")
-    if im.size != (size, size):
-        im = im.resize((size, size), Image.Resampling.BILINEAR)
-    a = np.asarray(im, dtype=np.float32) / 255.0
-    return a.transpose(2, 0, 1) if colour else a[None]
+def read_idx_file(p: Path, limits: Limits) -> np.ndarray:
+    """An IDX file (optionally gzipped) of a user's folder, read within the per-file limit."""
+    regular(p, DataUnavailable, "point to the original *-idx3-ubyte / *-idx1-ubyte files")
+    with (gzip.open if p.suffix == ".gz" else open)(p, "rb") as f:
+        raw = f.read(limits.entry_bytes + 1)
+    if len(raw) > limits.entry_bytes:
+        raise over_limit(f"{p.name} is over {size_text(limits.entry_bytes)}", "entry_bytes",
+                         f"{size_text(limits.entry_bytes)} per file", DataUnavailable, "use a smaller file")
+    return parse_idx(raw, p.name)
 
 
-def load_idx_dir(path: Path) -> tuple:
+def load_idx_dir(path: Path, limits: Limits) -> tuple:
     """A folder with ``*train*images*``/``*train*labels*`` IDX files, optionally ``*t10k*``/``*test*``."""
-    files = [p for p in path.iterdir() if p.is_file() and "idx" in p.name]
+    files = [p for p in regular_files(path) if p.parent == path and "idx" in p.name]
     pick = lambda *words: next((p for p in files if all(w in p.name for w in words)), None)  # noqa: E731
     xtr, ytr = pick("train", "images"), pick("train", "labels")
     if not (xtr and ytr):
-        raise DataUnavailable(f"no train-images/train-labels IDX files in {path}",
+        raise DataUnavailable(f"no train-images/train-labels IDX files in {path.name}",
                               "name them like train-images-idx3-ubyte and train-labels-idx1-ubyte")
-    x, y = read_idx(xtr).astype(np.float32) / 255.0, read_idx(ytr).astype(np.int64)
-    x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
     xte = pick("t10k", "images") or pick("test", "images")
     yte = pick("t10k", "labels") or pick("test", "labels")
-    if xte and yte:
-        xt, yt = read_idx(xte).astype(np.float32) / 255.0, read_idx(yte).astype(np.int64)
-        xt = xt[:, None] if xt.ndim == 3 else xt.transpose(0, 3, 1, 2)
+    raw = {k: read_idx_file(p, limits) for k, p in (("x", xtr), ("y", ytr), ("xt", xte), ("yt", yte)) if p}
+    decoded = sum(int(np.prod(raw[k].shape)) * 4 for k in ("x", "xt") if k in raw)
+    if decoded > limits.decoded_bytes:
+        raise over_limit(f"the IDX images take {size_text(decoded)} decoded", "decoded_bytes",
+                         size_text(limits.decoded_bytes), DataUnavailable, "use fewer images")
+    unit = lambda a: (a.astype(np.float32) / 255.0)[:, None] if a.ndim == 3 else (a.astype(np.float32) / 255.0).transpose(0, 3, 1, 2)  # noqa: E731
+    x, y = unit(raw["x"]), raw["y"].astype(np.int64)
+    if "xt" in raw and "yt" in raw:
+        xt, yt = unit(raw["xt"]), raw["yt"].astype(np.int64)
     else:
         tr, te = split_holdout(y, 0.2, seed=0)
         x, xt, y, yt = x[tr], x[te], y[tr], y[te]
+    if len(x) != len(y) or len(xt) != len(yt) or x.ndim != 4 or x.shape[-1] != x.shape[-2]:
+        raise DataUnavailable(f"the IDX files in {path.name} do not match (images {x.shape}, labels {y.shape})",
+                              "give the images and labels files of one dataset, square images")
     classes = [str(c) for c in range(int(max(y.max(), yt.max())) + 1)]
-    return x, y, xt, yt, classes, f"IDX files in {path}"
+    return x, y, xt, yt, classes, f"IDX files in {path.name}"
+
+
+def user_path(name: str) -> tuple[str, Path]:
+    kind, _, where = name.partition(":")
+    path = Path(where).expanduser()
+    if not path.exists():
+        raise DataUnavailable(f"{path.name or path} does not exist", f"give an existing folder or .zip after '{kind}:'")
+    if kind == "idx" and not path.is_dir():
+        raise DataUnavailable(f"{path.name} is not a folder", "give the folder that holds the IDX files after 'idx:'")
+    if kind == "folder" and not path.is_dir():
+        regular(path, DataUnavailable, "give a folder, or a .zip file, after 'folder:'")
+    return kind, path
 
 
 def load_user_dataset(name: str, data_root: Optional[str] = None, image_size: Optional[int] = None,
                       limits: Optional[Limits] = None) -> tuple:
     """``limits``: the environment's (:meth:`Limits.from_env`) unless given."""
-    limits = limits if limits is not None else Limits.from_env()
-    kind, _, where = name.partition(":")
-    path = Path(where).expanduser()
-    if not path.exists():
-        raise DataUnavailable(f"{path} does not exist", f"give an existing folder or .zip after '{kind}:'")
+    limits = limits if limits is not None else Limits.from_env(error=DataUnavailable)
+    kind, path = user_path(name)
     if kind == "idx":
-        return load_idx_dir(path)
+        return load_idx_dir(path, limits)
     return load_folder(path, image_size, limits)
+
+
+def sample_user_dataset(name: str, image_size: Optional[int], per_class: int, seed: int,
+                        limits: Optional[Limits] = None) -> dict:
+    """What a preview shows of a folder dataset, decoding only those images: facts from the headers and
+    ``per_class`` images of each class (drawn with ``seed``) as (N, C, H, W) [0, 1] floats."""
+    limits = limits if limits is not None else Limits.from_env(error=DataUnavailable)
+    kind, path = user_path(name)
+    if kind == "idx":
+        x, y, xt, _, classes, source = load_idx_dir(path, limits)
+        rng = np.random.default_rng(seed)
+        pick = np.concatenate([rng.permutation(np.flatnonzero(y == c))[:per_class] for c in range(len(classes))])
+        return {"x": x[pick], "y": y[pick], "classes": classes, "train": np.bincount(y, minlength=len(classes)),
+                "test": len(xt), "source": source, "channels": x.shape[1]}
+    scan = scan_folder(path, image_size, limits)
+    train = scan.splits["train"]
+    labels = np.array([scan.classes.index(h.label) for h in train])
+    if scan.splits.get("test"):
+        counts, test = np.bincount(labels, minlength=len(scan.classes)), len(scan.splits["test"])
+    else:  # as the run will split it
+        tr, te = split_holdout(labels, 0.2, seed=0)
+        counts, test = np.bincount(labels[tr], minlength=len(scan.classes)), len(te)
+    rng = np.random.default_rng(seed)
+    pick = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in range(len(scan.classes))])
+    x, y = scan.decode([train[i] for i in pick])
+    source = f"{path.name}" + (f"; {len(scan.notes)} {SKIPPED}: " + "; ".join(scan.notes[:5]) if scan.notes else "")
+    return {"x": x, "y": y, "classes": scan.classes, "train": counts, "test": test, "source": source,
+            "channels": scan.channels}
 
 
 register_dataset(DatasetSpec("folder:", "your images: a folder or .zip of class_name/*.png",

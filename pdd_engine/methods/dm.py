@@ -26,8 +26,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class DMParams(Params):
-    batch_real: int = param(128, "Real images per class per iteration", "real batch each class's mean embedding is matched against", minimum=1, server_max=1024)
-    dm_pool: int = param(16, "DM: pool of transitioned networks (stage 2 on)", "networks trained through earlier stages, drawn from per iteration", minimum=1, server_max=64)
+    batch_real: int = param(128, "Real images per class per iteration", "real batch each class's mean embedding is matched against", minimum=1, maximum=10 ** 5, server_max=1024)
+    dm_pool: int = param(16, "DM: pool of transitioned networks (stage 2 on)", "networks trained through earlier stages, drawn from per iteration", minimum=1, maximum=1000, server_max=64)
 
 
 @register

@@ -26,9 +26,9 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class GradientMatchingParams(Params):
-    batch_real: int = param(128, "Real images per class per iteration", "real batch each class is matched against", minimum=1, server_max=1024)
-    outer_loop: int = param(10, "Gradient matching: iterations per fresh network", "image updates before the matching network is replaced", minimum=1, server_max=1000)
-    inner_loop: int = param(5, "Gradient matching: network steps between image updates", "how far the matching network trains on the synthetic set", minimum=1, server_max=100)
+    batch_real: int = param(128, "Real images per class per iteration", "real batch each class is matched against", minimum=1, maximum=10 ** 5, server_max=1024)
+    outer_loop: int = param(10, "Gradient matching: iterations per fresh network", "image updates before the matching network is replaced", minimum=1, maximum=10 ** 6, server_max=1000)
+    inner_loop: int = param(5, "Gradient matching: network steps between image updates", "how far the matching network trains on the synthetic set", minimum=1, maximum=10 ** 4, server_max=100)
 
 
 @dataclass(frozen=True)

@@ -106,13 +106,13 @@ def student_ahead_warning(syn_steps: int, steps: int) -> Optional[str]:
 @dataclass(frozen=True)
 class MTTParams(Params):
     # None: as many student steps as the expert takes in expert_epochs, at most 20
-    syn_steps: Optional[int] = param(None, "MTT: unrolled steps", "student steps per match; more than the expert's shrinks the learned step size", minimum=1, server_max=100)
-    expert_epochs: int = param(2, "MTT: expert epochs matched", "how far along the expert's trajectory one match reaches", minimum=1, server_max=20)
-    max_start_epoch: int = param(5, "MTT: latest expert epoch a match starts from", "later starts match later training (later stages need them)", minimum=0, server_max=50)
-    num_experts: int = param(5, "MTT: experts", "real-data training runs per stage to match; cached and reused", minimum=1, server_max=100)
+    syn_steps: Optional[int] = param(None, "MTT: unrolled steps", "student steps per match; more than the expert's shrinks the learned step size", minimum=1, maximum=10 ** 4, server_max=100)
+    expert_epochs: int = param(2, "MTT: expert epochs matched", "how far along the expert's trajectory one match reaches", minimum=1, maximum=10 ** 4, server_max=20)
+    max_start_epoch: int = param(5, "MTT: latest expert epoch a match starts from", "later starts match later training (later stages need them)", minimum=0, maximum=10 ** 4, server_max=50)
+    num_experts: int = param(5, "MTT: experts", "real-data training runs per stage to match; cached and reused", minimum=1, maximum=1000, server_max=100)
     expert_lr: float = param(0.01, "MTT: expert learning rate", "SGD learning rate of the expert runs", positive=True)
     lr_lr: float = param(1e-5, "MTT: learning rate of the learned step size", "how fast the student's own step size adapts", positive=True)
-    batch_syn: Optional[int] = param(None, "MTT: synthetic batch per step", "smaller: less memory per unrolled step, noisier matches", minimum=1, server_max=10000)
+    batch_syn: Optional[int] = param(None, "MTT: synthetic batch per step", "smaller: less memory per unrolled step, noisier matches", minimum=1, maximum=10 ** 6, server_max=10000)
     # auto: full unless it would not fit in memory; changes memory and speed, not the result
     mtt_unroll: Literal["auto", "full", "bounded"] = param("auto", "MTT: unroll (memory strategy)", "bounded recomputes to save memory; the result is the same", semantic=False)
 
