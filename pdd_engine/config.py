@@ -25,7 +25,7 @@ from .registry import (REGISTRY, Params, check_cap, check_value, find, get_metho
 DSA_OPS = ("color", "crop", "cutout", "flip", "scale", "rotate")
 Norm = Literal["instance", "batch", "none"]
 Device = Literal["auto", "cpu", "cuda"]
-Precision = Literal["float32", "bfloat16"]
+Precision = Literal["auto", "float32", "bfloat16"]
 BF16 = "faster on CPUs with bf16 instructions"
 
 
@@ -99,12 +99,13 @@ class DistillConfig:
                                            "measured faster", shown="hidden")
     # the arithmetic of the evaluation (its networks' training and test pass; the easy-example scorers too):
     # float32, the field's protocol, or bfloat16 autocast, faster on processors with bf16 instructions at
-    # the same accuracy (docs/benchmarks.md). Accuracies differ run to run, so it is in the evaluation keys;
-    # it changes no distilled image.
+    # the same accuracy (docs/benchmarks.md); auto: bf16 where the processor has it (device.resolved). The
+    # resolved value enters the evaluation keys; it changes no distilled image.
     eval_precision: Precision = setting(
-        "float32", "Arithmetic of the evaluation", "the evaluation networks' training and test pass in float32 (the "
-        f"field's protocol), or under bfloat16 autocast ({BF16})",
-        choices=[("float32 (the field's protocol)", "float32"), (f"bfloat16 ({BF16})", "bfloat16")])
+        "auto", "Arithmetic of the evaluation", "the evaluation networks' training and test pass in float32 (the "
+        f"field's protocol), or under bfloat16 autocast ({BF16}); auto: bfloat16 where the processor has it",
+        choices=[("auto: bfloat16 where the processor has it, else float32", "auto"),
+                 ("float32 (the field's protocol)", "float32"), (f"bfloat16 ({BF16})", "bfloat16")])
     # the base method alone (P = 1) at the same IPC, beside PDD: at the final stage, every stage, or off
     compare_base: Literal["final", "every", "off"] = setting(
         "final", "Compare with the base method alone (P=1)", "also distil the base method alone (P=1) at the same "
@@ -117,12 +118,14 @@ class DistillConfig:
     # where it runs
     device: Device = setting("auto", "Device", "auto: CUDA when present, else CPU")
     # the arithmetic of the distillation's matching (each method's loss, under torch.autocast): bfloat16
-    # is faster on processors with bf16 instructions, and the images it gives differ, so it is in the stage
-    # keys. Transitions and experts run in float32; the evaluation's arithmetic is eval_precision.
+    # is faster on processors with bf16 instructions, and the images it gives differ, so its resolved value
+    # is in the stage keys; auto: bf16 where the processor has it. Transitions and experts run in float32;
+    # the evaluation's arithmetic is eval_precision.
     precision: Precision = setting(
-        "float32", "Arithmetic of the matching", "the distillation's matching in float32, or under bfloat16 "
-        f"autocast ({BF16}; the evaluation has its own arithmetic setting)",
-        choices=[("float32", "float32"), (f"bfloat16 ({BF16})", "bfloat16")])
+        "auto", "Arithmetic of the matching", "the distillation's matching in float32, or under bfloat16 "
+        f"autocast ({BF16}; the evaluation has its own arithmetic setting); auto: bfloat16 where the processor has it",
+        choices=[("auto: bfloat16 where the processor has it, else float32", "auto"), ("float32", "float32"),
+                 (f"bfloat16 ({BF16})", "bfloat16")])
     # where a stage's independent units (MTT's experts) run: local (this process) or ray (a cluster);
     # None: PDD_EXECUTOR, else local. Results are the same either way.
     executor: Optional[Literal["local", "ray"]] = setting(
@@ -253,7 +256,7 @@ def _check(ok: bool, problem: str, fix: str) -> None:
 
 def check_precision(name: str, value: str) -> None:
     """A ``Precision`` setting (the config's two, a bundle re-evaluation's), or a one-line error naming it."""
-    _check(value in get_args(Precision), f"unknown {name} '{value}'", "use float32 or bfloat16")
+    _check(value in get_args(Precision), f"unknown {name} '{value}'", "use auto, float32 or bfloat16")
 
 
 def declarations() -> list[tuple[str, Any, Any, dict]]:
@@ -344,27 +347,29 @@ def method_params(method: str, given: Any) -> Any:
                       f"pass {cls.__name__}(...) or a dict of {method}'s settings")
 
 
+FLOAT32 = dict(precision="float32", eval_precision="float32")
 PRESETS: dict[str, dict[str, Any]] = {
     # Minutes on 2 CPU cores: the offline digits set, a narrow ConvNet, short schedules.
     "cpu-quick": {},
     "cpu-mnist": dict(dataset="mnist", max_train=10000, iterations=200, eval_epochs=300, width=32),
-    # The paper's GPU settings (PDD.md), P = 5: per-stage values from the public code.
+    # The paper's GPU settings (PDD.md), P = 5: per-stage values from the public code, in float32 (the field's
+    # protocol) wherever they run.
     "paper-cifar10-ipc10": dict(dataset="cifar10", method="mtt", stages=5, ipc=10, iterations=5000,
                                 syn_steps=50, expert_epochs=2, max_start_epoch=5, lr_img=1000.0,
                                 lr_lr=1e-7, expert_lr=0.01, zca=True, width=128, num_experts=100,
-                                eval_epochs=1000, transition_epochs=300),
+                                eval_epochs=1000, transition_epochs=300, **FLOAT32),
     "paper-cifar10-ipc50": dict(dataset="cifar10", method="mtt", stages=5, ipc=50, iterations=5000,
                                 syn_steps=30, expert_epochs=2, max_start_epoch=15, lr_img=1000.0,
                                 lr_lr=1e-5, expert_lr=0.01, zca=True, width=128, num_experts=100,
-                                eval_epochs=1000, transition_epochs=300),
+                                eval_epochs=1000, transition_epochs=300, **FLOAT32),
     "paper-cifar100-ipc10": dict(dataset="cifar100", method="mtt", stages=5, ipc=10, iterations=5000,
                                  syn_steps=20, expert_epochs=3, max_start_epoch=20, lr_img=1000.0,
                                  lr_lr=1e-5, expert_lr=0.01, zca=True, width=128, num_experts=100,
-                                 eval_epochs=1000, transition_epochs=300),
+                                 eval_epochs=1000, transition_epochs=300, **FLOAT32),
     "paper-cifar100-ipc50": dict(dataset="cifar100", method="mtt", stages=5, ipc=50, iterations=5000,
                                  syn_steps=20, expert_epochs=2, max_start_epoch=20, lr_img=1000.0,
                                  lr_lr=1e-5, expert_lr=0.01, zca=True, width=128, num_experts=100,
-                                 eval_epochs=1000, transition_epochs=300),
+                                 eval_epochs=1000, transition_epochs=300, **FLOAT32),
 }
 
 

@@ -42,11 +42,39 @@ def precision_note(field: str, precision: str, device: torch.device, what: str) 
             f"float32; set {field} to float32 for speed")
 
 
+def cpu_flags() -> set[str]:
+    """The processor's feature flags (Linux's /proc/cpuinfo; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return set(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []))
+    except OSError:
+        return set()
+
+
 def has_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes in bf16 natively (CPU: oneDNN's check for AVX-512 BF16 / AMX)."""
+    """Whether ``device`` computes in bf16 natively: a CUDA GPU with bf16 units, a CPU with AVX-512 BF16 or
+    AMX (elsewhere oneDNN emulates bf16, several times slower than float32 on an AVX2 CPU)."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    flags = cpu_flags()
+    if flags:
+        return bool({"avx512_bf16", "amx_bf16"} & flags)
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def resolve_precision(value: str, device: torch.device) -> str:
+    """``auto``: bfloat16 where ``device`` has bf16 arithmetic, else float32; anything else as it is."""
+    return value if value != "auto" else "bfloat16" if has_bf16(device) else "float32"
+
+
+def resolved(cfg):
+    """``cfg`` with ``auto`` arithmetic resolved for the device it runs on: what a run computes with, what its
+    keys, record and manifest say (an ``auto`` run on a bf16 processor is the bfloat16 run)."""
+    if "auto" not in (cfg.precision, cfg.eval_precision):
+        return cfg
+    device = resolve_device(cfg.device)
+    return cfg.replace(precision=resolve_precision(cfg.precision, device),
+                       eval_precision=resolve_precision(cfg.eval_precision, device))
 
 
 # glibc mallopt parameters (malloc.h)

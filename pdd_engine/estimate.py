@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from . import models
 from .config import DistillConfig
-from .device import arithmetic
+from .device import arithmetic, resolved
 from .registry import find, get_method
 
 RUNTIME_BYTES = 800 * 2 ** 20  # resident size of Python + torch before any data (measured: ~800 MB)
@@ -131,6 +131,7 @@ def estimate(cfg: DistillConfig, shape: tuple[int, int, int, int] | None = None,
     ``cost`` and ``memory``: where :func:`pass_cost` and :func:`extra_memory` run (default: here). A
     web server passes ones that run in a helper process: away from its request threads, whose load
     would skew the timing, and without importing torch."""
+    cfg = resolved(cfg)  # auto arithmetic priced as it will run here
     ch, size, classes, n_train = data_shape(cfg, shape)
     # counted (calls, samples) by arithmetic: the matching runs in cfg.precision, the evaluation in
     # cfg.eval_precision, transitions and experts in float32

@@ -34,7 +34,7 @@ from .version import __version__
 from .cache import Store
 from .config import DSA_OPS, DistillConfig, check_precision, declarations
 from .data import Dataset, dataset_for, dataset_info, to_uint8
-from .device import resolve_device, tune_allocator
+from .device import resolve_device, resolved, tune_allocator
 from .errors import BundleError, ConfigError, PDDError
 from .files import atomic
 from .evaluate import EvalProtocol, arch_changes, make_curriculum
@@ -148,6 +148,7 @@ def export_bundle(cfg: DistillConfig, out: str | Path, store: Optional[Store] = 
                   ds: Optional[Dataset] = None, flag: str = "--out") -> Path:
     """Write the bundle of a finished run (all stages cached) to ``out`` (a .zip path), whole or not at all
     (``flag``: how the user chose that path, named when the disk is full)."""
+    cfg = resolved(cfg)  # what the run computed with (auto arithmetic resolved): its keys and its manifest
     store = store if store is not None else Store(cfg.cache_dir)
     ds = ds if ds is not None else dataset_for(cfg)
     stages, evals, randoms, bases, matched = collect(cfg, store, ds)

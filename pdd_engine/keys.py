@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional
 
 from .version import __version__
 from .config import DistillConfig, digest
+from .device import resolved
 from .evaluate import EvalProtocol
 from .methods import REGISTRY, get_method
 
@@ -111,7 +112,8 @@ class Keys:
 
     @classmethod
     def of(cls, cfg: DistillConfig, ds) -> "Keys":
-        return cls(cfg, ds.fingerprint, ds.size)
+        """The keys of ``cfg`` as it runs here (auto arithmetic resolved) on ``ds``."""
+        return cls(resolved(cfg), ds.fingerprint, ds.size)
 
     def _hash(self, kind: str, at: int, **extra: Any) -> str:
         names = table(self.cfg, at)[kind]

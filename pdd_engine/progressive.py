@@ -22,7 +22,7 @@ from . import runs
 from .cache import Store
 from .config import DistillConfig
 from .data import Dataset, dataset_for, dataset_info, to_uint8
-from .device import arithmetic, precision_note, resolve_device, tune_allocator
+from .device import arithmetic, has_bf16, precision_note, resolve_device, resolved, tune_allocator
 from .errors import CacheError, Cancelled, PDDError
 from .executor import Executor, gpus_for, make_executor, or_local, unit_device
 from .evaluate import Curriculum, EvalProtocol, make_curriculum, network_groups, random_subset, use_batched
@@ -313,6 +313,7 @@ class Engine:
         t0 = time.time()
         stage = 0
         try:
+            asked, self.cfg = self.cfg, resolved(self.cfg)  # auto arithmetic: what this processor has
             cfg = self.cfg
             device = resolve_device(cfg.device)
             tune_allocator()
@@ -322,6 +323,9 @@ class Engine:
             yield RunStarted(keys.run, cfg.to_dict(), dataset_info(ds), cfg.stages)
             if (skipped := skipped_files(ds.source)) is not None:  # stage 0: about the data, before any stage
                 yield Message(0, f"warning: {skipped}")
+            if "auto" in (asked.precision, asked.eval_precision):
+                yield Message(0, f"arithmetic: matching in {cfg.precision}, evaluation in {cfg.eval_precision} (auto: "
+                                 f"{'this device has' if has_bf16(device) else 'no'} bf16 instructions)")
             if note := precision_note("eval_precision", cfg.eval_precision, device, "the evaluation"):
                 yield Message(0, note)
             proto = EvalProtocol.from_config(cfg, ds.size)

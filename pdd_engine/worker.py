@@ -23,7 +23,7 @@ from . import runs
 from .cache import Store
 from .config import DistillConfig, check_caps, schema as config_schema
 from .datasets import find
-from .device import resolve_device, tune_allocator
+from .device import resolve_device, resolved, tune_allocator
 from .errors import PDDError
 from .files import write_error
 from .evaluate import ARCHITECTURES
@@ -146,7 +146,7 @@ def check(values: dict, shape: Optional[tuple], caps: bool, timed_only: bool) ->
     ``timed_only``: price only with network timings already measured here, and otherwise name the shape to
     time (``timing``) instead of timing it now (a control change must answer at once)."""
     try:
-        cfg = DistillConfig.make(values, other_methods="drop")
+        cfg = resolved(DistillConfig.make(values, other_methods="drop"))  # auto arithmetic: this machine's
         if caps:
             check_caps(cfg)
     except PDDError as e:

@@ -240,3 +240,33 @@ def test_a_bfloat16_evaluation_keeps_the_images_and_says_when_bf16_is_emulated(t
     assert k16.stage(1) == k32.stage(1) and k16.eval(1) != k32.eval(1) and k16.random(1) != k32.random(1)
     w32, w16 = (store.get(Keys.of(c, digits).eval(1))[0] for c in (cfg32, cfg16))  # not a no-op: other weights
     assert w32.keys() == w16.keys() and any(not torch.equal(w32[k], w16[k]) for k in w32 if k.startswith("m"))
+
+
+def test_auto_arithmetic_is_bf16_only_where_the_processor_has_it(tiny, store, digits, monkeypatch, tmp_path):
+    """precision and eval_precision default to auto: bf16 on a CPU with AVX-512 BF16 or AMX and on a CUDA device
+    with bf16 units, float32 elsewhere; the resolved value is what the keys, the record and the manifest hold."""
+    import pdd_engine.device as D
+    from pdd_engine.export import export_bundle, load_bundle
+
+    cfg = tiny(stages=1)
+    assert (cfg.precision, cfg.eval_precision) == ("auto", "auto")
+    cpu = torch.device("cpu")
+    for flags, want in (({"avx2", "fma"}, "float32"), ({"avx512f", "avx512_bf16"}, "bfloat16"), ({"amx_bf16"}, "bfloat16"),
+                        ({"avx512f", "avx512bw"}, "float32")):
+        monkeypatch.setattr(D, "cpu_flags", lambda flags=flags: flags)
+        assert D.resolve_precision("auto", cpu) == want and D.resolve_precision("float32", cpu) == "float32"
+        r = D.resolved(cfg)
+        assert (r.precision, r.eval_precision) == (want, want)
+        assert Keys.of(cfg, digits).stage(1) == Keys.of(r, digits).stage(1) == Keys(r, digits.fingerprint, 8).stage(1)
+    for has, want in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True, has=has: has)
+        assert D.resolve_precision("auto", torch.device("cuda")) == want
+    monkeypatch.setattr(D, "cpu_flags", lambda: {"avx2"})
+    evs = events(cfg, store)
+    started = next(e for e in evs if isinstance(e, E.RunStarted))
+    assert started.config["precision"] == started.config["eval_precision"] == "float32"
+    assert any(isinstance(e, E.Message) and "auto: no bf16 instructions" in e.text for e in evs)
+    m = load_bundle(export_bundle(cfg, tmp_path / "b.zip", store)).manifest
+    assert m["config"]["precision"] == m["evaluation"]["precision"] == "float32"
+    from pdd_engine.config import PRESETS
+    assert all(PRESETS[p]["precision"] == PRESETS[p]["eval_precision"] == "float32" for p in PRESETS if p.startswith("paper"))
