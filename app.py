@@ -20,7 +20,8 @@ def main() -> None:
         stagewise = env("PDD_STAGEWISE") or bool(os.environ.get("SPACES_ZERO_GPU"))
         service = Service(cache_dir, export_dir, upload_dir, data_root=os.environ.get("PDD_DATA_DIR") or None,
                           max_concurrent=env("PDD_MAX_JOBS"), threads=env("PDD_ENGINE_THREADS"), stagewise=stagewise,
-                          public=env("PDD_PUBLIC_RUNS"), gpu_seconds=env("PDD_GPU_SECONDS"))
+                          public=env("PDD_PUBLIC_RUNS"), gpu_seconds=env("PDD_GPU_SECONDS"),
+                          results=ROOT / "bench" / "results" / "quality.csv")
         concurrency, port = env("PDD_UI_CONCURRENCY"), env("GRADIO_SERVER_PORT")
     except PDDError as e:
         raise SystemExit(f"error: {e}") from None

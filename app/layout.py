@@ -13,7 +13,7 @@ import gradio as gr
 
 from . import render
 from .identity import sign_in_enabled, token_for
-from .studio import EXPORTED, NO_RUN, UPLOAD, Studio, shown_for
+from .studio import ALL, EXPORTED, NO_RUN, UPLOAD, Studio, shown_for
 
 HOW_PDD_WORKS = """**Progressive Dataset Distillation** builds the synthetic set in **P stages**. Stage *i* distils a small
 set S_i with the chosen base method, matching real training *from where training on S_1 ∪ … ∪ S_(i-1) left off*;
@@ -129,6 +129,22 @@ def build(studio: Studio) -> gr.Blocks:
                 ev_msg = gr.Markdown(elem_id="pdd-ev-msg")
                 ev_table = gr.Dataframe(interactive=False, elem_id="pdd-ev-table", label="Test accuracy % (mean ± std)")
                 ev_plot = gr.Plot(label="Accuracy", elem_id="pdd-ev-plot")
+            with gr.Tab("Results", id="results"):
+                gr.Markdown("Where PDD gains and where it does not: the benchmark's measured rows (3 seeds each; "
+                            "`docs/benchmarks.md` says how they were run). Each PDD row stands beside its base method "
+                            "alone (P = 1), those P = 1 images trained as long as PDD's curriculum, and its own random "
+                            "curriculum; Δ in points. Pick a row to see its per-stage curve, or to run it yourself.")
+                with gr.Row():
+                    res_dataset, res_method, res_ipc = (gr.Dropdown([ALL], value=ALL, label=label, scale=1)
+                                                        for label in ("Dataset", "Method", "IPC"))
+                res_empty = gr.Markdown(elem_id="pdd-results-empty")
+                res_df = gr.Dataframe(headers=["dataset", "IPC", "method", "P", "protocol", "PDD %", "P = 1 %",
+                                               "Δ P = 1", "P = 1, same epochs %", "Δ same epochs", "own random %",
+                                               "Δ random", "seeds", "wall s"], interactive=False, elem_id="pdd-results")
+                with gr.Row():
+                    res_pick = gr.Dropdown([], label="Row", scale=3, elem_id="pdd-results-pick")
+                    res_use = gr.Button("Use these settings", scale=1, elem_id="pdd-results-use")
+                res_plot = gr.Plot(label="Per stage", elem_id="pdd-results-plot")
             with gr.Tab("Runs", id="runs"):
                 runs_empty = gr.Markdown(elem_id="pdd-runs-empty")
                 runs_df = gr.Dataframe(headers=["run", "dataset", "method", "P", "IPC", "iterations", "accuracy %",
@@ -200,4 +216,10 @@ def build(studio: Studio) -> gr.Blocks:
         ev_btn.click(studio.evaluate, [ev_bundle, ev_run, ev_archs, ev_models, ev_epochs, ev_data, token],
                      [ev_msg, ev_table, ev_plot], api_name="evaluate_bundle")
         then_follow(open_btn.click(studio.open, [pick, token], [run_id, tabs, runs_msg], queue=False, **private))
+        filters = [res_dataset, res_method, res_ipc]
+        load.then(studio.result_filters, None, filters, **private).then(
+            studio.results_table, filters, [res_df, res_pick, res_empty], **private)
+        gr.on([f.input for f in filters], studio.results_table, filters, [res_df, res_pick, res_empty], **private)
+        res_pick.change(studio.result_curve, res_pick, res_plot, **private)
+        res_use.click(studio.use_result, res_pick, [dataset, method, stages, ipc, *adv, tabs], **private)
     return demo

@@ -328,6 +328,27 @@ def evaluation_figure(manifest: dict, results: list, arch: str) -> go.Figure:
     return fig
 
 
+def result_figure(row: dict) -> go.Figure:
+    """One benchmark row's per-stage curves: PDD after each stage and its own random curriculum (mean over
+    seeds), with the base method alone (P = 1) and its images trained as long at the final IPC."""
+    ipcs = [int(v) for v in row["stage_ipc"].split(";")] if row["stage_ipc"] else [int(row["ipc"])]
+    series = lambda cell: [None if v in ("", "nan") else float(v) for v in cell.split(";")] if cell else []  # noqa: E731
+    fig = go.Figure()
+    name = row["method"].upper()
+    fig.add_trace(go.Scatter(x=ipcs, y=series(row["stage_mean"]), mode="lines+markers", name=f"PDD+{name}",
+                             error_y=dict(type="data", array=series(row["stage_std"]))))
+    for label, (mean, std), symbol in ((f"{name} alone (P=1)", row["base"], "diamond"),
+                                       (f"{name} alone, trained as long", row["epochs"], "square")):
+        if mean is not None:
+            fig.add_trace(go.Scatter(x=[ipcs[-1]], y=[mean], mode="markers", name=label, marker=dict(size=11, symbol=symbol),
+                                     error_y=dict(type="data", array=[std])))
+    fig.add_trace(go.Scatter(x=ipcs, y=series(row["stage_random"]), mode="lines+markers", name="random real subset",
+                             line=dict(dash="dot")))
+    fig.update_layout(xaxis_title="images per class so far (cumulative)", yaxis_title="test accuracy %", **LAYOUT)
+    fig.update_xaxes(tickmode="array", tickvals=ipcs)
+    return fig
+
+
 def compare_figure(runs: list) -> go.Figure:
     """Finished runs (the service's records) on one accuracy plot: each run's per-stage curve."""
     fig = go.Figure()

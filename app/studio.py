@@ -21,6 +21,7 @@ from . import render
 from .identity import owner_of, token_for
 
 UPLOAD = "upload your own (.zip)"
+ALL = "all"
 EXPORTED = "same as exported"  # the Evaluate tab's choice for the bundle's own architecture
 NO_RUN = ("none: evaluate the uploaded bundle", "")
 MAIN = ["dataset", "upload", "method", "stages", "ipc", "preset"]  # the controls above Advanced, in order
@@ -323,6 +324,47 @@ class Studio:
         except PDDError as e:
             return "", gr.update(), f"⚠ {e}"
         return run_id, gr.Tabs(selected="distil"), ""
+
+    # -- the Results tab: the benchmark, and where PDD gains ------------------------------------------------
+    def results_table(self, dataset: str = ALL, method: str = ALL, ipc: str = ALL) -> tuple:
+        """The benchmark's rows matching the filters (PDD beside its three comparisons, differences in points),
+        and the row picker."""
+        rows, choices = [], []
+        pm = lambda m_s: "–" if m_s[0] is None else f"{m_s[0]:.1f} ± {m_s[1]:.1f}"  # noqa: E731
+        d = lambda a, b: "–" if a[0] is None or b[0] is None else f"{a[0] - b[0]:+.1f}"  # noqa: E731
+        for i, r in enumerate(self.service.results()):
+            if (dataset, method, ipc) != (ALL, ALL, ALL) and not all(
+                    want in (ALL, r[k]) for k, want in (("dataset", dataset), ("method", method), ("ipc", ipc))):
+                continue
+            p = int(r["stages"])
+            name = f"{'PDD+' if p > 1 else ''}{r['method'].upper()}"
+            rows.append([r["dataset"], r["ipc"], name, p, r["protocol"] if p > 1 else "both", pm(r["pdd"]), pm(r["base"]),
+                         d(r["pdd"], r["base"]) if p > 1 else "–", pm(r["epochs"]),
+                         d(r["pdd"], r["epochs"]) if p > 1 else "–", pm(r["random"]), d(r["pdd"], r["random"]),
+                         len(r["seeds"].split()), r["wall_s"]])
+            choices.append((f"{r['dataset']} IPC {r['ipc']} {name} P={p} {r['protocol']} ({r['iterations']} it, "
+                            f"{r['eval_epochs']} ep)", str(i)))
+        empty = "" if rows else ("**No benchmark rows match.** `python -m bench.quality` measures them "
+                                 "(docs/benchmarks.md).")
+        return rows, gr.update(choices=choices, value=choices[0][1] if choices else None), empty
+
+    def result_filters(self) -> tuple:
+        rows = self.service.results()
+        values = lambda k: [ALL] + sorted({r[k] for r in rows}, key=lambda v: (len(v), v))  # noqa: E731
+        return tuple(gr.update(choices=values(k), value=ALL) for k in ("dataset", "method", "ipc"))
+
+    def result_curve(self, pick: Optional[str]) -> Any:
+        rows = self.service.results()
+        return render.result_figure(rows[int(pick)]) if pick not in (None, "") and int(pick) < len(rows) else None
+
+    def use_result(self, pick: Optional[str]) -> list:
+        """A benchmark row's settings on the Distil tab (its controls, then the tab itself)."""
+        rows = self.service.results()
+        if pick in (None, "") or int(pick) >= len(rows):
+            return [gr.update() for _ in range(4 + len(self.fields))] + [gr.Tabs()]
+        values = {**{s["name"]: s["default"] for s in self.schema["settings"]}, **rows[int(pick)]["settings"]}
+        advanced = [self.shown_value(f, values.get(f["name"])) for f in self.fields]
+        return [values["dataset"], values["method"], values["stages"], values["ipc"], *advanced, gr.Tabs(selected="distil")]
 
     # -- the Evaluate tab ------------------------------------------------------------------------------
     def bundle(self, upload: Any, run_key: str, owner: str) -> tuple[str, Optional[str]]:

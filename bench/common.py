@@ -8,8 +8,6 @@ leaves at most one damaged last line, which :func:`read_rows` skips (and a resum
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import platform
@@ -17,6 +15,8 @@ import subprocess
 import time
 from pathlib import Path
 from typing import Iterable, Optional
+
+from pdd_engine.results import append_row, read_rows  # noqa: F401  (the results' one reader and writer)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,43 +66,9 @@ def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def read_rows(path: Path, columns: list[str]) -> list[dict]:
-    """The well-formed rows of a results CSV (every column present, no extra field); a damaged line (a
-    killed writer, a bad merge) is left out with a notice, so the benchmark measures that setting again."""
-    if not path.exists():
-        return []
-    rows = []
-    with open(path, newline="") as f:
-        for n, row in enumerate(csv.DictReader(f), start=2):
-            if None in row or any(row.get(c) is None for c in columns):
-                print(f"note: {path.name} line {n} is damaged; it is left out and measured again", flush=True)
-                continue
-            rows.append(row)
-    return rows
-
-
-def append_row(path: Path, columns: list[str], row: dict) -> None:
-    """Append ``row`` (every column) as one line, with the header first in a new file."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, columns, lineterminator="\n")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists() or path.stat().st_size == 0
-    if new:
-        writer.writeheader()
-    writer.writerow({c: row[c] for c in columns})
-    with open(path, "a", newline="") as f:
-        f.write(buf.getvalue())
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def joined(values: Iterable[float], digits: int = 4) -> str:
     """A list of numbers as one CSV cell (``;``-separated)."""
     return ";".join(f"{v:.{digits}f}" for v in values)
-
-
-def split_cell(cell: str) -> list[float]:
-    return [float(v) for v in cell.split(";")] if cell else []
 
 
 def write_report(out: str | Path, report: dict, md: str) -> None:

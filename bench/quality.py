@@ -40,14 +40,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import RESULTS, ROOT, append_row, commit, joined, machine_line, now, read_rows
+from pdd_engine.results import COLUMNS, SETTING
 
-# One row per measured setting; SETTING columns identify it (a row with the same values is not measured again).
-SETTING = ["dataset", "method", "stages", "ipc", "schedule", "protocol", "width", "max_train", "iterations",
-           "eval_epochs", "eval_models", "precision", "eval_precision", "seeds", "extra"]
-MEASURED = ["mean", "std", "random_mean", "random_std", "base_mean", "base_std", "base_epochs_mean", "base_epochs_std",
-            "stage_ipc", "stage_mean", "stage_std", "stage_random", "stage_base", "stage_base_epochs", "learned_lr",
-            "wall_s", "peak_mb", "machine", "commit", "date"]
-COLUMNS = SETTING + MEASURED
 CSV = RESULTS / "quality.csv"
 
 

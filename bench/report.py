@@ -25,7 +25,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from bench.common import RESULTS, ROOT, read_rows, split_cell
+from bench.common import ROOT, read_rows
+from pdd_engine.results import cells, comparisons, number
 
 DOCUMENTS = [ROOT / "README.md", ROOT / "docs" / "benchmarks.md"]
 BLOCK = re.compile(r"(<!-- table: (\w+)((?: [\w.]+=[^ >]+)*) -->\n)(.*?)(<!-- end table -->)", re.S)
@@ -41,10 +42,6 @@ def speed_rows() -> list[dict]:
     return read_rows(CSV, COLUMNS)
 
 
-def num(cell: str) -> Optional[float]:
-    return None if cell in ("", "nan") else float(cell)
-
-
 def pm(mean: Optional[float], std: Optional[float]) -> str:
     return "–" if mean is None else f"{mean:.1f} ± {std:.1f}"
 
@@ -55,24 +52,6 @@ def delta(a: tuple, b: tuple) -> str:
         return "–"
     d = a[0] - b[0]
     return f"{d:+.1f}{' ✓' if abs(d) > max(a[1], b[1]) else ''}"
-
-
-def comparisons(row: dict, rows: list[dict]) -> dict[str, tuple]:
-    """(mean, std) of PDD, P = 1, P = 1 trained as long, and the own random curriculum for ``row``. A
-    matched-protocol row takes its P = 1 from the P = 1 row of the same setting (the full budget, which is
-    also its epoch-matched comparison: E/P x P = E)."""
-    own = lambda r, k: (num(r[f"{k}mean"]), num(r[f"{k}std"]) or 0.0)  # noqa: E731
-    out = {"pdd": own(row, ""), "random": own(row, "random_"), "base": own(row, "base_"),
-           "epochs": own(row, "base_epochs_")}
-    if row["protocol"] == "matched":
-        same = ("dataset", "method", "ipc", "width", "max_train", "eval_models", "precision", "eval_precision", "seeds",
-                "extra")
-        p = int(row["stages"])
-        one = next((r for r in rows if r["stages"] == "1" and all(r[k] == row[k] for k in same)
-                    and max(1, int(r["iterations"]) // p) == int(row["iterations"])
-                    and max(1, int(r["eval_epochs"]) // p) == int(row["eval_epochs"])), None)
-        out["base"] = out["epochs"] = own(one, "") if one else (None, 0.0)
-    return out
 
 
 def quality_table(rows: list[dict]) -> str:
@@ -102,8 +81,8 @@ def stage_table(rows: list[dict]) -> str:
     for r in rows:
         if r["stages"] == "1":
             continue
-        means, randoms = split_cell(r["stage_mean"]), split_cell(r["stage_random"])
-        lrs = split_cell(r["learned_lr"]) or [None] * len(means)
+        means, randoms = cells(r["stage_mean"]), cells(r["stage_random"])
+        lrs = cells(r["learned_lr"]) or [None] * len(means)
         for s, (ipc, m) in enumerate(zip(r["stage_ipc"].split(";"), means)):
             gain = "–" if s == 0 else f"{m - means[s - 1]:+.1f}"
             lr = "–" if lrs[s] is None else f"{lrs[s]:.4g}"
@@ -163,7 +142,7 @@ def reference_table(rows: list[dict], ref: dict) -> str:
            "| dataset | IPC | method | P | engine % | reference code | reference code % | Δ engine − reference | "
            "within 0.2 or better |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        mine = (num(r["mean"]), num(r["std"]))
+        mine = (number(r["mean"]), number(r["std"]))
         for theirs in (t for t in ref["rows"] if key(t) == key(r)):
             acc = 100 * np.asarray(theirs["accuracies"])
             ref_ms = (float(acc.mean()), float(acc.std()))

@@ -59,7 +59,7 @@ class DistillConfig:
     image_size: Optional[int] = setting(None, "Image size in pixels", "resize every image to this many pixels per side "
                                         "(set it for mixed-size uploads)", minimum=4, maximum=128)
     max_train: Optional[int] = setting(None, "Real training images", "a stratified subset of the real training set "
-                                       "(seed 0); empty: all of it", minimum=10, shown="hidden")
+                                       "(seed 0); empty: all of it", minimum=10)
     # network
     depth: Optional[int] = setting(None, "Network depth", "ConvNet blocks (conv, norm, ReLU, pool)", minimum=1,
                                    maximum=6)  # None: the field's choice for the input size (see auto_depth)

@@ -42,6 +42,7 @@ from . import events as E
 from .book import RunBook, RunRecord, compare_table, config_differences, shown_dataset
 from .errors import PDDError
 from .manifest import evaluation_table, manifest_arch
+from .results import comparisons, gain, read_rows, settings_of
 from .settings import env
 
 WORKER = "pdd_engine.worker"
@@ -247,12 +248,13 @@ class Service:
     def __init__(self, cache_dir: str | Path, export_dir: Optional[str | Path] = None,
                  upload_dir: Optional[str | Path] = None, data_root: Optional[str] = None, max_concurrent: int = 1,
                  threads: int = 0, stagewise: bool = False, public: bool = False, limits: Optional[Limits] = None,
-                 keep_finished: int = 100, gpu_seconds: int = 120):
+                 keep_finished: int = 100, gpu_seconds: int = 120, results: Optional[str | Path] = None):
         """``export_dir``: where finished runs' bundles are written (a folder per owner); ``upload_dir``:
         where visitors' uploaded datasets are kept; ``stagewise``: run each stage as one call of
         :func:`pdd_engine.worker.stage_call` (a ZeroGPU Space lends the GPU per call) instead of an engine
         process; ``public``: every visitor may see, export and delete every run (a single-user or teaching
-        server); ``keep_finished``: finished runs kept in memory for ``?run=`` links."""
+        server); ``keep_finished``: finished runs kept in memory for ``?run=`` links; ``results``: the benchmark's
+        rows (``bench/results/quality.csv``) the Results tab shows."""
         self.cache_dir = str(cache_dir)
         self.export_dir = Path(export_dir) if export_dir else Path(cache_dir).parent / "exports"
         self.upload_dir = Path(upload_dir) if upload_dir else Path(cache_dir).parent / "uploads"
@@ -260,6 +262,7 @@ class Service:
         self.max_concurrent, self.threads, self.public = max(1, max_concurrent), threads, public
         self.limits = limits or Limits.from_env()
         self.keep_finished, self.gpu_seconds = keep_finished, gpu_seconds
+        self.results_csv = Path(results) if results else None
         self.book = RunBook(cache_dir)
         self.ctx = mp.get_context("spawn")
         self.helper, self.evaluator = Child("helper", self.ctx), Child("evaluator", self.ctx, keep=0)
@@ -508,6 +511,13 @@ class Service:
 
     def _folder(self, owner: str) -> str:
         return str(self.export_dir / self.book.folder_of(owner))
+
+    # -- the benchmark's results -------------------------------------------------------------------------
+    def results(self) -> list[dict]:
+        """The benchmark's measured rows (bench/results/quality.csv), each with PDD and its three comparisons
+        as (mean, std) in % and its smallest margin over them (``gain``): what the Results tab shows."""
+        rows = read_rows(self.results_csv) if self.results_csv else []
+        return [{**r, **comparisons(r, rows), "gain": gain(r, rows), "settings": settings_of(r)} for r in rows]
 
     # -- bundles -------------------------------------------------------------------------------------
     def bundle_path(self, upload: Optional[str], run_key: str, owner: str) -> tuple[str, Optional[str]]:

@@ -1,0 +1,98 @@
+"""Benchmark results as data: the rows ``bench/quality.py`` appends to ``bench/results/quality.csv``, read back
+for the docs' tables (``bench/report.py``) and the studio's Results tab (through the service).
+
+A row is one measured setting (dataset, method, P, IPC, protocol, the budget, the arithmetic, the seeds)
+with PDD's accuracy beside its three comparisons: the base method alone (P = 1), those P = 1 images trained
+for as many epochs as PDD's curriculum, and its own random curriculum; per-stage means; wall time, machine,
+commit and date. Pure standard library: the studio's web process reads it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+# One row per measured setting; SETTING columns identify it (a row with the same values is not measured again).
+SETTING = ["dataset", "method", "stages", "ipc", "schedule", "protocol", "width", "max_train", "iterations",
+           "eval_epochs", "eval_models", "precision", "eval_precision", "seeds", "extra"]
+MEASURED = ["mean", "std", "random_mean", "random_std", "base_mean", "base_std", "base_epochs_mean", "base_epochs_std",
+            "stage_ipc", "stage_mean", "stage_std", "stage_random", "stage_base", "stage_base_epochs", "learned_lr",
+            "wall_s", "peak_mb", "machine", "commit", "date"]
+COLUMNS = SETTING + MEASURED
+
+
+def read_rows(path: Path, columns: list[str] = COLUMNS) -> list[dict]:
+    """The well-formed rows of a results CSV (every column present, no extra field); a damaged line (a
+    killed writer, a bad merge) is left out, so a benchmark measures that setting again."""
+    if not Path(path).exists():
+        return []
+    with open(path, newline="") as f:
+        return [row for row in csv.DictReader(f) if None not in row and all(row.get(c) is not None for c in columns)]
+
+
+def append_row(path: Path, columns: list[str], row: dict) -> None:
+    """Append ``row`` (every column) as one line, with the header first in a new file."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, columns, lineterminator="\n")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists() or path.stat().st_size == 0:
+        writer.writeheader()
+    writer.writerow({c: row[c] for c in columns})
+    with open(path, "a", newline="") as f:
+        f.write(buf.getvalue())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def number(cell: str) -> Optional[float]:
+    return None if cell in ("", "nan", None) else float(cell)
+
+
+def cells(cell: str) -> list[Optional[float]]:
+    """A ``;``-separated cell as numbers (nan: not measured at that stage)."""
+    return [number(v) for v in cell.split(";")] if cell else []
+
+
+def comparisons(row: dict, rows: list[dict]) -> dict[str, tuple[Optional[float], float]]:
+    """(mean, std) in % of PDD, P = 1, P = 1 trained as long, and the own random curriculum for ``row``. A
+    matched-protocol row takes its P = 1 from the P = 1 row of the same setting (the full budget, which is
+    also its epoch-matched comparison: E/P x P = E)."""
+    own = lambda r, k: (number(r[f"{k}mean"]), number(r[f"{k}std"]) or 0.0)  # noqa: E731
+    out = {"pdd": own(row, ""), "random": own(row, "random_"), "base": own(row, "base_"),
+           "epochs": own(row, "base_epochs_")}
+    if row["protocol"] == "matched":
+        same = ("dataset", "method", "ipc", "width", "max_train", "eval_models", "precision", "eval_precision", "seeds",
+                "extra")
+        p = int(row["stages"])
+        one = next((r for r in rows if r["stages"] == "1" and all(r[k] == row[k] for k in same)
+                    and max(1, int(r["iterations"]) // p) == int(row["iterations"])
+                    and max(1, int(r["eval_epochs"]) // p) == int(row["eval_epochs"])), None)
+        out["base"] = out["epochs"] = own(one, "") if one else (None, 0.0)
+    return out
+
+
+def gain(row: dict, rows: list[dict]) -> Optional[float]:
+    """PDD's smallest margin over its three comparisons, in points (None where one is missing): how a row
+    shows PDD's point, for choosing the default and the showcase."""
+    c = comparisons(row, rows)
+    if int(row["stages"]) == 1 or any(v[0] is None for v in c.values()):
+        return None
+    return min(c["pdd"][0] - c[k][0] for k in ("base", "epochs", "random"))
+
+
+def settings_of(row: dict) -> dict:
+    """The engine settings a row ran with (by name): what the studio's Results tab puts on the Distil tab."""
+    out = {"dataset": row["dataset"], "method": row["method"], "stages": int(row["stages"]), "ipc": int(row["ipc"]),
+           "iterations": int(row["iterations"]), "eval_epochs": int(row["eval_epochs"]),
+           "eval_models": int(row["eval_models"]), "width": int(row["width"]), "precision": row["precision"],
+           "eval_precision": row["eval_precision"]}
+    if row["schedule"]:
+        out["stage_ipc"] = row["schedule"]
+    if row["max_train"]:
+        out["max_train"] = int(row["max_train"])
+    return {**json.loads(row["extra"] or "{}"), **out}
