@@ -49,13 +49,13 @@ step() {  # step NAME LIMIT_S COMMAND...: run, log, and note the outcome in the 
 step tests 300 "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/test_cuda.py
 
 if [ $TINY = 1 ]; then
-  step speed "${GPU_CHECK_SPEED_S:-300}" "$PY" -m bench.speed --tiny --only variants --out "$OUT/speed"
+  step speed "${GPU_CHECK_SPEED_S:-300}" "$PY" -m bench.speed --tiny --only variants --out "$OUT/speed" --results "$OUT/speed.csv"
   step quality "${GPU_CHECK_QUALITY_S:-300}" "$PY" -m bench.quality --datasets digits --methods mtt --ipcs 2 \
     --stages 1,2 --protocols paper --seeds 0 --iterations 2 --eval-epochs 2 --eval-models 1 \
     --extra '{"num_experts": 1, "max_start_epoch": 1, "expert_epochs": 1}' --results "$OUT/quality.csv" \
     --cache-dir "$OUT/cache"
 else
-  step speed "${GPU_CHECK_SPEED_S:-300}" "$PY" -m bench.speed --only variants,unroll --out "$OUT/speed"
+  step speed "${GPU_CHECK_SPEED_S:-300}" "$PY" -m bench.speed --only variants,unroll --out "$OUT/speed" --results "$OUT/speed.csv"
   # The MNIST rows of docs/benchmarks.md at the reference's scale: all 60k training images, width 128;
   # PDD+MTT and PDD+IDC at P = 1, 2 and 5 over 3 seeds, 6 runs at once on the one GPU. A cut step
   # keeps its finished rows (they are appended as they finish) and the same command resumes it.

@@ -54,10 +54,11 @@ def child_main(cfg: dict, threads: int, cache_dir: str) -> dict:
     from pdd_engine import DistillConfig, PDDError, run
     from pdd_engine import events as E
     from pdd_engine.cache import Store
+    from pdd_engine.device import resolved
 
     torch.set_num_threads(threads)
     t = time.time()
-    c = DistillConfig.make(cfg, other_methods="drop")  # --extra may name another method's settings
+    c = resolved(DistillConfig.make(cfg, other_methods="drop"))  # --extra may name another method's settings
     lrs, last = [], None
     for ev in run(c, Store(cache_dir, size_limit_gb=64)):
         if isinstance(ev, E.StageFinished):
@@ -128,7 +129,8 @@ def setting_of(row: dict, cfg: dict, resolved: dict, args) -> dict:
 def resolved_of(cfg: dict) -> dict:
     """What the config resolves to for the SETTING columns, without running it."""
     from pdd_engine import DistillConfig
-    c = DistillConfig.make(cfg, other_methods="drop")
+    from pdd_engine.device import resolved
+    c = resolved(DistillConfig.make(cfg, other_methods="drop"))  # the arithmetic it will run in here
     return {"width": c.width, "max_train": c.max_train, "precision": c.precision, "eval_precision": c.eval_precision}
 
 

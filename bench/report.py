@@ -26,7 +26,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from bench.common import ROOT, read_rows
-from pdd_engine.results import cells, comparisons, number
+from pdd_engine.results import SETTING, cells, comparisons, number
 
 DOCUMENTS = [ROOT / "README.md", ROOT / "docs" / "benchmarks.md"]
 BLOCK = re.compile(r"(<!-- table: (\w+)((?: [\w.]+=[^ >]+)*) -->\n)(.*?)(<!-- end table -->)", re.S)
@@ -54,19 +54,40 @@ def delta(a: tuple, b: tuple) -> str:
     return f"{d:+.1f}{' ✓' if abs(d) > max(a[1], b[1]) else ''}"
 
 
-def quality_table(rows: list[dict]) -> str:
-    """One line per setting: PDD beside its three comparisons and the differences (points)."""
-    out = ["| dataset | IPC | method | P | protocol | iterations | eval epochs | accuracy % | P = 1 % | Δ vs P = 1 | "
-           "P = 1, same epochs % | Δ vs P = 1, same epochs | own random % | Δ vs own random | seeds | wall s |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+def latest(rows: list[dict]) -> list[dict]:
+    """One row per setting, the newest measurement of it, in the order settings were first measured."""
+    out: dict[tuple, dict] = {}
     for r in rows:
-        c = comparisons(r, rows)
+        out[tuple(r[k] for k in SETTING)] = r
+    return list(out.values())
+
+
+def setup(r: dict) -> str:
+    """What else the row ran with, in short: the real pool, the width, the arithmetic, other settings."""
+    parts = [f"pool {int(r['max_train']):,}" if r["max_train"] else "", f"w{r['width']}"]
+    if (r["precision"], r["eval_precision"]) != ("float32", "float32"):
+        parts.append(f"bf16 {'matching' if r['precision'] == 'bfloat16' else ''}"
+                     f"{'+' if r['precision'] == r['eval_precision'] == 'bfloat16' else ''}"
+                     f"{'evaluation' if r['eval_precision'] == 'bfloat16' else ''}")
+    extra = json.loads(r["extra"] or "{}")
+    parts += [f"{k} {v}" for k, v in sorted(extra.items()) if k not in SETTING]
+    return ", ".join(p for p in parts if p)
+
+
+def quality_table(rows: list[dict]) -> str:
+    """One line per setting (its newest measurement): PDD beside its three comparisons and the differences."""
+    everything = rows
+    out = ["| dataset | IPC | method | P | protocol | iterations | eval epochs | setup | accuracy % | P = 1 % | Δ vs P = 1 | "
+           "P = 1, same epochs % | Δ vs P = 1, same epochs | own random % | Δ vs own random | seeds | wall s |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in latest(rows):
+        c = comparisons(r, everything)
         p = int(r["stages"])
         name = r["method"].upper() if p == 1 else f"PDD+{r['method'].upper()}"
         stages = f"{p} ({r['schedule']})" if r["schedule"] else str(p)
         protocol = "both" if p == 1 else r["protocol"]
         out.append(f"| {r['dataset']} | {r['ipc']} | {name} | {stages} | {protocol} | {int(r['iterations']) * p} | "
-                   f"{int(r['eval_epochs']) * p} | {pm(*c['pdd'])} | {pm(*c['base'])} | "
+                   f"{int(r['eval_epochs']) * p} | {setup(r)} | {pm(*c['pdd'])} | {pm(*c['base'])} | "
                    f"{'–' if p == 1 else delta(c['pdd'], c['base'])} | {pm(*c['epochs'])} | "
                    f"{'–' if p == 1 else delta(c['pdd'], c['epochs'])} | {pm(*c['random'])} | "
                    f"{delta(c['pdd'], c['random'])} | {len(r['seeds'].split())} | {r['wall_s']} |")

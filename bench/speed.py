@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from bench.common import RESULTS, machine, write_report  # noqa: E402
+from bench.common import RESULTS, append_row, commit, machine, machine_line, now, write_report  # noqa: E402
 
 
 def peak_mb() -> float:
@@ -382,7 +382,8 @@ def main() -> int:
     ap.add_argument("--only", type=lambda v: v.split(","), default=["methods", "eval", "transition", "unroll"],
                     help=f"sections to run, comma-separated, of {', '.join(SECTIONS)}")
     ap.add_argument("--tiny", action="store_true", help="toy sizes: checks every section runs, in seconds")
-    ap.add_argument("--out", default=str(RESULTS / "speed"))
+    ap.add_argument("--out", default=None, help="also write OUT.json and OUT.md (the sections' full tables)")
+    ap.add_argument("--results", type=Path, default=CSV, help="the CSV rows are appended to (default bench/results/speed.csv)")
     ap.add_argument("--reference", help="JSON of the reference code's figures on this machine (row -> value), "
                                         "shown beside the engine's in --only reference")
     args = ap.parse_args()
@@ -407,11 +408,36 @@ def main() -> int:
     md = [f"Machine: {report['machine']['cpus']} CPUs, torch {torch.__version__}, "
           f"{'GPU ' + report['machine']['cuda'] if report['machine']['cuda'] else 'CPU only'}"
           f"{' (--tiny: toy sizes, not figures)' if args.tiny else ''}.", ""]
-    for name in args.only:  # the report is rewritten after each section: a run cut short keeps what it did
+    line, sha = machine_line(report["machine"]), commit()
+    for name in args.only:  # rows are appended after each section: a run cut short keeps what it did
+        before = set(report)
         md.append(SECTIONS[name](args, report))
-        write_report(args.out, report, "\n".join(md))
+        for key in [k for k in report if k not in before]:
+            append_row(args.results, COLUMNS, {"section": name, "row": key, "figures": json.dumps(report[key], default=str),
+                                               "tiny": args.tiny, "machine": line, "commit": sha, "date": now()})
+        if args.out:
+            write_report(args.out, report, "\n".join(md))
     print("\n".join(md))
     return 0
+
+
+COLUMNS = ["section", "row", "figures", "tiny", "machine", "commit", "date"]
+CSV = RESULTS / "speed.csv"
+
+
+def speed_table(rows: list[dict]) -> str:
+    """The newest measurement of each (section, row), its figures as name = value."""
+    latest = {}
+    for r in rows:
+        if r["tiny"] != "True":
+            latest[(r["section"], r["row"])] = r
+    lines = ["| section | measured | figures | machine | commit |", "| --- | --- | --- | --- | --- |"]
+    for (section, row), r in latest.items():
+        figures = json.loads(r["figures"])
+        shown = "; ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items()
+                          if isinstance(v, (int, float)) and not isinstance(v, bool)) if isinstance(figures, dict) else figures
+        lines.append(f"| {section} | {row} | {shown} | {r['machine']} | {r['commit']} |")
+    return "\n".join(lines)
 
 
 def sizes(args, full: dict, tiny: dict) -> dict:

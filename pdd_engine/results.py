@@ -65,14 +65,16 @@ def comparisons(row: dict, rows: list[dict]) -> dict[str, tuple[Optional[float],
     own = lambda r, k: (number(r[f"{k}mean"]), number(r[f"{k}std"]) or 0.0)  # noqa: E731
     out = {"pdd": own(row, ""), "random": own(row, "random_"), "base": own(row, "base_"),
            "epochs": own(row, "base_epochs_")}
+    same = ("dataset", "method", "ipc", "width", "max_train", "eval_models", "precision", "eval_precision", "seeds", "extra")
+    p = int(row["stages"])
+    split = p if row["protocol"] == "matched" else 1
+    one = next((r for r in rows if r["stages"] == "1" and all(r[k] == row[k] for k in same)
+                and max(1, int(r["iterations"]) // split) == int(row["iterations"])
+                and max(1, int(r["eval_epochs"]) // split) == int(row["eval_epochs"])), None)
     if row["protocol"] == "matched":
-        same = ("dataset", "method", "ipc", "width", "max_train", "eval_models", "precision", "eval_precision", "seeds",
-                "extra")
-        p = int(row["stages"])
-        one = next((r for r in rows if r["stages"] == "1" and all(r[k] == row[k] for k in same)
-                    and max(1, int(r["iterations"]) // p) == int(row["iterations"])
-                    and max(1, int(r["eval_epochs"]) // p) == int(row["eval_epochs"])), None)
         out["base"] = out["epochs"] = own(one, "") if one else (None, 0.0)
+    elif out["base"][0] is None and one is not None:  # a row measured before runs compared themselves: the P = 1
+        out["base"] = own(one, "")  # row of the same setting is the same computation (the same cached stages)
     return out
 
 

@@ -42,7 +42,7 @@ def test_executor_rows_give_the_same_experts_and_accuracies_on_every_executor(tm
     """bench/speed.py --only executor at toy sizes: local and Ray (1 and 2 workers) each time one stage's
     experts and 5-network evaluation, and agree on the trajectories and the accuracies."""
     out = subprocess.run([sys.executable, "-m", "bench.speed", "--tiny", "--only", "executor",
-                          "--out", str(tmp_path / "speed")], capture_output=True, text=True, timeout=600, cwd=ROOT)
+                          "--out", str(tmp_path / "speed"), "--results", str(tmp_path / "speed.csv")], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     import json
     rows = json.loads((tmp_path / "speed.json").read_text())
