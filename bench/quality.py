@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import RESULTS, ROOT, append_row, commit, joined, machine_line, now, read_rows
-from pdd_engine.results import COLUMNS, SETTING
+from pdd_engine.results import COLUMNS, SETTING, complete
 
 CSV = RESULTS / "quality.csv"
 
@@ -221,7 +221,7 @@ def main() -> int:
         from pdd_engine.methods import REGISTRY
         args.methods = list(REGISTRY)
     args.machine, args.commit = machine_line(), commit()
-    done = {tuple(r[k] for k in SETTING) for r in read_rows(args.results, COLUMNS)}
+    done = {tuple(r[k] for k in SETTING) for r in read_rows(args.results, COLUMNS) if complete(r)}
     todo = [r for r in plan(args)
             if tuple(setting_of(r, row_config(r, args), resolved_of(row_config(r, args)), args)[k] for k in SETTING)
             not in done]

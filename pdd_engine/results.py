@@ -49,6 +49,12 @@ def append_row(path: Path, columns: list[str], row: dict) -> None:
         os.fsync(f.fileno())
 
 
+def complete(row: dict) -> bool:
+    """Whether a row has every comparison its protocol gives (a paper row measured before runs compared
+    themselves with their base method trained as long has not, and is measured again)."""
+    return row["stages"] == "1" or row["protocol"] != "paper" or bool(row["base_mean"] and row["base_epochs_mean"])
+
+
 def number(cell: str) -> Optional[float]:
     return None if cell in ("", "nan", None) else float(cell)
 
