@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from bench.common import RESULTS, machine, write_report  # noqa: E402
+from bench.common import machine, write_report
 from bench.speed import REFERENCE_MTT, reference_cfg, table, unchunk  # noqa: E402
 
 GROUPS = (("convolution", ("conv",)), ("norm", ("group_norm", "instance_norm", "batch_norm")),
@@ -114,7 +114,7 @@ def main() -> int:
     if args.child:
         print(json.dumps(child(args.child, args.tiny, args.unchunked)))
         return 0
-    out = args.out or str(RESULTS / ("breakdown_unchunked" if args.unchunked else "breakdown"))
+    out = args.out or ("breakdown_unchunked" if args.unchunked else "breakdown")  # a profile, not a results row
     report, md = {"machine": machine(), "unchunked": args.unchunked, "tiny": args.tiny}, []
     md.append(f"Machine: {report['machine']['cpus']} CPUs, torch {report['machine']['torch']}; "
               f"{'without' if args.unchunked else 'with'} cache-sized chunks{' (--tiny)' if args.tiny else ''}.\n")

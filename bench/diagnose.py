@@ -15,7 +15,7 @@ For every stage i of a config it prints and records:
     .venv/bin/python bench/diagnose.py --method dm --stages 5 --ipc 10
     .venv/bin/python bench/diagnose.py --method mtt --stages 5 --ipc 10 --transition fresh
 
-Writes bench/results/diagnose_<dataset>_<method>_P<stages>.json and prints a markdown table.
+Writes diagnose_<dataset>_<method>_P<stages>.json and .md here (or --out) and prints the table.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pdd_engine import DistillConfig, distill  # noqa: E402
 from pdd_engine.__main__ import add_config_flags  # noqa: E402
 from pdd_engine.cache import Store  # noqa: E402
 from pdd_engine.keys import Keys
-from bench.common import RESULTS, write_report  # noqa: E402
+from bench.common import write_report
 from pdd_engine.data import dataset_for  # noqa: E402
 from pdd_engine.progressive import Union, stage_context  # noqa: E402
 from pdd_engine.training import accuracy, seed_of  # noqa: E402
@@ -93,7 +93,7 @@ def main() -> int:
                    f"{100 * r['random_gain']:+.1f} | {start} | {r['nn_ratio']:.2f} | {r['spread_ratio']:.2f} | "
                    f"{lr} |")
     md = "\n".join(out) + "\n"
-    write_report(args.out or RESULTS / f"diagnose_{cfg.dataset}_{cfg.method}_P{cfg.stages}",
+    write_report(args.out or f"diagnose_{cfg.dataset}_{cfg.method}_P{cfg.stages}",
                  {"config": cfg.to_dict(), "rows": rows}, md)
     print(md)
     return 0

@@ -28,13 +28,23 @@ import numpy as np
 from bench.common import ROOT, read_rows
 from pdd_engine.results import SETTING, cells, comparisons, number
 
-DOCUMENTS = [ROOT / "README.md", ROOT / "docs" / "benchmarks.md"]
-BLOCK = re.compile(r"(<!-- table: (\w+)((?: [\w.]+=[^ >]+)*) -->\n)(.*?)(<!-- end table -->)", re.S)
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+BLOCK = re.compile(r"(<!-- table: (\w+)((?: [\w.]+=[^ >]*)*) -->\n)(.*?)(<!-- end table -->)", re.S)
 
 
 def quality_rows() -> list[dict]:
     from bench.quality import COLUMNS, CSV
     return read_rows(CSV, COLUMNS)
+
+
+def robustness_rows() -> list[dict]:
+    from bench.robustness import COLUMNS, CSV
+    return read_rows(CSV, COLUMNS)
+
+
+def robustness_table(rows: list[dict]) -> str:
+    from bench.robustness import table
+    return table(rows)
 
 
 def speed_rows() -> list[dict]:
@@ -117,10 +127,43 @@ def speed_table(rows: list[dict]) -> str:
     return table(rows)
 
 
+def variables_table(group: str) -> Callable[[list[dict]], str]:
+    """The environment variables of one group (pdd_engine.settings), with their defaults and what they do."""
+    def draw(_: list[dict]) -> str:
+        from pdd_engine.settings import VARIABLES
+        from pdd_engine.untrusted import size_text
+        shown = lambda v: ("–" if v.default is None else size_text(v.default) if "BYTES" in v.name and isinstance(v.default, int)  # noqa: E731
+                           else f"{v.default:,}" if isinstance(v.default, int) and not isinstance(v.default, bool)
+                           else str(v.default).replace(str(__import__("pathlib").Path.home()), "~"))
+        lines = ["| variable | default | what it sets |", "| --- | --- | --- |"]
+        lines += [f"| `{v.name}` | {shown(v)} | {v.doc} |" for v in VARIABLES.values() if v.group == group]
+        return "\n".join(lines)
+    return draw
+
+
+def caps_table(_: list[dict]) -> str:
+    """Every setting with a server maximum (the studio refuses more; its operator raises it)."""
+    from pdd_engine.config import schema
+    from pdd_engine.settings import cap_variable
+    n = lambda v: f"{v:,.0f}" if float(v).is_integer() else f"{v:g}"  # noqa: E731
+    lines = ["| setting | server maximum | variable | allowed anywhere |", "| --- | --- | --- | --- |"]
+    for s in schema()["settings"]:
+        if s["server_max"] is not None:
+            bound = f"{n(s['minimum'])} to {n(s['maximum'])}" if s["maximum"] is not None else f"{n(s['minimum'])} or more"
+            owners = f" ({', '.join(s['owners'])})" if s["owners"] else ""
+            lines.append(f"| `{s['name']}`{owners} | {n(s['server_max'])} | `{cap_variable(s['name'])}` | {bound} |")
+    return "\n".join(lines)
+
+
 TABLES: dict[str, tuple[Callable[[], list[dict]], Callable[[list[dict]], str]]] = {
+    "limits": (list, variables_table("limit")),
+    "server": (list, variables_table("server")),
+    "data": (list, variables_table("data")),
+    "caps": (list, caps_table),
     "quality": (quality_rows, quality_table),
     "stages": (quality_rows, stage_table),
     "speed": (speed_rows, speed_table),
+    "robustness": (robustness_rows, robustness_table),
 }
 
 
@@ -135,9 +178,9 @@ def render(text: str) -> str:
     def table(m: re.Match) -> str:
         kind, filters = m.group(2), dict(f.split("=", 1) for f in m.group(3).split())
         rows_of, draw = TABLES[kind]
-        rows = cache.setdefault(kind, rows_of()) if kind != "stages" else cache.setdefault("quality", rows_of())
+        rows = cache.setdefault("quality" if kind == "stages" else kind, rows_of())
         chosen = [r for r in rows if matches(r, filters)]
-        body = draw(chosen) if chosen else "_No rows measured yet: the command above fills this table._"
+        body = draw(chosen) if chosen or rows_of is list else "_No rows measured yet: the command above fills this table._"
         return f"{m.group(1)}{body}\n{m.group(5)}"
     return BLOCK.sub(table, text)
 

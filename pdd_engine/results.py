@@ -74,7 +74,7 @@ def comparisons(row: dict, rows: list[dict]) -> dict[str, tuple[Optional[float],
     same = ("dataset", "method", "ipc", "width", "max_train", "eval_models", "precision", "eval_precision", "seeds", "extra")
     p = int(row["stages"])
     split = p if row["protocol"] == "matched" else 1
-    one = next((r for r in rows if r["stages"] == "1" and all(r[k] == row[k] for k in same)
+    one = next((r for r in reversed(rows) if r["stages"] == "1" and all(r[k] == row[k] for k in same)
                 and max(1, int(r["iterations"]) // split) == int(row["iterations"])
                 and max(1, int(r["eval_epochs"]) // split) == int(row["eval_epochs"])), None)
     if row["protocol"] == "matched":
