@@ -1,0 +1,43 @@
+"""The README and docs: their generated tables are what the results data gives, and they say what a newcomer
+needs (the two commands), within the README's budget."""
+
+from pathlib import Path
+
+import pytest
+
+from bench import report
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("doc", report.DOCUMENTS, ids=lambda p: p.name)
+def test_every_generated_table_is_what_the_data_gives(doc):
+    """A figure is never typed by hand: each marked table equals a fresh render (python -m bench.report)."""
+    text = doc.read_text()
+    assert report.render(text) == text, f"{doc.name} is stale: run python -m bench.report"
+
+
+def test_the_readme_is_short_and_names_the_two_commands_and_every_doc():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 250
+    assert "scripts/start.sh" in readme and "scripts/test.sh" in readme
+    assert (ROOT / ".ci" / "run").read_text().strip().endswith("exec bash scripts/test.sh")
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        assert f"docs/{page.name}" in readme, page.name
+    assert readme.count("<!-- table:") == readme.count("<!-- end table -->") >= 2
+
+
+def test_a_table_renders_rows_and_says_when_there_are_none(tmp_path, monkeypatch):
+    """The render can fail: a marked table of rows that match, and one line where none do."""
+    from pdd_engine.results import COLUMNS
+    row = {c: "" for c in COLUMNS}
+    row.update(dataset="digits", method="dm", stages="1", ipc="10", protocol="paper", width="32", iterations="200",
+               eval_epochs="300", eval_models="3", precision="float32", eval_precision="float32", seeds="0 1 2",
+               extra="{}", mean="97.00", std="0.40", random_mean="94.00", random_std="0.50", base_mean="97.00",
+               base_std="0.40", base_epochs_mean="97.00", base_epochs_std="0.40", wall_s="60")
+    monkeypatch.setattr(report, "quality_rows", lambda: [row])
+    monkeypatch.setitem(report.TABLES, "quality", (lambda: [row], report.quality_table))
+    text = "<!-- table: quality dataset=digits -->\nold\n<!-- end table -->\n<!-- table: quality dataset=mnist -->\n<!-- end table -->"
+    out = report.render(text)
+    assert "| digits | 10 | DM | 1 | both | 200 | 300 | w32 | 97.0 ± 0.4 |" in out and "old" not in out
+    assert "No rows measured yet" in out.split("dataset=mnist")[1]
