@@ -1,29 +1,34 @@
-"""How fast the studio answers: app start to first page, and the time the server takes to answer a
-control change (validation + estimate), cold (a network shape it has not timed yet) and warm.
+"""How fast the studio answers, and what it adds to a run: rows of ``bench/results/speed.csv``.
 
-    .venv/bin/python bench/app_latency.py            # writes bench/results/app_latency.{json,md}
+- **start**: ``python app.py`` until ``GET /`` answers 200, with a fresh cache (``--repeats`` times);
+- **control change**: the studio's check (validation and estimate, through the service's helper process)
+  called in this process as the page's change event calls it, cold and warm;
+- **default run**: the default settings from a fresh cache, once in the CLI (``pdd distill``, its wall
+  time) and once in the studio (headless Chromium: click Run, wait for Done), back to back on the same
+  machine; the ratio is what the studio adds.
 
-The start is measured end to end (``python app.py`` until ``GET /`` answers 200, with a fresh
-cache); the control change is ``Studio.check`` called in this process exactly as the page's
-change event calls it, so it excludes the browser and the network round trip (a few ms locally).
-Networks are timed for the estimate in the job manager's helper process, never in the server.
+    python -m bench.app_latency
+    python -m bench.app_latency --only run --repeats 2
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.common import RESULTS, ROOT, append_row, commit, machine, machine_line, now
 
-from bench.common import RESULTS, machine, write_report  # noqa: E402
+COLUMNS = ["section", "row", "figures", "tiny", "machine", "commit", "date"]  # speed.csv's
+CSV = RESULTS / "speed.csv"
 
 
-def start_to_first_page(repeats: int) -> list[float]:
+def start_to_first_page(repeats: int) -> dict:
     from tests.apphelpers import running_app
 
     out = []
@@ -32,63 +37,87 @@ def start_to_first_page(repeats: int) -> list[float]:
             t = time.perf_counter()
             with running_app(Path(tmp)):
                 out.append(time.perf_counter() - t)
-    return out
+    return {"mean_s": sum(out) / len(out), "min_s": min(out), "max_s": max(out), "repeats": len(out)}
 
 
-def control_change() -> dict[str, float]:
-    from app.jobs import JobManager
-    from app.ui import Studio
-    from pdd_engine import DistillConfig
-    from pdd_engine.cache import Store
-
-    from pdd_engine.estimate import cost_key
+def control_change() -> dict:
+    from app.studio import Studio
+    from pdd_engine.service import Service
 
     tmp = Path(tempfile.mkdtemp())
-    manager = JobManager(str(tmp / "cache"))
-    studio = Studio(manager, Store(tmp / "cache"), tmp / "exports")
-    d = DistillConfig()
+    service = Service(tmp / "cache")
     t = time.perf_counter()
-    manager.pass_cost(*cost_key(d))  # what app.py starts in the background at launch
-    calibration = time.perf_counter() - t
-    names = ["dataset", "upload", "method", "stages", "ipc", "preset"] + [f.name for f in studio.fields]
-
-    def controls(**kw) -> list:  # the page's controls, with raw (possibly invalid) values set
-        values = studio.control_values(d)
-        for name, value in kw.items():
-            values[names.index(name)] = value
-        return values
+    studio = Studio(service)  # starts the helper and reads the schema
+    start = time.perf_counter() - t
+    token = "0" * 16
+    names = [f["name"] for f in studio.fields]
 
     def timed(**kw) -> float:
+        values = studio.control_values()
+        for name, value in kw.items():
+            values[6 + names.index(name)] = value
         t = time.perf_counter()
-        studio.check(*controls(**kw))
+        studio.check(None, token, *values)
         return time.perf_counter() - t
-
-    out = {"helper process start + timing the default network (at launch, in the background)": calibration,
-           "first change (default network already timed)": timed(),
-           "same shape again": timed(iterations=300),
-           "new width 64 (timed in the helper process)": timed(width=64),
-           "method switch to MTT (timed shape)": timed(method="mtt"),
-           "invalid value (evaluation networks 0)": timed(eval_models=0)}
-    manager.shutdown()
+    out = {"helper_start_and_schema_s": start, "first_change_s": timed()}
+    time.sleep(5)  # the default network's timing, begun by the first change, is done
+    out.update(same_shape_s=timed(iterations=300), new_width_s=timed(width=64), invalid_s=timed(eval_models=0))
+    service.shutdown()
     return out
+
+
+def cli_run(tmp: Path) -> float:
+    env = {**os.environ, "PDD_CACHE_DIR": str(tmp / "cli_cache")}
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "pdd_engine", "distill", "--quiet"], env=env, check=True, cwd=ROOT,
+                   capture_output=True)
+    return time.perf_counter() - t
+
+
+def studio_run(tmp: Path) -> float:
+    from playwright.sync_api import sync_playwright
+
+    from tests.apphelpers import CHROMIUM, CHROMIUM_ARGS, running_app
+
+    with running_app(tmp, PDD_ENGINE_THREADS="0") as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url)
+        page.wait_for_selector("#pdd-run:not([disabled])")
+        page.wait_for_function("document.querySelector('#pdd-validation')?.innerText.includes('valid')")
+        t = time.perf_counter()
+        page.locator("#pdd-run").click()
+        page.wait_for_function("document.querySelector('#pdd-status')?.innerText.includes('Done')", timeout=3_600_000)
+        took = time.perf_counter() - t
+        browser.close()
+    return took
+
+
+def default_run(repeats: int) -> dict:
+    """The default run from a fresh cache: the CLI's wall, then the studio's click to Done, alternating."""
+    cli, studio = [], []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
+            cli.append(cli_run(Path(a)))
+            studio.append(studio_run(Path(b)))
+    return {"cli_s": min(cli), "studio_s": min(studio), "studio_over_cli": min(studio) / min(cli),
+            "cli_all_s": cli, "studio_all_s": studio}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out", default=str(RESULTS / "app_latency"))
+    ap.add_argument("--only", type=lambda v: v.split(","), default=["start", "control", "run"])
+    ap.add_argument("--results", type=Path, default=CSV)
     args = ap.parse_args()
-    starts = start_to_first_page(args.repeats)
-    changes = control_change()
-    report = {"machine": machine(), "start_s": starts, "control_change_s": changes}
-    md = [f"Machine: {os.cpu_count()} CPUs. Start: `python app.py` until `GET /` answers, {args.repeats} times.", "",
-          "| what | seconds |", "| --- | --- |",
-          f"| app start to first page (mean of {len(starts)}; min {min(starts):.1f}, max {max(starts):.1f}) | "
-          f"{sum(starts) / len(starts):.1f} |"]
-    md += [f"| control change: {k} | {v:.3f} |" for k, v in changes.items()]
-    text = "\n".join(md) + "\n"
-    write_report(args.out, report, text)
-    print(text)
+    line, sha = machine_line(machine()), commit()
+    sections = {"start": lambda: start_to_first_page(args.repeats), "control": control_change,
+                "run": lambda: default_run(args.repeats)}
+    for name in args.only:
+        figures = sections[name]()
+        append_row(args.results, COLUMNS, {"section": "app_latency", "row": name, "figures": json.dumps(figures),
+                                           "tiny": False, "machine": line, "commit": sha, "date": now()})
+        print(name, json.dumps(figures), flush=True)
     return 0
 
 

@@ -1,7 +1,7 @@
 """Take the README's screenshots in headless Chromium.
 
-    .venv/bin/python scripts/screenshot.py assets/          # the default (cpu-quick) run: studio_running.png, studio_done.png
-    .venv/bin/python scripts/screenshot.py assets/ --tour   # studio_data.png, studio_evaluate.png, studio_phone.png
+    python -m scripts.screenshot assets/          # the default (cpu-quick) run: studio_running.png, studio_done.png
+    python -m scripts.screenshot assets/ --tour   # studio_data.png, studio_evaluate.png, studio_phone.png
 """
 
 import sys
@@ -9,7 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.apphelpers import CHROMIUM, CHROMIUM_ARGS, running_app  # noqa: E402
+from tests.apphelpers import CHROMIUM, CHROMIUM_ARGS, running_app
 
 
 def main(out: str) -> None:
