@@ -113,7 +113,8 @@ def build(studio: Studio) -> gr.Blocks:
                 with gr.Row():
                     ev_bundle = gr.File(label="Bundle (.zip exported by PDD Studio)", file_types=[".zip"], elem_id="pdd-ev-bundle")
                     with gr.Column():
-                        ev_run = gr.Dropdown([NO_RUN], value="", label="…or one of your runs", elem_id="pdd-ev-run")
+                        ev_run = gr.Dropdown([NO_RUN], value="", label="…or one of your runs", elem_id="pdd-ev-run",
+                                             allow_custom_value=True)
                         ev_data = gr.File(label="Its dataset (.zip): only for a bundle made on your own data",
                                           file_types=[".zip"], elem_id="pdd-ev-data")
                 ev_archs = gr.Dropdown([EXPORTED, *schema["architectures"]], value=[EXPORTED, "convnet-w64"], multiselect=True,
@@ -151,7 +152,8 @@ def build(studio: Studio) -> gr.Blocks:
                                                 "base alone %", "base, same epochs %", "random %", "finished"],
                                        interactive=False)
                 with gr.Row():
-                    pick = gr.Dropdown([], multiselect=True, label="Select runs", scale=3)
+                    # allow_custom_value: an API client names its runs by key (the service checks they are its own)
+                    pick = gr.Dropdown([], multiselect=True, label="Select runs", scale=3, allow_custom_value=True)
                     refresh = gr.Button("Refresh", scale=1)
                 with gr.Row():
                     open_btn = gr.Button("Open (first selected)")

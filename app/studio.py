@@ -8,10 +8,12 @@ object. Errors are the service's one-line messages, shown where the control is.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from typing import Any, Optional
 
+import anyio
 import gradio as gr
 
 from pdd_engine.errors import PDDError
@@ -26,6 +28,7 @@ EXPORTED = "same as exported"  # the Evaluate tab's choice for the bundle's own 
 NO_RUN = ("none: evaluate the uploaded bundle", "")
 MAIN = ["dataset", "upload", "method", "stages", "ipc", "preset"]  # the controls above Advanced, in order
 FOLLOW_WAIT_S = 2.0  # a stream re-renders at least this often (the per-stage clock), else on each event
+POLL_S = 0.2  # how often a stream looks for new events (a dict lookup and a list copy)
 LOSS_EVERY_S = 1.0  # the loss plot streams at most this often (it changes with every iteration)
 PREVIEW_WAIT_S = 30.0  # a first read of a large dataset (MNIST: ~1 s; a big zip longer)
 OUTPUTS = 9  # what a run's frame fills: status, progress, grid, loss, accuracy, bundle, stage files, stop, resume
@@ -247,8 +250,11 @@ class Studio:
     def stop(self, profile: Optional[gr.OAuthProfile], run_id: str, token: str) -> str:
         return self.service.stop(run_id, owner_of(token, profile)) if run_id else "No run to stop."
 
-    def follow(self, profile: Optional[gr.OAuthProfile], run_id: str, token: str):
-        """Stream the page's view of a run until it finishes (reattaches from the first event)."""
+    async def follow(self, profile: Optional[gr.OAuthProfile], run_id: str, token: str):
+        """Stream the page's view of a run until it finishes (reattaches from the first event). An async
+        generator: a stream waits on the event loop, not in a worker thread, so any number of followers (a
+        shared link, a stranger opening many) never starves the page's other requests of threads; a frame is
+        drawn in a thread only when something changed."""
         owner = owner_of(token, profile)
         view = self.service.watch(run_id, owner)
         if view is None:
@@ -258,17 +264,20 @@ class Studio:
         shown: dict = {}
         while True:
             view = self.service.watch(run_id, owner)
-            yield frame(view, shown=shown)
+            yield await anyio.to_thread.run_sync(frame, view, "", shown)
             if view.finished:
                 return
-            self.service.wait(run_id, len(view.events), FOLLOW_WAIT_S)
+            t, seen = time.monotonic(), self.service.version(run_id)
+            while time.monotonic() - t < FOLLOW_WAIT_S and self.service.version(run_id) == seen:
+                await asyncio.sleep(POLL_S)
 
-    def follow_if_any(self, profile: Optional[gr.OAuthProfile], run_id: str, token: str):
+    async def follow_if_any(self, profile: Optional[gr.OAuthProfile], run_id: str, token: str):
         """On page load: reattach to the run named in the URL, if any."""
         if not run_id:
             yield tuple(gr.skip() for _ in range(OUTPUTS))
             return
-        yield from self.follow(profile, run_id, token)
+        async for out in self.follow(profile, run_id, token):
+            yield out
 
     # -- the Runs tab ---------------------------------------------------------------------------------
     def runs_table(self, profile: Optional[gr.OAuthProfile], token: str) -> tuple:
@@ -387,7 +396,7 @@ class Studio:
                  epochs: Any, data: Any, token: str):
         """Re-train fresh networks of each chosen architecture on the bundle's stages (curriculum), streaming
         the table and the curves as each architecture finishes."""
-        owner = owner_of(token, profile)
+        owner = owner_of(token_for(token), profile)  # an uploaded bundle needs no run of the visitor's
         try:
             path, own_data = self.bundle(upload, run_key, owner)
             m = self.service.manifest(path)
@@ -408,7 +417,7 @@ class Studio:
         names = [None if a == EXPORTED else a for a in archs]
         yield f"Evaluating {archs[0]} (1/{len(archs)})…", *self.evaluation_view(m, results)
         try:
-            for i, (arch, accs) in enumerate(self.service.evaluate_bundle(path, names, n, ep, data_path)):
+            for i, (arch, accs) in enumerate(self.service.evaluate_bundle(path, names, n, ep, data_path, owner)):
                 results.append((arch, accs))
                 more = f" Evaluating {archs[i + 1]} ({i + 2}/{len(archs)})…" if i + 1 < len(archs) else ""
                 yield f"✓ {arch or EXPORTED} done.{more}", *self.evaluation_view(m, results)

@@ -131,13 +131,16 @@ class DistillConfig:
     executor: Optional[Literal["local", "ray"]] = setting(
         None, "Executor", "where a stage's independent units (experts, evaluation networks, scorers) run; same "
         "results", choices=[("the server's (PDD_EXECUTOR, else local)", ""), ("local: in the engine's process", "local"),
-                            ("ray: Ray tasks (RAY_ADDRESS's cluster, else a local Ray)", "ray")])
+                            ("ray: Ray tasks (RAY_ADDRESS's cluster, else a local Ray)", "ray")],
+        shown="server")  # the studio's server decides (PDD_EXECUTOR); the CLI's --executor
     data_root: Optional[str] = setting(None, "Data folder", "where built-in datasets live", shown="server")
     cache_dir: Optional[str] = setting(None, "Cache folder", "where stages are cached", shown="server")
     max_memory_gb: Optional[float] = setting(None, "Memory budget (GB)", "what a step may use; empty: what the "
                                              "machine has", positive=True, shown="hidden")
 
     def __post_init__(self) -> None:
+        for name in ("dataset", "method", "dsa_strategy"):  # text before anything reads it as a name
+            check_value(name, getattr(self, name), str, {})
         object.__setattr__(self, "params", method_params(self.method, self.params))
         object.__setattr__(self, "stage_ipc", parse_stage_ipc(self.stage_ipc))
         validate(self)

@@ -251,6 +251,10 @@ def check_manifest(m: Any, bundle: str, limits: Limits) -> None:
         raise BundleError(f"{bundle} was written by a newer PDD Studio (format {m['format_version']})", "upgrade pdd_engine")
     manifests.check(m, bundle, BUNDLE_FIX)
     bad = lambda field, why: BundleError(f"the manifest of {bundle} is malformed: {field} {why}", BUNDLE_FIX)  # noqa: E731
+    try:  # the run's config, as strictly as any config (its dataset, method and every bound)
+        DistillConfig.from_dict({**m["config"], "data_root": None, "cache_dir": None})
+    except (ConfigError, TypeError, AttributeError) as e:
+        raise bad("config", f"is invalid ({e.problem if isinstance(e, ConfigError) else type(e).__name__})") from None
     if len(m["stage_entries"]) > limits.bundle_stages:
         raise over_limit(f"{bundle} has {len(m['stage_entries']):,} stage entries", "bundle_stages",
                          f"{limits.bundle_stages:,}", BundleError, "use a bundle with fewer stages")

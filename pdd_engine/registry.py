@@ -74,6 +74,10 @@ def check_value(name: str, value: Any, t: Any, meta: Mapping[str, Any]) -> None:
         if not isinstance(value, bool):
             raise ConfigError(f"{name} must be true or false (got {value!r})", f"set {name} to true or false")
         return
+    if t is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name} must be text (got {str(value)[:40]!r})", f"set {name} to text{unset}")
+        return
     low, high = meta.get("minimum"), meta.get("maximum")
     span = ("" if low is None and high is None else f" from {number(low)} to {number(high)}"
             if low is not None and high is not None else f" of {number(low)} or more" if low is not None
@@ -200,8 +204,8 @@ def _no_clash(cls: type["MethodSpec"]) -> None:
 
 
 def get_method(name: str) -> type["MethodSpec"]:
-    if name not in REGISTRY:
-        raise ConfigError(f"unknown method '{name}'", f"choose one of {', '.join(REGISTRY)}")
+    if not isinstance(name, str) or name not in REGISTRY:
+        raise ConfigError(f"unknown method '{str(name)[:40]}'", f"choose one of {', '.join(REGISTRY)}")
     return REGISTRY[name]
 
 

@@ -25,14 +25,17 @@ import importlib
 import multiprocessing as mp
 import os
 import queue
+import re
 import secrets
 import shutil
+import signal
 import threading
 import time
 import traceback
 from collections import OrderedDict
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
@@ -49,7 +52,12 @@ WORKER = "pdd_engine.worker"
 STOP_GRACE_S = 10.0  # a stopped engine's time to finish its iteration before it is terminated
 KILL_GRACE_S = 3.0  # then its time to exit before it is killed (a stopped, SIGSTOPped or hung process)
 QUICK_S = 1.0  # a control change waits at most this long for the helper's answer
-SERVER_ONLY = ("data_root", "cache_dir")  # settings the server decides, never a visitor
+# settings the server decides, never a visitor: where things are, how much memory a step may take (it
+# overrides the memory safeguards), and where units run (PDD_EXECUTOR)
+SERVER_ONLY = ("data_root", "cache_dir", "max_memory_gb", "executor")
+MAX_ARCHITECTURES = 4  # in one bundle evaluation (each runs the bundle's whole curriculum)
+ABSOLUTE = re.compile(r"(?<![\w.])/(?:[^/\s'\"()<>,;:]+/)+([^/\s'\"()<>,;:]*)/?")  # /any/path/name -> name
+OBJECT = re.compile(r" ?<[\w.]+ object at 0x[0-9a-f]+>")
 
 
 class RunState(str, Enum):
@@ -79,13 +87,18 @@ def watch_parent(parent: int) -> None:
 class Child:
     """One long-lived child process (a process pool of one) for calls into :mod:`pdd_engine.worker`. A
     child that died (killed for memory, say) is replaced and the call tried once more; a second death is
-    one line for the caller. Answers can be remembered by key (the estimate's timings, previews)."""
+    one line for the caller. A child that hangs (stopped, or holding one call longer than ``stuck_s``) is
+    killed and replaced too, so one bad call cannot stall every visitor. Answers can be remembered by key
+    (the estimate's timings, previews)."""
 
-    def __init__(self, name: str, ctx, keep: int = 64):
-        self.name, self.ctx, self.keep = name, ctx, keep
+    def __init__(self, name: str, ctx, keep: int = 64, stuck_s: float = 600.0, limit: str = ""):
+        """``limit``: what a call past ``stuck_s`` was over, for its one-line error (None: an internal hang)."""
+        self.name, self.ctx, self.keep, self.stuck_s, self.limit = name, ctx, keep, stuck_s, limit
         self.lock = threading.RLock()
         self.pool: Optional[ProcessPoolExecutor] = None
         self.answers: OrderedDict[Any, Future] = OrderedDict()
+        self.started: dict[Future, float] = {}  # calls in flight, and when each was submitted
+        self.killed = ""  # why the child was killed last (a call past its limit): the caller's one line
 
     def _pool(self) -> ProcessPoolExecutor:
         with self.lock:
@@ -94,9 +107,9 @@ class Child:
                                                 initargs=(os.getpid(),))
             return self.pool
 
-    def _renew(self, broken: ProcessPoolExecutor) -> None:
+    def _renew(self, broken: Optional[ProcessPoolExecutor]) -> None:
         with self.lock:
-            if self.pool is broken:
+            if broken is not None and self.pool is broken:
                 broken.shutdown(wait=False, cancel_futures=True)
                 self.pool = None
             for key in [k for k, f in self.answers.items() if f.done() and isinstance(f.exception(), BrokenProcessPool)]:
@@ -105,27 +118,42 @@ class Child:
     def submit(self, fn: str, *args: Any) -> Future:
         pool = self._pool()
         try:
-            return pool.submit(call_by_name, WORKER, fn, *args)
+            future = pool.submit(call_by_name, WORKER, fn, *args)
         except (BrokenProcessPool, RuntimeError):  # died between calls: a new process takes this call
             self._renew(pool)
-            return self._pool().submit(call_by_name, WORKER, fn, *args)
+            future = self._pool().submit(call_by_name, WORKER, fn, *args)
+        self.started[future] = time.time()
+        future.add_done_callback(lambda f: self.started.pop(f, None))
+        return future
+
+    def _died(self, pool: Optional[ProcessPoolExecutor], attempt: int) -> None:
+        """After BrokenProcessPool: renew the child; raise the one line if this call is not tried again."""
+        self._renew(pool)
+        if self.killed:
+            why, self.killed = self.killed, ""
+            raise PDDError(*why.split(". Fix: ", 1))
+        if attempt == 2:
+            raise PDDError(f"the server's {self.name} process died twice while working on this",
+                           "try again in a moment; if it keeps failing, the server is short of memory")
 
     def call(self, fn: str, *args: Any, timeout: Optional[float] = None) -> Any:
-        """``worker.fn(*args)`` in the child, retried once in a new child if the first one died."""
+        """``worker.fn(*args)`` in the child, retried once in a new child if the first one died; raises
+        TimeoutError past ``timeout`` (the call goes on)."""
         for attempt in (1, 2):
             pool = self._pool()
             try:
                 return self.submit(fn, *args).result(timeout=timeout)
             except BrokenProcessPool:
-                self._renew(pool)
-                if attempt == 2:
-                    raise PDDError(f"the server's {self.name} process died twice while working on this",
-                                   "try again in a moment; if it keeps failing, the server is short of memory")
+                self._died(pool, attempt)
+            except TimeoutError:
+                self.check()
+                raise
 
     def ask(self, key: Any, fn: str, *args: Any, timeout: Optional[float] = None) -> Any:
         """:meth:`call`, answered once per ``key`` (the newest ``keep`` answers are kept); raises
         TimeoutError if it is not done within ``timeout`` (it goes on, and a later ask finds it)."""
         for attempt in (1, 2):
+            pool = self._pool()
             with self.lock:
                 future = self.answers.get(key)
                 if future is None:
@@ -135,15 +163,31 @@ class Child:
             try:
                 return future.result(timeout=timeout)
             except BrokenProcessPool:
-                self._renew(self.pool)
-                if attempt == 2:
-                    raise PDDError(f"the server's {self.name} process died twice while working on this",
-                                   "try again in a moment; if it keeps failing, the server is short of memory")
+                self._died(pool, attempt)
+            except TimeoutError:
+                self.check()
+                raise
             except Exception:
                 with self.lock:  # a failed answer is not remembered: the next ask tries again
-                    if self.answers.get(key) is future and not isinstance(future.exception(), TimeoutError):
+                    if self.answers.get(key) is future:
                         del self.answers[key]
                 raise
+
+    def check(self) -> None:
+        """Kill a child that is stopped or a zombie, or that holds one call past ``stuck_s``: its pool breaks,
+        and its callers retry in a new child (or, past the limit, get its one line)."""
+        pids = self.pids()
+        over = [t for t in list(self.started.values()) if time.time() - t > self.stuck_s]
+        stopped = [pid for pid in pids if process_state(pid) in ("T", "t", "Z")]
+        if not pids or not (over or stopped):
+            return
+        if over and self.limit:
+            self.killed = self.limit
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
 
     def pids(self) -> list[int]:
         pool = self.pool
@@ -154,6 +198,14 @@ class Child:
             if self.pool is not None:
                 self.pool.shutdown(wait=False, cancel_futures=True)
                 self.pool = None
+
+
+def process_state(pid: int) -> str:
+    """A process's state letter from /proc (R running, S sleeping, T stopped, Z zombie; "" if unknown)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
 
 
 # -- runs ----------------------------------------------------------------------------------------
@@ -232,14 +284,28 @@ class Check:
 
 @dataclass(frozen=True)
 class Limits:
-    """What one visitor may ask of a shared server (the CLI on one's own machine has none)."""
+    """What one visitor, and all of them together, may ask of a shared server (the CLI on one's own machine
+    has none)."""
 
-    run_hours: float
-    runs_per_visitor: int
+    run_hours: float  # a run's estimated time; an evaluation's actual time
+    runs_per_visitor: int  # queued or running, per visitor
+    queued: int = 20  # queued or running, the whole server
+    run_gb: float = 0.0  # a run's estimated peak memory (0: 80 % of this machine's)
+    evaluations_per_visitor: int = 1
 
     @classmethod
     def from_env(cls) -> "Limits":
-        return cls(env("PDD_MAX_RUN_HOURS"), env("PDD_MAX_RUNS_PER_VISITOR"))
+        return cls(env("PDD_MAX_RUN_HOURS"), env("PDD_MAX_RUNS_PER_VISITOR"), env("PDD_MAX_QUEUED"),
+                   env("PDD_MAX_RUN_GB"), env("PDD_MAX_EVALUATIONS_PER_VISITOR"))
+
+    @property
+    def run_bytes(self) -> float:
+        if self.run_gb:
+            return self.run_gb * 2 ** 30
+        try:
+            return 0.8 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            return float("inf")
 
 
 class Service:
@@ -265,7 +331,12 @@ class Service:
         self.results_csv = Path(results) if results else None
         self.book = RunBook(cache_dir)
         self.ctx = mp.get_context("spawn")
-        self.helper, self.evaluator = Child("helper", self.ctx), Child("evaluator", self.ctx, keep=0)
+        self.helper = Child("helper", self.ctx)
+        self.evaluator = Child("evaluator", self.ctx, keep=0, stuck_s=self.limits.run_hours * 3600, limit=(
+            f"the evaluation ran past this server's maximum of {self.limits.run_hours:g} h (PDD_MAX_RUN_HOURS). Fix: "
+            "choose fewer epochs, networks or architectures, or evaluate with the CLI on your own machine"))
+        self._reserved: dict[str, int] = {}  # visitors' runs being checked: counted against the caps already
+        self._evaluating: dict[str, int] = {}  # visitors' evaluations waiting or running
         self.stage_fn = stage_function(gpu_seconds) if stagewise else None
         self._runs: dict[str, Run] = {}
         self._waiting: list[str] = []
@@ -312,12 +383,18 @@ class Service:
     def _settings(self, settings: dict, owner: str) -> dict:
         """A visitor's settings as the engine takes them: the server's folders set by the server, and a
         dataset that is a built-in one or one of this visitor's own uploads (never a path on the server)."""
+        if not isinstance(settings, dict):
+            raise PDDError("the settings must be one JSON object of names and values", 'send e.g. {"stages": 2, "ipc": 10}')
         values = dict(settings)
         given = [k for k in SERVER_ONLY if values.get(k) not in (None, "")]
         if given:
             raise PDDError(f"{given[0]} is the server's setting, not a visitor's", f"leave {given[0]} out")
         values.update(data_root=self.data_root, cache_dir=None)
-        dataset = values["dataset"] = str(values.get("dataset") or self.schema()["settings"][0]["default"])
+        if values.get("dataset") is None:
+            values["dataset"] = self.schema()["settings"][0]["default"]
+        dataset = values["dataset"]
+        if not isinstance(dataset, str) or not dataset:
+            raise PDDError(f"dataset must be a dataset's name (got {dataset!r})", "choose one of the datasets offered")
         if ":" in dataset:
             scheme, _, where = dataset.partition(":")
             path = Path(where)
@@ -371,8 +448,9 @@ class Service:
         """A dataset's facts and real images per class (never downloads): a built-in one, or one of the
         caller's uploads. Raises PDDError (one line) or TimeoutError (still reading: ask again)."""
         dataset = self._settings({"dataset": dataset}, owner)["dataset"]
-        return self.helper.ask(("preview", dataset, self.data_root, None), "preview", dataset, self.data_root, None,
-                               timeout=timeout)
+        with self.door():
+            return self.helper.ask(("preview", dataset, self.data_root, None), "preview", dataset, self.data_root,
+                                   None, timeout=timeout)
 
     # -- runs --------------------------------------------------------------------------------------
     def submit(self, settings: dict, owner: str) -> str:
@@ -384,26 +462,51 @@ class Service:
             raise PDDError("this request names no visitor", "reload the page (API clients: pass the owner token "
                                                             "the first /start returned)")
         values = self._settings(settings, owner)
-        with self._lock:
-            active = sum(1 for r in self._runs.values() if r.owner == owner and not r.state.finished)
-        if active >= self.limits.runs_per_visitor:
-            raise PDDError(f"you already have {active} run(s) queued or running, this server's maximum per visitor "
-                           f"(PDD_MAX_RUNS_PER_VISITOR)", "wait for one to finish, or stop one")
-        shape = self._shape(values["dataset"], timeout=120)
-        out = self.helper.call("check", values, shape, True, False, timeout=300)
-        if not out["ok"]:
-            raise PDDError(*self.redact(out["error"]).rstrip(".").split(". Fix: ", 1))
-        seconds = out["estimate"]["seconds"]
-        if seconds > self.limits.run_hours * 3600:
-            raise PDDError(f"this run is estimated at {out['estimate']['time']}, over this server's maximum of "
-                           f"{self.limits.run_hours:g} h per run (PDD_MAX_RUN_HOURS)",
-                           "lower iterations, eval_epochs, IPC or stages, or run it with the CLI on your own machine")
-        run = Run(secrets.token_hex(8), out["config"], owner)
-        with self._lock:
-            self._runs[run.id] = run
-            self._waiting.append(run.id)
+        with self._lock:  # counted and reserved at once: concurrent starts cannot slip past the caps together
+            live = [r for r in self._runs.values() if not r.state.finished]
+            mine = sum(r.owner == owner for r in live) + self._reserved.get(owner, 0)
+            if mine >= self.limits.runs_per_visitor:
+                raise PDDError(f"you already have {mine} run(s) queued or running, this server's maximum per "
+                               f"visitor (PDD_MAX_RUNS_PER_VISITOR)", "wait for one to finish, or stop one")
+            if len(live) + sum(self._reserved.values()) >= self.limits.queued:
+                raise PDDError(f"this server already has {self.limits.queued} runs queued or running, its maximum "
+                               f"(PDD_MAX_QUEUED)", "try again when some have finished")
+            self._reserved[owner] = self._reserved.get(owner, 0) + 1
+        try:
+            config = self._checked(values)
+            run = Run(secrets.token_hex(8), config, owner)
+            with self._lock:
+                self._runs[run.id] = run
+                self._waiting.append(run.id)
+        finally:
+            with self._lock:
+                self._reserved[owner] -= 1
+                if not self._reserved[owner]:
+                    del self._reserved[owner]
         self._schedule()
         return run.id
+
+    def _checked(self, values: dict) -> dict:
+        """The normalised config of ``values``, or the one line that refuses it: invalid, over a server maximum,
+        or estimated over the run's time or memory cap."""
+        try:
+            shape = self._shape(values["dataset"], timeout=120)
+            out = self.helper.call("check", values, shape, True, False, timeout=300)
+        except TimeoutError:
+            raise PDDError("the server took too long to check these settings", "try again in a moment") from None
+        if not out["ok"]:
+            raise PDDError(*self.redact(out["error"]).rstrip(".").split(". Fix: ", 1))
+        est = out["estimate"]
+        if est["seconds"] > self.limits.run_hours * 3600:
+            raise PDDError(f"this run is estimated at {est['time']}, over this server's maximum of "
+                           f"{self.limits.run_hours:g} h per run (PDD_MAX_RUN_HOURS)",
+                           "lower iterations, eval_epochs, IPC or stages, or run it with the CLI on your own machine")
+        if est["peak_bytes"] > self.limits.run_bytes:
+            raise PDDError(f"this run is estimated to need {est['peak_bytes'] / 2 ** 30:.1f} GiB at its peak, over this "
+                           f"server's maximum of {self.limits.run_bytes / 2 ** 30:.1f} GiB (PDD_MAX_RUN_GB)",
+                           "lower width, image_size, IPC or MTT's syn_steps and batch_syn, or run it with the CLI on "
+                           "your own machine")
+        return out["config"]
 
     def watch(self, run_id: str, owner: str) -> Optional[RunView]:
         """The caller's view of a run (None if there is no such run on this server)."""
@@ -421,6 +524,14 @@ class Service:
             view = RunView(run.id, state, position, events, owned, run.timing(last.stage, last.phase, last.iteration,
                                                                                 last.iterations))
         return view
+
+    def version(self, run_id: str) -> tuple:
+        """What changes when a run does (its event count, state and place in the queue): cheap to poll."""
+        run = self._runs.get(run_id or "")
+        if run is None:
+            return ()
+        with self._lock:
+            return len(run.events), run.state, self._waiting.index(run.id) + 1 if run.id in self._waiting else 0
 
     def wait(self, run_id: str, seen: int, timeout: float) -> None:
         """Return when the run has more than ``seen`` events or has changed state, or after ``timeout``."""
@@ -507,7 +618,13 @@ class Service:
         """The bundle of one of the caller's finished runs (written by the helper into the caller's folder)."""
         if not self.records([key], owner):
             return E.Exported(None, [], "that run is not one of yours (or no longer listed). Fix: pick one of your runs")
-        return self.helper.call("export_run", self.cache_dir, key, self._folder(owner))
+        try:
+            done = self.helper.call("export_run", self.cache_dir, key, self._folder(owner), timeout=600)
+        except TimeoutError:
+            return E.Exported(None, [], "the export took too long. Fix: try again in a moment")
+        except PDDError as e:
+            return E.Exported(None, [], self.redact(str(e)))
+        return replace(done, error=self.redact(done.error))
 
     def _folder(self, owner: str) -> str:
         return str(self.export_dir / self.book.folder_of(owner))
@@ -530,7 +647,7 @@ class Service:
         if not run_key:
             raise PDDError("no bundle to evaluate", "upload a bundle (.zip) or pick one of your runs")
         done = self.export(run_key, owner)
-        if done.path is None:
+        if done.path is None:  # export's message is redacted already
             raise PDDError(*done.error.rstrip(".").split(". Fix: ", 1)) if ". Fix: " in done.error else \
                 PDDError(done.error, "run it again with the same settings")
         dataset = self.records([run_key], owner)[0].config["dataset"]
@@ -538,14 +655,39 @@ class Service:
 
     def manifest(self, path: str) -> dict:
         """A bundle's verified manifest (read by the helper; BundleError if it is none)."""
-        return self.helper.call("manifest", path)
+        with self.door():
+            try:
+                return self.helper.call("manifest", path, timeout=300)
+            except TimeoutError:
+                raise PDDError("reading the bundle took too long", "try again in a moment") from None
 
     def evaluate_bundle(self, path: str, archs: list[Optional[str]], models: Optional[int], epochs: Optional[int],
-                        data: Optional[str] = None) -> Iterator[tuple[Optional[str], list]]:
+                        data: Optional[str], owner: str) -> Iterator[tuple[Optional[str], list]]:
         """Re-train fresh networks of each architecture (None: the bundle's own) on the bundle's stages, one
-        architecture after another in the evaluator process: yields (architecture, per-stage accuracies)."""
-        for arch in archs:
-            yield arch, self.evaluator.call("evaluate", path, arch, models, epochs, self.data_root, data, self.threads)
+        architecture after another in the evaluator process: yields (architecture, per-stage accuracies). The
+        protocol is checked against the server's maxima there; an evaluation that runs past PDD_MAX_RUN_HOURS is
+        stopped; a visitor has at most PDD_MAX_EVALUATIONS_PER_VISITOR waiting or running."""
+        if not owner:
+            raise PDDError("this request names no visitor", "reload the page")
+        if len(archs) > MAX_ARCHITECTURES:
+            raise PDDError(f"{len(archs)} architectures in one evaluation, over this server's maximum of "
+                           f"{MAX_ARCHITECTURES}", "choose fewer architectures, and evaluate again for the rest")
+        with self._lock:
+            if self._evaluating.get(owner, 0) >= self.limits.evaluations_per_visitor:
+                raise PDDError("you already have an evaluation waiting or running (PDD_MAX_EVALUATIONS_PER_VISITOR)",
+                               "wait for it to finish")
+            if sum(self._evaluating.values()) >= self.limits.queued:
+                raise PDDError(f"this server already has {self.limits.queued} evaluations waiting or running, its "
+                               "maximum (PDD_MAX_QUEUED)", "try again when some have finished")
+            self._evaluating[owner] = self._evaluating.get(owner, 0) + 1
+        try:
+            for arch in archs:
+                with self.door():
+                    yield arch, self.evaluator.call("evaluate", path, arch, models, epochs, self.data_root, data,
+                                                    self.threads)
+        finally:
+            with self._lock:
+                self._evaluating[owner] -= 1
 
     @staticmethod
     def evaluation_table(manifest: dict, results: list) -> tuple[list[str], list[list[str]]]:
@@ -572,13 +714,19 @@ class Service:
         return ev
 
     def redact(self, text: str) -> str:
-        """``text`` with the server's folders cut out: a visitor's data is named by its file name alone (the
-        one place every message leaving the service passes)."""
-        places = [str(self.upload_dir), self.cache_dir, str(self.export_dir), str(self.data_root or ""),
-                  str(Path.home())]
-        for p in sorted({p for p in places if p and p != "."}, key=len, reverse=True):
-            text = text.replace(p + "/", "").replace(p, ".")
-        return text
+        """``text`` with every path on the server cut to its file name (a visitor's data is named by its file
+        name alone, a folder never), and Python's object addresses out: the one place every message leaving
+        the service passes."""
+        text = ABSOLUTE.sub(lambda m: m.group(1) if "." in m.group(1) else "a folder on the server", text)
+        return OBJECT.sub("", text)
+
+    @contextmanager
+    def door(self) -> Iterator[None]:
+        """A PDDError raised inside leaves it with its paths cut (:meth:`redact`), as the same class."""
+        try:
+            yield
+        except PDDError as e:
+            raise type(e)(self.redact(e.problem), self.redact(e.fix)) from None
 
     # -- the engine processes ------------------------------------------------------------------------
     def _schedule(self) -> None:
@@ -636,10 +784,15 @@ class Service:
                 self._changed.notify_all()
 
     def _loop(self) -> None:
+        tick = 0
         while True:
             time.sleep(0.1)
+            tick += 1
             try:
                 self._pump()
+                if tick % 10 == 0:  # once a second: a stopped or stuck child is replaced, so nobody waits on it
+                    self.helper.check()
+                    self.evaluator.check()
             except Exception:  # noqa: BLE001 - the pump must outlive any one run's trouble
                 traceback.print_exc()
 

@@ -55,6 +55,12 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in [
              minimum=0, group="limit"),
     Variable("PDD_MAX_RUNS_PER_VISITOR", int, 2, "runs one visitor may have queued or running at once", minimum=1,
              group="limit"),
+    Variable("PDD_MAX_QUEUED", int, 20, "runs (and, apart, bundle evaluations) queued or running on the whole server, every visitor together",
+             minimum=1, group="limit"),
+    Variable("PDD_MAX_RUN_GB", float, 0.0, "the studio refuses a run whose estimated peak memory is larger, in GiB "
+             "(0: 80 % of this machine's memory)", minimum=0, group="limit"),
+    Variable("PDD_MAX_EVALUATIONS_PER_VISITOR", int, 1, "bundle evaluations one visitor may have waiting or running",
+             minimum=1, group="limit"),
     Variable("PDD_MAX_FILES", int, 100_000, "files in one uploaded dataset", minimum=1, group="limit"),
     Variable("PDD_MAX_BYTES", int, 2 * 2 ** 30, "bytes of one uploaded dataset or bundle, uncompressed", minimum=1,
              group="limit"),

@@ -72,7 +72,7 @@ def test_a_bundle_evaluates_in_the_arithmetic_asked_for(bundle):
     m = load_bundle(path).manifest
     assert m["evaluation"]["precision"] == "float32"
     assert evaluate_bundle(path, precision="bfloat16") != [e["accuracy"]["per_model"] for e in m["stage_entries"]]
-    with pytest.raises(PDDError, match="use float32 or bfloat16"):
+    with pytest.raises(PDDError, match="use auto, float32 or bfloat16"):
         evaluate_bundle(path, precision="bf16")
 
 
@@ -182,7 +182,9 @@ def test_runs_records_and_cli(tiny, tmp_path, capsys):
     distill(a, store)
     distill(b, store)
     recs = runs.book(store).records()
-    assert [r.config for r in recs] == [b.to_dict(), a.to_dict()] and all(map(runs.current, recs))  # newest first
+    from pdd_engine.device import resolved
+    assert [r.config for r in recs] == [resolved(b).to_dict(), resolved(a).to_dict()]  # newest first, as they ran
+    assert all(map(runs.current, recs))
     rb = recs[0]
     assert rb.final.stage == 2 and rb.final.base_mean is not None and rb.stages[0].base_mean is None
     assert runs.get(store, rb.id[:6]) == rb and runs.get(store, rb.key) == rb

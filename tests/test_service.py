@@ -97,9 +97,16 @@ def test_a_stranger_reaches_nothing_of_anothers_run_or_upload(service, tmp_path)
 
 def test_over_a_cap_is_refused_in_one_line_before_any_work(service, monkeypatch):
     before = len(service._runs)
-    for settings, variable in (({**TINY, "iterations": 10 ** 9}, "PDD_MAX_ITERATIONS"),
+    for settings, variable in (({**TINY, "iterations": 10 ** 5}, "PDD_MAX_ITERATIONS"),
                                ({**TINY, "eval_models": 11}, "PDD_MAX_EVAL_MODELS"),
-                               ({**TINY, "method": "mtt", "num_experts": 10 ** 6}, "PDD_MAX_NUM_EXPERTS")):
+                               ({**TINY, "method": "mtt", "num_experts": 500}, "PDD_MAX_NUM_EXPERTS"),
+                               ({**TINY, "iterations": 10 ** 9}, "iterations must be <= 1000000"),
+                               ({**TINY, "max_memory_gb": 10 ** 6}, "max_memory_gb is the server's setting"),
+                               ({**TINY, "executor": "ray"}, "executor is the server's setting"),
+                               ({**TINY, "dataset": False}, "dataset must be a dataset's name"),
+                               ({**TINY, "method": [1]}, "unknown method"),
+                               ({**TINY, "dsa_strategy": 5}, "dsa_strategy must be text"),
+                               ("not a dict", "one JSON object")):
         with pytest.raises(PDDError, match=variable) as e:
             service.submit(settings, "carol")
         assert "\n" not in str(e.value)
@@ -107,6 +114,9 @@ def test_over_a_cap_is_refused_in_one_line_before_any_work(service, monkeypatch)
     with pytest.raises(PDDError, match=r"estimated at .* over this server's maximum of 0.0001 h per run \(PDD_MAX_RUN_HOURS\)"):
         service.submit(TINY, "carol")
     assert len(service._runs) == before  # refused before a run existed
+    monkeypatch.setattr(service, "limits", Limits(run_hours=2.0, runs_per_visitor=3, run_gb=1e-3))
+    with pytest.raises(PDDError, match=r"estimated to need .* GiB at its peak, over this server's maximum .*PDD_MAX_RUN_GB"):
+        service.submit(TINY, "carol")
     monkeypatch.setattr(service, "limits", Limits(run_hours=2.0, runs_per_visitor=1))
     first = service.submit(SLOW, "carol")
     with pytest.raises(PDDError, match=r"you already have 1 run\(s\) queued or running.*PDD_MAX_RUNS_PER_VISITOR"):
@@ -115,6 +125,89 @@ def test_over_a_cap_is_refused_in_one_line_before_any_work(service, monkeypatch)
     assert "Stopping" in service.stop(first, "carol") or "Removed" in service.stop(first, "carol")
     assert finish(service, first, "carol").state is RunState.STOPPED
     assert finish(service, other, "dave").state is RunState.DONE
+
+
+def test_concurrent_starts_cannot_slip_past_the_caps_together(service, monkeypatch):
+    """Twelve starts at once from one visitor (and from twelve): the per-visitor and the server's caps hold,
+    because a start is counted and reserved before it is checked."""
+    monkeypatch.setattr(service, "limits", Limits(run_hours=2.0, runs_per_visitor=2, queued=5))
+    barrier, results = threading.Barrier(12), []
+
+    def start(owner):
+        barrier.wait()
+        try:
+            results.append(service.submit({**SLOW, "seed": 11}, owner))
+        except PDDError as e:
+            results.append(e)
+    for owners in (["pat"] * 12, [f"v{i}" for i in range(12)]):
+        results.clear()
+        threads = [threading.Thread(target=start, args=(o,)) for o in owners]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        ids = [r for r in results if isinstance(r, str)]
+        refused = [str(r) for r in results if isinstance(r, PDDError)]
+        assert len(ids) == (2 if owners[0] == "pat" else 5 - 2), (ids, refused)
+        assert all("PDD_MAX_RUNS_PER_VISITOR" in m or "PDD_MAX_QUEUED" in m for m in refused)
+        if owners[0] == "pat":
+            kept = ids
+    for run_id in kept + ids:
+        service.stop(run_id, "pat") if run_id in kept else None
+    for run_id in ids:
+        owner = next(r.owner for r in service._runs.values() if r.id == run_id)
+        service.stop(run_id, owner)
+    for run_id in kept + ids:
+        assert finish(service, run_id, service._runs[run_id].owner).state.finished
+
+
+def test_messages_name_files_never_server_folders(service, tmp_path):
+    """A visitor's one-line errors cut every server path to its file name (a folder never shows, the export
+    folder's secret name included), and Python's object addresses out."""
+    text = ("/tmp/srv/uploads/ab12.zip has a single class; cannot identify image file <_io.BytesIO object at 0x7f3a> "
+            "Fix: free space in /tmp/srv/exports/9f8e7d6c5b4a/, the disk holding /tmp/srv/exports/9f8e7d6c5b4a is full")
+    out = service.redact(text)
+    assert out.startswith("ab12.zip has a single class") and "9f8e7d6c5b4a" not in out and "/tmp" not in out
+    assert "object at" not in out and "a folder on the server" in out
+    from tests.test_userdata import make_folder
+    make_folder(tmp_path / "one", classes=("solo",), n=4)
+    z = tmp_path / "one.zip"
+    with zipfile.ZipFile(z, "w") as f:
+        for p in sorted((tmp_path / "one").rglob("*.png")):
+            f.write(p, p.relative_to(tmp_path / "one").as_posix())
+    ref = service.keep_upload(str(z), "quinn")
+    with pytest.raises(PDDError) as e:
+        service.preview(ref, "quinn")
+    assert "has a single class" in str(e.value) and str(service.upload_dir) not in str(e.value)
+
+
+def test_a_stopped_helper_is_replaced_and_nobody_waits_on_it(service):
+    """kill -STOP of the helper (a hang, not a death): within a few seconds it is replaced, and calls work."""
+    service.check(TINY, "rita")
+    pid = service.helper.pids()[0]
+    os.kill(pid, signal.SIGSTOP)
+    t = time.time()
+    while S.process_state(pid) not in ("", "Z") and time.time() - t < 15:
+        time.sleep(0.2)
+    assert S.process_state(pid) in ("", "Z")  # killed (a zombie until its pool reaps it)
+    assert service.preview("digits", "rita", timeout=120)["num_classes"] == 10 and time.time() - t < 120
+
+
+def test_an_evaluation_is_bounded_and_one_per_visitor(service):
+    view = finish(service, service.submit({**TINY, "seed": 21}, "sam"), "sam")
+    path, _ = service.bundle_path(None, view.events[-1].run_key, "sam")
+    for archs, epochs, words in (([None] * 5, 1, "5 architectures in one evaluation"),
+                                 ([None], 10 ** 6, "eval_epochs must be <= 100000"),
+                                 ([None], 5000, "PDD_MAX_EVAL_EPOCHS"), (["convnet-w4096"], 1, "width must be <= 1024")):
+        with pytest.raises(PDDError, match=words):
+            list(service.evaluate_bundle(path, archs, 1, epochs, None, "sam"))
+    running = service.evaluate_bundle(path, [None, None], 1, 200, None, "sam")
+    next(running)  # the first architecture done; the evaluation holds its visitor's slot until it ends
+    with pytest.raises(PDDError, match="already have an evaluation"):
+        list(service.evaluate_bundle(path, [None], 1, 1, None, "sam"))
+    assert len(list(service.evaluate_bundle(path, [None], 1, 1, None, "tom"))) == 1  # another visitor's goes on
+    running.close()
+    assert len(list(service.evaluate_bundle(path, [None], 1, 1, None, "sam"))) == 1
 
 
 def kill_during(call, pids, timeout=60):
@@ -144,10 +237,10 @@ def test_a_killed_child_of_each_kind_is_replaced_and_the_next_call_succeeds(serv
     assert service.check(TINY, "erin").ok and service.preview("digits", "erin")["num_classes"] == 10
     # the evaluator, while it re-trains a bundle: retried, and the next evaluation works
     path, _ = service.bundle_path(None, key, "erin")
-    victim, accs = kill_during(lambda: list(service.evaluate_bundle(path, [None], 1, 300)),
+    victim, accs = kill_during(lambda: list(service.evaluate_bundle(path, [None], 1, 300, None, "erin")),
                                lambda: service.evaluator.pids())
     assert len(accs[0][1]) == 2 and victim not in service.evaluator.pids()
-    assert len(list(service.evaluate_bundle(path, [None], 1, 1))[0][1]) == 2
+    assert len(list(service.evaluate_bundle(path, [None], 1, 1, None, "erin"))[0][1]) == 2
     # the engine, while it runs: that run fails in one line, the next run finishes
     slow = service.submit({**SLOW, "seed": 8}, "erin")
     os.kill(running(service, slow, "erin"), signal.SIGKILL)

@@ -110,6 +110,13 @@ def decode_into(out: np.ndarray, h: Header) -> None:
         out[:] = a.transpose(2, 0, 1) if colour else a[None]
 
 
+def reason(err: Exception) -> str:
+    """Why a file could not be read, in a few words (never a Python object's address)."""
+    if isinstance(err, UnidentifiedImageError):
+        return "not an image format it can read"
+    return str(err)[:80] or type(err).__name__
+
+
 def split_layout(entries: list[Entry]) -> dict[str, list[Entry]]:
     """{'train': [...], 'test': [...]} if the root has train/ and test/, else {'train': all}."""
     tops = {e.parts[0].lower() for e in entries if len(e.parts) > 2}
@@ -144,7 +151,7 @@ def headers_of(items: list[Entry], limits: Limits, notes: list[str]) -> list[Hea
             except ZIP_ERRORS as err:
                 notes.append(f"skipped {where}: corrupt zip entry ({str(err)[:80]})")
             except IMAGE_ERRORS as err:
-                notes.append(f"skipped {where}: unreadable ({str(err)[:80]})")
+                notes.append(f"skipped {where}: unreadable ({reason(err)})")
     return out
 
 
@@ -186,7 +193,7 @@ class Scan:
             try:
                 decode_into(x[kept], h)
             except ZIP_ERRORS + IMAGE_ERRORS as err:
-                (self.notes if notes is None else notes).append(f"skipped {h.where}: unreadable ({str(err)[:80]})")
+                (self.notes if notes is None else notes).append(f"skipped {h.where}: unreadable ({reason(err)})")
                 continue
             y[kept] = index[h.label]
             kept += 1
