@@ -101,17 +101,16 @@ def test_local_is_the_default_and_an_unknown_executor_is_named(monkeypatch):
 
 @pytest.mark.ray
 def test_the_studios_executor_setting_runs_the_units_on_ray(cluster, tmp_path):
-    """The page's Executor field reaches the engine: a run started with "ray" by an API client runs its
-    units on the cluster (RAY_ADDRESS of the server) and says so when done."""
+    """Where units run is the server's setting (PDD_EXECUTOR), not a visitor's: a server started with "ray"
+    runs an API client's run on the cluster (RAY_ADDRESS of the server) and says so when done."""
     from gradio_client import Client
 
-    from app.ui import control_values
     from tests.apphelpers import running_app
     from tests.test_app import TINY, follow
 
-    with running_app(tmp_path, RAY_ADDRESS=cluster, RAY_AUTH_MODE="token") as url:
+    with running_app(tmp_path, RAY_ADDRESS=cluster, RAY_AUTH_MODE="token", PDD_EXECUTOR="ray") as url:
         c = Client(url, verbose=False)
-        job_id, _, msg = c.predict("", *control_values(TINY.replace(executor="ray")), api_name="/start")
+        job_id, token, msg = c.predict("", TINY, api_name="/start")
         assert job_id and msg == ""
-        _, final = follow(c, job_id)
+        _, final = follow(c, job_id, token)
     assert final[0].startswith("**Done**") and "units on the ray executor" in final[0], final[0]

@@ -216,9 +216,9 @@ def test_a_bfloat16_run_is_its_own_result_and_says_when_bf16_is_emulated(tiny, s
     monkeypatch.setattr(pdd_engine.device, "has_bf16", lambda device: False)
     cfg16, cfg32 = tiny(stages=1, precision="bfloat16"), tiny(stages=1)
     evs = events(cfg16, store)
-    notes = [e.text for e in evs if isinstance(e, E.Message) and "bf16" in e.text]
-    assert notes and "set precision to float32" in notes[0]
-    assert not any(isinstance(e, E.Message) and "bf16" in e.text for e in events(cfg32, store))
+    notes = [e.text for e in evs if isinstance(e, E.Message) and "no bf16 arithmetic" in e.text]
+    assert len(notes) == 1 and "set precision to float32" in notes[0]
+    assert not any(isinstance(e, E.Message) and "no bf16 arithmetic" in e.text for e in events(cfg32, store))
     images = [next(e.images for e in evs_ if isinstance(e, E.StageImages)) for evs_ in (evs, events(cfg32, store))]
     assert (images[0] != images[1]).any()
     assert Keys(cfg16, "f", 8).stage(1) != Keys(cfg32, "f", 8).stage(1)
@@ -233,7 +233,7 @@ def test_a_bfloat16_evaluation_keeps_the_images_and_says_when_bf16_is_emulated(t
     cfg16, cfg32 = tiny(stages=1, eval_precision="bfloat16"), tiny(stages=1)
     evs32 = events(cfg32, store)
     evs16 = events(cfg16, store)
-    notes = [e.text for e in evs16 if isinstance(e, E.Message) and "bf16" in e.text]
+    notes = [e.text for e in evs16 if isinstance(e, E.Message) and "no bf16 arithmetic" in e.text]
     assert len(notes) == 1 and "set eval_precision to float32" in notes[0]
     assert done(evs16).computed_stages == []  # float32's stage 1, from the store
     k16, k32 = Keys(cfg16, "f", 8), Keys(cfg32, "f", 8)

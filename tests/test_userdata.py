@@ -235,7 +235,7 @@ def test_skipped_files_are_named_to_the_user_when_a_run_starts(tmp_path, tiny, s
     make_folder(tmp_path / "d", n=12)
     (tmp_path / "d" / "dog" / "broken.png").write_bytes(b"not a png")
     evs = list(run(tiny(dataset=f"folder:{tmp_path / 'd'}", stages=1, ipc=1), store))
-    warned = [e.text for e in evs if isinstance(e, E.Message) and e.stage == 0]
+    warned = [e.text for e in evs if isinstance(e, E.Message) and e.stage == 0 and e.text.startswith("warning")]
     assert len(warned) == 1 and warned[0].startswith("warning: 1 file(s) skipped: skipped dog/broken.png: unreadable")
     from app.render import RunView
     assert any(m.startswith("data: warning: 1 file(s) skipped") for m in RunView.of(evs).messages)
