@@ -330,6 +330,10 @@ class Service:
         self.keep_finished, self.gpu_seconds = keep_finished, gpu_seconds
         self.results_csv = Path(results) if results else None
         self.book = RunBook(cache_dir)
+        # The children inherit this (spawn copies the environment; OpenMP reads it when torch loads). With the
+        # default spinning policy, engine threads that share the cores with the web server, a browser or a
+        # second run wait for each other at every operation: many times slower than one thread. Yours wins.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         self.ctx = mp.get_context("spawn")
         self.helper = Child("helper", self.ctx)
         self.evaluator = Child("evaluator", self.ctx, keep=0, stuck_s=self.limits.run_hours * 3600, limit=(

@@ -25,6 +25,7 @@ def test_store_round_trip_and_foreign_entry(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "wrong shape", "foreign"])
+@pytest.mark.slow
 def test_damaged_stage_is_dropped_and_recomputed(tiny, tmp_path, digits, damage):
     cfg = tiny(stages=2)
     store = Store(tmp_path / "c")
@@ -47,6 +48,7 @@ def test_damaged_stage_is_dropped_and_recomputed(tiny, tmp_path, digits, damage)
     assert store.get(keys.stage(1)) is not None
 
 
+@pytest.mark.slow
 def test_damaged_evaluation_and_experts_are_recomputed(tiny, tmp_path, digits):
     cfg = tiny(method="mtt", stages=1, ipc=1)
     store = Store(tmp_path / "c", notice=lambda m: None)

@@ -26,6 +26,7 @@ def bundle(tmp_path_factory):
     store.close()
 
 
+@pytest.mark.slow
 def test_bundle_contents_and_manifest(bundle):
     path, cfg = bundle
     z = zipfile.ZipFile(path)
@@ -164,6 +165,7 @@ def test_idc_bundle_stores_compact_and_training_images(tiny, store, tmp_path):
     assert b.unions[0]["images"].shape[0] == 40 and evaluate_bundle(path) == [e["accuracy"]["per_model"]]
 
 
+@pytest.mark.slow
 def test_manifest_records_filtering_and_matching_augmentation(tiny, store, tmp_path):
     cfg = tiny(method="dc", filter_easy=True, keep_easy=0.0)
     distill(cfg, store)

@@ -101,6 +101,7 @@ def messages(cfg, store):
     return [e.text for e in evs if isinstance(e, E.Message)], evs[-1]
 
 
+@pytest.mark.slow
 def test_mtt_experts_are_not_shared_across_preprocessing_or_architecture(tiny, store):
     cfg = tiny(method="mtt", stages=1, ipc=1)
     texts, _ = messages(cfg, store)
@@ -114,6 +115,7 @@ def test_mtt_experts_are_not_shared_across_preprocessing_or_architecture(tiny, s
 
 
 @pytest.mark.parametrize("change", [dict(zca=True), dict(dsa_strategy="flip")])
+@pytest.mark.slow
 def test_random_baseline_is_keyed_by_preprocessing_and_eval_augmentation(tiny, store, tmp_path, change):
     a = tiny(stages=1, ipc=1)
     b = a.replace(**change)
@@ -126,6 +128,7 @@ def test_random_baseline_is_keyed_by_preprocessing_and_eval_augmentation(tiny, s
 
 @pytest.mark.parametrize("change", [dict(eval_lr=0.05), dict(eval_batch=4),
                                     dict(filter_easy=True, eval_epochs=10)])
+@pytest.mark.slow
 def test_stage_keys_cover_the_transition_and_filter_fields(tiny, store, tmp_path, digits, change):
     a = tiny(filter_easy="filter_easy" in change, keep_easy=0.0)
     b = a.replace(**change)

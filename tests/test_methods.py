@@ -75,7 +75,7 @@ CONTRACT = {"mtt": dict(syn_steps=5, num_experts=2, lr_img=30.0)}
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_every_registered_method_keeps_the_contract(name, digits, tiny):
     """The contract of a base method, for every registered one (a new method gets it for free): its stored
-    images have the shape of ipc images per class, its loss is finite and falls over a few dozen steps with
+    images have the shape of ipc images per class, its loss is finite and falls over twenty steps with
     the randomness held fixed, its decoded training images have the training shape, and changing any of its
     semantic settings changes its stage key."""
     from pdd_engine.keys import Keys
@@ -93,7 +93,7 @@ def test_every_registered_method_keeps_the_contract(name, digits, tiny):
     assert math.isfinite(before)
     groups = [{"params": [stored], "lr": cfg.effective_lr_img}] + [{"params": [p], "lr": lr} for p, lr in method.extra_params()]
     opt = torch.optim.SGD(groups, momentum=0.5)
-    for it in range(1, 40):
+    for it in range(1, 20):
         loss = method.loss(stored, it)
         opt.zero_grad()
         loss.backward()

@@ -31,6 +31,7 @@ def test_stream_has_every_event_kind_in_order(tiny, store):
     assert all(e.learned_lr is None for e in evs if isinstance(e, E.StageFinished))  # DM learns no lr
 
 
+@pytest.mark.slow
 def test_frozen_subsets_stay_bit_identical(tiny, store, digits):
     for method in ("dm", "mtt"):
         cfg = tiny(method=method)

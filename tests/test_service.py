@@ -95,6 +95,7 @@ def test_a_stranger_reaches_nothing_of_anothers_run_or_upload(service, tmp_path)
     assert not service.check({**TINY, "dataset": ref}, "mallory").ok and service.check({**TINY, "dataset": ref}, "alice").ok
 
 
+@pytest.mark.slow
 def test_over_a_cap_is_refused_in_one_line_before_any_work(service, monkeypatch):
     before = len(service._runs)
     for settings, variable in (({**TINY, "iterations": 10 ** 5}, "PDD_MAX_ITERATIONS"),
@@ -127,6 +128,7 @@ def test_over_a_cap_is_refused_in_one_line_before_any_work(service, monkeypatch)
     assert finish(service, other, "dave").state is RunState.DONE
 
 
+@pytest.mark.slow
 def test_concurrent_starts_cannot_slip_past_the_caps_together(service, monkeypatch):
     """Twelve starts at once from one visitor (and from twelve): the per-visitor and the server's caps hold,
     because a start is counted and reserved before it is checked."""
@@ -181,6 +183,7 @@ def test_messages_name_files_never_server_folders(service, tmp_path):
     assert "has a single class" in str(e.value) and str(service.upload_dir) not in str(e.value)
 
 
+@pytest.mark.slow
 def test_a_stopped_helper_is_replaced_and_nobody_waits_on_it(service):
     """kill -STOP of the helper (a hang, not a death): within a few seconds it is replaced, and calls work."""
     service.check(TINY, "rita")
@@ -193,6 +196,7 @@ def test_a_stopped_helper_is_replaced_and_nobody_waits_on_it(service):
     assert service.preview("digits", "rita", timeout=120)["num_classes"] == 10 and time.time() - t < 120
 
 
+@pytest.mark.slow
 def test_an_evaluation_is_bounded_and_one_per_visitor(service):
     view = finish(service, service.submit({**TINY, "seed": 21}, "sam"), "sam")
     path, _ = service.bundle_path(None, view.events[-1].run_key, "sam")
@@ -390,6 +394,23 @@ def test_replays_leave_descriptors_flat_and_old_runs_are_forgotten(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_children_wait_passively_unless_the_server_was_told_otherwise(tmp_path, monkeypatch):
+    """Engine threads that share the cores with the web server must not spin (docs/scaling.md): the children
+    start with OMP_WAIT_POLICY=PASSIVE; an operator's own value is kept."""
+    for given, expected in ((None, "PASSIVE"), ("ACTIVE", "ACTIVE")):
+        if given is None:
+            monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+        else:
+            monkeypatch.setenv("OMP_WAIT_POLICY", given)
+        s = Service(tmp_path / given.__class__.__name__, threads=1)
+        try:
+            assert s.helper._pool().submit(os.getenv, "OMP_WAIT_POLICY").result(timeout=120) == expected
+        finally:
+            s.shutdown()
+
+
+@pytest.mark.slow
 def test_a_failed_engine_start_fails_one_run_and_the_next_runs(tmp_path):
     s = Service(tmp_path / "cache", threads=1)
     s.schema()  # the helper is up: only the engine's start fails
@@ -438,6 +459,7 @@ if __name__ == "__main__":
     assert not any(alive(p) for p in children)
 
 
+@pytest.mark.slow
 def test_a_hostile_upload_fails_its_run_with_the_reason(service, tmp_path):
     evil = tmp_path / "evil.zip"
     with zipfile.ZipFile(evil, "w") as z:

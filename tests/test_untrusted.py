@@ -274,6 +274,7 @@ print(message)
     return float(grew), message
 
 
+@pytest.mark.slow
 def test_a_manifest_that_inflates_to_a_gibibyte_is_refused_unread(good, tmp_path):
     path = tmp_path / "bomb.zip"
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
@@ -286,6 +287,7 @@ def test_a_manifest_that_inflates_to_a_gibibyte_is_refused_unread(good, tmp_path
     assert grew < 64, f"{grew:.0f} MB"
 
 
+@pytest.mark.slow
 def test_a_large_listed_entry_is_refused_before_it_is_read(good, tmp_path):
     path = good_bundle(good, tmp_path, lambda m, f: f.update({"png/big.png": bytes(200 * 2 ** 20)}))
     grew, message = peak(f"load_bundle({str(path)!r})")
@@ -293,6 +295,7 @@ def test_a_large_listed_entry_is_refused_before_it_is_read(good, tmp_path):
     assert grew < 64, f"{grew:.0f} MB"
 
 
+@pytest.mark.slow
 def test_decoded_size_is_bounded_before_decoding(tmp_path):
     """3,000 PNGs of 4 x 4 px (a few hundred KB zipped) at image size 128: 196 MB decoded is over a 100 MB
     limit and refused from the headers, and a preview decodes only the images it shows."""
