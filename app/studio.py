@@ -16,8 +16,9 @@ from typing import Any, Optional
 import anyio
 import gradio as gr
 
+from pdd_engine import events as E
 from pdd_engine.errors import PDDError
-from pdd_engine.service import RunView, Service
+from pdd_engine.service import RunState, RunView, Service
 
 from . import render
 from .identity import owner_of, token_for
@@ -31,6 +32,8 @@ FOLLOW_WAIT_S = 2.0  # a stream re-renders at least this often (the per-stage cl
 POLL_S = 0.2  # how often a stream looks for new events (a dict lookup and a list copy)
 LOSS_EVERY_S = 1.0  # the loss plot streams at most this often (it changes with every iteration)
 PREVIEW_WAIT_S = 30.0  # a first read of a large dataset (MNIST: ~1 s; a big zip longer)
+SHOWCASE = "cpu-showcase"  # the preset suggested after the default run (docs/benchmarks.md)
+DEFINING = ("dataset", "method", "stages", "ipc", "stage_ipc", "iterations", "eval_epochs")  # what makes a run "the default"
 OUTPUTS = 9  # what a run's frame fills: status, progress, grid, loss, accuracy, bundle, stage files, stop, resume
 RUNS_EMPTY = ("**No finished runs yet.** Every run you finish on the *Distil* tab is listed here with its accuracy "
               "beside the base method alone and a random subset; select runs to open, compare, download or delete them.")
@@ -264,12 +267,26 @@ class Studio:
         shown: dict = {}
         while True:
             view = self.service.watch(run_id, owner)
-            yield await anyio.to_thread.run_sync(frame, view, "", shown)
+            yield await anyio.to_thread.run_sync(frame, view, self.next_step(view), shown)
             if view.finished:
                 return
             t, seen = time.monotonic(), self.service.version(run_id)
             while time.monotonic() - t < FOLLOW_WAIT_S and self.service.version(run_id) == seen:
                 await asyncio.sleep(POLL_S)
+
+    def next_step(self, run: RunView) -> str:
+        """After the default run has finished: where to look next (the showcase preset, and the Results tab
+        that holds its measured rows), since the default's own numbers rarely show what PDD adds."""
+        started = next((e for e in run.events if isinstance(e, E.RunStarted)), None)
+        if run.state is not RunState.DONE or started is None or SHOWCASE not in self.presets:
+            return ""
+        default = {**{s["name"]: s["default"] for s in self.schema["settings"]}, **self.presets["cpu-quick"]}
+        if any(started.config.get(k) != default.get(k) for k in DEFINING):
+            return ""
+        show = self.presets[SHOWCASE]
+        return (f"<br>Next: the **{SHOWCASE}** preset (Preset, above) runs PDD+{show.get('method', 'dm').upper()} "
+                "on the same data, the setting where the benchmark's PDD is ahead of all three comparisons; the "
+                "**Results** tab shows those rows, with their spread over seeds.")
 
     async def follow_if_any(self, profile: Optional[gr.OAuthProfile], run_id: str, token: str):
         """On page load: reattach to the run named in the URL, if any."""
