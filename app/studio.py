@@ -185,9 +185,13 @@ class Studio:
 
     def control_values(self, preset: str = "cpu-quick") -> list:
         """Every control's value for a preset, in the order of the page's controls."""
-        values = {**{s["name"]: s["default"] for s in self.schema["settings"]}, **self.presets.get(preset, {})}
+        values = self.preset_settings(preset)
         advanced = [self.shown_value(f, values.get(f["name"])) for f in self.fields]
         return [values["dataset"], None, values["method"], values["stages"], values["ipc"], preset, *advanced]
+
+    def preset_settings(self, preset: str) -> dict:
+        """Every setting's value under a preset (the schema's defaults, then the preset's own)."""
+        return {**{s["name"]: s["default"] for s in self.schema["settings"]}, **self.presets.get(preset, {})}
 
     def setting_list(self) -> list[dict]:
         """Every setting /start takes: name, label, hint, kind, bounds, server maximum, choices, the methods
@@ -277,11 +281,11 @@ class Studio:
     def next_step(self, run: RunView) -> str:
         """After the default run has finished: where to look next (the showcase preset, and the Results tab
         that holds its measured rows), since the default's own numbers rarely show what PDD adds."""
-        started = next((e for e in run.events if isinstance(e, E.RunStarted)), None)
-        if run.state is not RunState.DONE or started is None or SHOWCASE not in self.presets:
+        if run.state is not RunState.DONE or SHOWCASE not in self.presets:  # before scanning a long stream
             return ""
-        default = {**{s["name"]: s["default"] for s in self.schema["settings"]}, **self.presets["cpu-quick"]}
-        if any(started.config.get(k) != default.get(k) for k in DEFINING):
+        started = next((e for e in run.events if isinstance(e, E.RunStarted)), None)
+        default = self.preset_settings("cpu-quick")
+        if started is None or any(started.config.get(k) != default.get(k) for k in DEFINING):
             return ""
         show = self.presets[SHOWCASE]
         return (f"<br>Next: the **{SHOWCASE}** preset (Preset, above) runs PDD+{show.get('method', 'dm').upper()} "

@@ -466,7 +466,8 @@ class Service:
             raise PDDError("this request names no visitor", "reload the page (API clients: pass the owner token "
                                                             "the first /start returned)")
         values = self._settings(settings, owner)
-        with self._lock:  # counted and reserved at once: concurrent starts cannot slip past the caps together
+
+        def refuse() -> None:  # runs queued or running, and starts being checked, count against the caps
             live = [r for r in self._runs.values() if not r.state.finished]
             mine = sum(r.owner == owner for r in live) + self._reserved.get(owner, 0)
             if mine >= self.limits.runs_per_visitor:
@@ -475,20 +476,30 @@ class Service:
             if len(live) + sum(self._reserved.values()) >= self.limits.queued:
                 raise PDDError(f"this server already has {self.limits.queued} runs queued or running, its maximum "
                                f"(PDD_MAX_QUEUED)", "try again when some have finished")
-            self._reserved[owner] = self._reserved.get(owner, 0) + 1
-        try:
+        with self._counted(self._reserved, owner, refuse):
             config = self._checked(values)
             run = Run(secrets.token_hex(8), config, owner)
-            with self._lock:
+            with self._lock:  # listed before the reservation ends: never counted zero times
                 self._runs[run.id] = run
                 self._waiting.append(run.id)
-        finally:
-            with self._lock:
-                self._reserved[owner] -= 1
-                if not self._reserved[owner]:
-                    del self._reserved[owner]
         self._schedule()
         return run.id
+
+    @contextmanager
+    def _counted(self, counts: dict[str, int], owner: str, refuse: Callable[[], None]) -> Iterator[None]:
+        """``owner`` counted in ``counts`` while the body runs, once ``refuse`` (called under the lock, before
+        the count is taken) has not raised: checked and counted at once, so concurrent callers cannot slip past
+        a cap together."""
+        with self._lock:
+            refuse()
+            counts[owner] = counts.get(owner, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                counts[owner] -= 1
+                if not counts[owner]:
+                    del counts[owner]
 
     def _checked(self, values: dict) -> dict:
         """The normalised config of ``values``, or the one line that refuses it: invalid, over a server maximum,
@@ -676,22 +687,19 @@ class Service:
         if len(archs) > MAX_ARCHITECTURES:
             raise PDDError(f"{len(archs)} architectures in one evaluation, over this server's maximum of "
                            f"{MAX_ARCHITECTURES}", "choose fewer architectures, and evaluate again for the rest")
-        with self._lock:
+
+        def refuse() -> None:
             if self._evaluating.get(owner, 0) >= self.limits.evaluations_per_visitor:
                 raise PDDError("you already have an evaluation waiting or running (PDD_MAX_EVALUATIONS_PER_VISITOR)",
                                "wait for it to finish")
             if sum(self._evaluating.values()) >= self.limits.queued:
                 raise PDDError(f"this server already has {self.limits.queued} evaluations waiting or running, its "
                                "maximum (PDD_MAX_QUEUED)", "try again when some have finished")
-            self._evaluating[owner] = self._evaluating.get(owner, 0) + 1
-        try:
+        with self._counted(self._evaluating, owner, refuse):
             for arch in archs:
                 with self.door():
                     yield arch, self.evaluator.call("evaluate", path, arch, models, epochs, self.data_root, data,
                                                     self.threads)
-        finally:
-            with self._lock:
-                self._evaluating[owner] -= 1
 
     @staticmethod
     def evaluation_table(manifest: dict, results: list) -> tuple[list[str], list[list[str]]]:

@@ -333,7 +333,7 @@ def test_after_the_default_run_the_studio_points_to_the_showcase(studio):
     """The default run's own numbers rarely show what PDD adds: when it is done the status names the
     showcase preset (which the Preset menu offers) and the Results tab; any other run, or an unfinished
     default run, gets no such line."""
-    default = {**{s["name"]: s["default"] for s in studio.schema["settings"]}, **studio.presets["cpu-quick"]}
+    default = studio.preset_settings("cpu-quick")
     run = lambda cfg, state=RunState.DONE: RunView("r", state, 0, [E.RunStarted("run:a", cfg, {}, 2)], True)  # noqa: E731
     hint = studio.next_step(run(default))
     assert "cpu-showcase" in hint and "Results" in hint and "cpu-showcase" in studio.presets

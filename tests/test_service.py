@@ -403,7 +403,7 @@ def test_children_wait_passively_unless_the_server_was_told_otherwise(tmp_path, 
             monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
         else:
             monkeypatch.setenv("OMP_WAIT_POLICY", given)
-        s = Service(tmp_path / given.__class__.__name__, threads=1)
+        s = Service(tmp_path / str(given), threads=1)
         try:
             assert s.helper._pool().submit(os.getenv, "OMP_WAIT_POLICY").result(timeout=120) == expected
         finally:
