@@ -202,6 +202,31 @@ def m_expert(a: dict) -> dict:
     return {"step_s": step, "epoch_s": step * -(-len(ds.x_train) // EXPERT_BATCH), "train": len(ds.x_train)}
 
 
+def m_experts(a: dict) -> dict:
+    """Seconds to train a stage's experts (each ``epochs`` passes over the real pool at batch 256), one
+    after another and together (vmap), from the same shared inputs as a run; and how far apart the two
+    trajectories end."""
+    import torch
+    from pdd_engine import DistillConfig
+    from pdd_engine.data import dataset_for
+    from pdd_engine.methods.mtt import expert_shared, train_experts
+    from pdd_engine.progressive import stage_context
+
+    torch.set_num_threads(a.get("threads", 2))
+    cfg = DistillConfig.make(a["cfg"], other_methods="drop")
+    shared = expert_shared(stage_context(cfg, dataset_for(cfg)))
+    ids = list(range(cfg.params.num_experts))
+    train_experts(shared, ids[:2])  # warm-up: allocator, kernels, vmap's tracing
+    t = time.perf_counter()
+    alone = torch.cat([train_experts(shared, [e]) for e in ids])
+    seq = time.perf_counter() - t
+    t = time.perf_counter()
+    together = train_experts(shared, ids)
+    bat = time.perf_counter() - t
+    return {"sequential_s": seq, "batched_s": bat, "speedup": seq / bat, "experts": len(ids),
+            "real_images": len(shared["idx"]), "max_abs_diff": float((alone - together).abs().max())}
+
+
 def m_run(a: dict) -> dict:
     """A whole run (every stage, its evaluations, the base method's comparison) in a fresh cache:
     wall seconds and the process's peak resident memory, the reference's whole-run figure."""
@@ -358,7 +383,7 @@ def m_peak(a: dict) -> dict:
 
 
 CHILDREN = {"method": m_method, "eval": m_eval, "transition": m_transition, "unroll": m_unroll,
-            "executor": m_executor, "expert": m_expert, "run": m_run, "peak": m_peak}
+            "executor": m_executor, "expert": m_expert, "experts": m_experts, "run": m_run, "peak": m_peak}
 
 
 def child(name: str, **kw) -> dict:
@@ -494,6 +519,29 @@ def section_eval_widths(args, report: dict) -> str:
             rows.append([data, width, *(f"{got[b]:.0f}" if got[b] else "failed" for b in (False, True)), f"{ratio:.2f}"])
     return table(f"Evaluation training images/s by width (5 networks, 100 images, {epochs} epochs, second of two "
                  "stages, 2 threads; test pass excluded)", ["data", "width", "sequential", "batched (vmap)", "batched / sequential"], rows)
+
+
+def section_experts(args, report: dict) -> str:
+    """MTT's experts of one stage trained one after another against together (vmap), by data and width:
+    where the automatic choice of ``batched_experts`` (:func:`pdd_engine.training.trains_together`)
+    should switch on this machine."""
+    from pdd_engine.datasets import find
+    # (data, epochs, widths, more settings): MNIST's 10k pool at the width of its benchmark rows only (an
+    # epoch there is 40 steps; wider networks took tens of minutes for the pair on 2 cores)
+    sets = [("digits", 1, (8,), {})] if args.tiny else (
+        [("digits", 3, (16, 32, 64), {})] + ([("mnist", 1, (32,), {"max_train": 10000})] if find("mnist").available(None) else []))
+    rows = []
+    for data, epochs, widths, more in sets:
+        for width in widths:
+            cfg = dict(dataset=data, method="mtt", stages=1, ipc=10, width=width, num_experts=5,
+                       max_start_epoch=epochs - 1, expert_epochs=1, **more)
+            r = attempt("experts", cfg=cfg, threads=2)
+            report[f"experts_{data}_width{width}"] = r
+            rows.append([data, width, epochs, r.get("real_images", "-"), *(f"{r[k]:.1f}" if k in r else "failed"
+                         for k in ("sequential_s", "batched_s")), f"{r['speedup']:.2f}" if "speedup" in r else "-",
+                         f"{r['max_abs_diff']:.1e}" if "max_abs_diff" in r else "-"])
+    return table("MTT experts of one stage: 5 experts at batch 256, 2 threads",
+                 ["data", "width", "epochs", "real images", "one by one s", "together (vmap) s", "speed-up", "largest weight difference"], rows)
 
 
 def section_transition(args, report: dict) -> str:
@@ -742,7 +790,7 @@ def section_ceiling(args, report: dict) -> str:
                          "evaluation target images/s"], rows)
 
 
-SECTIONS = {"methods": section_methods, "eval": section_eval, "eval_widths": section_eval_widths,
+SECTIONS = {"methods": section_methods, "eval": section_eval, "eval_widths": section_eval_widths, "experts": section_experts,
             "transition": section_transition,
             "unroll": section_unroll, "variants": section_variants, "executor": section_executor,
             "reference": section_reference, "chunks": section_chunks, "ceiling": section_ceiling}

@@ -14,7 +14,6 @@ import copy
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from . import models
 from .augment import DSA
@@ -22,7 +21,8 @@ from .config import DistillConfig
 from .data import Dataset
 from .device import arithmetic
 from .errors import PDDError
-from .training import accuracy, draw_seed, make_sgd, seed_of, train_epochs
+from .training import (BATCHED_CPU_MAX_WORK, accuracy, make_sgd, seed_of, train_epochs, train_together,  # noqa: F401
+                       trains_together)
 
 
 # Architectures front ends offer for cross-architecture evaluation (any parse_arch name works).
@@ -173,26 +173,10 @@ class BatchedCurriculum(Curriculum):
 
     def fit(self, x: torch.Tensor, y: torch.Tensor, lr: Optional[float] = None) -> None:
         self.stage += 1
-        p, n = self.proto, len(x)
-        x, y = x.to(self.device), y.to(self.device)
-        gens = [torch.Generator().manual_seed(seed_of(p.seed, 2000 + k, self.stage)) for k in self.ids]
-        aug, base_lr = p.aug, lr or p.lr
-        for epoch in range(p.epochs):
-            for group in self.opt.param_groups:
-                group["lr"] = base_lr * (0.1 if epoch >= p.epochs // 2 else 1.0)
-            orders = [torch.randperm(n, generator=g).to(self.device) for g in gens]
-            for start in range(0, n, p.batch):
-                idx = [o[start:start + p.batch] for o in orders]
-                xb = [x[i] for i in idx]
-                if aug:
-                    xb = [aug(b, draw_seed(g), siamese=False) for b, g in zip(xb, gens)]
-                with self.arithmetic():
-                    out = self.logits(torch.stack(xb))
-                yb = torch.stack([y[i] for i in idx])
-                loss = F.cross_entropy(out.float().flatten(0, 1), yb.flatten()) * len(self.ids)  # = sum of per-network means
-                self.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                self.opt.step()
+        p = self.proto
+        train_together(self.base, self.params, self.buffers, x.to(self.device), y.to(self.device), p.epochs, self.opt,
+                       lr or p.lr, p.batch, p.aug, [seed_of(p.seed, 2000 + k, self.stage) for k in self.ids],
+                       arithmetic=self.arithmetic)
 
     def test_accuracy(self) -> list[float]:
         xt, yt = self.ds.x_test.to(self.device), self.ds.y_test.to(self.device)
@@ -226,23 +210,10 @@ class BatchedCurriculum(Curriculum):
         return self
 
 
-# Largest network width x input pixels for which, on a CPU, training the evaluation networks together
-# (vmap) beat training them one after another: ConvNet width 32 on 8x8 digits (1.59x); at width 64 on
-# digits and at every width on 28 px MNIST it was slower (0.41-0.93x), the stacked weights' element-wise
-# work outweighing the saved dispatch (bench/speed.py --only eval_widths; README, "Speed and memory").
-BATCHED_CPU_MAX_WORK = 32 * 8 * 8
-
-
 def use_batched(batched: Optional[bool], proto: EvalProtocol, device: torch.device, size: int,
                 count: Optional[int] = None) -> bool:
-    """The user's choice, else the path measured faster: batched on a GPU, and on a CPU only for
-    networks up to BATCHED_CPU_MAX_WORK (width x ``size``^2); never with BatchNorm (running
-    statistics) or a single network (``count``: how many are trained together, default all)."""
-    if proto.norm == "batch" or (proto.models if count is None else count) < 2:
-        return False
-    if batched is not None:
-        return batched
-    return device.type == "cuda" or proto.width * size * size <= BATCHED_CPU_MAX_WORK
+    """:func:`trains_together` for the protocol's networks (``count``: how many, default all)."""
+    return trains_together(batched, proto.norm, proto.width, size, proto.models if count is None else count, device)
 
 
 def make_curriculum(ds: Dataset, proto: EvalProtocol, device: torch.device, batched: Optional[bool] = None,

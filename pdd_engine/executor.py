@@ -10,7 +10,7 @@ the same tensor object passed again by a later stage (the dataset) is not sent a
 alone writes the cache.
 
     executor = make_executor("ray")          # RAY_ADDRESS joins a cluster, else a local one starts
-    trajectories = executor.map(train_expert, list(range(10)), shared)
+    trajectories = executor.map(train_experts, [[e] for e in range(10)], shared)
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from contextlib import nullcontext
+from typing import Callable, ContextManager, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -46,6 +47,64 @@ def train_epochs(net: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, 
             if aug:
                 xb = aug(xb, draw_seed(g), siamese=False)
             loss = F.cross_entropy(net(xb), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if on_epoch:
+            on_epoch(epoch)
+
+
+# Largest network width x input pixels for which, on a CPU, training the evaluation networks together
+# (vmap) beat training them one after another: ConvNet width 32 on 8x8 digits (1.59x); at width 64 on
+# digits and at every width on 28 px MNIST it was slower (0.41-0.93x), the stacked weights' element-wise
+# work outweighing the saved dispatch (bench/speed.py --only eval_widths; README, "Speed and memory").
+BATCHED_CPU_MAX_WORK = 32 * 8 * 8
+
+
+def trains_together(batched: Optional[bool], norm: str, width: int, size: int, count: int,
+                    device: torch.device) -> bool:
+    """Whether ``count`` networks train together (vmap): the user's choice, else the path measured
+    faster: batched on a GPU, and on a CPU only for networks up to BATCHED_CPU_MAX_WORK (width x
+    ``size``^2); never with BatchNorm (running statistics) or a single network. The evaluation's
+    networks and MTT's experts both ask here."""
+    if norm == "batch" or count < 2:
+        return False
+    if batched is not None:
+        return batched
+    return device.type == "cuda" or width * size * size <= BATCHED_CPU_MAX_WORK
+
+
+def train_together(base: nn.Module, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
+                   x: torch.Tensor, y: torch.Tensor, epochs: int, opt: torch.optim.Optimizer, lr: float, batch: int,
+                   aug: Optional[DSA], seeds: Sequence[int], decay_at_half: bool = True,
+                   arithmetic: Callable[[], ContextManager] = nullcontext,
+                   on_epoch: Optional[Callable[[int], None]] = None) -> None:
+    """:func:`train_epochs` for N networks at once: ``params`` and ``buffers`` stacked by
+    ``torch.func.stack_module_state``, ``base`` the network's structure (on the meta device), one
+    batched (vmap) forward and backward per step.
+
+    Network j draws its minibatch order and augmentation from ``seeds[j]`` exactly as train_epochs
+    draws them from its seed, and the loss is the sum of the per-network means, so each network's
+    gradient is its own and SGD's update is elementwise: the result is train_epochs' network by
+    network, up to floating-point summation order. ``arithmetic``: the context of the forward pass."""
+    n = len(x)
+    if n == 0 or epochs == 0:
+        return
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    call = lambda p, b, xb: torch.func.functional_call(base, (p, b), (xb,))  # noqa: E731
+    for epoch in range(epochs):
+        for group in opt.param_groups:
+            group["lr"] = lr * (0.1 if decay_at_half and epoch >= epochs // 2 else 1.0)
+        orders = [torch.randperm(n, generator=g).to(x.device) for g in gens]
+        for start in range(0, n, batch):
+            idx = [o[start:start + batch] for o in orders]
+            xb = [x[i] for i in idx]
+            if aug:
+                xb = [aug(b, draw_seed(g), siamese=False) for b, g in zip(xb, gens)]
+            with arithmetic():
+                out = torch.func.vmap(call)(params, buffers, torch.stack(xb))
+            yb = torch.stack([y[i] for i in idx])
+            loss = F.cross_entropy(out.float().flatten(0, 1), yb.flatten()) * len(gens)  # = sum of per-network means
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

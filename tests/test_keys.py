@@ -18,7 +18,7 @@ ALT = {"dataset": "mnist", "method": None, "stages": 4, "ipc": 8, "depth": 3, "l
        "dsa_strategy": "color_crop", "image_size": 16, "max_train": 500, "norm": "batch", "transition": "fresh",
        "syn_steps": 3, "batch_syn": 4, "mtt_unroll": "full", "idc_factor": 2, "keep_easy": 0.5,
        "compare_base": "every", "device": "cpu", "data_root": "/elsewhere", "cache_dir": "/elsewhere",
-       "max_memory_gb": 2.0, "stage_ipc": (3, 1), "executor": "ray", "eval_batched": False, "precision": "bfloat16",
+       "max_memory_gb": 2.0, "stage_ipc": (3, 1), "executor": "ray", "eval_batched": False, "batched_experts": True, "precision": "bfloat16",
        "eval_precision": "bfloat16"}
 
 
@@ -110,8 +110,9 @@ def test_mtt_experts_are_not_shared_across_preprocessing_or_architecture(tiny, s
         texts, _ = messages(other, store)
         assert any("training expert" in t for t in texts), other
         assert not any("from cache" in t for t in texts)
-    texts, _ = messages(cfg.replace(iterations=21), store)  # same context: the experts are reused
-    assert any("experts: served from cache" in t for t in texts)
+    for same in (cfg.replace(iterations=21), cfg.replace(ipc=2), cfg.replace(batched_experts=True)):
+        texts, _ = messages(same, store)  # same experts: another schedule, IPC or how they are trained
+        assert any("experts: served from cache" in t for t in texts), same
 
 
 @pytest.mark.parametrize("change", [dict(zca=True), dict(dsa_strategy="flip")])

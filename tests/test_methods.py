@@ -190,6 +190,25 @@ def test_mtt_student_never_takes_more_steps_than_its_expert(digits, tiny):
     assert "syn_steps 30 is more than the 12 steps" in warning and "Fix: set syn_steps to 12 or less" in warning
 
 
+def test_experts_trained_together_equal_experts_trained_one_by_one(digits, tiny):
+    """A later stage's experts (each starts from its own transition over U_1) trained together in one
+    vmap unit follow the trajectories of the same experts trained one at a time, in any grouping."""
+    from pdd_engine.evaluate import random_subset
+    from pdd_engine.methods.mtt import train_experts
+    cfg = tiny(method="mtt", stages=2, ipc=2, width=8, max_start_epoch=2, expert_epochs=1, transition_epochs=2,
+               expert_lr=0.1)
+    frozen_x, frozen_y = random_subset(digits, 0, 2, seed=0)
+    shared = {"cfg": cfg, "stage": 2, "device": "cpu", "shape": (digits.channels, digits.num_classes, digits.size),
+              "x": digits.x_train, "y": digits.y_train, "idx": torch.arange(600),
+              "frozen_x": frozen_x, "frozen_y": frozen_y, "lrs": [0.01], "sizes": [len(frozen_x)]}
+    alone = torch.cat([train_experts(shared, [e]) for e in range(3)])
+    together = torch.cat([train_experts(shared, [0, 2]), train_experts(shared, [1])])[[0, 2, 1]]
+    assert alone.shape == together.shape == (3, 4, alone.shape[-1])
+    assert torch.equal(alone[:, 0], together[:, 0])  # the same starting points (transition included)
+    assert (alone[:, -1] - alone[:, 0]).abs().max() > 0.05  # the experts moved: the comparison can fail
+    torch.testing.assert_close(together, alone, atol=1e-4, rtol=1e-3)
+
+
 def test_chain_transition_reproduces_a_hand_rolled_chain(digits, tiny):
     """theta_2 = train(train(theta_0, U_1), U_2): each stage at its own lr with a fresh SGD; "fresh"
     trains a new network on U_2 alone."""

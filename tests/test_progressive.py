@@ -137,14 +137,16 @@ def test_a_slice_runs_its_stages_without_finishing_the_run(tiny, store):
         list(run(cfg, store, until=3))
 
 
-def test_set_up_reports_stream_while_the_set_up_runs(tiny, store):
+@pytest.mark.parametrize("together", [False, True])
+def test_set_up_reports_stream_while_the_set_up_runs(tiny, store, together):
     """MTT's experts are trained in set-up: "expert 1/2 trained" must reach the front end while they
-    train (before the trajectories are stored), not after the whole set-up."""
+    train (before the trajectories are stored), not after the whole set-up; experts trained together
+    (one unit) report once, when the unit is done."""
     seen = []
-    for ev in run(tiny(method="mtt", stages=1), store):
+    for ev in run(tiny(method="mtt", stages=1, batched_experts=together), store):
         if isinstance(ev, E.Message) and ev.text.startswith("expert"):
             seen.append((ev.text, sum(1 for _ in store.keys("memo:experts:"))))
-    assert seen == [("expert 1/2 trained", 0), ("expert 2/2 trained", 0)]
+    assert seen == ([] if together else [("expert 1/2 trained", 0)]) + [("expert 2/2 trained", 0)]
 
 
 def test_a_failure_in_set_up_is_a_failed_event(tiny, store, monkeypatch):

@@ -7,6 +7,7 @@ training. Trajectories are cached by the content hash of U_{i-1} and the expert 
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Literal, Optional
@@ -17,7 +18,7 @@ from .. import models
 from ..errors import MemoryBudgetError
 from ..executor import gpus_for, unit_device
 from ..registry import Params, Work, param, register
-from ..training import draw_seed, flat_params, seed_of, train_epochs
+from ..training import draw_seed, flat_params, seed_of, train_epochs, train_together, trains_together
 from . import unroll
 from .base import Method, StageContext
 
@@ -29,25 +30,22 @@ EXPERT_BATCH = 256
 
 def expert_trajectories(ctx: StageContext) -> torch.Tensor:
     """(num_experts, epochs + 1, n_params) checkpoints; computed once per stage context, then cached.
-    Each expert is an independent unit (:func:`train_expert`) that the run's executor may place on
-    another process or machine."""
+    The experts train together in one unit where :func:`experts_together` says so, else each is an
+    independent unit (:func:`train_experts`) that the run's executor may place on another process or
+    machine; the trajectories are the same either way, up to floating-point summation order."""
     c: MTTParams = ctx.cfg.params
     epochs = c.max_start_epoch + c.expert_epochs
     n_params = sum(p.numel() for p in ctx.new_model(0).parameters())
+    together = experts_together(ctx.cfg, ctx.ds.size, ctx.device)
+    groups = [list(range(c.num_experts))] if together else [[e] for e in range(c.num_experts)]
 
     def train() -> dict:
-        # the whole training set (the same tensors every stage: an executor ships them once per run)
-        # and which of its images this stage's experts train on, in class order
-        shared = {"cfg": ctx.cfg, "stage": ctx.stage, "device": str(ctx.device),
-                  "shape": (ctx.ds.channels, ctx.ds.num_classes, ctx.ds.size),
-                  "x": ctx.ds.x_train, "y": ctx.ds.y_train, "idx": torch.cat(ctx.real_by_class),
-                  "frozen_x": ctx.frozen_x.cpu(), "frozen_y": ctx.frozen_y.cpu(),
-                  "lrs": list(ctx.stage_lrs), "sizes": list(ctx.stage_sizes)}
-        ctx.report(f"training experts: {c.num_experts} on the {ctx.units.name} executor")
-        trajs = ctx.units.map(train_expert, list(range(c.num_experts)), shared, ctx.cancel,
-                              gpus=gpus_for(ctx.device),
-                              done=lambda k: ctx.report(f"expert {k}/{c.num_experts} trained"))
-        return {"trajectories": torch.stack(trajs)}
+        shared = expert_shared(ctx)
+        ctx.report(f"training experts: {c.num_experts} on the {ctx.units.name} executor"
+                   f"{', together (vmap)' if together else ''}")
+        trajs = ctx.units.map(train_experts, groups, shared, ctx.cancel, gpus=gpus_for(ctx.device),
+                              done=lambda k: ctx.report(f"expert {sum(map(len, groups[:k]))}/{c.num_experts} trained"))
+        return {"trajectories": torch.cat(trajs)}
 
     def check(t: dict) -> Optional[str]:
         want = (c.num_experts, epochs + 1, n_params)
@@ -57,9 +55,29 @@ def expert_trajectories(ctx: StageContext) -> torch.Tensor:
     return ctx.cached("experts", train, check)["trajectories"].to(ctx.device)
 
 
-def train_expert(shared: dict, e: int) -> torch.Tensor:
-    """Expert ``e``'s trajectory, (epochs + 1, n_params) on the CPU: a pure function of ``shared``
-    (see :func:`expert_trajectories`) and ``e``, so any executor gives the same result."""
+def expert_shared(ctx: StageContext) -> dict:
+    """What every expert unit of a stage shares: the whole training set (the same tensors every stage:
+    an executor ships them once per run), which of its images this stage's experts train on (in class
+    order), and the frozen union a later stage's experts first train on."""
+    return {"cfg": ctx.cfg, "stage": ctx.stage, "device": str(ctx.device),
+            "shape": (ctx.ds.channels, ctx.ds.num_classes, ctx.ds.size),
+            "x": ctx.ds.x_train, "y": ctx.ds.y_train, "idx": torch.cat(ctx.real_by_class),
+            "frozen_x": ctx.frozen_x.cpu(), "frozen_y": ctx.frozen_y.cpu(),
+            "lrs": list(ctx.stage_lrs), "sizes": list(ctx.stage_sizes)}
+
+
+def experts_together(cfg: DistillConfig, size: int, device: torch.device) -> bool:
+    """Whether a stage's experts train together (vmap): ``batched_experts``, else where measured faster
+    (:func:`pdd_engine.training.trains_together`; ``bench/speed.py --only experts``)."""
+    p: MTTParams = cfg.params
+    return trains_together(p.batched_experts, cfg.norm, cfg.width, size, p.num_experts, device)
+
+
+def train_experts(shared: dict, ids: list[int]) -> torch.Tensor:
+    """Experts ``ids``' trajectories, (len(ids), epochs + 1, n_params) on the CPU: a pure function of
+    ``shared`` (see :func:`expert_trajectories`) and ``ids``, so any executor gives the same result.
+    Expert e starts from its own initialisation (and transition) and draws its minibatches from its
+    own seed; several ``ids`` train together in one batched call per step."""
     cfg = shared["cfg"]
     c: MTTParams = cfg.params
     device = unit_device(shared["device"])
@@ -68,13 +86,22 @@ def train_expert(shared: dict, e: int) -> torch.Tensor:
     ctx = StageContext(cfg, ds, shared["stage"], device, shared["frozen_x"].to(device), shared["frozen_y"].to(device),
                        shared["lrs"], shared["sizes"], [])
     x, y = shared["x"][shared["idx"]].to(device), shared["y"][shared["idx"]].to(device)
-    s = seed_of(ctx.seed, 11, e)
-    net = ctx.transition(ctx.new_model(s), s)
-    checkpoints = [flat_params(net)]
-    opt = torch.optim.SGD(net.parameters(), lr=c.expert_lr, momentum=0, weight_decay=0)
-    train_epochs(net, x, y, c.max_start_epoch + c.expert_epochs, opt, c.expert_lr, EXPERT_BATCH, ctx.aug, s,
-                 decay_at_half=False, on_epoch=lambda _: checkpoints.append(flat_params(net)))
-    return torch.stack(checkpoints).cpu()
+    seeds = [seed_of(ctx.seed, 11, e) for e in ids]
+    nets = [ctx.transition(ctx.new_model(s), s) for s in seeds]
+    epochs = c.max_start_epoch + c.expert_epochs
+    if len(nets) == 1:
+        net, checkpoints = nets[0], [flat_params(nets[0])]
+        opt = torch.optim.SGD(net.parameters(), lr=c.expert_lr, momentum=0, weight_decay=0)
+        train_epochs(net, x, y, epochs, opt, c.expert_lr, EXPERT_BATCH, ctx.aug, seeds[0], decay_at_half=False,
+                     on_epoch=lambda _: checkpoints.append(flat_params(net)))
+        return torch.stack(checkpoints)[None].cpu()
+    params, buffers = torch.func.stack_module_state(nets)
+    flat = lambda: torch.cat([p.detach().flatten(1) for p in params.values()], 1).clone()  # noqa: E731  (n, n_params)
+    checkpoints = [flat()]
+    opt = torch.optim.SGD(list(params.values()), lr=c.expert_lr, momentum=0, weight_decay=0)
+    train_together(copy.deepcopy(nets[0]).to("meta"), params, buffers, x, y, epochs, opt, c.expert_lr, EXPERT_BATCH,
+                   ctx.aug, seeds, decay_at_half=False, on_epoch=lambda _: checkpoints.append(flat()))
+    return torch.stack(checkpoints, 1).cpu()
 
 
 def expert_steps(p: "MTTParams", n_real: int) -> int:
@@ -115,6 +142,8 @@ class MTTParams(Params):
     batch_syn: Optional[int] = param(None, "MTT: synthetic batch per step", "smaller: less memory per unrolled step, noisier matches", minimum=1, maximum=10 ** 6, server_max=10000)
     # auto: full unless it would not fit in memory; changes memory and speed, not the result
     mtt_unroll: Literal["auto", "full", "bounded"] = param("auto", "MTT: unroll (memory strategy)", "bounded recomputes to save memory; the result is the same", semantic=False)
+    # None: together on a GPU, on a CPU only for small networks (where bench/speed.py --only experts measured it faster)
+    batched_experts: Optional[bool] = param(None, "MTT: train experts together", "vmap; empty: where measured faster; the same trajectories up to rounding", semantic=False, shown="hidden")
 
 
 @register
