@@ -104,7 +104,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
             print(f"{ev.run_key}  {cfg.dataset} / {cfg.method} / P={cfg.stages} / IPC={cfg.ipc}", file=sys.stderr)
         elif isinstance(ev, E.StageStarted):
             bar_phase = "stage"
-            bar = tqdm(total=cfg.iterations, desc=f"stage {ev.stage}/{ev.stages}" + (" (cached)" if ev.cached else ""),
+            bar = tqdm(total=cfg.iterations_at(ev.stage), desc=f"stage {ev.stage}/{ev.stages}" + (" (cached)" if ev.cached else ""),
                        disable=args.quiet, file=sys.stderr, leave=True)
         elif isinstance(ev, E.Progress) and ev.phase == "base" and bar_phase != "base":
             if bar is not None:

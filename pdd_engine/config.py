@@ -47,6 +47,11 @@ class DistillConfig:
                                                    "images per class each stage adds, e.g. 6,4; empty splits IPC evenly")
     iterations: int = setting(200, "Iterations per stage", "image updates per stage (the base method's budget)",
                               minimum=1, maximum=10 ** 6, server_max=5000)
+    # the paper's ablation knobs for stages 2..P (whose images refine what earlier stages already cover)
+    later_iterations: Optional[int] = setting(None, "Iterations of later stages", "image updates in stages 2 to P; "
+                                              "empty: as many as the first", minimum=1, maximum=10 ** 6, server_max=5000)
+    later_lr_scale: float = setting(1.0, "Image learning rate of later stages (x)", "stages 2 to P update their images "
+                                    "at this times the image learning rate", positive=True, maximum=1000)
     seed: int = setting(0, "Seed", "one seed for everything: the same seed gives the same result", minimum=0,
                         maximum=2 ** 32 - 1)  # seeds feed 32-bit derivations (training.seed_of)
     # synthetic images
@@ -206,7 +211,7 @@ class DistillConfig:
         auto = {"lr_img": f"{self.effective_lr_img:g} ({self.method.upper()}'s default)",
                 "depth": f"{auto_depth(size)} (for {size} px)", "image_size": f"{size} (the dataset's own)",
                 "stage_ipc": f"{','.join(map(str, self.ipcs))} (IPC split evenly)" if not self.ipc % self.stages else "",
-                "max_train": f"all {n_train:,}"}
+                "max_train": f"all {n_train:,}", "later_iterations": f"{self.iterations} (as the first stage)"}
         auto.update(get_method(self.method).automatic(self, size, n_train))
         flat = self.flat()
         return {k: v for k, v in auto.items() if v and k in flat and flat[k] is None}
@@ -215,6 +220,14 @@ class DistillConfig:
     def effective_lr_img(self) -> float:
         """The user's lr_img, or the method's default (its spec in the registry)."""
         return self.lr_img if self.lr_img is not None else get_method(self.method).lr_img
+
+    def iterations_at(self, stage: int) -> int:
+        """Image updates of stage ``stage``: ``iterations`` for the first, ``later_iterations`` (if set) after."""
+        return self.later_iterations if stage > 1 and self.later_iterations is not None else self.iterations
+
+    def lr_img_at(self, stage: int) -> float:
+        """The image learning rate of stage ``stage``: ``later_lr_scale`` times the first stage's after it."""
+        return self.effective_lr_img * (self.later_lr_scale if stage > 1 else 1.0)
 
     @property
     def dsa_ops(self) -> tuple[str, ...]:

@@ -151,7 +151,8 @@ def estimate(cfg: DistillConfig, shape: tuple[int, int, int, int] | None = None,
             train(n, cfg.transition_epochs, cfg.eval_batch)
 
     def distil(union: float, prefixes: list[float]) -> None:
-        w = method.cost(cfg, classes, union, n_train, bool(prefixes))
+        at = cfg.replace(iterations=cfg.iterations_at(len(prefixes) + 1))  # a later stage's own iterations
+        w = method.cost(at, classes, union, n_train, bool(prefixes))
         work[cfg.precision][0] += w.calls
         work[cfg.precision][1] += w.samples
         for _ in range(w.transitions):

@@ -33,6 +33,7 @@ MODEL = ("depth", "width", "norm")  # depth resolved for the input size
 # the network, the seeds. From stage 2 on also the transition that brings networks to U_{i-1}.
 CONTEXT = DATA + MODEL + ("seed", "dsa_strategy")
 TRANSITION = ("transition", "transition_epochs", "eval_lr", "eval_batch")
+LATER = ("later_iterations", "later_lr_scale")  # a later stage's own schedule (stage 1 reads neither)
 # The curriculum evaluation protocol (EvalProtocol.from_config reads exactly these).
 EVAL = MODEL + ("seed", "eval_epochs", "eval_models", "eval_lr", "eval_batch", "eval_dsa", "dsa_strategy",
                "eval_precision")
@@ -64,7 +65,7 @@ def table(cfg: DistillConfig, stage: int = 2) -> dict[str, tuple[str, ...]]:
     """
     method = get_method(cfg.method)  # its memos declare the hyper-parameters each depends on
     later = TRANSITION if stage > 1 else ()
-    stage_fields = STAGE + later + ("params",) + (FILTER if cfg.filter_easy else ())
+    stage_fields = STAGE + later + (LATER if stage > 1 else ()) + ("params",) + (FILTER if cfg.filter_easy else ())
     out = {"stage": stage_fields, "eval": EVAL, "random": DATA + EVAL + ("ipc",), "context": CONTEXT + later,
            "run": RUN}
     for name, memo_fields in method.memos.items():
@@ -95,7 +96,7 @@ def unclassified() -> set[str]:
     """Config fields that feed no artefact and are not declared non-semantic (must be empty). A
     method's hyper-parameters all feed its stage keys through ``params`` (bar those it marks
     non-semantic); its memos must name real hyper-parameters."""
-    every = set(STAGE + TRANSITION + EVAL + FILTER + RUN + DATA + ("params",))
+    every = set(STAGE + TRANSITION + LATER + EVAL + FILTER + RUN + DATA + ("params",))
     missing = {f.name for f in fields(DistillConfig)} - fields_read(tuple(every)) - NON_SEMANTIC
     for name, cls in REGISTRY.items():
         missing |= {f"{name}.{f}" for fs in cls.memos.values() for f in fs if f not in cls.Params.names()}

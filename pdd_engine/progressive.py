@@ -199,7 +199,7 @@ class Engine:
         t0 = time.time()
         yield from streamed(i, method.setup, msgs)
         stored = torch.nn.Parameter(method.init_images())
-        groups = [{"params": [stored], "lr": cfg.effective_lr_img}]
+        groups = [{"params": [stored], "lr": cfg.lr_img_at(i)}]
         groups += [{"params": [p], "lr": lr} for p, lr in method.extra_params()]
         opt = torch.optim.SGD(groups, momentum=0.5)
         frozen_check = union.x.clone()
@@ -207,8 +207,9 @@ class Engine:
         if note:
             yield Message(i, note)
         losses = []
-        every = max(1, cfg.iterations // 100)
-        for it in range(cfg.iterations):
+        iterations = cfg.iterations_at(i)
+        every = max(1, iterations // 100)
+        for it in range(iterations):
             self.check_cancel()
             with arithmetic(cfg.precision, device):
                 loss = method.loss(stored, it)
@@ -220,9 +221,9 @@ class Engine:
             loss.backward()
             opt.step()
             method.after_step(stored, it)
-            if it % every == 0 or it == cfg.iterations - 1:
+            if it % every == 0 or it == iterations - 1:
                 losses.append([it, value])
-                yield Progress(i, it + 1, cfg.iterations, value, phase)
+                yield Progress(i, it + 1, iterations, value, phase)
         while not msgs.empty():  # anything reported after set-up
             yield Message(i, msgs.get())
         assert torch.equal(frozen_check, union.x), "frozen subsets changed during a stage"
@@ -256,7 +257,7 @@ class Engine:
         else:
             tensors, meta = hit
             for it, loss in meta["losses"]:
-                yield Progress(i, it + 1, self.cfg.iterations, loss, phase)
+                yield Progress(i, it + 1, self.cfg.iterations_at(i), loss, phase)
         union.add(tensors, meta["lr"])
 
     def notes(self, stage: int) -> Iterator[Event]:

@@ -17,7 +17,7 @@ FINGERPRINT, SIZE = "f" * 16, 8  # keys are pure functions of (config, data fing
 ALT = {"dataset": "mnist", "method": None, "stages": 4, "ipc": 8, "depth": 3, "lr_img": 5.0, "init": "noise",
        "dsa_strategy": "color_crop", "image_size": 16, "max_train": 500, "norm": "batch", "transition": "fresh",
        "syn_steps": 3, "batch_syn": 4, "mtt_unroll": "full", "idc_factor": 2, "keep_easy": 0.5,
-       "compare_base": "every", "device": "cpu", "data_root": "/elsewhere", "cache_dir": "/elsewhere",
+       "compare_base": "every", "later_iterations": 7, "device": "cpu", "data_root": "/elsewhere", "cache_dir": "/elsewhere",
        "max_memory_gb": 2.0, "stage_ipc": (3, 1), "executor": "ray", "eval_batched": False, "batched_experts": True, "precision": "bfloat16",
        "eval_precision": "bfloat16"}
 

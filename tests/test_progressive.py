@@ -31,6 +31,29 @@ def test_stream_has_every_event_kind_in_order(tiny, store):
     assert all(e.learned_lr is None for e in evs if isinstance(e, E.StageFinished))  # DM learns no lr
 
 
+def test_later_stages_take_their_own_iterations_and_image_learning_rate(tiny, store, digits):
+    """later_iterations and later_lr_scale change stages 2..P alone: stage 1 is served from the cache,
+    stage 2 runs its own number of updates, and at a vanishing rate its images stay where they started
+    however many updates it takes, while at the full rate they move."""
+    base = tiny(eval_epochs=1)
+
+    def stage2(**later):
+        cfg = base.replace(**later)
+        evs = events(cfg, store)
+        started = {e.stage: e.cached for e in evs if isinstance(e, E.StageStarted)}
+        updates = max(e.iteration for e in evs if isinstance(e, E.Progress) and e.stage == 2)
+        return started, updates, store.get(Keys.of(cfg, digits).stage(2))[0]["stored"]
+
+    done(events(base, store))
+    started, updates, still_one = stage2(later_iterations=1, later_lr_scale=1e-9)
+    assert started == {1: True, 2: False} and updates == 1
+    _, updates, still_many = stage2(later_iterations=8, later_lr_scale=1e-9)
+    _, _, moved = stage2(later_iterations=8)
+    assert updates == 8
+    torch.testing.assert_close(still_many, still_one, atol=1e-5, rtol=0)
+    assert (moved - still_one).abs().max() > 1e-3
+
+
 @pytest.mark.slow
 def test_frozen_subsets_stay_bit_identical(tiny, store, digits):
     for method in ("dm", "mtt"):
