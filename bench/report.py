@@ -96,7 +96,8 @@ def quality_table(rows: list[dict]) -> str:
         name = r["method"].upper() if p == 1 else f"PDD+{r['method'].upper()}"
         stages = f"{p} ({r['schedule']})" if r["schedule"] else str(p)
         protocol = "both" if p == 1 else r["protocol"]
-        out.append(f"| {r['dataset']} | {r['ipc']} | {name} | {stages} | {protocol} | {int(r['iterations']) * p} | "
+        later = json.loads(r["extra"] or "{}").get("later_iterations") or int(r["iterations"])  # the knob's rows
+        out.append(f"| {r['dataset']} | {r['ipc']} | {name} | {stages} | {protocol} | {int(r['iterations']) + later * (p - 1)} | "
                    f"{int(r['eval_epochs']) * p} | {setup(r)} | {pm(*c['pdd'])} | {pm(*c['base'])} | "
                    f"{'–' if p == 1 else delta(c['pdd'], c['base'])} | {pm(*c['epochs'])} | "
                    f"{'–' if p == 1 else delta(c['pdd'], c['epochs'])} | {pm(*c['random'])} | "
