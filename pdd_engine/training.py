@@ -58,6 +58,8 @@ def train_epochs(net: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, 
 # (vmap) beat training them one after another: ConvNet width 32 on 8x8 digits (1.59x); at width 64 on
 # digits and at every width on 28 px MNIST it was slower (0.41-0.93x), the stacked weights' element-wise
 # work outweighing the saved dispatch (bench/speed.py --only eval_widths; README, "Speed and memory").
+# MTT's experts on the AVX2 machine (bench/speed.py --only experts) agree: together 1.26x / 1.11x at
+# width 16 / 32 on digits, 0.89x at width 64, 0.48x at width 32 on MNIST.
 BATCHED_CPU_MAX_WORK = 32 * 8 * 8
 
 
