@@ -21,8 +21,8 @@ from .config import DistillConfig
 from .data import Dataset
 from .device import arithmetic
 from .errors import PDDError
-from .training import (BATCHED_CPU_MAX_WORK, accuracy, make_sgd, seed_of, train_epochs, train_together,  # noqa: F401
-                       trains_together)
+from .training import (BATCHED_CPU_MAX_WORK, accuracy, make_sgd, seed_of, stacked_forward, train_epochs,  # noqa: F401
+                       train_together, trains_together)
 
 
 # Architectures front ends offer for cross-architecture evaluation (any parse_arch name works).
@@ -168,8 +168,7 @@ class BatchedCurriculum(Curriculum):
                                    weight_decay=proto.weight_decay)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        call = lambda p, b, xb: torch.func.functional_call(self.base, (p, b), (xb,))  # noqa: E731
-        return torch.func.vmap(call)(self.params, self.buffers, x)
+        return stacked_forward(self.base, self.params, self.buffers, x)
 
     def fit(self, x: torch.Tensor, y: torch.Tensor, lr: Optional[float] = None) -> None:
         self.stage += 1

@@ -76,6 +76,14 @@ def trains_together(batched: Optional[bool], norm: str, width: int, size: int, c
     return device.type == "cuda" or width * size * size <= BATCHED_CPU_MAX_WORK
 
 
+def stacked_forward(base: nn.Module, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
+                    x: torch.Tensor) -> torch.Tensor:
+    """N networks' outputs in one batched (vmap) call: ``x`` is (N, batch, ...), network j reads ``x[j]``
+    with its slice of the stacked ``params`` and ``buffers``; ``base`` is the structure (meta device)."""
+    call = lambda p, b, xb: torch.func.functional_call(base, (p, b), (xb,))  # noqa: E731
+    return torch.func.vmap(call)(params, buffers, x)
+
+
 def train_together(base: nn.Module, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
                    x: torch.Tensor, y: torch.Tensor, epochs: int, opt: torch.optim.Optimizer, lr: float, batch: int,
                    aug: Optional[DSA], seeds: Sequence[int], decay_at_half: bool = True,
@@ -93,7 +101,6 @@ def train_together(base: nn.Module, params: dict[str, torch.Tensor], buffers: di
     if n == 0 or epochs == 0:
         return
     gens = [torch.Generator().manual_seed(s) for s in seeds]
-    call = lambda p, b, xb: torch.func.functional_call(base, (p, b), (xb,))  # noqa: E731
     for epoch in range(epochs):
         for group in opt.param_groups:
             group["lr"] = lr * (0.1 if decay_at_half and epoch >= epochs // 2 else 1.0)
@@ -104,7 +111,7 @@ def train_together(base: nn.Module, params: dict[str, torch.Tensor], buffers: di
             if aug:
                 xb = [aug(b, draw_seed(g), siamese=False) for b, g in zip(xb, gens)]
             with arithmetic():
-                out = torch.func.vmap(call)(params, buffers, torch.stack(xb))
+                out = stacked_forward(base, params, buffers, torch.stack(xb))
             yb = torch.stack([y[i] for i in idx])
             loss = F.cross_entropy(out.float().flatten(0, 1), yb.flatten()) * len(gens)  # = sum of per-network means
             opt.zero_grad(set_to_none=True)
