@@ -30,6 +30,7 @@ NO_RUN = ("none: evaluate the uploaded bundle", "")
 MAIN = ["dataset", "upload", "method", "stages", "ipc", "preset"]  # the controls above Advanced, in order
 FOLLOW_WAIT_S = 2.0  # a stream re-renders at least this often (the per-stage clock), else on each event
 POLL_S = 0.2  # how often a stream looks for new events (a dict lookup and a list copy)
+FRAME_MIN_S = 1.0  # a stream sends at most one frame this often: each costs the browser a re-render
 LOSS_EVERY_S = 1.0  # the loss plot streams at most this often (it changes with every iteration)
 PREVIEW_WAIT_S = 30.0  # a first read of a large dataset (MNIST: ~1 s; a big zip longer)
 SHOWCASE = "cpu-showcase"  # the preset suggested after the default run (docs/benchmarks.md)
@@ -275,6 +276,7 @@ class Studio:
             if view.finished:
                 return
             t, seen = time.monotonic(), self.service.version(run_id)
+            await asyncio.sleep(FRAME_MIN_S)
             while time.monotonic() - t < FOLLOW_WAIT_S and self.service.version(run_id) == seen:
                 await asyncio.sleep(POLL_S)
 

@@ -72,6 +72,14 @@ class RunState(str, Enum):
         return self in (RunState.DONE, RunState.FAILED, RunState.STOPPED)
 
 
+def engine_threads(requested: int, cores: int, concurrent: int) -> int:
+    """Torch threads for each engine process: ``requested`` when set, else the cores less one, shared by the
+    runs allowed at once. The spare core serves the web server and, on a local studio, the visitor's browser:
+    on 2 cores an engine given both shares them with those and runs slower than with one (the default run:
+    93 s with two threads, 76 s with one; docs/scaling.md)."""
+    return requested or max(1, (cores - 1) // max(1, concurrent))
+
+
 def call_by_name(module: str, name: str, *args: Any) -> Any:
     """What a child process runs: ``module.name(*args)``, imported there (a web process that named the
     function by reference would have to import the module, and torch with it)."""
@@ -325,7 +333,8 @@ class Service:
         self.export_dir = Path(export_dir) if export_dir else Path(cache_dir).parent / "exports"
         self.upload_dir = Path(upload_dir) if upload_dir else Path(cache_dir).parent / "uploads"
         self.data_root = data_root
-        self.max_concurrent, self.threads, self.public = max(1, max_concurrent), threads, public
+        self.max_concurrent, self.public = max(1, max_concurrent), public
+        self.threads = engine_threads(threads, len(os.sched_getaffinity(0)), self.max_concurrent)
         self.limits = limits or Limits.from_env()
         self.keep_finished, self.gpu_seconds = keep_finished, gpu_seconds
         self.results_csv = Path(results) if results else None

@@ -393,7 +393,26 @@ def test_replays_leave_descriptors_flat_and_old_runs_are_forgotten(tmp_path):
         s.shutdown()
 
 
-@pytest.mark.slow
+def test_engine_threads_leave_a_core_for_the_web_server_and_share_the_rest():
+    """0 means: the cores less one (the server's and a local browser's), split among the runs at once;
+    never fewer than one; an operator's own number wins."""
+    assert S.engine_threads(0, 2, 1) == 1
+    assert S.engine_threads(0, 16, 1) == 15
+    assert S.engine_threads(0, 16, 4) == 3
+    assert S.engine_threads(0, 1, 1) == 1 and S.engine_threads(0, 4, 8) == 1
+    assert S.engine_threads(3, 2, 1) == 3
+
+
+
+def test_the_service_gives_its_engines_the_resolved_threads(tmp_path, monkeypatch):
+    monkeypatch.setattr(S.os, "sched_getaffinity", lambda pid: set(range(8)))
+    s = Service(tmp_path / "cache", max_concurrent=2)
+    try:
+        assert s.threads == 3  # (8 - 1) // 2, what run_engine and the evaluator are handed
+    finally:
+        s.shutdown()
+
+
 @pytest.mark.slow
 def test_children_wait_passively_unless_the_server_was_told_otherwise(tmp_path, monkeypatch):
     """Engine threads that share the cores with the web server must not spin (docs/scaling.md): the children
