@@ -154,7 +154,8 @@ def test_the_epoch_matched_base_trains_its_own_images_for_the_curriculums_epochs
     from pdd_engine.models import build_model
     from pdd_engine.training import accuracy, make_sgd, seed_of, train_epochs
 
-    cfg = tiny(stages=2, ipc=2, compare_base="final", eval_batched=False, eval_epochs=6)
+    cfg = tiny(stages=2, ipc=2, compare_base="final", eval_batched=False, eval_epochs=6,
+               eval_precision="float32")  # the hand-rolled loop below is float32 (auto is bf16 on some CPUs)
     done = distill(cfg, store)
     last = done.accuracies[-1]
     base = store.get(Keys.of(cfg, digits).base(2).stage(1))[0]
