@@ -67,12 +67,14 @@ def control_change() -> dict:
     return out
 
 
-def cli_run(tmp: Path) -> float:
+def cli_run(tmp: Path) -> dict:
+    """The CLI's wall and the CPU seconds it used (its own and its children's)."""
     env = {**os.environ, "PDD_CACHE_DIR": str(tmp / "cli_cache")}
-    t = time.perf_counter()
+    r, t = os.times(), time.perf_counter()
     subprocess.run([sys.executable, "-m", "pdd_engine", "distill", "--quiet"], env=env, check=True, cwd=ROOT,
                    capture_output=True)
-    return time.perf_counter() - t
+    wall, done = time.perf_counter() - t, os.times()
+    return {"wall_s": wall, "cpu_s": done.children_user + done.children_system - r.children_user - r.children_system}
 
 
 def processes() -> dict[int, tuple[int, float, str]]:
@@ -131,20 +133,12 @@ def studio_run(tmp: Path) -> dict:
     return {"wall_s": took, **{f"{k}_cpu_s": after[k] - before[k] for k in after}}
 
 
-def cli_cpu(tmp: Path) -> dict:
-    """The CLI's wall and the CPU it used (its own and its children's)."""
-    r = os.times()
-    wall = cli_run(tmp)
-    return {"wall_s": wall, "cpu_s": os.times().children_user + os.times().children_system - r.children_user
-            - r.children_system}
-
-
 def default_run(repeats: int) -> dict:
     """The default run from a fresh cache: the CLI's wall, then the studio's click to Done, alternating."""
     cli, studio = [], []
     for _ in range(repeats):
         with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
-            cli.append(cli_cpu(Path(a)))
+            cli.append(cli_run(Path(a)))
             studio.append(studio_run(Path(b)))
             print("cli", json.dumps(cli[-1]), "studio", json.dumps(studio[-1]), flush=True)
     best_cli, best_studio = min(cli, key=lambda r: r["wall_s"]), min(studio, key=lambda r: r["wall_s"])

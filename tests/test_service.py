@@ -403,7 +403,6 @@ def test_engine_threads_leave_a_core_for_the_web_server_and_share_the_rest():
     assert S.engine_threads(3, 2, 1) == 3
 
 
-
 def test_the_service_gives_its_engines_the_resolved_threads(tmp_path, monkeypatch):
     monkeypatch.setattr(S.os, "sched_getaffinity", lambda pid: set(range(8)))
     s = Service(tmp_path / "cache", max_concurrent=2)
