@@ -114,10 +114,12 @@ def status_markdown(view: RunView, state: str, position: int = 0, timing: Option
         return "**Starting** the engine…"
     stage = view.current
     cached = " (from cache)" if stage in view.cached_stages else ""
-    if view.images is not None and view.images.stage == stage:
+    if view.iteration and view.phase == "base":  # after the stage's images: the comparison's own iterations
+        detail = (f"the base method alone (P=1) for comparison: iteration {view.iteration}/{view.iterations}{clock(timing)}"
+                  if view.iteration < view.iterations else
+                  "evaluating the base method alone (P=1)" + (", then its images trained as long as PDD" if stage > 1 else ""))
+    elif view.images is not None and view.images.stage == stage:
         detail = "evaluating (curriculum networks and the random-subset baseline)"
-    elif view.iteration and view.phase == "base":
-        detail = f"the base method alone (P=1) for comparison: iteration {view.iteration}/{view.iterations}{clock(timing)}"
     elif view.iteration:
         detail = f"iteration {view.iteration}/{view.iterations}{clock(timing)}"
     else:

@@ -38,7 +38,11 @@ def test_run_view_folds_events_and_renders():
     view = render.RunView.of(fake_stream())
     assert view.stages == 2 and view.cached_stages == {2} and sorted(view.evals) == [1, 2]
     assert 0.5 <= view.fraction < 1
-    assert "stage 2/2 (from cache): evaluating" in render.status_markdown(view, "running")
+    assert "stage 2/2 (from cache): the base method alone (P=1) for comparison: iteration 3/10" in render.status_markdown(view, "running")
+    view.apply(E.Progress(2, 10, 10, 8.0, "base"))  # the comparison's images are done: its evaluation runs
+    assert render.status_markdown(view, "running").endswith(
+        "stage 2/2 (from cache): evaluating the base method alone (P=1), then its images trained as long as PDD")
+    assert "stage 2/2 (from cache): evaluating (curriculum" in render.status_markdown(render.RunView.of(fake_stream()[:9]), "running")
     grid = render.grid_image(view.images)
     assert grid.size[1] > 10 * 30 and grid.getpixel((grid.size[0] - 5, render.GRID_TOP + 5)) == render.NEW  # newest image framed orange
     later = render.grid_image(view.images, current=3)  # stage 3 running: the shown stages are all frozen
