@@ -25,8 +25,11 @@ def draw_seed(g: torch.Generator) -> int:
     return int(torch.randint(2 ** 31 - 1, (1,), generator=g))
 
 
-def make_sgd(net: nn.Module, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4) -> torch.optim.SGD:
-    return torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+def make_sgd(net: nn.Module | Sequence[torch.Tensor], lr: float, momentum: float = 0.9,
+             weight_decay: float = 5e-4) -> torch.optim.SGD:
+    """The field's SGD for a network, or for stacked parameters (``train_together``)."""
+    params = net.parameters() if isinstance(net, nn.Module) else list(net)
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
 def train_epochs(net: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, opt: torch.optim.Optimizer,

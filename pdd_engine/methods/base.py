@@ -7,6 +7,7 @@ parameters (MTT's step size) it learns. That is all PDD needs to wrap any method
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Optional
 
@@ -18,7 +19,7 @@ from ..augment import DSA
 from ..data import Dataset
 from ..executor import Executor, or_local
 from ..registry import MethodSpec
-from ..training import make_sgd, seed_of, train_epochs
+from ..training import make_sgd, seed_of, train_epochs, train_together, trains_together
 
 if TYPE_CHECKING:
     from ..config import DistillConfig
@@ -78,14 +79,42 @@ class StageContext:
         a fresh SGD per stage at that stage's lr, so the network is theta_{i-1} of one carried chain.
         ``fresh``: train on U_{i-1} alone.
         """
-        if not len(self.frozen_x):
-            return net
-        ends = torch.tensor(self.stage_sizes).cumsum(0).tolist()
-        plan = list(zip(ends, self.stage_lrs)) if self.cfg.transition == "chain" else [(ends[-1], self.transition_lr)]
-        for j, (end, lr) in enumerate(plan):
+        for j, (end, lr) in enumerate(self.transition_plan()):
             train_epochs(net, self.frozen_x[:end], self.frozen_y[:end], self.cfg.transition_epochs,
                          make_sgd(net, lr), lr, self.cfg.eval_batch, self.aug, seed_of(seed, j))
         return net
+
+    def transition_plan(self) -> list[tuple[int, float]]:
+        """(images of the frozen union trained on, lr) per transition step; empty at stage 1."""
+        if not len(self.frozen_x):
+            return []
+        ends = torch.tensor(self.stage_sizes).cumsum(0).tolist()
+        return list(zip(ends, self.stage_lrs)) if self.cfg.transition == "chain" else [(ends[-1], self.transition_lr)]
+
+    def transitioned(self, seeds: list[int], together: Optional[bool] = None) -> list[nn.Module]:
+        """``new_model(s)`` brought through :meth:`transition`, for each seed. Many small networks
+        (DM's pool, MTT's experts) train together (vmap) where :func:`trains_together` says that is
+        faster (``together`` overrides it): each keeps its own seed's minibatches and augmentation,
+        so the networks are the one-by-one networks up to floating-point summation order."""
+        nets = [self.new_model(s) for s in seeds]
+        plan = self.transition_plan()
+        c = self.cfg
+        if together is None:
+            together = trains_together(None, c.norm, c.width, self.ds.size, len(nets), self.device)
+        if not plan or not together or len(nets) < 2:
+            for net, s in zip(nets, seeds):
+                self.check_cancel()
+                self.transition(net, s)
+            return nets
+        params, buffers = torch.func.stack_module_state(nets)
+        base = copy.deepcopy(nets[0]).to("meta")
+        for j, (end, lr) in enumerate(plan):  # a fresh SGD per step, as make_sgd gives each network
+            opt = make_sgd(params.values(), lr)
+            train_together(base, params, buffers, self.frozen_x[:end], self.frozen_y[:end], c.transition_epochs,
+                           opt, lr, c.eval_batch, self.aug, [seed_of(s, j) for s in seeds])
+        for k, net in enumerate(nets):
+            net.load_state_dict({name: t[k].detach() for name, t in {**params, **buffers}.items()})
+        return nets
 
     def real_batch(self, c: int, n: int, g: torch.Generator) -> torch.Tensor:
         idx = self.real_by_class[c]

@@ -49,11 +49,9 @@ class DM(Method):
         self.pool = []
         if not len(ctx.frozen_x) or ctx.cfg.transition_epochs == 0:
             return  # no transition to pay for: a fresh random network every iteration
-        for k in range(ctx.cfg.params.dm_pool):
-            ctx.check_cancel()
-            s = seed_of(ctx.seed, 7, k)
-            net = ctx.transition(ctx.new_model(s), s)
-            self.pool.append(net.requires_grad_(False))
+        ctx.check_cancel()
+        seeds = [seed_of(ctx.seed, 7, k) for k in range(ctx.cfg.params.dm_pool)]
+        self.pool = [net.requires_grad_(False) for net in ctx.transitioned(seeds)]
 
     def loss(self, stored: torch.Tensor, it: int) -> torch.Tensor:
         ctx = self.ctx

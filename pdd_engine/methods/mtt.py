@@ -87,7 +87,7 @@ def train_experts(shared: dict, ids: list[int]) -> torch.Tensor:
                        shared["lrs"], shared["sizes"], [])
     x, y = shared["x"][shared["idx"]].to(device), shared["y"][shared["idx"]].to(device)
     seeds = [seed_of(ctx.seed, 11, e) for e in ids]
-    nets = [ctx.transition(ctx.new_model(s), s) for s in seeds]
+    nets = ctx.transitioned(seeds, together=len(ids) > 1)
     epochs = c.max_start_epoch + c.expert_epochs
     if len(nets) == 1:
         net, checkpoints = nets[0], [flat_params(nets[0])]
