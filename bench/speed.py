@@ -243,22 +243,36 @@ def m_run(a: dict) -> dict:
 
 
 def m_transition(a: dict) -> dict:
-    """Cost of one PDD transition: a fresh network trained on U_{i-1}."""
+    """Cost of PDD's transition at the default run's stage 2 (digits, U_1 of ``ipc`` per class, chain):
+    DM's pool of ``pool`` networks brought through it one by one and together (vmap), as
+    :meth:`StageContext.transitioned` chooses; and how far apart the two pools end."""
     import torch
     from pdd_engine import DistillConfig
     from pdd_engine.evaluate import random_subset
     from pdd_engine.data import dataset_for
     from pdd_engine.progressive import Union, stage_context
+    from pdd_engine.training import trains_together
 
-    cfg = DistillConfig(transition_epochs=a["epochs"], transition="fresh")
+    torch.set_num_threads(a.get("threads", 2))
+    cfg = DistillConfig(transition_epochs=a["epochs"])
     ds = dataset_for(cfg)
     x, y = random_subset(ds, 0, a["ipc"], 0)
     union = Union.empty(ds, torch.device("cpu"))
-    union.add({"train_x": x, "train_y": y, "stored": x, "real_keep": union.keep}, None)
+    union.add({"train_x": x, "train_y": y, "stored": x, "real_keep": union.keep}, cfg.eval_lr)
     ctx = stage_context(cfg, ds, 2, union=union)
-    t = time.perf_counter()
-    ctx.transition(ctx.new_model(0), 0)
-    return {"seconds": time.perf_counter() - t, "union": len(x)}
+    seeds = list(range(a["pool"]))
+    for together in (False, True):  # warm-up: allocator, kernels, vmap's tracing
+        ctx.transitioned(seeds[:2], together=together)
+    out = {"union": len(x), "pool": len(seeds)}
+    for how, together in (("sequential", False), ("batched", True)):
+        t = time.perf_counter()
+        out[how] = ctx.transitioned(seeds, together=together)
+        out[f"{how}_s"] = time.perf_counter() - t
+    diff = max(float((p - q).abs().max()) for one, other in zip(out.pop("sequential"), out.pop("batched"))
+               for p, q in zip(one.parameters(), other.parameters()))
+    auto = trains_together(None, cfg.norm, cfg.width, ds.size, len(seeds), ctx.device)
+    return {**out, "speedup": out["sequential_s"] / out["batched_s"], "max_abs_diff": diff,
+            "automatic": "together" if auto else "one by one"}
 
 
 def m_unroll(a: dict) -> dict:
@@ -545,10 +559,14 @@ def section_experts(args, report: dict) -> str:
 
 
 def section_transition(args, report: dict) -> str:
-    epochs = 2 if args.tiny else 50
-    r = child("transition", epochs=epochs, ipc=8)
+    """The transition of DM's pool at the default run's stage 2, one by one against together (vmap)."""
+    epochs, pool = (2, 4) if args.tiny else (50, 16)
+    r = attempt("transition", epochs=epochs, ipc=5, pool=pool, threads=2)
     report["transition"] = r
-    return table("PDD transition", ["union images", "epochs", "seconds"], [[r["union"], epochs, f"{r['seconds']:.2f}"]])
+    return table(f"PDD transition: DM's pool of {pool} networks at the default run's stage 2 (digits, {epochs} epochs, 2 threads)",
+                 ["union images", "one by one s", "together (vmap) s", "speed-up", "largest weight difference", "automatic"],
+                 [cells(r, lambda r: [r["union"], f"{r['sequential_s']:.2f}", f"{r['batched_s']:.2f}", f"{r['speedup']:.2f}",
+                                      f"{r['max_abs_diff']:.1e}", r["automatic"]], 6)])
 
 
 def section_unroll(args, report: dict) -> str:
