@@ -290,8 +290,10 @@ class Studio:
         if started is None or any(started.config.get(k) != default.get(k) for k in DEFINING):
             return ""
         show = self.presets[SHOWCASE]
+        data = show.get("dataset", default.get("dataset"))
+        where = "the same data" if data == default.get("dataset") else f"{data} (a longer run; the Results tab has its time)"
         return (f"<br>Next: the **{SHOWCASE}** preset (Preset, above) runs PDD+{show.get('method', 'dm').upper()} "
-                "on the same data, the setting where the benchmark's PDD is ahead of all three comparisons; the "
+                f"on {where}, the setting where the benchmark's PDD is furthest ahead of all three comparisons; the "
                 "**Results** tab shows those rows, with their spread over seeds.")
 
     async def follow_if_any(self, profile: Optional[gr.OAuthProfile], run_id: str, token: str):

@@ -232,14 +232,17 @@ def m_run(a: dict) -> dict:
     wall seconds and the process's peak resident memory, the reference's whole-run figure."""
     import tempfile
     from pdd_engine import DistillConfig, distill
+    from pdd_engine.device import resolved
 
     with tempfile.TemporaryDirectory() as cache:
         cfg = DistillConfig.make({**a["cfg"], "cache_dir": cache}, other_methods="drop")
+        ran = resolved(cfg)  # auto arithmetic: what this processor runs
         t = time.perf_counter()
         done = distill(cfg)
         last = done.accuracies[-1]
         return {"seconds": time.perf_counter() - t, "peak_mb": peak_mb(), "acc": last["mean"],
-                "random": last["random_mean"], "base": last["base_mean"]}
+                "random": last["random_mean"], "base": last["base_mean"], "epochs": last.get("base_epochs_mean"),
+                "arithmetic": f"{ran.precision}/{ran.eval_precision}"}
 
 
 def m_transition(a: dict) -> dict:
@@ -569,6 +572,22 @@ def section_transition(args, report: dict) -> str:
                                       f"{r['max_abs_diff']:.1e}", r["automatic"]], 6)])
 
 
+def section_presets(args, report: dict) -> str:
+    """The presets the studio offers on a CPU (the default run and the one it suggests next), each run
+    once alone in a fresh cache at seed 0: what a visitor waits, and what the run says at the end."""
+    from pdd_engine.config import PRESETS
+    rows = []
+    for name in ("cpu-quick", "cpu-showcase"):
+        cfg = dict(PRESETS[name], **({"iterations": 2, "eval_epochs": 2, "max_train": 500} if args.tiny else {}))
+        r = attempt("run", cfg=cfg)
+        report[f"preset_{name}"] = r
+        pct = lambda k: f"{100 * r[k]:.1f}" if r.get(k) is not None else "–"  # noqa: E731
+        rows.append([name] + cells(r, lambda r: [f"{r['seconds']:.0f}", pct("acc"), pct("base"), pct("epochs"), pct("random"),
+                                                 r["arithmetic"], f"{r['peak_mb']:.0f}"], 7))
+    return table("Presets, one run alone (seed 0, 2 threads, fresh cache)",
+                 ["preset", "seconds", "PDD %", "P = 1 %", "P = 1 same epochs %", "random %", "arithmetic", "peak MB"], rows)
+
+
 def section_unroll(args, report: dict) -> str:
     rows = []
     for steps in ((2,) if args.tiny else (5, 10, 20, 40)):
@@ -808,7 +827,7 @@ def section_ceiling(args, report: dict) -> str:
                          "evaluation target images/s"], rows)
 
 
-SECTIONS = {"methods": section_methods, "eval": section_eval, "eval_widths": section_eval_widths, "experts": section_experts,
+SECTIONS = {"methods": section_methods, "eval": section_eval, "eval_widths": section_eval_widths, "experts": section_experts, "presets": section_presets,
             "transition": section_transition,
             "unroll": section_unroll, "variants": section_variants, "executor": section_executor,
             "reference": section_reference, "chunks": section_chunks, "ceiling": section_ceiling}

@@ -93,6 +93,19 @@ def gain(row: dict, rows: list[dict]) -> Optional[float]:
     return min(c["pdd"][0] - c[k][0] for k in ("base", "epochs", "random"))
 
 
+# The showcase preset must finish within about a quarter of an hour on 2 cores. A row's wall s is one seed
+# on one thread beside the row's other seeds (bench/quality.py --seed-jobs 3 --threads 1), longer than the
+# preset alone (bench/speed.py --only presets; docs/benchmarks.md, "The default and the showcase").
+SHOWCASE_MAX_WALL_S = 2400
+
+
+def showcase(rows: list[dict]) -> Optional[dict]:
+    """The row the ``cpu-showcase`` preset runs: of the rows that fit its time, the one whose smallest gain
+    over the three comparisons is largest (None when no row has all three)."""
+    fit = [r for r in rows if gain(r, rows) is not None and (number(r["wall_s"]) or 0) <= SHOWCASE_MAX_WALL_S]
+    return max(fit, key=lambda r: gain(r, rows), default=None)
+
+
 def settings_of(row: dict) -> dict:
     """The engine settings a row ran with (by name): what the studio's Results tab puts on the Distil tab."""
     out = {"dataset": row["dataset"], "method": row["method"], "stages": int(row["stages"]), "ipc": int(row["ipc"]),

@@ -341,6 +341,7 @@ def test_after_the_default_run_the_studio_points_to_the_showcase(studio):
     run = lambda cfg, state=RunState.DONE: RunView("r", state, 0, [E.RunStarted("run:a", cfg, {}, 2)], True)  # noqa: E731
     hint = studio.next_step(run(default))
     assert "cpu-showcase" in hint and "Results" in hint and "cpu-showcase" in studio.presets
+    assert "on mnist (a longer run" in hint  # the showcase is on another dataset than the default run: the hint says so
     assert studio.next_step(run(default, RunState.RUNNING)) == ""
     assert studio.next_step(run({**default, "method": "idc"})) == ""
     assert studio.next_step(run({**default, "iterations": 50})) == ""
