@@ -827,8 +827,8 @@ def section_ceiling(args, report: dict) -> str:
                          "evaluation target images/s"], rows)
 
 
-SECTIONS = {"methods": section_methods, "eval": section_eval, "eval_widths": section_eval_widths, "experts": section_experts, "presets": section_presets,
-            "transition": section_transition,
+SECTIONS = {"methods": section_methods, "eval": section_eval, "eval_widths": section_eval_widths, "experts": section_experts,
+            "transition": section_transition, "presets": section_presets,
             "unroll": section_unroll, "variants": section_variants, "executor": section_executor,
             "reference": section_reference, "chunks": section_chunks, "ceiling": section_ceiling}
 

@@ -102,8 +102,8 @@ SHOWCASE_MAX_WALL_S = 2400
 def showcase(rows: list[dict]) -> Optional[dict]:
     """The row the ``cpu-showcase`` preset runs: of the rows that fit its time, the one whose smallest gain
     over the three comparisons is largest (None when no row has all three)."""
-    fit = [r for r in rows if gain(r, rows) is not None and (number(r["wall_s"]) or 0) <= SHOWCASE_MAX_WALL_S]
-    return max(fit, key=lambda r: gain(r, rows), default=None)
+    fit = [(g, r) for r in rows if (number(r["wall_s"]) or 0) <= SHOWCASE_MAX_WALL_S and (g := gain(r, rows)) is not None]
+    return max(fit, key=lambda gr: gr[0], default=(None, None))[1]
 
 
 def settings_of(row: dict) -> dict:
