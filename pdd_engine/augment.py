@@ -25,12 +25,6 @@ SCALE, ROTATE, CROP_PAD, CUTOUT = 1.2, 15.0, 0.125, 0.5
 BRIGHTNESS, SATURATION, CONTRAST = 1.0, 2.0, 0.5
 
 
-def _draw(g: torch.Generator, x: torch.Tensor, siamese: bool, k: int = 1) -> torch.Tensor:
-    """Uniform [0, 1) parameters, shape (len(x), k): one row broadcast to all samples when siamese."""
-    n = 1 if siamese else len(x)
-    return torch.rand(n, k, generator=g).to(x.device, x.dtype).expand(len(x), k)
-
-
 def _affine(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     grid = F.affine_grid(theta, list(x.shape), align_corners=True)
     return F.grid_sample(x, grid, align_corners=True)
@@ -42,8 +36,9 @@ def _theta(x: torch.Tensor) -> torch.Tensor:
     return theta
 
 
-def color(x, g, siamese):
-    r = _draw(g, x, siamese, 3).reshape(len(x), 3, 1, 1, 1)
+# Every operation reads its uniform [0, 1) parameters ``r``, one row per sample (len(x), PARAMS[op]).
+def color(x, r):
+    r = r.reshape(len(x), 3, 1, 1, 1)
     x = x + (r[:, 0] - 0.5) * BRIGHTNESS
     m = x.mean(dim=1, keepdim=True)
     x = (x - m) * (r[:, 1] * SATURATION) + m
@@ -51,37 +46,36 @@ def color(x, g, siamese):
     return (x - m) * (r[:, 2] + CONTRAST) + m
 
 
-def crop(x, g, siamese):
+def crop(x, r):
     theta = _theta(x)
-    theta[:, :, 2] = (_draw(g, x, siamese, 2) * 2 - 1) * CROP_PAD * 2  # grid units span 2
+    theta[:, :, 2] = (r * 2 - 1) * CROP_PAD * 2  # grid units span 2
     return _affine(x, theta)
 
 
-def scale(x, g, siamese):
-    s = _draw(g, x, siamese, 2) * (SCALE - 1.0 / SCALE) + 1.0 / SCALE
+def scale(x, r):
+    s = r * (SCALE - 1.0 / SCALE) + 1.0 / SCALE
     theta = _theta(x)
     theta[:, 0, 0], theta[:, 1, 1] = s[:, 0], s[:, 1]
     return _affine(x, theta)
 
 
-def rotate(x, g, siamese):
-    a = (_draw(g, x, siamese)[:, 0] - 0.5) * 2 * ROTATE / 180 * math.pi
+def rotate(x, r):
+    a = (r[:, 0] - 0.5) * 2 * ROTATE / 180 * math.pi
     theta = _theta(x)
     theta[:, 0, 0], theta[:, 0, 1] = torch.cos(a), torch.sin(-a)
     theta[:, 1, 0], theta[:, 1, 1] = torch.sin(a), torch.cos(a)
     return _affine(x, theta)
 
 
-def flip(x, g, siamese):
-    mask = (_draw(g, x, siamese)[:, 0] < 0.5).view(len(x), 1, 1, 1)
+def flip(x, r):
+    mask = (r[:, 0] < 0.5).view(len(x), 1, 1, 1)
     return torch.where(mask, x.flip(3), x)
 
 
-def cutout(x, g, siamese):
+def cutout(x, r):
     """Zero a k x k square, k = round(size / 2) (4 x 4 on 8 x 8), centred at a uniform position."""
     _, _, h, w = x.shape
     kh, kw = int(h * CUTOUT + 0.5), int(w * CUTOUT + 0.5)
-    r = _draw(g, x, siamese, 2)
     cy = (r[:, 0] * (h + 1 - kh % 2)).long().view(-1, 1, 1) - kh // 2  # top-left corner, may lie outside
     cx = (r[:, 1] * (w + 1 - kw % 2)).long().view(-1, 1, 1) - kw // 2
     ys = torch.arange(h, device=x.device).view(1, h, 1)
@@ -91,6 +85,7 @@ def cutout(x, g, siamese):
 
 
 OPS = {"color": color, "crop": crop, "cutout": cutout, "flip": flip, "scale": scale, "rotate": rotate}
+PARAMS = {"color": 3, "crop": 2, "cutout": 2, "flip": 1, "scale": 2, "rotate": 1}  # uniform draws per sample
 
 
 class DSA:
@@ -108,6 +103,34 @@ class DSA:
     def __call__(self, x: torch.Tensor, seed: int, siamese: bool = True) -> torch.Tensor:
         if not self.ops or len(x) == 0:
             return x
+        op, r = self.draw(seed, 1 if siamese else len(x))
+        return OPS[op](x, r.to(x.device, x.dtype).expand(len(x), -1))
+
+    def draw(self, seed: int, n: int) -> tuple[str, torch.Tensor]:
+        """The operation ``seed`` picks and its parameters for ``n`` samples, (n, PARAMS[op])."""
         g = torch.Generator().manual_seed(int(seed))
         op = self.ops[int(torch.randint(len(self.ops), (1,), generator=g))]
-        return OPS[op](x, g, siamese)
+        return op, torch.rand(n, PARAMS[op], generator=g)
+
+    def grouped(self, x: torch.Tensor, sizes: Sequence[int], seeds: Sequence[int]) -> torch.Tensor:
+        """``cat([self(part, seed) for part, seed in zip(x.split(sizes), seeds)])`` (each group
+        siamese under its own seed) in one call per operation drawn rather than one per group: DM
+        augments every class's real and synthetic batch this way, a few hundred small calls per
+        iteration otherwise."""
+        if not self.ops or len(x) == 0:
+            return x
+        draws = [self.draw(seed, 1) for seed in seeds]
+        group = torch.repeat_interleave(torch.arange(len(sizes)), torch.as_tensor(sizes))
+        rows, outs, order = {}, [], []
+        for k, (op, r) in enumerate(draws):
+            rows.setdefault(op, []).append((k, r))
+        for op, picked in rows.items():
+            members = torch.tensor([k for k, _ in picked])
+            r = torch.cat([r for _, r in picked])  # one row per group that drew ``op``
+            at = torch.isin(group, members).nonzero().squeeze(1)
+            slot = torch.searchsorted(members, group[at])  # each sample's row of ``r``
+            outs.append(OPS[op](x[at.to(x.device)], r[slot].to(x.device, x.dtype)))
+            order.append(at)
+        inverse = torch.empty(len(x), dtype=torch.long)
+        inverse[torch.cat(order)] = torch.arange(len(x))
+        return torch.cat(outs)[inverse.to(x.device)]

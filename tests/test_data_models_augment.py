@@ -210,7 +210,7 @@ def test_cutout_square_is_round_half_the_size(size, k):
     """k x k with k = round(size / 2), as the reference; 4 x 4 on 8 x 8 (it was 5 x 5)."""
     from pdd_engine.augment import cutout
     x = torch.ones(200, 1, size, size)
-    out = cutout(x, torch.Generator().manual_seed(0), siamese=False)
+    out = cutout(x, torch.rand(len(x), 2, generator=torch.Generator().manual_seed(0)))
     zeros = (out == 0).sum(dim=(1, 2, 3))
     assert zeros.max() == k * k  # an uncut square lies fully inside; others are clipped at the border
     assert (zeros > 0).all()

@@ -267,6 +267,35 @@ def test_dm_draws_a_fresh_network_every_iteration_at_stage_one(digits, tiny):
     assert not torch.equal(a, m.loss(stored, 1))  # same batch draws, another network
 
 
+def test_dm_loss_equals_the_references_per_class_loop(digits, tiny):
+    """All classes in one pass (class_means) is the reference's loop over classes, draw for draw: each
+    class's real batch, then its own siamese augmentation of real and synthetic images, then the squared
+    distance of the two mean embeddings, summed. Uneven classes, like a union of stages, included."""
+    from pdd_engine.methods.dm import DM
+    from pdd_engine.training import draw_seed
+    m = DM(stage_context(tiny(stages=1, ipc=3), digits))
+    m.setup()
+    stored = m.init_images()
+    x, y = m.union(stored)
+    keep = torch.ones(len(y), dtype=torch.bool)
+    keep[(y == 2).nonzero()[0]] = False  # class 2 has one image fewer
+    x, y = x[keep], y[keep]
+    net = m.ctx.new_model(4).requires_grad_(False)
+    g = torch.Generator().manual_seed(7)
+    loop = x.new_zeros(())
+    for c in range(digits.num_classes):
+        real = m.ctx.real_batch(c, m.ctx.cfg.params.batch_real, g)
+        seed = draw_seed(g)
+        real_mean = net.embed(m.ctx.aug(real, seed)).mean(0)
+        loop = loop + ((real_mean - net.embed(m.ctx.aug(x[y == c], seed)).mean(0)) ** 2).sum()
+    m.g = torch.Generator().manual_seed(7)
+    m.union = lambda _: (x, y)
+    m.ctx.new_model = lambda _: net
+    batched = m.loss(stored, 0)
+    torch.testing.assert_close(batched, loop, rtol=1e-5, atol=1e-6)
+    assert float(loop) > 1e-3  # a real loss: the comparison can fail
+
+
 def test_bfloat16_matching_follows_the_weights_after_every_step(digits):
     """The bf16 context may span optimiser steps: each forward casts the weights as they are now (autocast's
     weight cache would serve the first step's copies, and networks trained under it end at chance)."""

@@ -1,7 +1,8 @@
 """DM: distribution matching (Zhao & Bilen 2023).
 
 Per class, match the mean embedding of a real batch and of the class's synthetic images under a
-randomly drawn network; one shared (siamese) DSA draw per class. At stage 1 (and whenever
+randomly drawn network; one shared (siamese) DSA draw per class. Every class goes through the
+network in one pass (:func:`class_means`), with the reference's draws. At stage 1 (and whenever
 ``transition_epochs`` is 0) every iteration draws a fresh random network, as the reference does.
 Under PDD, later stages' embedding networks are first brought through the transition on
 U_1..U_{i-1}; that costs training, so they come from a pool of ``dm_pool`` networks drawn at random
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..augment import DSA
 from ..registry import Params, Work, param, register
 from ..training import draw_seed, seed_of
 from .base import Method
@@ -60,13 +62,29 @@ class DM(Method):
             net = self.pool[int(torch.randint(len(self.pool), (1,), generator=self.g))]
         else:
             net = ctx.new_model(seed_of(ctx.seed, 7, it)).requires_grad_(False)
-        total = x.new_zeros(())
-        for c in range(ctx.ds.num_classes):
-            real = ctx.real_batch(c, ctx.cfg.params.batch_real, self.g)
-            syn = x[y == c]
-            seed = draw_seed(self.g)
-            with torch.no_grad():
-                real_mean = net.embed(ctx.aug(real, seed)).float().mean(0)  # float: a no-op but under bf16
-            syn_mean = net.embed(ctx.aug(syn, seed)).float().mean(0)
-            total = total + ((real_mean - syn_mean) ** 2).sum()
-        return total
+        k = ctx.ds.num_classes
+        reals, seeds = [], []
+        for c in range(k):  # the reference's draw order: class c's real batch, then its augmentation seed
+            reals.append(ctx.real_batch(c, ctx.cfg.params.batch_real, self.g))
+            seeds.append(draw_seed(self.g))
+        by_class = torch.sort(y, stable=True).indices
+        syn_sizes = torch.bincount(y, minlength=k).tolist()
+        with torch.no_grad():
+            real_means = class_means(net, ctx.aug, torch.cat(reals), [len(r) for r in reals], seeds, ctx.cfg.norm)
+        syn_means = class_means(net, ctx.aug, x[by_class], syn_sizes, seeds, ctx.cfg.norm)
+        return ((real_means - syn_means) ** 2).sum()
+
+
+def class_means(net: torch.nn.Module, aug: DSA, x: torch.Tensor, sizes: list[int], seeds: list[int],
+                norm: str) -> torch.Tensor:
+    """Each class's mean embedding, (classes, features); ``x`` holds the classes one after another,
+    ``sizes`` images each, class c augmented under ``seeds[c]`` (siamese). Every class goes through
+    the network in one pass (a few calls per iteration instead of a few per class: on small images
+    the calls cost more than the arithmetic); under batch norm a batch's statistics are its class's,
+    as the reference's, so there each class passes alone."""
+    if norm == "batch":
+        return torch.stack([net.embed(aug(part, seed)).float().mean(0) for part, seed in zip(x.split(sizes), seeds)])
+    emb = net.embed(aug.grouped(x, sizes, seeds)).float()  # float: a no-op but under bf16
+    group = torch.repeat_interleave(torch.arange(len(sizes), device=x.device), torch.as_tensor(sizes, device=x.device))
+    sums = emb.new_zeros(len(sizes), emb.shape[1]).index_add(0, group, emb)
+    return sums / torch.as_tensor(sizes, device=x.device, dtype=emb.dtype).unsqueeze(1)
