@@ -14,6 +14,7 @@ process's state after set-up, or CUDA's peak allocation on a GPU) is its own.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import resource
 import subprocess
@@ -691,9 +692,11 @@ def load_reference(path) -> dict:
     return json.loads(Path(path).read_text()) if path else {}
 
 
-def section_reference(args, report: dict) -> str:
+def section_reference(args, report: dict, dm_only: bool = False) -> str:
     """The reference code's configurations as named rows: the engine now, the engine without cache-sized
-    chunks (models.CHUNK_BYTES: the engine before), and the reference's figure with the ratio where given."""
+    chunks (models.CHUNK_BYTES: the engine before), and the reference's figure with the ratio where given.
+    ``dm_only`` (section reference_dm): DM's iteration alone, float32 and bf16, in minutes rather than the
+    whole section's quarter of an hour: the figure issue 30's DM target is stated in."""
     tiny = args.tiny
     base = reference_cfg(tiny)
     ref = load_reference(args.reference)
@@ -709,7 +712,7 @@ def section_reference(args, report: dict) -> str:
     # the per-iteration rows: (name, report key, config, timed iterations)
     iteration_rows = [("DM iteration", "dm", dict(base, **REFERENCE_DM), 5)] + [
         (f"MTT iteration, syn_steps {steps}", f"mtt{steps}", dict(mtt, syn_steps=steps), 2)
-        for steps in ((2,) if tiny else (10, 20))]
+        for steps in ((2,) if tiny else (10, 20)) if not dm_only]
 
     def iterations(tag: str, key_tag: str, note: str, precision: str = "float32", unchunked: bool = False) -> None:
         for name, key, cfg, iters in iteration_rows:
@@ -718,6 +721,12 @@ def section_reference(args, report: dict) -> str:
             add(f"{name}{tag}", "s/iter", 1 / r["it_per_s"] if "it_per_s" in r else r.get("failed", "failed"),
                 f"peak RSS {r.get('process_peak_mb', 0):.0f} MB{note}")
 
+    title = ("Reference configurations (MNIST, IPC 10, ConvNet-3 width 128, instance norm, full DSA, real init; "
+             "DM batch_real 256; MTT batch_syn 100; evaluation: 5 networks x 20 epochs on 100 images)")
+    if dm_only:
+        iterations("", "", "")
+        iterations(", precision bfloat16", " (bfloat16)", "; the reference runs float32", precision="bfloat16")
+        return table(title, ["row", "unit", "engine", "reference", "engine / reference", "notes"], rows)
     for unchunked in (False, True):
         tag = " (unchunked)" if unchunked else ""
         iterations(tag, tag, "", unchunked=unchunked)
@@ -755,8 +764,6 @@ def section_reference(args, report: dict) -> str:
     add("default run (digits, app and CLI defaults)", "s", r["seconds"] if "seconds" in r else r.get("failed", "failed"),
         f"PDD {100 * (r.get('acc') or 0):.1f} %, base {100 * (r.get('base') or 0):.1f} %, "
         f"random {100 * (r.get('random') or 0):.1f} %; peak RSS {r.get('peak_mb', 0):.0f} MB")
-    title = ("Reference configurations (MNIST, IPC 10, ConvNet-3 width 128, instance norm, full DSA, real init; "
-             "DM batch_real 256; MTT batch_syn 100; evaluation: 5 networks x 20 epochs on 100 images)")
     note = f"\n{ref['how']}\n" if ref.get("how") else ""
     return table(title, ["row", "unit", "engine", "reference", "engine / reference", "notes"], rows) + note
 
@@ -830,7 +837,8 @@ def section_ceiling(args, report: dict) -> str:
 SECTIONS = {"methods": section_methods, "eval": section_eval, "eval_widths": section_eval_widths, "experts": section_experts,
             "transition": section_transition, "presets": section_presets,
             "unroll": section_unroll, "variants": section_variants, "executor": section_executor,
-            "reference": section_reference, "chunks": section_chunks, "ceiling": section_ceiling}
+            "reference": section_reference, "reference_dm": functools.partial(section_reference, dm_only=True),
+            "chunks": section_chunks, "ceiling": section_ceiling}
 
 
 if __name__ == "__main__":
