@@ -113,13 +113,14 @@ def cpu_by_party() -> dict[str, float]:
     return parties
 
 
-def studio_run(tmp: Path) -> dict:
-    """Click to Done in headless Chromium, and the CPU each party used meanwhile."""
+def studio_run(tmp: Path, threads: int = 0) -> dict:
+    """Click to Done in headless Chromium, and the CPU each party used meanwhile; ``threads``: the
+    engine's (PDD_ENGINE_THREADS, 0: the studio's own choice)."""
     from playwright.sync_api import sync_playwright
 
     from tests.apphelpers import CHROMIUM, CHROMIUM_ARGS, running_app
 
-    with running_app(tmp, PDD_ENGINE_THREADS="0") as url, sync_playwright() as p:
+    with running_app(tmp, PDD_ENGINE_THREADS=str(threads)) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(url)
@@ -133,19 +134,20 @@ def studio_run(tmp: Path) -> dict:
     return {"wall_s": took, **{f"{k}_cpu_s": after[k] - before[k] for k in after}}
 
 
-def default_run(repeats: int) -> dict:
+def default_run(repeats: int, threads: int = 0) -> dict:
     """The default run from a fresh cache: the CLI's wall, then the studio's click to Done, alternating."""
     cli, studio = [], []
     for _ in range(repeats):
         with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
             cli.append(cli_run(Path(a)))
-            studio.append(studio_run(Path(b)))
+            studio.append(studio_run(Path(b), threads))
             print("cli", json.dumps(cli[-1]), "studio", json.dumps(studio[-1]), flush=True)
     best_cli, best_studio = min(cli, key=lambda r: r["wall_s"]), min(studio, key=lambda r: r["wall_s"])
     return {"cli_s": best_cli["wall_s"], "studio_s": best_studio["wall_s"],
             "studio_over_cli": best_studio["wall_s"] / best_cli["wall_s"], "cli_cpu_s": best_cli["cpu_s"],
             **{f"studio_{k}": v for k, v in best_studio.items() if k.endswith("_cpu_s")},
-            "cli_all_s": [r["wall_s"] for r in cli], "studio_all_s": [r["wall_s"] for r in studio]}
+            "cli_all_s": [r["wall_s"] for r in cli], "studio_all_s": [r["wall_s"] for r in studio],
+            "engine_threads": threads or "studio default"}
 
 
 def main() -> int:
@@ -153,10 +155,12 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--only", type=lambda v: v.split(","), default=["start", "control", "run"])
     ap.add_argument("--results", type=Path, default=CSV)
+    ap.add_argument("--engine-threads", type=int, default=0,
+                    help="the studio engine's torch threads (PDD_ENGINE_THREADS; default 0: the studio's own choice)")
     args = ap.parse_args()
     line, sha = machine_line(machine()), commit()
     sections = {"start": lambda: start_to_first_page(args.repeats), "control": control_change,
-                "run": lambda: default_run(args.repeats)}
+                "run": lambda: default_run(args.repeats, args.engine_threads)}
     for name in args.only:
         figures = sections[name]()
         append_row(args.results, COLUMNS, {"section": "app_latency", "row": name, "figures": json.dumps(figures),
