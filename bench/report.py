@@ -106,20 +106,22 @@ def quality_table(rows: list[dict]) -> str:
 
 
 def stage_table(rows: list[dict]) -> str:
-    """Per-stage diagnostics of P > 1 rows: each stage's accuracy, its gain over the previous union, and the
-    learned step size (MTT) — what to read when a target is missed."""
-    out = ["| dataset | IPC | method | P | protocol | stage | IPC so far | accuracy % | gain over previous stage | "
-           "own random % | learned lr |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in rows:
+    """Per-stage diagnostics of P > 1 rows (each setting's newest measurement, named as in the quality
+    table): each stage's accuracy, its gain over the previous union, and the learned step size (MTT) —
+    what to read when a target is missed."""
+    out = ["| dataset | IPC | method | P | protocol | setup | stage | IPC so far | accuracy % | gain over previous stage | "
+           "own random % | learned lr |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in latest(rows):
         if r["stages"] == "1":
             continue
         means, randoms = cells(r["stage_mean"]), cells(r["stage_random"])
         lrs = cells(r["learned_lr"]) or [None] * len(means)
+        stages = f"{r['stages']} ({r['schedule']})" if r["schedule"] else r["stages"]
         for s, (ipc, m) in enumerate(zip(r["stage_ipc"].split(";"), means)):
             gain = "–" if s == 0 else f"{m - means[s - 1]:+.1f}"
             lr = "–" if lrs[s] is None else f"{lrs[s]:.4g}"
-            out.append(f"| {r['dataset']} | {r['ipc']} | PDD+{r['method'].upper()} | {r['stages']} | {r['protocol']} | "
-                       f"{s + 1} | {ipc} | {m:.1f} | {gain} | {randoms[s]:.1f} | {lr} |")
+            out.append(f"| {r['dataset']} | {r['ipc']} | PDD+{r['method'].upper()} | {stages} | {r['protocol']} | "
+                       f"{setup(r)} | {s + 1} | {ipc} | {m:.1f} | {gain} | {randoms[s]:.1f} | {lr} |")
     return "\n".join(out)
 
 

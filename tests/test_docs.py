@@ -44,6 +44,21 @@ def test_a_table_renders_rows_and_says_when_there_are_none(tmp_path, monkeypatch
     assert "No rows measured yet" in out.split("dataset=mnist")[1]
 
 
+def test_the_stage_table_shows_each_setting_once_with_its_setup():
+    """A setting measured twice is one stage table block (the newest), and rows that differ only in a knob
+    say which knob: otherwise the table repeats lines no reader can tell apart."""
+    from pdd_engine.results import COLUMNS
+    row = {c: "" for c in COLUMNS}
+    row.update(dataset="digits", method="mtt", stages="2", ipc="10", protocol="paper", width="32", iterations="200",
+               eval_epochs="300", eval_models="3", precision="float32", eval_precision="float32", seeds="0 1 2",
+               extra="{}", stage_ipc="5;10", stage_mean="93.00;94.00", stage_random="90.0;94.0", learned_lr="0.01;0.02")
+    newer = {**row, "stage_mean": "93.50;95.00"}
+    knob = {**row, "extra": '{"later_lr_scale": 0.3}', "stage_mean": "93.50;95.20"}
+    out = report.stage_table([row, newer, knob])
+    assert "| 93.0 |" not in out and out.count("| w32 | 2 | 10 | 95.0 | +1.5 |") == 1
+    assert "| w32, later_lr_scale 0.3 | 2 | 10 | 95.2 | +1.7 |" in out
+
+
 def test_the_showcase_preset_is_the_row_the_rule_picks():
     """docs/benchmarks.md's rule on the committed rows: of the rows that fit the showcase's time, the one
     whose smallest margin over its three comparisons is largest is the cpu-showcase preset, and that margin
