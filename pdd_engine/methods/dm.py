@@ -41,10 +41,11 @@ class DM(Method):
 
     @classmethod
     def cost(cls, cfg: DistillConfig, classes: int, union: float, n_train: int, later: bool) -> Work:
-        # a real batch forward only (~1/3 of forward + backward) and the union forward + backward per class
+        # every class's real batch forward only (~1/3 of forward + backward), then the union forward +
+        # backward: two calls per iteration (class_means), however many classes
         p: DMParams = cfg.params
         transitions = p.dm_pool if later and cfg.transition_epochs else 0  # else fresh nets (setup)
-        return Work(cfg.iterations * 2 * classes, cfg.iterations * (classes * p.batch_real / 3 + union), transitions)
+        return Work(cfg.iterations * 2, cfg.iterations * (classes * p.batch_real / 3 + union), transitions)
 
     def setup(self) -> None:
         ctx = self.ctx
