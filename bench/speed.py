@@ -589,6 +589,48 @@ def section_presets(args, report: dict) -> str:
                  ["preset", "seconds", "PDD %", "P = 1 %", "P = 1 same epochs %", "random %", "arithmetic", "peak MB"], rows)
 
 
+def cli_wall(env: dict, tiny: bool, timeout: float) -> dict:
+    """``pdd distill --quiet`` (the default run) from a fresh cache with ``env`` added: its wall seconds,
+    or that it ran past ``timeout``."""
+    import os
+    import tempfile
+    flags = ["--iterations", "2", "--eval-epochs", "2"] if tiny else []
+    with tempfile.TemporaryDirectory() as cache:
+        t = time.perf_counter()
+        try:
+            subprocess.run([sys.executable, "-m", "pdd_engine", "distill", "--quiet", "--cache-dir", cache, *flags],
+                           env={**os.environ, **env}, cwd=ROOT, check=True, capture_output=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return {"seconds": None, "timed_out_s": timeout}
+        return {"seconds": time.perf_counter() - t}
+
+
+def section_openmp(args, report: dict) -> str:
+    """The CLI's default run under each OpenMP wait setting (what ``settings.openmp_defaults`` chooses
+    between), with the machine otherwise idle and beside as many busy processes as it has cores (a machine
+    shared with other work): OpenMP's own default spins long, which stalls threads whose neighbours are
+    descheduled. One run each, fresh cache; a run past the timeout is reported as such."""
+    import os
+    from pdd_engine.settings import SPIN_COUNT
+    settings = {"OpenMP default (spin 300,000)": {"GOMP_SPINCOUNT": "300000"},
+                f"the CLI's (spin {SPIN_COUNT:,})": {"GOMP_SPINCOUNT": str(SPIN_COUNT)},
+                "OMP_WAIT_POLICY=PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"}}
+    cores, timeout = len(os.sched_getaffinity(0)), 60 if args.tiny else 300
+    rows = []
+    for load in ("idle", "busy"):
+        hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cores if load == "busy" else 0)]
+        try:
+            for name, env in settings.items():
+                r = cli_wall(env, args.tiny, timeout)
+                report[f"openmp {load}: {name}"] = {**r, "busy_processes": len(hogs)}
+                rows.append([load, name, f"{r['seconds']:.1f}" if r["seconds"] else f"> {timeout}"])
+        finally:
+            for h in hogs:
+                h.kill()
+    return table(f"The default run in the CLI by OpenMP wait setting ({cores} cores; busy: {cores} busy processes beside it)",
+                 ["machine", "setting", "seconds"], rows)
+
+
 def section_unroll(args, report: dict) -> str:
     rows = []
     for steps in ((2,) if args.tiny else (5, 10, 20, 40)):
@@ -835,7 +877,7 @@ def section_ceiling(args, report: dict) -> str:
 
 
 SECTIONS = {"methods": section_methods, "eval": section_eval, "eval_widths": section_eval_widths, "experts": section_experts,
-            "transition": section_transition, "presets": section_presets,
+            "transition": section_transition, "presets": section_presets, "openmp": section_openmp,
             "unroll": section_unroll, "variants": section_variants, "executor": section_executor,
             "reference": section_reference, "reference_dm": functools.partial(section_reference, dm_only=True),
             "chunks": section_chunks, "ceiling": section_ceiling}

@@ -5,9 +5,15 @@ Every config field is a flag (``--syn-steps 30``); a preset supplies the rest.
 
 from __future__ import annotations
 
+import os
+
+from .settings import openmp_defaults
+
+# OpenMP reads its wait settings once, when torch loads it: so before the imports below, which load torch
+os.environ.update(openmp_defaults(os.environ))
+
 import argparse
 import json
-import os
 import sys
 import time
 import typing

@@ -131,3 +131,19 @@ def cache_dir() -> Path:
 
 def data_root() -> Path:
     return env("PDD_DATA_DIR")
+
+
+# How long an OpenMP thread of torch spins before it sleeps, for the CLI: libgomp's own default (300,000) is
+# for a machine with nothing else to do, and beside other work its threads wait for descheduled neighbours at
+# every operation; OMP_WAIT_POLICY=PASSIVE is the fastest beside other work but slower alone. Measured by
+# python -m bench.speed --only openmp (docs/scaling.md, "Threads").
+SPIN_COUNT = 10_000
+
+
+def openmp_defaults(environ: Mapping[str, str]) -> dict[str, str]:
+    """The OpenMP wait settings the CLI adds to its environment before torch loads OpenMP (which reads
+    them once, then): a short spin, so that threads sharing the cores with other work do not wait for each
+    other at every operation, and nothing where the user set a wait policy or spin count of their own."""
+    if "OMP_WAIT_POLICY" in environ or "GOMP_SPINCOUNT" in environ:
+        return {}
+    return {"GOMP_SPINCOUNT": str(SPIN_COUNT)}

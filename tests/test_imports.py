@@ -128,3 +128,25 @@ def test_the_graph_sees_what_it_checks():
     assert {"pdd_engine.service", "pdd_engine.errors"} <= every["app.studio"] and "pdd_engine.events" in every["app.render"]
     assert "torch" in outside["pdd_engine.worker"] and "pdd_engine.registry" in every["pdd_engine.config"]
     assert cycles({"a": {"b"}, "b": {"a"}, "c": set()}) == [["a", "b"]]
+
+
+def test_the_cli_sets_openmps_wait_before_torch_loads_and_keeps_the_users():
+    """OpenMP reads its wait settings once, when torch loads it: the CLI's short spin (settings.SPIN_COUNT)
+    is in the environment by then, and a user's own wait policy or spin count is left as it is."""
+    import os
+
+    from pdd_engine.settings import SPIN_COUNT, openmp_defaults
+
+    assert openmp_defaults({}) == {"GOMP_SPINCOUNT": str(SPIN_COUNT)}
+    assert openmp_defaults({"OMP_WAIT_POLICY": "ACTIVE"}) == {} == openmp_defaults({"GOMP_SPINCOUNT": "5"})
+    code = ("import sys, builtins, os\nseen = {}\nreal = builtins.__import__\n"
+            "def spy(name, *a, **k):\n"
+            "    if name == 'torch' and 'torch' not in seen: seen['torch'] = os.environ.get('GOMP_SPINCOUNT')\n"
+            "    return real(name, *a, **k)\n"
+            "builtins.__import__ = spy\nimport pdd_engine.__main__\nprint(seen.get('torch'))")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    assert out.stdout.strip() == str(SPIN_COUNT), out.stderr[-2000:]
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**env, "GOMP_SPINCOUNT": "7"})
+    assert out.stdout.strip() == "7", out.stderr[-2000:]
