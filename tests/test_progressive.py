@@ -164,12 +164,14 @@ def test_a_slice_runs_its_stages_without_finishing_the_run(tiny, store):
 def test_set_up_reports_stream_while_the_set_up_runs(tiny, store, together):
     """MTT's experts are trained in set-up: "expert 1/2 trained" must reach the front end while they
     train (before the trajectories are stored), not after the whole set-up; experts trained together
-    (one unit) report once, when the unit is done."""
+    (one unit) report once, when the unit is done. The last report and the store's write follow each
+    other at once in two threads, so only the count before it is asserted (it was a race under load)."""
     seen = []
     for ev in run(tiny(method="mtt", stages=1, batched_experts=together), store):
         if isinstance(ev, E.Message) and ev.text.startswith("expert"):
             seen.append((ev.text, sum(1 for _ in store.keys("memo:experts:"))))
-    assert seen == ([] if together else [("expert 1/2 trained", 0)]) + [("expert 2/2 trained", 0)]
+    assert [text for text, _ in seen] == ([] if together else ["expert 1/2 trained"]) + ["expert 2/2 trained"]
+    assert together or seen[0][1] == 0  # expert 1's report arrived while expert 2 still trained
 
 
 def test_a_failure_in_set_up_is_a_failed_event(tiny, store, monkeypatch):
