@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import RESULTS, ROOT, append_row, commit, machine, machine_line, now
+from bench.common import RESULTS, ROOT, append_row, cli_default_run, commit, machine, machine_line, now
 
 COLUMNS = ["section", "row", "figures", "tiny", "machine", "commit", "date"]  # speed.csv's
 CSV = RESULTS / "speed.csv"
@@ -65,16 +65,6 @@ def control_change() -> dict:
     out.update(same_shape_s=timed(iterations=300), new_width_s=timed(width=64), invalid_s=timed(eval_models=0))
     service.shutdown()
     return out
-
-
-def cli_run(tmp: Path) -> dict:
-    """The CLI's wall and the CPU seconds it used (its own and its children's)."""
-    env = {**os.environ, "PDD_CACHE_DIR": str(tmp / "cli_cache")}
-    r, t = os.times(), time.perf_counter()
-    subprocess.run([sys.executable, "-m", "pdd_engine", "distill", "--quiet"], env=env, check=True, cwd=ROOT,
-                   capture_output=True)
-    wall, done = time.perf_counter() - t, os.times()
-    return {"wall_s": wall, "cpu_s": done.children_user + done.children_system - r.children_user - r.children_system}
 
 
 def processes() -> dict[int, tuple[int, float, str]]:
@@ -138,8 +128,8 @@ def default_run(repeats: int, threads: int = 0) -> dict:
     """The default run from a fresh cache: the CLI's wall, then the studio's click to Done, alternating."""
     cli, studio = [], []
     for _ in range(repeats):
-        with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
-            cli.append(cli_run(Path(a)))
+        with tempfile.TemporaryDirectory() as b:
+            cli.append(cli_default_run())
             studio.append(studio_run(Path(b), threads))
             print("cli", json.dumps(cli[-1]), "studio", json.dumps(studio[-1]), flush=True)
     best_cli, best_studio = min(cli, key=lambda r: r["wall_s"]), min(studio, key=lambda r: r["wall_s"])

@@ -77,3 +77,20 @@ def write_report(out: str | Path, report: dict, md: str) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{out}.json").write_text(json.dumps(report, indent=2))
     Path(f"{out}.md").write_text(md)
+
+
+def cli_default_run(env: Optional[dict] = None, flags: Iterable[str] = (), timeout: Optional[float] = None) -> dict:
+    """``pdd distill --quiet`` (the default run, plus ``flags``) from a fresh cache, with ``env`` added to
+    this environment: its wall seconds and the CPU seconds it and its children used, or that it ran past
+    ``timeout`` (wall_s None). The CLI side of bench.app_latency and bench.speed --only openmp."""
+    import sys
+    import tempfile
+    with tempfile.TemporaryDirectory() as cache:
+        r, t = os.times(), time.perf_counter()
+        try:
+            subprocess.run([sys.executable, "-m", "pdd_engine", "distill", "--quiet", "--cache-dir", cache, *flags],
+                           env={**os.environ, **(env or {})}, cwd=ROOT, check=True, capture_output=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return {"wall_s": None, "timed_out_s": timeout}
+        wall, done = time.perf_counter() - t, os.times()
+    return {"wall_s": wall, "cpu_s": done.children_user + done.children_system - r.children_user - r.children_system}

@@ -24,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from bench.common import RESULTS, append_row, commit, machine, machine_line, now, write_report  # noqa: E402
+from bench.common import RESULTS, append_row, cli_default_run, commit, machine, machine_line, now, write_report  # noqa: E402
 
 
 def peak_mb() -> float:
@@ -589,22 +589,6 @@ def section_presets(args, report: dict) -> str:
                  ["preset", "seconds", "PDD %", "P = 1 %", "P = 1 same epochs %", "random %", "arithmetic", "peak MB"], rows)
 
 
-def cli_wall(env: dict, tiny: bool, timeout: float) -> dict:
-    """``pdd distill --quiet`` (the default run) from a fresh cache with ``env`` added: its wall seconds,
-    or that it ran past ``timeout``."""
-    import os
-    import tempfile
-    flags = ["--iterations", "2", "--eval-epochs", "2"] if tiny else []
-    with tempfile.TemporaryDirectory() as cache:
-        t = time.perf_counter()
-        try:
-            subprocess.run([sys.executable, "-m", "pdd_engine", "distill", "--quiet", "--cache-dir", cache, *flags],
-                           env={**os.environ, **env}, cwd=ROOT, check=True, capture_output=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return {"seconds": None, "timed_out_s": timeout}
-        return {"seconds": time.perf_counter() - t}
-
-
 def section_openmp(args, report: dict) -> str:
     """The CLI's default run under each OpenMP wait setting (what ``settings.openmp_defaults`` chooses
     between), with the machine otherwise idle and beside as many busy processes as it has cores (a machine
@@ -621,7 +605,8 @@ def section_openmp(args, report: dict) -> str:
         hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cores if load == "busy" else 0)]
         try:
             for name, env in settings.items():
-                r = cli_wall(env, args.tiny, timeout)
+                r = cli_default_run(env, ["--iterations", "2", "--eval-epochs", "2"] if args.tiny else [], timeout)
+                r = {"seconds": r["wall_s"], **({"timed_out_s": timeout} if r["wall_s"] is None else {})}
                 report[f"openmp {load}: {name}"] = {**r, "busy_processes": len(hogs)}
                 rows.append([load, name, f"{r['seconds']:.1f}" if r["seconds"] else f"> {timeout}"])
         finally:
