@@ -86,6 +86,7 @@ def class_means(net: torch.nn.Module, aug: DSA, x: torch.Tensor, sizes: list[int
     if norm == "batch":
         return torch.stack([net.embed(aug(part, seed)).float().mean(0) for part, seed in zip(x.split(sizes), seeds)])
     emb = net.embed(aug.grouped(x, sizes, seeds)).float()  # float: a no-op but under bf16
-    group = torch.repeat_interleave(torch.arange(len(sizes), device=x.device), torch.as_tensor(sizes, device=x.device))
+    counts = torch.as_tensor(sizes, device=x.device)
+    group = torch.repeat_interleave(torch.arange(len(sizes), device=x.device), counts)
     sums = emb.new_zeros(len(sizes), emb.shape[1]).index_add(0, group, emb)
-    return sums / torch.as_tensor(sizes, device=x.device, dtype=emb.dtype).unsqueeze(1)
+    return sums / counts.to(emb.dtype).unsqueeze(1)
