@@ -21,7 +21,7 @@ from .config import DistillConfig
 from .data import Dataset
 from .device import arithmetic
 from .errors import PDDError
-from .training import (BATCHED_CPU_MAX_WORK, accuracy, make_sgd, seed_of, stacked_forward, train_epochs,  # noqa: F401
+from .training import (BATCHED_CPU_MAX_WORK, SGD, accuracy, make_sgd, seed_of, stacked_forward, train_epochs,  # noqa: F401
                        train_together, trains_together)
 
 
@@ -99,7 +99,7 @@ class Curriculum:
         self.ds, self.proto, self.device = ds, proto, device
         self.ids = list(range(proto.models) if ids is None else ids)
         self.nets: list[nn.Module] = []
-        self.opts: list[torch.optim.SGD] = []
+        self.opts: list[SGD] = []
         for k in self.ids:
             torch.manual_seed(seed_of(proto.seed, 1000 + k))
             net = models.build_model(ds.channels, ds.num_classes, ds.size, proto.depth, proto.width, proto.norm,
@@ -164,8 +164,7 @@ class BatchedCurriculum(Curriculum):
         super().__init__(ds, proto, device, ids)
         self.base = copy.deepcopy(self.nets[0]).to("meta")
         self.params, self.buffers = torch.func.stack_module_state(self.nets)
-        self.opt = torch.optim.SGD(list(self.params.values()), lr=proto.lr, momentum=proto.momentum,
-                                   weight_decay=proto.weight_decay)
+        self.opt = make_sgd(self.params.values(), proto.lr, proto.momentum, proto.weight_decay)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return stacked_forward(self.base, self.params, self.buffers, x)

@@ -32,7 +32,7 @@ from .keys import Keys
 from .records import eval_check, stage_check
 from .methods import StageContext, get_method
 from .methods.base import Memo
-from .training import predict, seed_of
+from .training import SGD, predict, seed_of
 from .datasets.userdata import skipped_files
 
 
@@ -201,7 +201,7 @@ class Engine:
         stored = torch.nn.Parameter(method.init_images())
         groups = [{"params": [stored], "lr": cfg.lr_img_at(i)}]
         groups += [{"params": [p], "lr": lr} for p, lr in method.extra_params()]
-        opt = torch.optim.SGD(groups, momentum=0.5)
+        opt = SGD(groups, lr=cfg.lr_img_at(i), momentum=0.5)
         frozen_check = union.x.clone()
         note = precision_note("precision", cfg.precision, device, "the distillation")
         if note:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from contextlib import nullcontext
-from typing import Callable, ContextManager, Optional, Sequence
+from typing import Any, Callable, ContextManager, Iterable, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -25,14 +26,55 @@ def draw_seed(g: torch.Generator) -> int:
     return int(torch.randint(2 ** 31 - 1, (1,), generator=g))
 
 
+class SGD:
+    """``torch.optim.SGD``'s update (momentum, weight decay; no dampening, no Nesterov), in this module.
+
+    Why not torch.optim: its first call imports ``torch._dynamo`` (1.3-1.7 s, a twentieth of the default
+    run, for a compiler the engine never uses), and every step passes through its profiling hooks. The
+    arithmetic is torch's single-tensor path, operation for operation, so the result is bitwise the same
+    (``tests/test_evaluate.py::test_sgd_is_torch_optim_sgd``); ``param_groups`` and ``state[p]
+    ["momentum_buffer"]`` read and write as torch's do.
+    """
+
+    def __init__(self, params: Iterable[Any], lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
+        groups = list(params)
+        if not groups or not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        self.param_groups = [{"lr": lr, "momentum": momentum, "weight_decay": weight_decay, **g,
+                              "params": list(g["params"])} for g in groups]
+        self.state: defaultdict[torch.Tensor, dict[str, torch.Tensor]] = defaultdict(dict)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for group in self.param_groups:
+            lr, momentum, decay = group["lr"], group["momentum"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad.add(p, alpha=decay) if decay != 0 else p.grad
+                if momentum != 0:
+                    buf = self.state[p].get("momentum_buffer")
+                    if buf is None:
+                        buf = self.state[p]["momentum_buffer"] = torch.clone(grad).detach()
+                    else:
+                        buf.mul_(momentum).add_(grad)
+                    grad = buf
+                p.add_(grad, alpha=-lr)
+
+
 def make_sgd(net: nn.Module | Sequence[torch.Tensor], lr: float, momentum: float = 0.9,
-             weight_decay: float = 5e-4) -> torch.optim.SGD:
+             weight_decay: float = 5e-4) -> SGD:
     """The field's SGD for a network, or for stacked parameters (``train_together``)."""
     params = net.parameters() if isinstance(net, nn.Module) else list(net)
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
-def train_epochs(net: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, opt: torch.optim.Optimizer,
+def train_epochs(net: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, opt: SGD,
                  lr: float, batch: int, aug: Optional[DSA], seed: int, decay_at_half: bool = True,
                  on_epoch: Optional[Callable[[int], None]] = None) -> None:
     """Train ``net`` for ``epochs`` passes over (x, y); lr x0.1 after half, as in the field's protocol."""
@@ -88,7 +130,7 @@ def stacked_forward(base: nn.Module, params: dict[str, torch.Tensor], buffers: d
 
 
 def train_together(base: nn.Module, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
-                   x: torch.Tensor, y: torch.Tensor, epochs: int, opt: torch.optim.Optimizer, lr: float, batch: int,
+                   x: torch.Tensor, y: torch.Tensor, epochs: int, opt: SGD, lr: float, batch: int,
                    aug: Optional[DSA], seeds: Sequence[int], decay_at_half: bool = True,
                    arithmetic: Callable[[], ContextManager] = nullcontext,
                    on_epoch: Optional[Callable[[int], None]] = None) -> None:

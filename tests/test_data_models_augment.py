@@ -224,3 +224,11 @@ def test_dsa_is_siamese_differentiable_and_random():
     aug(x, 3).sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
     assert torch.equal(DSA([])(x, 1), x)
+
+
+def test_digits_read_from_scikit_learns_file_are_scikit_learns_digits():
+    from sklearn.datasets import load_digits as sk_digits
+    from pdd_engine.datasets.builtin import digits_arrays
+    images, target = digits_arrays()
+    want = sk_digits()
+    assert np.array_equal(images, want.images) and np.array_equal(target, want.target)

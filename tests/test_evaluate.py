@@ -176,3 +176,32 @@ def test_the_epoch_matched_base_trains_its_own_images_for_the_curriculums_epochs
     assert events[-1].computed_stages == [] and events[-1].accuracies == done.accuracies
     off = distill(cfg.replace(compare_epochs=False), store).accuracies[-1]
     assert off["base_epochs_mean"] is None and off["base_mean"] == last["base_mean"]
+
+
+@pytest.mark.parametrize("momentum, decay", [(0.9, 5e-4), (0.5, 0.0), (0.0, 0.0), (0.0, 1e-3)])
+def test_sgd_is_torch_optim_sgd(momentum, decay):
+    """The engine's SGD (training.SGD, kept to avoid torch.optim's import of the compiler) takes torch's steps
+    bitwise: two parameter groups, the learning rate changed between steps as the curriculum's decay does, and a
+    momentum buffer read and written through ``state`` the way a curriculum's state saves and loads it."""
+    from pdd_engine.training import SGD
+    g = torch.Generator().manual_seed(3)
+    start = [torch.randn(4, 3, generator=g), torch.randn(5, generator=g)]
+    grads = [[torch.randn(t.shape, generator=g) for t in start] for _ in range(6)]
+    runs = []
+    for make in (torch.optim.SGD, SGD):
+        ps = [t.clone().requires_grad_() for t in start]
+        opt = make([{"params": [ps[0]]}, {"params": [ps[1]], "lr": 0.3}], lr=0.1, momentum=momentum,
+                   weight_decay=decay)
+        for step, gs in enumerate(grads):
+            if step == 3:
+                opt.param_groups[0]["lr"] = 0.01
+                if momentum:
+                    opt.state[ps[1]]["momentum_buffer"] = opt.state[ps[1]]["momentum_buffer"] * 0.5
+            for p, gr in zip(ps, gs):
+                p.grad = gr.clone()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            assert all(p.grad is None for p in ps)
+        runs.append([p.detach() for p in ps])
+    for want, got in zip(*runs):
+        assert torch.equal(want, got)

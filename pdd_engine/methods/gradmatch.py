@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ..augment import DSA
 from ..errors import PDDError
 from ..registry import Params, Work, param, register
-from ..training import draw_seed, seed_of
+from ..training import SGD, draw_seed, seed_of
 from .base import Method
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ class GradientMatching(Method):
     def fresh_net(self, it: int) -> None:
         s = seed_of(self.ctx.seed, 13, it)
         self.net = self.ctx.transition(self.ctx.new_model(s), s)
-        self.inner_opt = torch.optim.SGD(self.net.parameters(), lr=0.01, momentum=0.5)
+        self.inner_opt = SGD(self.net.parameters(), lr=0.01, momentum=0.5)
 
     def loss(self, stored: torch.Tensor, it: int) -> torch.Tensor:
         ctx = self.ctx

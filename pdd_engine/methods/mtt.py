@@ -18,7 +18,7 @@ from .. import models
 from ..errors import MemoryBudgetError
 from ..executor import gpus_for, unit_device
 from ..registry import Params, Work, param, register
-from ..training import draw_seed, flat_params, seed_of, train_epochs, train_together, trains_together
+from ..training import SGD, draw_seed, flat_params, seed_of, train_epochs, train_together, trains_together
 from . import unroll
 from .base import Method, StageContext
 
@@ -91,14 +91,14 @@ def train_experts(shared: dict, ids: list[int]) -> torch.Tensor:
     epochs = c.max_start_epoch + c.expert_epochs
     if len(nets) == 1:
         net, checkpoints = nets[0], [flat_params(nets[0])]
-        opt = torch.optim.SGD(net.parameters(), lr=c.expert_lr, momentum=0, weight_decay=0)
+        opt = SGD(net.parameters(), lr=c.expert_lr, momentum=0, weight_decay=0)
         train_epochs(net, x, y, epochs, opt, c.expert_lr, EXPERT_BATCH, ctx.aug, seeds[0], decay_at_half=False,
                      on_epoch=lambda _: checkpoints.append(flat_params(net)))
         return torch.stack(checkpoints)[None].cpu()
     params, buffers = torch.func.stack_module_state(nets)
     flat = lambda: torch.cat([p.detach().flatten(1) for p in params.values()], 1).clone()  # noqa: E731  (n, n_params)
     checkpoints = [flat()]
-    opt = torch.optim.SGD(list(params.values()), lr=c.expert_lr, momentum=0, weight_decay=0)
+    opt = SGD(list(params.values()), lr=c.expert_lr, momentum=0, weight_decay=0)
     train_together(copy.deepcopy(nets[0]).to("meta"), params, buffers, x, y, epochs, opt, c.expert_lr, EXPERT_BATCH,
                    ctx.aug, seeds, decay_at_half=False, on_epoch=lambda _: checkpoints.append(flat()))
     return torch.stack(checkpoints, 1).cpu()
