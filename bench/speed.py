@@ -17,6 +17,7 @@ import argparse
 import functools
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -616,6 +617,30 @@ def section_openmp(args, report: dict) -> str:
                  ["machine", "setting", "seconds"], rows)
 
 
+def section_lanes(args, report: dict) -> str:
+    """The CLI's default run with the side lane (progressive.SideLane: the random curriculum and the base
+    comparison in a second thread, half the torch threads each) and without it, at the cores' threads and at
+    one thread, interleaved over rounds so that the machine's drift falls on every setting alike."""
+    import os
+    cores = len(os.sched_getaffinity(0))
+    settings = {f"two lanes, {max(1, cores // 2)} thread(s) each (the default)": {"PDD_SIDE_LANE": "1"},
+                f"one lane, {cores} threads": {"PDD_SIDE_LANE": "0"},
+                "one lane, 1 thread": {"PDD_SIDE_LANE": "0", "OMP_NUM_THREADS": "1"}}
+    flags = ["--iterations", "2", "--eval-epochs", "2"] if args.tiny else []
+    walls: dict[str, list[float]] = {name: [] for name in settings}
+    for _ in range(1 if args.tiny else 3):
+        for name, env in settings.items():
+            r = cli_default_run(env, flags)
+            walls[name].append(r["wall_s"])
+            report.setdefault(f"lanes: {name}", {"rounds": []})["rounds"].append(r)
+    rows = []
+    for name, w in walls.items():
+        report[f"lanes: {name}"].update(seconds=statistics.mean(w), seconds_std=statistics.pstdev(w))
+        rows.append([name, " / ".join(f"{x:.1f}" for x in w), f"{statistics.mean(w):.1f} ± {statistics.pstdev(w):.1f}"])
+    return table(f"The default run in the CLI with and without the side lane ({cores} cores, fresh cache each)",
+                 ["threads", "seconds, each round", "mean ± std"], rows)
+
+
 def section_unroll(args, report: dict) -> str:
     rows = []
     for steps in ((2,) if args.tiny else (5, 10, 20, 40)):
@@ -862,7 +887,7 @@ def section_ceiling(args, report: dict) -> str:
 
 
 SECTIONS = {"methods": section_methods, "eval": section_eval, "eval_widths": section_eval_widths, "experts": section_experts,
-            "transition": section_transition, "presets": section_presets, "openmp": section_openmp,
+            "transition": section_transition, "presets": section_presets, "openmp": section_openmp, "lanes": section_lanes,
             "unroll": section_unroll, "variants": section_variants, "executor": section_executor,
             "reference": section_reference, "reference_dm": functools.partial(section_reference, dm_only=True),
             "chunks": section_chunks, "ceiling": section_ceiling}

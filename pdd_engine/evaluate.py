@@ -8,7 +8,7 @@ so the evaluation of stage i+1 can resume from a cached stage i.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import copy
 
@@ -101,12 +101,16 @@ class Curriculum:
         self.nets: list[nn.Module] = []
         self.opts: list[SGD] = []
         for k in self.ids:
-            torch.manual_seed(seed_of(proto.seed, 1000 + k))
             net = models.build_model(ds.channels, ds.num_classes, ds.size, proto.depth, proto.width, proto.norm,
-                              proto.family).to(device)
+                                     proto.family, seed=seed_of(proto.seed, 1000 + k)).to(device)
             self.nets.append(net)
             self.opts.append(make_sgd(net, proto.lr, proto.momentum, proto.weight_decay))
         self.stage = 0
+        self.cancel: Optional[Callable[[], None]] = None  # called between epochs: raises Cancelled to stop
+
+    def between_epochs(self, epoch: int) -> None:
+        if self.cancel is not None:
+            self.cancel()
 
     def train_stage(self, x: torch.Tensor, y: torch.Tensor, lr: Optional[float] = None) -> list[float]:
         """Continue every network on (x, y) for ``epochs``; return test accuracies."""
@@ -120,7 +124,7 @@ class Curriculum:
         with self.arithmetic():
             for k, net, opt in zip(self.ids, self.nets, self.opts):
                 train_epochs(net, x, y, self.proto.epochs, opt, lr or self.proto.lr, self.proto.batch, self.proto.aug,
-                             seed_of(self.proto.seed, 2000 + k, self.stage))
+                             seed_of(self.proto.seed, 2000 + k, self.stage), on_epoch=self.between_epochs)
 
     def arithmetic(self):
         """The context the networks train and predict in: the protocol's precision (float32, or bf16 autocast)."""
@@ -174,7 +178,7 @@ class BatchedCurriculum(Curriculum):
         p = self.proto
         train_together(self.base, self.params, self.buffers, x.to(self.device), y.to(self.device), p.epochs, self.opt,
                        lr or p.lr, p.batch, p.aug, [seed_of(p.seed, 2000 + k, self.stage) for k in self.ids],
-                       arithmetic=self.arithmetic)
+                       arithmetic=self.arithmetic, on_epoch=self.between_epochs)
 
     def test_accuracy(self) -> list[float]:
         xt, yt = self.ds.x_test.to(self.device), self.ds.y_test.to(self.device)

@@ -9,6 +9,9 @@ code's network, the one the field's MNIST numbers were measured with. Pooling st
 
 from __future__ import annotations
 
+import threading
+from typing import Optional
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -168,8 +171,18 @@ class ResNet(nn.Module):
         return self.classifier(self.embed(x))
 
 
+# torch's layers draw their initial weights from the process-wide generator: seeding it and building a network
+# must not interleave with another thread doing the same (a run's side lane, progressive.SideLane)
+_SEEDED_BUILD = threading.Lock()
+
+
 def build_model(channels: int, num_classes: int, size: int, depth: int = 3, width: int = 32,
-                norm: str = "instance", family: str = "convnet") -> nn.Module:
+                norm: str = "instance", family: str = "convnet", seed: Optional[int] = None) -> nn.Module:
+    """A network of ``family``; with ``seed``, initialised as after ``torch.manual_seed(seed)``, from any thread."""
+    if seed is not None:
+        with _SEEDED_BUILD:
+            torch.manual_seed(seed)
+            return build_model(channels, num_classes, size, depth, width, norm, family)
     if family == "resnet":
         return ResNet(channels, num_classes, size, width, norm)
     return ConvNet(channels, num_classes, size, depth, width, norm)

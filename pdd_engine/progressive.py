@@ -12,6 +12,7 @@ import queue
 import threading
 import time
 import traceback
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Iterator, Optional, Protocol
 
@@ -24,12 +25,13 @@ from .config import DistillConfig
 from .data import Dataset, dataset_for, dataset_info, to_uint8
 from .device import arithmetic, has_bf16, precision_note, resolve_device, resolved, tune_allocator
 from .errors import CacheError, Cancelled, PDDError
-from .executor import Executor, gpus_for, make_executor, or_local, unit_device
+from .executor import Executor, LocalExecutor, gpus_for, make_executor, or_local, unit_device
 from .evaluate import Curriculum, EvalProtocol, make_curriculum, network_groups, random_subset, use_batched
 from .events import (Done, Event, Failed, Message, Progress, RunStarted, StageEvaluated, StageFinished,
                      StageImages, StageStarted, Stopped)
 from .keys import Keys
 from .records import eval_check, stage_check
+from .settings import env
 from .methods import StageContext, get_method
 from .methods.base import Memo
 from .training import SGD, predict, seed_of
@@ -180,6 +182,7 @@ class Engine:
         self.executor = executor
         self.computed: list[int] = []
         self.pending: list[str] = []  # notices from the store during run(), shown as messages
+        self.lane: Optional[SideLane] = None  # the run's second thread (SideLane), where it has one
 
     def check_cancel(self) -> None:
         if self.cancel is not None and self.cancel.is_set():
@@ -269,6 +272,7 @@ class Engine:
         """The base method alone (P = 1) at PDD's IPC after stage ``i``, distilled, evaluated and cached
         like any stage. A generator whose return value is (its evaluation networks' accuracies, and those
         of the same images trained for as many epochs as PDD's curriculum, where compared, else None)."""
+        beside = self.lane is not None and self.lane.result(("base", i)) is not None  # waits for the side lane
         keys = keys.base(i)
         sub = Engine(keys.cfg, self.store, self.cancel, self.executor)
         what = f"base method alone (P=1, IPC {sub.cfg.ipc})"
@@ -277,7 +281,7 @@ class Engine:
         yield from self.notes(i)
         union = Union.empty(ds, device)
         if hit is not None:
-            yield Message(i, f"{what}: from cache")
+            yield Message(i, f"{what}: {'computed beside the stages' if beside else 'from cache'}")
             state, acc = hit[0], hit[1]["acc"]
         else:
             yield Message(i, f"{what}: distilling and evaluating")
@@ -330,6 +334,7 @@ class Engine:
             if note := precision_note("eval_precision", cfg.eval_precision, device, "the evaluation"):
                 yield Message(0, note)
             proto = EvalProtocol.from_config(cfg, ds.size)
+            self.lane = SideLane.start(self, ds, keys, proto, device)
             union = Union.empty(ds, device)
             pdd_eval = rand_eval = None
             rand_x, rand_y = [], []
@@ -370,6 +375,10 @@ class Engine:
         except Exception as e:  # an engine bug: report it in one line, keep the trace for the log
             yield Failed(f"internal error ({type(e).__name__}: {e}). Fix: finished stages are cached; "
                          "please report this with the log's traceback.", stage or None, traceback.format_exc())
+        finally:
+            if self.lane is not None:
+                self.lane.close()
+                self.lane = None
 
     def evaluated(self, key: str, ds: Dataset, proto: EvalProtocol, state: Optional[dict], x, y, lr, device):
         """Curriculum step for one stage, from the store or computed from the previous stage's state."""
@@ -382,6 +391,9 @@ class Engine:
         out: list = [None] * len(steps)
         todo = []
         for k, (key, *_) in enumerate(steps):
+            if self.lane is not None and (done := self.lane.result(key)) is not None:
+                out[k] = done
+                continue
             hit = self.store.get(key, eval_check(proto))
             if hit is None:
                 todo.append(k)
@@ -390,12 +402,14 @@ class Engine:
         if todo:
             batched = use_batched(self.cfg.eval_batched, proto, device, ds.size)
             groups = network_groups(batched, proto, device, ds.size)
-            shared = eval_shared(ds, proto, device, batched)
+            executor = or_local(self.executor)
+            shared = eval_shared(ds, proto, device, batched,
+                                 **({"cancel": self.check_cancel} if executor.name == "local" else {}))
             items = []
             for k in todo:
                 _, state, x, y, lr = steps[k]
                 items += [(networks_of(state, ids), x, y, lr, ids) for ids in groups]
-            done = or_local(self.executor).map(curriculum_step, items, shared, self.check_cancel, gpus=gpus_for(device))
+            done = executor.map(curriculum_step, items, shared, self.check_cancel, gpus=gpus_for(device))
             for n, k in enumerate(todo):
                 parts = done[n * len(groups):(n + 1) * len(groups)]
                 state = {name: t for part, _ in parts for name, t in part.items()}
@@ -403,6 +417,86 @@ class Engine:
                 self.store.put(steps[k][0], state, {"acc": acc})
                 out[k] = (state, acc)
         return out
+
+
+class Either:
+    """A cancel token set when any of ``tokens`` is (None: never)."""
+
+    def __init__(self, *tokens: Optional[CancelToken]):
+        self.tokens = [t for t in tokens if t is not None]
+
+    def is_set(self) -> bool:
+        return any(t.is_set() for t in self.tokens)
+
+
+class SideLane:
+    """What no stage waits for, computed in a second thread while the stage loop distils.
+
+    The random curriculum needs only the real data, and the base method alone (P = 1) nothing of PDD's
+    stages. On a CPU with two or more torch threads and the local executor, a run splits its threads in
+    two: the stage loop keeps half, and this lane takes the other half and computes the random curriculum,
+    step by step, then the base method's comparisons, storing each as it finishes. The stage loop takes
+    them from here (waiting where the lane is not there yet) and emits its events in the usual order.
+    Why: the default run's work is small operators that one thread keeps nearly as busy as two, so two
+    lanes of one thread do far more on 2 cores than one lane of two (``bench/speed.py --only lanes``).
+    Every computation runs at the lane's thread count in whichever lane, so a run at 2 threads gives the
+    numbers of a run at 1 thread without a lane (``tests/test_progressive.py``).
+    """
+
+    def __init__(self, engine: "Engine", restore: int):
+        self.restore = restore  # the torch threads to give back when the run ends
+        self.stop = threading.Event()
+        self.side = Engine(engine.cfg, engine.store, Either(engine.cancel, self.stop), LocalExecutor())
+        self.futures: dict[object, Future] = {}
+        self.thread: Optional[threading.Thread] = None
+
+    @classmethod
+    def start(cls, engine: "Engine", ds: Dataset, keys: Keys, proto: EvalProtocol, device) -> Optional["SideLane"]:
+        """The run's lane, working; None where a run has none (a GPU, Ray, a single torch thread, or
+        ``PDD_SIDE_LANE=0``)."""
+        threads = torch.get_num_threads()
+        if device.type != "cpu" or or_local(engine.executor).name != "local" or threads < 2 or not env("PDD_SIDE_LANE"):
+            return None
+        torch.set_num_threads(threads // 2)
+        lane = cls(engine, threads)
+        bases = [i for i in engine.cfg.base_stages() if i <= engine.until]
+        for key in [keys.random(s) for s in range(1, engine.until + 1)] + [("base", i) for i in bases]:
+            lane.futures[key] = Future()
+        lane.thread = threading.Thread(target=lane.work, args=(ds, keys, proto, device, engine.until, bases),
+                                       name="pdd-side-lane", daemon=True)
+        lane.thread.start()
+        return lane
+
+    def work(self, ds: Dataset, keys: Keys, proto: EvalProtocol, device, until: int, bases: list[int]) -> None:
+        side, cfg = self.side, self.side.cfg
+        try:
+            state, xs, ys = None, [], []
+            for s in range(1, until + 1):  # the random curriculum, as the stage loop would compute it
+                rx, ry = random_subset(ds, cfg.cum_ipc(s - 1), cfg.ipc_at(s), cfg.seed)
+                xs.append(rx)
+                ys.append(ry)
+                state, acc = side.evaluated(keys.random(s), ds, proto, state, torch.cat(xs), torch.cat(ys), None, device)
+                self.futures[keys.random(s)].set_result((state, acc))
+            for i in bases:  # the base method's comparisons, stored for the stage loop's Engine.base
+                for _ in side.base(ds, keys, i, device):
+                    pass
+                self.futures[("base", i)].set_result(True)
+        except BaseException as e:  # the stage loop meets it where it waits for what is missing
+            for f in self.futures.values():
+                if not f.done():
+                    f.set_exception(e)
+
+    def result(self, key):
+        """What the lane computed for ``key`` (waiting for it), or None where the lane does not compute it."""
+        f = self.futures.get(key)
+        return None if f is None else f.result()
+
+    def close(self) -> None:
+        """Stop the lane (at its next epoch or iteration, where it is still working) and give back the threads."""
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join()
+        torch.set_num_threads(self.restore)
 
 
 def networks_of(state: Optional[dict], ids: list[int]) -> Optional[dict]:
@@ -419,6 +513,7 @@ def curriculum_step(shared: dict, item: tuple) -> tuple[dict, list]:
     state comes back on the CPU."""
     state, x, y, lr, ids = item
     cur = unit_curriculum(shared, ids)
+    cur.cancel = shared.get("cancel")  # in this process (the local executor): a Stop ends the step between epochs
     if state is not None:
         cur.load(state)
     acc = cur.train_stage(x, y, lr)

@@ -39,6 +39,8 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in [
              group="data"),
     Variable("PDD_EXECUTOR", str, "local", "where a stage's independent units run: local or ray"),
     Variable("PDD_MAX_JOBS", int, 1, "engines running at once (other runs wait in line)", minimum=1),
+    Variable("PDD_SIDE_LANE", bool, True, "on a CPU with two or more torch threads, a run computes its random "
+             "curriculum and base comparison in a second thread, half the threads each, while the stages distil"),
     Variable("PDD_ENGINE_THREADS", int, 0, "torch threads per engine process (0: the cores less one, shared by the "
              "runs at once)", minimum=0),
     Variable("PDD_UI_CONCURRENCY", int, 8, "page requests served at once", minimum=1),

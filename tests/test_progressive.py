@@ -298,3 +298,67 @@ def test_auto_arithmetic_is_bf16_only_where_the_processor_has_it(tiny, store, di
     assert m["config"]["precision"] == m["evaluation"]["precision"] == "float32"
     from pdd_engine.config import PRESETS
     assert all(PRESETS[p]["precision"] == PRESETS[p]["eval_precision"] == "float32" for p in PRESETS if p.startswith("paper"))
+
+
+def lane_run(cfg, cache, threads, cancel=None):
+    """(events, the torch threads after the run) of ``cfg`` run with ``threads`` torch threads."""
+    from pdd_engine.cache import Store
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    s = Store(cache)
+    try:
+        evs = list(run(cfg, s, cancel))
+        return evs, torch.get_num_threads()
+    finally:
+        s.close()
+        torch.set_num_threads(before)
+
+
+def test_the_side_lane_gives_the_numbers_of_a_run_without_it(tiny, tmp_path):
+    """At 2 threads the random curriculum and the base comparison run in a second thread, one thread each; the
+    run's images and every accuracy equal a 1-thread run's without the lane, and the threads come back."""
+    import threading
+    cfg = tiny(compare_base="final", compare_epochs=True)
+    with_lane, threads_after = lane_run(cfg, tmp_path / "a", 2)
+    without, _ = lane_run(cfg, tmp_path / "b", 1)
+    assert threads_after == 2 and not any(t.name == "pdd-side-lane" for t in threading.enumerate())
+    said = lambda evs: [e.text for e in evs if isinstance(e, E.Message) and "base method alone" in e.text]  # noqa: E731
+    assert any("computed beside the stages" in t for t in said(with_lane))
+    assert not any("beside" in t for t in said(without))
+    for a, b in [(done(with_lane).accuracies, done(without).accuracies)]:
+        assert a == b
+    imgs = lambda evs: [e.images for e in evs if isinstance(e, E.StageImages)]  # noqa: E731
+    assert all((x == y).all() for x, y in zip(imgs(with_lane), imgs(without)))
+    kinds = lambda evs: [type(e).__name__ for e in evs if not isinstance(e, E.Message)]  # noqa: E731
+    assert kinds(with_lane) == kinds(without)  # the same events in the same order
+
+
+def test_a_stop_or_failure_ends_the_side_lane_and_gives_the_threads_back(tiny, tmp_path, monkeypatch):
+    import threading
+
+    import pdd_engine.progressive as progressive
+    from pdd_engine.cache import Store
+    lane_alive = lambda: any(t.name == "pdd-side-lane" for t in threading.enumerate())  # noqa: E731
+    cfg = tiny(stages=3, ipc=3, compare_base="final", compare_epochs=True)
+    token, evs, s = StopAtStage(2), [], Store(tmp_path / "a")
+    torch.set_num_threads(2)
+    try:
+        for ev in run(cfg, s, token):
+            evs.append(ev)
+            if isinstance(ev, E.Progress) and ev.stage == 2:
+                assert torch.get_num_threads() == 1  # the stage loop's half
+                token.seen = True
+        assert isinstance(evs[-1], E.Stopped) and torch.get_num_threads() == 2 and not lane_alive()
+    finally:
+        s.close()
+
+    real = progressive.random_subset
+
+    def broken(*a, **k):  # in the lane alone: its failure reaches the stage loop as the run's
+        if threading.current_thread().name == "pdd-side-lane":
+            raise progressive.PDDError("the random subset broke", "fix the test")
+        return real(*a, **k)
+    monkeypatch.setattr(progressive, "random_subset", broken)
+    evs, threads_after = lane_run(cfg, tmp_path / "b", 2)
+    assert isinstance(evs[-1], E.Failed) and "the random subset broke" in evs[-1].message
+    assert threads_after == 2 and not lane_alive()

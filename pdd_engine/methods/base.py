@@ -62,10 +62,9 @@ class StageContext:
         return DSA(self.cfg.dsa_ops)
 
     def new_model(self, seed: int) -> nn.Module:
-        torch.manual_seed(seed)
         c = self.cfg
         return models.build_model(self.ds.channels, self.ds.num_classes, self.ds.size, c.depth_for(self.ds.size), c.width,
-                           c.norm).to(self.device)
+                                  c.norm, seed=seed).to(self.device)
 
     @property
     def transition_lr(self) -> float:
