@@ -72,12 +72,16 @@ class RunState(str, Enum):
         return self in (RunState.DONE, RunState.FAILED, RunState.STOPPED)
 
 
-def engine_threads(requested: int, cores: int, concurrent: int) -> int:
+def engine_threads(requested: int, cores: int, concurrent: int, side_lane: bool = True) -> int:
     """Torch threads for each engine process: ``requested`` when set, else the cores less one, shared by the
-    runs allowed at once. The spare core serves the web server and, on a local studio, the visitor's browser:
-    on 2 cores an engine given both shares them with those and runs slower than with one (the default run:
-    93 s with two threads, 76 s with one; docs/scaling.md)."""
-    return requested or max(1, (cores - 1) // max(1, concurrent))
+    runs allowed at once. The spare core serves the web server and, on a local studio, the visitor's browser.
+    But a lone run on 2 or more cores gets at least two, where it has a side lane (progressive.SideLane): its
+    two lanes of one thread each wait for no other thread, and on 2 cores the default run went from 67-70 s
+    click to Done with one engine thread to 38-45 s with two (``bench.app_latency --only run``; docs/scaling.md)."""
+    if requested:
+        return requested
+    threads = max(1, (cores - 1) // max(1, concurrent))
+    return max(threads, 2) if side_lane and concurrent <= 1 and cores >= 2 else threads
 
 
 def call_by_name(module: str, name: str, *args: Any) -> Any:
@@ -334,7 +338,7 @@ class Service:
         self.upload_dir = Path(upload_dir) if upload_dir else Path(cache_dir).parent / "uploads"
         self.data_root = data_root
         self.max_concurrent, self.public = max(1, max_concurrent), public
-        self.threads = engine_threads(threads, len(os.sched_getaffinity(0)), self.max_concurrent)
+        self.threads = engine_threads(threads, len(os.sched_getaffinity(0)), self.max_concurrent, env("PDD_SIDE_LANE"))
         self.limits = limits or Limits.from_env()
         self.keep_finished, self.gpu_seconds = keep_finished, gpu_seconds
         self.results_csv = Path(results) if results else None

@@ -42,7 +42,7 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in [
     Variable("PDD_SIDE_LANE", bool, True, "on a CPU with two or more torch threads, a run computes its random "
              "curriculum and base comparison in a second thread, half the threads each, while the stages distil"),
     Variable("PDD_ENGINE_THREADS", int, 0, "torch threads per engine process (0: the cores less one, shared by the "
-             "runs at once)", minimum=0),
+             "runs at once; at least two for a lone run on 2+ cores, one per lane)", minimum=0),
     Variable("PDD_UI_CONCURRENCY", int, 8, "page requests served at once", minimum=1),
     Variable("GRADIO_SERVER_PORT", int, 7860, "the studio's port (Gradio's own variable)", minimum=1),
     Variable("PDD_PUBLIC_RUNS", bool, False, "every visitor sees, downloads and deletes every run (a single-user or "

@@ -396,7 +396,8 @@ def test_replays_leave_descriptors_flat_and_old_runs_are_forgotten(tmp_path):
 def test_engine_threads_leave_a_core_for_the_web_server_and_share_the_rest():
     """0 means: the cores less one (the server's and a local browser's), split among the runs at once;
     never fewer than one; an operator's own number wins."""
-    assert S.engine_threads(0, 2, 1) == 1
+    assert S.engine_threads(0, 2, 1) == 2 and S.engine_threads(0, 2, 1, side_lane=False) == 1  # two lanes of one
+    assert S.engine_threads(0, 2, 2) == 1
     assert S.engine_threads(0, 16, 1) == 15
     assert S.engine_threads(0, 16, 4) == 3
     assert S.engine_threads(0, 1, 1) == 1 and S.engine_threads(0, 4, 8) == 1
