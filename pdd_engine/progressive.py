@@ -337,7 +337,6 @@ class Engine:
             self.lane = SideLane.start(self, ds, keys, proto, device)
             union = Union.empty(ds, device)
             pdd_eval = rand_eval = None
-            rand_x, rand_y = [], []
             accuracies = []
             for stage in range(1, self.until + 1):
                 t_stage = time.time()
@@ -346,12 +345,9 @@ class Engine:
                 cached = len(self.computed) == computed
                 yield StageImages(stage, *union_view(ds, union.stored))
                 self.check_cancel()
-                rx, ry = random_subset(ds, cfg.cum_ipc(stage - 1), cfg.ipc_at(stage), cfg.seed)
-                rand_x.append(rx)
-                rand_y.append(ry)
                 (pdd_eval, acc), (rand_eval, racc) = self.evaluated_all(ds, proto, device, [
                     (keys.eval(stage), pdd_eval, union.x, union.y, union.lr),
-                    (keys.random(stage), rand_eval, torch.cat(rand_x), torch.cat(rand_y), None)])
+                    (keys.random(stage), rand_eval, *random_union(ds, cfg, stage), None)])
                 bacc, eacc = (yield from self.base(ds, keys, stage, device)) if stage in cfg.base_stages() else (None, None)
                 yield from self.notes(stage)
                 ev = StageEvaluated(stage, acc, racc, cfg.cum_ipc(stage), bacc, eacc)
@@ -470,12 +466,9 @@ class SideLane:
     def work(self, ds: Dataset, keys: Keys, proto: EvalProtocol, device, until: int, bases: list[int]) -> None:
         side, cfg = self.side, self.side.cfg
         try:
-            state, xs, ys = None, [], []
+            state = None
             for s in range(1, until + 1):  # the random curriculum, as the stage loop would compute it
-                rx, ry = random_subset(ds, cfg.cum_ipc(s - 1), cfg.ipc_at(s), cfg.seed)
-                xs.append(rx)
-                ys.append(ry)
-                state, acc = side.evaluated(keys.random(s), ds, proto, state, torch.cat(xs), torch.cat(ys), None, device)
+                state, acc = side.evaluated(keys.random(s), ds, proto, state, *random_union(ds, cfg, s), None, device)
                 self.futures[keys.random(s)].set_result((state, acc))
             for i in bases:  # the base method's comparisons, stored for the stage loop's Engine.base
                 for _ in side.base(ds, keys, i, device):
@@ -497,6 +490,13 @@ class SideLane:
         if self.thread is not None:
             self.thread.join()
         torch.set_num_threads(self.restore)
+
+
+def random_union(ds: Dataset, cfg: DistillConfig, stage: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the random curriculum trains on at ``stage``: each stage j <= ``stage`` adds its own random
+    real images (:func:`random_subset`, as many per class as stage j distils), disjoint across stages."""
+    parts = [random_subset(ds, cfg.cum_ipc(j - 1), cfg.ipc_at(j), cfg.seed) for j in range(1, stage + 1)]
+    return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
 
 
 def networks_of(state: Optional[dict], ids: list[int]) -> Optional[dict]:

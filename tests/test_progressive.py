@@ -325,8 +325,7 @@ def test_the_side_lane_gives_the_numbers_of_a_run_without_it(tiny, tmp_path):
     said = lambda evs: [e.text for e in evs if isinstance(e, E.Message) and "base method alone" in e.text]  # noqa: E731
     assert any("computed beside the stages" in t for t in said(with_lane))
     assert not any("beside" in t for t in said(without))
-    for a, b in [(done(with_lane).accuracies, done(without).accuracies)]:
-        assert a == b
+    assert done(with_lane).accuracies == done(without).accuracies
     imgs = lambda evs: [e.images for e in evs if isinstance(e, E.StageImages)]  # noqa: E731
     assert all((x == y).all() for x, y in zip(imgs(with_lane), imgs(without)))
     kinds = lambda evs: [type(e).__name__ for e in evs if not isinstance(e, E.Message)]  # noqa: E731
