@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from dataclasses import replace
 from typing import Any, Optional
 
 import anyio
@@ -116,6 +117,16 @@ def frame(run: Optional[RunView], extra: str = "", shown: Optional[dict] = None)
                 shown["loss_at"] = now
         out.append(key if draw is None else draw())
     return tuple(out)
+
+
+def one_stage_on(run: RunView, shown: int) -> tuple[RunView, int, bool]:
+    """``run`` cut just before the second stage that began after stage ``shown``, while the run goes on:
+    a stream sends at most one frame per FRAME_MIN_S, and a stage shorter than that would otherwise
+    never be on the page. Returns (the view, the stage it reaches, whether it was cut)."""
+    later = [(k, ev.stage) for k, ev in enumerate(run.events) if isinstance(ev, E.StageStarted) and ev.stage > shown]
+    if run.finished or len(later) < 2:
+        return run, later[-1][1] if later else shown, False
+    return replace(run, events=run.events[:later[1][0]], timing=None), later[0][1], True
 
 
 class Studio:
@@ -270,14 +281,15 @@ class Studio:
                                          "with the same settings: finished stages come from the cache.")
             return
         shown: dict = {}
+        stage = 0
         while True:
-            view = self.service.watch(run_id, owner)
+            view, stage, behind = one_stage_on(self.service.watch(run_id, owner), stage)
             yield await anyio.to_thread.run_sync(frame, view, self.next_step(view), shown)
             if view.finished:
                 return
             t, seen = time.monotonic(), self.service.version(run_id)
             await asyncio.sleep(FRAME_MIN_S)
-            while time.monotonic() - t < FOLLOW_WAIT_S and self.service.version(run_id) == seen:
+            while not behind and time.monotonic() - t < FOLLOW_WAIT_S and self.service.version(run_id) == seen:
                 await asyncio.sleep(POLL_S)
 
     def next_step(self, run: RunView) -> str:

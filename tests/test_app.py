@@ -92,6 +92,24 @@ def test_a_stream_sends_only_what_changed():
     assert frame(view(events))[3] != gr.skip()  # without a stream: everything
 
 
+def test_a_stream_shows_every_stage_even_one_shorter_than_a_frame():
+    """Frames are rate-limited (FRAME_MIN_S): a stage that began and ended between two frames is still shown,
+    the stream taking the run one stage at a time until it catches up; a finished run is shown whole."""
+    from app.studio import one_stage_on
+    evs = [E.RunStarted("run:a", {"method": "dm"}, {}, 3), E.StageStarted(1, 3, False), E.Progress(1, 1, 2, 0.5, "stage"),
+           E.StageStarted(2, 3, False), E.Progress(2, 1, 2, 0.4, "stage"), E.StageStarted(3, 3, False)]
+    running = RunView("r", RunState.RUNNING, 0, evs, True, (1.0, 2.0))
+    first, stage, behind = one_stage_on(running, 0)
+    assert (stage, behind) == (1, True) and first.events == evs[:3] and first.timing is None
+    assert "stage 1/3" in frame(first)[0]
+    second, stage, behind = one_stage_on(running, 1)
+    assert (stage, behind) == (2, True) and second.events == evs[:5]
+    assert one_stage_on(running, 2) == (running, 3, False)
+    assert one_stage_on(running, 3) == (running, 3, False)
+    done = RunView("r", RunState.DONE, 0, evs, True)
+    assert one_stage_on(done, 0) == (done, 3, False)
+
+
 def test_a_shared_link_shows_progress_and_images_never_files_or_controls():
     last = fake_stream()[-1].summary()
     done = fake_stream() + [E.Exported("/srv/x/run.zip", ["/srv/x/s1.zip"]), E.Done("run:abc", [last], 1.0)]
