@@ -32,6 +32,7 @@ MAIN = ["dataset", "upload", "method", "stages", "ipc", "preset"]  # the control
 FOLLOW_WAIT_S = 2.0  # a stream re-renders at least this often (the per-stage clock), else on each event
 POLL_S = 0.2  # how often a stream looks for new events (a dict lookup and a list copy)
 FRAME_MIN_S = 1.0  # a stream sends at most one frame this often: each costs the browser a re-render
+RUN_ENDS = (E.Exported, E.Done, E.Failed, E.Stopped)  # the events that close a run, after its last stage's
 LOSS_EVERY_S = 1.0  # the loss plot streams at most this often (it changes with every iteration)
 PREVIEW_WAIT_S = 30.0  # a first read of a large dataset (MNIST: ~1 s; a big zip longer)
 SHOWCASE = "cpu-showcase"  # the preset suggested after the default run (docs/benchmarks.md)
@@ -119,14 +120,24 @@ def frame(run: Optional[RunView], extra: str = "", shown: Optional[dict] = None)
     return tuple(out)
 
 
-def one_stage_on(run: RunView, shown: int) -> tuple[RunView, int, bool]:
-    """``run`` cut just before the second stage that began after stage ``shown``, while the run goes on:
-    a stream sends at most one frame per FRAME_MIN_S, and a stage shorter than that would otherwise
-    never be on the page. Returns (the view, the stage it reaches, whether it was cut)."""
+def one_stage_on(run: RunView, shown: int, first: bool = False) -> tuple[RunView, int, bool]:
+    """``run`` as far as the first stage that began after stage ``shown``: cut just before the next stage
+    began or, when that stage was the last, before the run's end. A stream sends at most one frame per
+    FRAME_MIN_S, and a stage shorter than that would otherwise never be on the page (a stream catching up
+    sends these one POLL_S apart). A stream's first frame
+    of a finished run (a link opened later) shows it whole. Returns (the view, the stage it reaches,
+    whether it was cut)."""
     later = [(k, ev.stage) for k, ev in enumerate(run.events) if isinstance(ev, E.StageStarted) and ev.stage > shown]
-    if run.finished or len(later) < 2:
+    if not later or (first and run.finished):
         return run, later[-1][1] if later else shown, False
-    return replace(run, events=run.events[:later[1][0]], timing=None), later[0][1], True
+    if len(later) >= 2:
+        cut = later[1][0]
+    elif run.finished:
+        cut = next(k for k in range(later[0][0], len(run.events) + 1)
+                   if k == len(run.events) or isinstance(run.events[k], RUN_ENDS))
+    else:
+        return run, later[0][1], False
+    return replace(run, events=run.events[:cut], state=RunState.RUNNING, timing=None), later[0][1], True
 
 
 class Studio:
@@ -281,14 +292,15 @@ class Studio:
                                          "with the same settings: finished stages come from the cache.")
             return
         shown: dict = {}
-        stage = 0
+        stage, first = 0, True
         while True:
-            view, stage, behind = one_stage_on(self.service.watch(run_id, owner), stage)
+            view, stage, behind = one_stage_on(self.service.watch(run_id, owner), stage, first)
+            first = False
             yield await anyio.to_thread.run_sync(frame, view, self.next_step(view), shown)
             if view.finished:
                 return
             t, seen = time.monotonic(), self.service.version(run_id)
-            await asyncio.sleep(FRAME_MIN_S)
+            await asyncio.sleep(POLL_S if behind else FRAME_MIN_S)  # catching up: a stage per frame, at most P frames
             while not behind and time.monotonic() - t < FOLLOW_WAIT_S and self.service.version(run_id) == seen:
                 await asyncio.sleep(POLL_S)
 

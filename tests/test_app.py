@@ -94,7 +94,8 @@ def test_a_stream_sends_only_what_changed():
 
 def test_a_stream_shows_every_stage_even_one_shorter_than_a_frame():
     """Frames are rate-limited (FRAME_MIN_S): a stage that began and ended between two frames is still shown,
-    the stream taking the run one stage at a time until it catches up; a finished run is shown whole."""
+    the stream taking the run one stage at a time until it catches up, its last stage before its end; a
+    finished run that a stream meets in its first frame is shown whole."""
     from app.studio import one_stage_on
     evs = [E.RunStarted("run:a", {"method": "dm"}, {}, 3), E.StageStarted(1, 3, False), E.Progress(1, 1, 2, 0.5, "stage"),
            E.StageStarted(2, 3, False), E.Progress(2, 1, 2, 0.4, "stage"), E.StageStarted(3, 3, False)]
@@ -106,8 +107,13 @@ def test_a_stream_shows_every_stage_even_one_shorter_than_a_frame():
     assert (stage, behind) == (2, True) and second.events == evs[:5]
     assert one_stage_on(running, 2) == (running, 3, False)
     assert one_stage_on(running, 3) == (running, 3, False)
-    done = RunView("r", RunState.DONE, 0, evs, True)
-    assert one_stage_on(done, 0) == (done, 3, False)
+    last = E.StageEvaluated(3, [0.5], [0.4], 3).summary()
+    done = RunView("r", RunState.DONE, 0, evs + [E.Done("run:a", [last], 1.0)], True)
+    assert one_stage_on(done, 0, first=True) == (done, 3, False)  # a finished run opened later: whole
+    third, stage, behind = one_stage_on(done, 2)  # followed live: its last stage before its end
+    assert (stage, behind) == (3, True) and third.events == evs and third.state is RunState.RUNNING
+    assert "stage 3/3" in frame(third)[0] and "Done" in frame(done)[0]
+    assert one_stage_on(done, 3) == (done, 3, False)
 
 
 def test_a_shared_link_shows_progress_and_images_never_files_or_controls():
