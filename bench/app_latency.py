@@ -67,8 +67,9 @@ def control_change() -> dict:
     return out
 
 
-def processes() -> dict[int, tuple[int, float, str]]:
-    """Every live process: pid -> (parent pid, CPU seconds it and its reaped children used, command line)."""
+def processes() -> dict[int, tuple[int, float, float, str]]:
+    """Every live process: pid -> (parent pid, CPU seconds it used, CPU seconds its reaped children used,
+    command line)."""
     tick, out = os.sysconf("SC_CLK_TCK"), {}
     for d in Path("/proc").glob("[0-9]*"):
         try:
@@ -77,14 +78,16 @@ def processes() -> dict[int, tuple[int, float, str]]:
         except (OSError, ValueError):
             continue
         f = stat[stat.rindex(")") + 2:].split()  # fields from the state on (the command may hold spaces)
-        out[int(d.name)] = (int(f[1]), sum(int(x) for x in f[11:15]) / tick, cmd)
+        out[int(d.name)] = (int(f[1]), (int(f[11]) + int(f[12])) / tick, (int(f[13]) + int(f[14])) / tick, cmd)
     return out
 
 
 def cpu_by_party() -> dict[str, float]:
     """CPU seconds so far of this process's descendants, by party: the studio's server, the processes the
     server started (the engine's, the helper), and the rest (the browser and its driver). Each second is
-    counted once: a live process's own, a finished one's in its parent's reaped children."""
+    counted once: a live process's own, a finished one's in its parent's reaped children. A process the
+    server reaped was one it started, so the server's reaped children count to the engine's party (an
+    engine process that ended with its run had its whole run counted to the server before)."""
     procs, me = processes(), os.getpid()
 
     def chain(pid: int) -> list[int]:
@@ -93,13 +96,17 @@ def cpu_by_party() -> dict[str, float]:
             out.append(pid)
             pid = procs[pid][0]
         return out
-    server = next((pid for pid, (_, _, cmd) in procs.items() if "app.py" in cmd and me in chain(pid)), None)
+    server = next((pid for pid, (*_, cmd) in procs.items() if "app.py" in cmd and me in chain(pid)), None)
     parties = {"server": 0.0, "engine": 0.0, "browser": 0.0}
-    for pid, (_, cpu, _) in procs.items():
+    for pid, (_, own, reaped, _) in procs.items():
         up = chain(pid)
         if me not in up[1:]:
             continue
-        parties["server" if pid == server else "engine" if server in up else "browser"] += cpu
+        if pid == server:
+            parties["server"] += own
+            parties["engine"] += reaped
+        else:
+            parties["engine" if server in up else "browser"] += own + reaped
     return parties
 
 
