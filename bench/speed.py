@@ -518,26 +518,41 @@ def section_eval(args, report: dict) -> str:
                  ["threads", "path", "images/s", "seconds", "mean acc %"], rows)
 
 
+# The torch threads of each lane of a CPU run on 2 cores (progressive.SideLane): the thread count at which
+# the automatic choices below are made for the machine the product is tried on first.
+LANE_THREADS = 1
+
+
+def auto_variant() -> str:
+    """The variant a run's ``auto`` arithmetic is on this machine: ``bf16`` where it runs bf16 natively."""
+    import torch
+
+    from pdd_engine.device import resolve_precision
+    return "bf16" if resolve_precision("auto", torch.device("cpu")) == "bfloat16" else "plain"
+
+
 def section_eval_widths(args, report: dict) -> str:
     """Batched (vmap) against sequential evaluation by network width and image size (digits, 8 px,
-    ConvNet-2; MNIST, 28 px, ConvNet-3, where it is on this machine): where the automatic choice of
-    ``eval_batched`` (:func:`pdd_engine.evaluate.use_batched`) switches on a CPU."""
+    ConvNet-2; MNIST, 28 px, ConvNet-3, where it is on this machine), at a lane's threads and in the
+    arithmetic a run's ``auto`` resolves to: where the automatic choice of ``eval_batched``
+    (:func:`pdd_engine.evaluate.use_batched`) switches on a CPU."""
     from pdd_engine.datasets import find
     epochs, widths = (2, (8, 16)) if args.tiny else (40, (32, 64, 128))
     sets = [("digits", 2)] + ([("mnist", 3)] if find("mnist").available(None) and not args.tiny else [])
-    rows = []
+    variant, rows = auto_variant(), []
     for data, depth in sets:
         for width in widths:
             got = {}
             for batched in (False, True):
-                r = attempt("eval", batched=batched, threads=2, ipc=10, epochs=epochs, models=5, width=width,
-                            depth=depth, dataset=data, stages=2)  # the second stage: warmed up
-                report[f"eval_{data}_width{width}_{'batched' if batched else 'sequential'}"] = r
+                r = attempt("eval", batched=batched, threads=LANE_THREADS, ipc=10, epochs=epochs, models=5, width=width,
+                            depth=depth, dataset=data, stages=2, variant=variant)  # the second stage: warmed up
+                report[f"eval_{data}_width{width}_{'batched' if batched else 'sequential'}"] = {**r, "variant": variant}
                 got[batched] = r.get("train_images_per_s")
             ratio = got[True] / got[False] if got[True] and got[False] else 0
             rows.append([data, width, *(f"{got[b]:.0f}" if got[b] else "failed" for b in (False, True)), f"{ratio:.2f}"])
     return table(f"Evaluation training images/s by width (5 networks, 100 images, {epochs} epochs, second of two "
-                 "stages, 2 threads; test pass excluded)", ["data", "width", "sequential", "batched (vmap)", "batched / sequential"], rows)
+                 f"stages, {LANE_THREADS} thread(s), {variant}; test pass excluded)",
+                 ["data", "width", "sequential", "batched (vmap)", "batched / sequential"], rows)
 
 
 def section_experts(args, report: dict) -> str:
@@ -554,12 +569,12 @@ def section_experts(args, report: dict) -> str:
         for width in widths:
             cfg = dict(dataset=data, method="mtt", stages=1, ipc=10, width=width, num_experts=5,
                        max_start_epoch=epochs - 1, expert_epochs=1, **more)
-            r = attempt("experts", cfg=cfg, threads=2)
+            r = attempt("experts", cfg=cfg, threads=LANE_THREADS)
             report[f"experts_{data}_width{width}"] = r
             rows.append([data, width, epochs, r.get("real_images", "-"), *(f"{r[k]:.1f}" if k in r else "failed"
                          for k in ("sequential_s", "batched_s")), f"{r['speedup']:.2f}" if "speedup" in r else "-",
                          f"{r['max_abs_diff']:.1e}" if "max_abs_diff" in r else "-"])
-    return table("MTT experts of one stage: 5 experts at batch 256, 2 threads",
+    return table(f"MTT experts of one stage: 5 experts at batch 256, {LANE_THREADS} thread(s)",
                  ["data", "width", "epochs", "real images", "one by one s", "together (vmap) s", "speed-up", "largest weight difference"], rows)
 
 

@@ -49,6 +49,17 @@ def activation_bytes(x: torch.Tensor) -> int:
     return 2 if x.is_floating_point() and cpu_bf16_autocast() else x.element_size()
 
 
+def standard_strides(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with row-major strides, without a copy where it already is contiguous.
+
+    A one-channel image batch is contiguous in both layouts, so its strides may say channels-last (the
+    digits' come out of numpy as (64, 1, 8, 1)); the convolution then answers in channels-last, and every
+    layer after it runs that layout's kernels: instance norm's took 3-12 ms where the row-major one took
+    0.3-0.4 ms on (200, 32, 8, 8), and an evaluation network on digits trained 1.6x slower in bf16
+    (scratch timings, torch 2.14 on the AVX-512 machine). A flat view and back gives row-major strides."""
+    return x.reshape(len(x), -1).view(x.shape) if x.numel() else x
+
+
 class Pool2(nn.Module):
     """2x2 average pooling, stride 2 (odd sizes drop the last row/column, as ``nn.AvgPool2d(2)``).
 
@@ -115,6 +126,7 @@ class ConvNet(nn.Module):
         self.classifier = nn.Linear(self.embed_dim, num_classes)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
+        x = standard_strides(x)
         n = self.chunk_size(x)
         if n >= len(x):
             return self.features(x).flatten(1)
@@ -165,7 +177,7 @@ class ResNet(nn.Module):
         self.classifier = nn.Linear(cin, num_classes)
 
     def embed(self, x):
-        return self.blocks(self.stem(x)).mean(dim=(2, 3))
+        return self.blocks(self.stem(standard_strides(x))).mean(dim=(2, 3))
 
     def forward(self, x):
         return self.classifier(self.embed(x))

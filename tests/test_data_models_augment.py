@@ -129,6 +129,29 @@ def test_chunked_convnet_gives_the_unchunked_outputs_and_gradients(norm):
         torch.testing.assert_close(chunked, whole, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["convnet", "resnet"])
+def test_a_one_channel_batch_with_channels_last_strides_runs_row_major(family):
+    """The digits come out of numpy with strides (64, 1, 8, 1), channels-last to torch; the network must
+    still run its layers row-major (instance norm's channels-last kernel was 10x slower), with the same
+    outputs and gradients as for a row-major copy of the batch."""
+    net = build_model(1, 10, 8, depth=2, width=16, family=family, seed=0)
+    seen = []
+    norm = net.features[1] if family == "convnet" else net.stem[1]
+    norm.register_forward_pre_hook(lambda _, args: seen.append(args[0].is_contiguous()))
+    odd = torch.randn(12, 8, 8, 1).permute(0, 3, 1, 2)  # numpy's HWC -> CHW view
+    rows = torch.empty(12, 1, 8, 8).copy_(odd)
+    assert odd.stride() == (64, 1, 8, 1) and odd.is_contiguous() and rows.stride() == (64, 64, 8, 1)
+    results = []
+    for x in (odd.requires_grad_(), rows.requires_grad_()):
+        net.zero_grad()
+        out = net(x)
+        out.square().sum().backward()
+        results.append((out.detach(), x.grad.clone()))
+    assert seen == [True, True]
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b)
+
+
 def test_chunks_are_sized_in_the_arithmetic_the_convolutions_run_in():
     """Under CPU bf16 autocast the activations are 2-byte, so a chunk holds twice the images of float32."""
     net = ConvNet(1, 10, 28, depth=3, width=16)
