@@ -98,7 +98,7 @@ class DistillConfig:
                               minimum=1, maximum=2 ** 16, server_max=4096, shown="hidden")
     eval_dsa: bool = setting(True, "Augment the evaluation", "DSA while evaluation networks train", shown="hidden")
     # the evaluation networks trained together (vmap) or one after another; None: batched on a GPU,
-    # on a CPU only for small networks (training.BATCHED_CPU_MAX_WORK, bench/speed.py --only eval_widths).
+    # one after another on a CPU (training.trains_together, bench/speed.py --only eval_widths).
     # The same results either way, up to floating-point summation order (not in any cache key)
     eval_batched: Optional[bool] = setting(None, "Train evaluation networks together", "vmap; empty: where "
                                            "measured faster", shown="hidden")

@@ -21,7 +21,7 @@ from .config import DistillConfig
 from .data import Dataset
 from .device import arithmetic
 from .errors import PDDError
-from .training import (BATCHED_CPU_MAX_WORK, SGD, accuracy, make_sgd, seed_of, stacked_forward, train_epochs,  # noqa: F401
+from .training import (SGD, accuracy, make_sgd, seed_of, stacked_forward, train_epochs,  # noqa: F401
                        train_together, trains_together)
 
 

@@ -99,27 +99,24 @@ def train_epochs(net: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, 
             on_epoch(epoch)
 
 
-# Largest network width x input pixels for which, on a CPU with two or more torch threads, training the
-# evaluation networks together (vmap) beat training them one after another: ConvNet width 32 on 8x8 digits
-# (1.04-1.35x at 2 threads, bf16, scratch); at width 64 on digits and at every width on 28 px MNIST it was
-# slower (0.41-0.93x), the stacked weights' element-wise work outweighing the saved dispatch. At one thread
-# (each lane of a run on 2 cores, progressive.SideLane) one after another was faster at every width, for
-# the evaluation (digits width 32: 0.90x together) and for MTT's experts (0.43-0.84x):
-# bench/speed.py --only eval_widths,experts, which measure at a lane's thread count.
-BATCHED_CPU_MAX_WORK = 32 * 8 * 8
-
-
 def trains_together(batched: Optional[bool], norm: str, width: int, size: int, count: int,
                     device: torch.device) -> bool:
     """Whether ``count`` networks train together (vmap): the user's choice, else the path measured
-    faster: batched on a GPU, and on a CPU only with two or more torch threads (in the calling thread)
-    and for networks up to BATCHED_CPU_MAX_WORK (width x ``size``^2); never with BatchNorm (running
-    statistics) or a single network. The evaluation's networks and MTT's experts both ask here."""
+    faster: together on a GPU, one after another on a CPU; never with BatchNorm (running statistics)
+    or a single network. The evaluation's networks and MTT's experts both ask here.
+
+    On a CPU, at one torch thread (each lane of a run on 2 cores, progressive.SideLane), one after another
+    was faster at every width and image size, for the evaluation (0.38-1.00x together) and for MTT's
+    experts (0.43-0.84x; bench/speed.py --only eval_widths,experts). Together won only with two threads
+    and only for the smallest networks (width 32 on 8 px digits, 1.04-1.35x, scratch); a rule on the
+    thread count would make the path, and so the last bits of an accuracy, depend on how many threads a
+    run had, and re-evaluating a bundle would no longer give its run's accuracies to the bit. ``width``
+    and ``size`` stay in the signature for the rule's callers and a machine where they matter again."""
     if norm == "batch" or count < 2:
         return False
     if batched is not None:
         return batched
-    return device.type == "cuda" or (torch.get_num_threads() > 1 and width * size * size <= BATCHED_CPU_MAX_WORK)
+    return device.type == "cuda"
 
 
 def stacked_forward(base: nn.Module, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
