@@ -124,9 +124,8 @@ def one_stage_on(run: RunView, shown: int, first: bool = False) -> tuple[RunView
     """``run`` as far as the first stage that began after stage ``shown``: cut just before the next stage
     began or, when that stage was the last, before the run's end. A stream sends at most one frame per
     FRAME_MIN_S, and a stage shorter than that would otherwise never be on the page (a stream catching up
-    sends these one POLL_S apart). A stream's first frame
-    of a finished run (a link opened later) shows it whole. Returns (the view, the stage it reaches,
-    whether it was cut)."""
+    sends these one POLL_S apart). A stream's first frame of a finished run (a link opened later) shows it
+    whole. Returns (the view, the stage it reaches, whether it was cut)."""
     later = [(k, ev.stage) for k, ev in enumerate(run.events) if isinstance(ev, E.StageStarted) and ev.stage > shown]
     if not later or (first and run.finished):
         return run, later[-1][1] if later else shown, False

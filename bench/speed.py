@@ -275,7 +275,7 @@ def m_transition(a: dict) -> dict:
         out[f"{how}_s"] = time.perf_counter() - t
     diff = max(float((p - q).abs().max()) for one, other in zip(out.pop("sequential"), out.pop("batched"))
                for p, q in zip(one.parameters(), other.parameters()))
-    auto = trains_together(None, cfg.norm, cfg.width, ds.size, len(seeds), ctx.device)
+    auto = trains_together(None, cfg.norm, len(seeds), ctx.device)
     return {**out, "speedup": out["sequential_s"] / out["batched_s"], "max_abs_diff": diff,
             "automatic": "together" if auto else "one by one"}
 

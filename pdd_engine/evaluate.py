@@ -212,24 +212,24 @@ class BatchedCurriculum(Curriculum):
         return self
 
 
-def use_batched(batched: Optional[bool], proto: EvalProtocol, device: torch.device, size: int,
+def use_batched(batched: Optional[bool], proto: EvalProtocol, device: torch.device,
                 count: Optional[int] = None) -> bool:
     """:func:`trains_together` for the protocol's networks (``count``: how many, default all)."""
-    return trains_together(batched, proto.norm, proto.width, size, proto.models if count is None else count, device)
+    return trains_together(batched, proto.norm, proto.models if count is None else count, device)
 
 
 def make_curriculum(ds: Dataset, proto: EvalProtocol, device: torch.device, batched: Optional[bool] = None,
                     ids: Optional[Sequence[int]] = None) -> Curriculum:
     """The batched path or the sequential one (:func:`use_batched`), for networks ``ids`` (default all)."""
-    if use_batched(batched, proto, device, ds.size, None if ids is None else len(ids)):
+    if use_batched(batched, proto, device, None if ids is None else len(ids)):
         return BatchedCurriculum(ds, proto, device, ids)
     return Curriculum(ds, proto, device, ids)
 
 
-def network_groups(batched: Optional[bool], proto: EvalProtocol, device: torch.device, size: int) -> list[list[int]]:
+def network_groups(batched: Optional[bool], proto: EvalProtocol, device: torch.device) -> list[list[int]]:
     """How a curriculum's N networks split into independent units: one unit for all where they are
     trained together (vmap), else one unit per network (an executor can spread them)."""
-    if use_batched(batched, proto, device, size):
+    if use_batched(batched, proto, device):
         return [list(range(proto.models))]
     return [[k] for k in range(proto.models)]
 

@@ -396,8 +396,8 @@ class Engine:
             else:
                 out[k] = (hit[0], hit[1]["acc"])
         if todo:
-            batched = use_batched(self.cfg.eval_batched, proto, device, ds.size)
-            groups = network_groups(batched, proto, device, ds.size)
+            batched = use_batched(self.cfg.eval_batched, proto, device)
+            groups = network_groups(batched, proto, device)
             executor = or_local(self.executor)
             shared = eval_shared(ds, proto, device, batched,
                                  **({"cancel": self.check_cancel} if executor.name == "local" else {}))

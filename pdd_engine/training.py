@@ -99,8 +99,7 @@ def train_epochs(net: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, 
             on_epoch(epoch)
 
 
-def trains_together(batched: Optional[bool], norm: str, width: int, size: int, count: int,
-                    device: torch.device) -> bool:
+def trains_together(batched: Optional[bool], norm: str, count: int, device: torch.device) -> bool:
     """Whether ``count`` networks train together (vmap): the user's choice, else the path measured
     faster: together on a GPU, one after another on a CPU; never with BatchNorm (running statistics)
     or a single network. The evaluation's networks and MTT's experts both ask here.
@@ -110,8 +109,7 @@ def trains_together(batched: Optional[bool], norm: str, width: int, size: int, c
     experts (0.43-0.84x; bench/speed.py --only eval_widths,experts). Together won only with two threads
     and only for the smallest networks (width 32 on 8 px digits, 1.04-1.35x, scratch); a rule on the
     thread count would make the path, and so the last bits of an accuracy, depend on how many threads a
-    run had, and re-evaluating a bundle would no longer give its run's accuracies to the bit. ``width``
-    and ``size`` stay in the signature for the rule's callers and a machine where they matter again."""
+    run had, and re-evaluating a bundle would no longer give its run's accuracies to the bit."""
     if norm == "batch" or count < 2:
         return False
     if batched is not None:

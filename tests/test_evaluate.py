@@ -109,10 +109,10 @@ def test_mtt_memory_refusal_states_sizes_that_are_not_zero(tiny, store):
 def test_the_evaluation_path_is_the_one_measured_faster_unless_chosen():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     proto = EvalProtocol(width=32)
-    assert not use_batched(None, proto, cpu, 8) and not use_batched(None, proto, cpu, 28)  # bench/speed.py --only eval_widths
-    assert use_batched(None, EvalProtocol(width=128), cuda, 32) and use_batched(None, proto, cuda, 8)
-    assert use_batched(True, proto, cpu, 28) and not use_batched(False, proto, cuda, 8)  # the user's choice stands
-    assert not use_batched(True, EvalProtocol(norm="batch"), cuda, 8) and not use_batched(True, EvalProtocol(models=1), cpu, 8)
+    assert not use_batched(None, proto, cpu) and not use_batched(None, EvalProtocol(width=128), cpu)  # bench/speed.py --only eval_widths
+    assert use_batched(None, EvalProtocol(width=128), cuda) and use_batched(None, proto, cuda)
+    assert use_batched(True, proto, cpu) and not use_batched(False, proto, cuda)  # the user's choice stands
+    assert not use_batched(True, EvalProtocol(norm="batch"), cuda) and not use_batched(True, EvalProtocol(models=1), cpu)
 
 
 def test_after_tune_allocator_freed_tensors_stay_in_the_heap_for_the_next_step():

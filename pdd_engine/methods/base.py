@@ -99,7 +99,7 @@ class StageContext:
         plan = self.transition_plan()
         c = self.cfg
         if together is None:
-            together = trains_together(None, c.norm, c.width, self.ds.size, len(nets), self.device)
+            together = trains_together(None, c.norm, len(nets), self.device)
         if not plan or not together or len(nets) < 2:
             for net, s in zip(nets, seeds):
                 self.check_cancel()

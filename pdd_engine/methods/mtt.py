@@ -36,7 +36,7 @@ def expert_trajectories(ctx: StageContext) -> torch.Tensor:
     c: MTTParams = ctx.cfg.params
     epochs = c.max_start_epoch + c.expert_epochs
     n_params = sum(p.numel() for p in ctx.new_model(0).parameters())
-    together = experts_together(ctx.cfg, ctx.ds.size, ctx.device)
+    together = experts_together(ctx.cfg, ctx.device)
     groups = [list(range(c.num_experts))] if together else [[e] for e in range(c.num_experts)]
 
     def train() -> dict:
@@ -66,11 +66,11 @@ def expert_shared(ctx: StageContext) -> dict:
             "lrs": list(ctx.stage_lrs), "sizes": list(ctx.stage_sizes)}
 
 
-def experts_together(cfg: DistillConfig, size: int, device: torch.device) -> bool:
+def experts_together(cfg: DistillConfig, device: torch.device) -> bool:
     """Whether a stage's experts train together (vmap): ``batched_experts``, else where measured faster
     (:func:`pdd_engine.training.trains_together`; ``bench/speed.py --only experts``)."""
     p: MTTParams = cfg.params
-    return trains_together(p.batched_experts, cfg.norm, cfg.width, size, p.num_experts, device)
+    return trains_together(p.batched_experts, cfg.norm, p.num_experts, device)
 
 
 def train_experts(shared: dict, ids: list[int]) -> torch.Tensor:
