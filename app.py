@@ -3,7 +3,7 @@
 import os
 from pathlib import Path
 
-from app.housekeeping import Bound, start_janitor
+from app.housekeeping import Bound, quiet_queue, start_janitor
 from pdd_engine.errors import PDDError
 from pdd_engine.service import Service, env
 
@@ -34,6 +34,7 @@ def main() -> None:
         studio.prime()
         demo = build(studio)
         demo.queue(default_concurrency_limit=concurrency)
+        quiet_queue(demo)
         demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), server_port=port,
                     css_paths=[ROOT / "assets" / "style.css"], allowed_paths=[str(export_dir)],
                     max_file_size="500mb", show_error=True)

@@ -6,7 +6,8 @@
 - **default run**: the default settings from a fresh cache, once in the CLI (``pdd distill``, its wall
   time) and once in the studio (headless Chromium: click Run, wait for Done), back to back on the same
   machine; the ratio is what the studio adds. Beside each wall, the CPU seconds each party used: the CLI's;
-  the studio's server, the engine processes it started, and the browser (with its driver), read from /proc.
+  the studio's server, the engine processes it started, and the browser (with its driver), read from /proc;
+- **idle**: the CPU the server and an open page use per 10 s with no run (what they take from every run).
 
     python -m bench.app_latency
     python -m bench.app_latency --only run --repeats 2
@@ -15,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -27,6 +29,9 @@ from bench.common import RESULTS, ROOT, append_row, cli_default_run, commit, mac
 
 COLUMNS = ["section", "row", "figures", "tiny", "machine", "commit", "date"]  # speed.csv's
 CSV = RESULTS / "speed.csv"
+# how often the harness reads the page: Playwright's default, every animation frame, made the browser lay the
+# page out 60 times a second, counted to the studio (0.85 s of a run's browser CPU in requestAnimationFrame)
+WATCH_MS = 250
 
 
 def start_to_first_page(repeats: int) -> dict:
@@ -110,9 +115,10 @@ def cpu_by_party() -> dict[str, float]:
     return parties
 
 
-def studio_run(tmp: Path, threads: int = 0) -> dict:
-    """Click to Done in headless Chromium, and the CPU each party used meanwhile; ``threads``: the
-    engine's (PDD_ENGINE_THREADS, 0: the studio's own choice)."""
+@contextlib.contextmanager
+def studio_page(tmp: Path, threads: int = 0):
+    """The studio's page in headless Chromium, loaded and validated; ``threads``: the engine's
+    (PDD_ENGINE_THREADS, 0: the studio's own choice)."""
     from playwright.sync_api import sync_playwright
 
     from tests.apphelpers import CHROMIUM, CHROMIUM_ARGS, running_app
@@ -122,13 +128,34 @@ def studio_run(tmp: Path, threads: int = 0) -> dict:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(url)
         page.wait_for_selector("#pdd-run:not([disabled])")
-        page.wait_for_function("document.querySelector('#pdd-validation')?.innerText.includes('valid')")
+        page.wait_for_function("document.querySelector('#pdd-validation')?.innerText.includes('valid')",
+                               polling=WATCH_MS)
+        try:
+            yield page
+        finally:
+            browser.close()
+
+
+def studio_run(tmp: Path, threads: int = 0) -> dict:
+    """Click to Done, and the CPU each party used meanwhile."""
+    with studio_page(tmp, threads) as page:
         before, t = cpu_by_party(), time.perf_counter()
         page.locator("#pdd-run").click()
-        page.wait_for_function("document.querySelector('#pdd-status')?.innerText.includes('Done')", timeout=3_600_000)
+        page.wait_for_function("document.querySelector('#pdd-status')?.innerText.includes('Done')",
+                               timeout=3_600_000, polling=WATCH_MS)
         took, after = time.perf_counter() - t, cpu_by_party()
-        browser.close()
     return {"wall_s": took, **{f"{k}_cpu_s": after[k] - before[k] for k in after}}
+
+
+def idle(seconds: float = 30) -> dict:
+    """CPU seconds each party uses per 10 s with the page open and no run: what the server and one open
+    tab take from the engine's cores between runs (and beside every run)."""
+    with tempfile.TemporaryDirectory() as b, studio_page(Path(b)) as page:
+        page.wait_for_timeout(5_000)  # the page's load events (preview, runs, results) are done
+        before = cpu_by_party()
+        page.wait_for_timeout(seconds * 1000)
+        after = cpu_by_party()
+    return {f"{k}_cpu_s_per_10s": (after[k] - before[k]) * 10 / seconds for k in ("server", "engine", "browser")}
 
 
 def default_run(repeats: int, threads: int = 0) -> dict:
@@ -150,13 +177,13 @@ def default_run(repeats: int, threads: int = 0) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--only", type=lambda v: v.split(","), default=["start", "control", "run"])
+    ap.add_argument("--only", type=lambda v: v.split(","), default=["start", "control", "idle", "run"])
     ap.add_argument("--results", type=Path, default=CSV)
     ap.add_argument("--engine-threads", type=int, default=0,
                     help="the studio engine's torch threads (PDD_ENGINE_THREADS; default 0: the studio's own choice)")
     args = ap.parse_args()
     line, sha = machine_line(machine()), commit()
-    sections = {"start": lambda: start_to_first_page(args.repeats), "control": control_change,
+    sections = {"start": lambda: start_to_first_page(args.repeats), "control": control_change, "idle": idle,
                 "run": lambda: default_run(args.repeats, args.engine_threads)}
     for name in args.only:
         figures = sections[name]()

@@ -1,9 +1,11 @@
-"""The server's disk is bounded: exports and uploads pruned by age and size, oldest first."""
+"""The server's upkeep: exports and uploads pruned by age and size, oldest first; the queue polls calmly."""
 
 import os
 import time
 
-from app.housekeeping import Bound, prune
+import gradio as gr
+
+from app.housekeeping import PROGRESS_POLL_S, QUEUE_POLL_S, Bound, prune, quiet_queue
 
 
 def touch(path, size, age_s, now):
@@ -52,3 +54,16 @@ def test_a_setting_that_is_not_a_number_stops_the_server_in_one_line(tmp_path):
         assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
         assert out.stderr.strip().splitlines()[-1].startswith(f"error: {var}={value!r} is not a"), out.stderr
         assert f"Fix: set {var} to" in out.stderr
+
+
+def test_the_queue_polls_calmly_after_quiet_queue():
+    """Gradio's queue polls every millisecond by default; quiet_queue slows it (private attributes: a Gradio
+    release that renames them fails here rather than silently bringing the idle CPU back)."""
+    with gr.Blocks() as demo:
+        gr.Button("x")
+    demo.queue()
+    assert demo._queue.sleep_when_free < QUEUE_POLL_S  # what this Gradio does by itself
+    assert quiet_queue(demo)
+    assert demo._queue.sleep_when_free == QUEUE_POLL_S
+    assert demo._queue.progress_update_sleep_when_free == PROGRESS_POLL_S
+    assert not quiet_queue(object())  # no queue to slow: the server still starts
