@@ -589,20 +589,37 @@ def section_transition(args, report: dict) -> str:
                                       f"{r['max_abs_diff']:.1e}", r["automatic"]], 6)])
 
 
-def section_presets(args, report: dict) -> str:
-    """The presets the studio offers on a CPU (the default run and the one it suggests next), each run
-    once alone in a fresh cache at seed 0: what a visitor waits, and what the run says at the end."""
-    from pdd_engine.config import PRESETS
+# issue 30's MTT target: PDD+MTT P = 2 with its comparisons on MNIST, the real pool capped at 10,000 images,
+# width 32 (the quality table's MNIST MTT rows, which run 3 seeds side by side at one thread each)
+MTT_MNIST = dict(dataset="mnist", max_train=10000, method="mtt", width=32, stages=2, ipc=10)
+TINY_RUN = {"iterations": 2, "eval_epochs": 2, "max_train": 500}
+
+
+def whole_runs(args, report: dict, runs: dict[str, dict], title: str) -> str:
+    """Each named configuration run once alone in a fresh cache at seed 0 (2 threads): what a user waits,
+    and what the run says at the end."""
     rows = []
-    for name in ("cpu-quick", "cpu-showcase"):
-        cfg = dict(PRESETS[name], **({"iterations": 2, "eval_epochs": 2, "max_train": 500} if args.tiny else {}))
-        r = attempt("run", cfg=cfg)
-        report[f"preset_{name}"] = r
+    for name, cfg in runs.items():
+        r = attempt("run", cfg=dict(cfg, **(TINY_RUN if args.tiny else {})))
+        report[name] = r
         pct = lambda k: f"{100 * r[k]:.1f}" if r.get(k) is not None else "–"  # noqa: E731
         rows.append([name] + cells(r, lambda r: [f"{r['seconds']:.0f}", pct("acc"), pct("base"), pct("epochs"), pct("random"),
                                                  r["arithmetic"], f"{r['peak_mb']:.0f}"], 7))
-    return table("Presets, one run alone (seed 0, 2 threads, fresh cache)",
-                 ["preset", "seconds", "PDD %", "P = 1 %", "P = 1 same epochs %", "random %", "arithmetic", "peak MB"], rows)
+    return table(title, ["run", "seconds", "PDD %", "P = 1 %", "P = 1 same epochs %", "random %", "arithmetic", "peak MB"], rows)
+
+
+def section_presets(args, report: dict) -> str:
+    """The presets the studio offers on a CPU (the default run and the one it suggests next)."""
+    from pdd_engine.config import PRESETS
+    return whole_runs(args, report, {f"preset_{n}": PRESETS[n] for n in ("cpu-quick", "cpu-showcase")},
+                      "Presets, one run alone (seed 0, 2 threads, fresh cache)")
+
+
+def section_mtt_mnist(args, report: dict) -> str:
+    """PDD+MTT P = 2 on MNIST (10,000-image pool, width 32) with its P = 1, P = 1 same epochs and random
+    curriculum: the paper's base at a size 2 cores afford, alone (experts included: a fresh cache)."""
+    return whole_runs(args, report, {"mtt_mnist_p2": MTT_MNIST},
+                      "PDD+MTT P = 2 on MNIST (pool 10,000, width 32), one run alone (seed 0, 2 threads, fresh cache)")
 
 
 def section_openmp(args, report: dict) -> str:
@@ -902,7 +919,7 @@ def section_ceiling(args, report: dict) -> str:
 
 
 SECTIONS = {"methods": section_methods, "eval": section_eval, "eval_widths": section_eval_widths, "experts": section_experts,
-            "transition": section_transition, "presets": section_presets, "openmp": section_openmp, "lanes": section_lanes,
+            "transition": section_transition, "presets": section_presets, "mtt_mnist": section_mtt_mnist, "openmp": section_openmp, "lanes": section_lanes,
             "unroll": section_unroll, "variants": section_variants, "executor": section_executor,
             "reference": section_reference, "reference_dm": functools.partial(section_reference, dm_only=True),
             "chunks": section_chunks, "ceiling": section_ceiling}
