@@ -8,6 +8,7 @@ killed run resumes at the first unfinished stage.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -36,6 +37,9 @@ from .methods import StageContext, get_method
 from .methods.base import Memo
 from .training import SGD, predict, seed_of
 from .datasets.userdata import skipped_files
+
+
+LANE_NICE = 10  # how far the side lane's thread steps back for the stage loop's (yield_to_the_stage_loop)
 
 
 class CancelToken(Protocol):
@@ -335,6 +339,8 @@ class Engine:
                 yield Message(0, note)
             proto = EvalProtocol.from_config(cfg, ds.size)
             self.lane = SideLane.start(self, ds, keys, proto, device)
+            if self.lane is not None:  # the stage loop's units run in both lanes' threads (LocalExecutor)
+                self.executor = LocalExecutor(self.lane.lanes)
             union = Union.empty(ds, device)
             pdd_eval = rand_eval = None
             accuracies = []
@@ -374,6 +380,7 @@ class Engine:
         finally:
             if self.lane is not None:
                 self.lane.close()
+                self.executor = self.lane.executor
                 self.lane = None
 
     def evaluated(self, key: str, ds: Dataset, proto: EvalProtocol, state: Optional[dict], x, y, lr, device):
@@ -436,11 +443,16 @@ class SideLane:
     Why: the default run's work is small operators that one thread keeps nearly as busy as two, so two
     lanes of one thread do far more on 2 cores than one lane of two (``bench/speed.py --only lanes``).
     Every computation runs at the lane's thread count in whichever lane, so a run at 2 threads gives the
-    numbers of a run at 1 thread without a lane (``tests/test_progressive.py``).
+    numbers of a run at 1 thread without a lane (``tests/test_progressive.py``). The stage loop's independent
+    units (MTT's experts, the evaluation's networks) run on both lanes' threads (``LocalExecutor`` workers),
+    with the lane's own thread stepped back (:func:`yield_to_the_stage_loop`): the stage loop is the critical
+    path, and the lane has slack.
     """
 
     def __init__(self, engine: "Engine", restore: int):
         self.restore = restore  # the torch threads to give back when the run ends
+        self.lanes = restore // torch.get_num_threads()  # workers for the stage loop's units
+        self.executor = engine.executor  # the stage loop's own, given back when the run ends
         self.stop = threading.Event()
         self.side = Engine(engine.cfg, engine.store, Either(engine.cancel, self.stop), LocalExecutor())
         self.futures: dict[object, Future] = {}
@@ -466,6 +478,7 @@ class SideLane:
     def work(self, ds: Dataset, keys: Keys, proto: EvalProtocol, device, until: int, bases: list[int]) -> None:
         side, cfg = self.side, self.side.cfg
         try:
+            yield_to_the_stage_loop()
             state = None
             for s in range(1, until + 1):  # the random curriculum, as the stage loop would compute it
                 state, acc = side.evaluated(keys.random(s), ds, proto, state, *random_union(ds, cfg, s), None, device)
@@ -490,6 +503,20 @@ class SideLane:
         if self.thread is not None:
             self.thread.join()
         torch.set_num_threads(self.restore)
+
+
+def yield_to_the_stage_loop(nice: int = LANE_NICE) -> None:
+    """Lower the calling thread's scheduling priority by ``nice`` (Linux; elsewhere nothing).
+
+    The stage loop runs its units (experts, evaluation networks) in both lanes' threads; with the lane at
+    the same priority, three threads would share two cores and the stage loop, the run's critical path,
+    would get two thirds of them. Lowered, the lane takes what the stage loop leaves (its matching runs one
+    thread), which is where it has slack: it finishes long before the last stage needs it."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except (AttributeError, OSError):  # no per-thread priorities here: the lane simply competes
+        pass
 
 
 def random_union(ds: Dataset, cfg: DistillConfig, stage: int) -> tuple[torch.Tensor, torch.Tensor]:

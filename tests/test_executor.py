@@ -51,10 +51,13 @@ def ray_executor(cluster, monkeypatch):
 
 
 @pytest.mark.ray
-def test_ray_gives_the_local_executors_stages_and_accuracies(ray_executor, tiny, tmp_path, digits):
+def test_ray_gives_the_local_executors_stages_and_accuracies(ray_executor, tiny, tmp_path, digits, monkeypatch):
     """Every kind of unit on Ray (MTT's experts, the easy-example scorers, one evaluation network per
     unit) gives the local executor's stages, experts and accuracies; the dataset goes to the object
-    store once for the whole run, not once per stage."""
+    store once for the whole run, not once per stage. Both at the same threads: a Ray run has no side
+    lane, so the local run has none either (a lane halves the stage loop's threads, and float sums
+    depend on the thread count)."""
+    monkeypatch.setenv("PDD_SIDE_LANE", "0")
     cfg = tiny(method="mtt", num_experts=3, filter_easy=True, keep_easy=0.5, eval_batched=False)
     local = distill(cfg.replace(executor="local"), Store(tmp_path / "local"))
     events = list(Engine(cfg.replace(executor="ray"), Store(tmp_path / "ray"), executor=ray_executor).run())
@@ -114,3 +117,43 @@ def test_the_studios_executor_setting_runs_the_units_on_ray(cluster, tmp_path):
         assert job_id and msg == ""
         _, final = follow(c, job_id, token)
     assert final[0].startswith("**Done**") and "units on the ray executor" in final[0], final[0]
+
+
+def _square(shared: dict, item: int) -> int:
+    """A unit that waits at ``shared``'s barrier (if any) so that a test sees units run at the same time."""
+    if shared.get("barrier") is not None:
+        shared["barrier"].wait()
+    if item == shared.get("fail"):
+        raise ValueError(f"unit {item} failed")
+    shared.setdefault("threads", set()).add(torch.get_num_threads())
+    return item * item
+
+
+def test_local_workers_run_units_together_with_the_sequential_results():
+    """Two workers run two units at once (each waits for the other at a barrier: one after another, the
+    first would wait forever), give the sequential results in order, count every unit done, and run each at
+    the caller's torch thread count."""
+    import threading
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        seen, shared = [], {"barrier": threading.Barrier(2, timeout=10)}
+        assert LocalExecutor(2).map(_square, [1, 2, 3, 4], shared, done=seen.append) == [1, 4, 9, 16]
+        assert sorted(seen) == [1, 2, 3, 4] and shared["threads"] == {1}
+        assert LocalExecutor().map(_square, [1, 2, 3, 4], {}) == [1, 4, 9, 16]
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_local_workers_raise_a_units_failure_and_stop_starting_units():
+    with pytest.raises(ValueError, match="unit 2 failed"):
+        LocalExecutor(2).map(_square, [1, 2, 3], {"fail": 2})
+    started = []
+
+    def cancel():
+        if len(started) >= 2:
+            raise Cancelled()
+        started.append(1)
+    with pytest.raises(Cancelled):
+        LocalExecutor(2).map(_square, list(range(20)), {}, cancel=cancel)
+    assert len(started) == 2

@@ -361,3 +361,38 @@ def test_a_stop_or_failure_ends_the_side_lane_and_gives_the_threads_back(tiny, t
     evs, threads_after = lane_run(cfg, tmp_path / "b", 2)
     assert isinstance(evs[-1], E.Failed) and "the random subset broke" in evs[-1].message
     assert threads_after == 2 and not lane_alive()
+
+
+def test_mtt_experts_on_both_lanes_give_a_one_thread_runs_experts(tiny, tmp_path, digits):
+    """With a side lane the stage loop trains its experts on both lanes' threads (LocalExecutor workers);
+    the trajectories, images and accuracies equal a 1-thread run's, unit by unit."""
+    from pdd_engine.cache import Store
+    cfg = tiny(method="mtt", num_experts=3, compare_base="final")
+    with_lane, _ = lane_run(cfg, tmp_path / "a", 2)
+    without, _ = lane_run(cfg, tmp_path / "b", 1)
+    assert any(isinstance(e, E.Message) and "expert 3/3 trained" in e.text for e in with_lane)
+    assert done(with_lane).accuracies == done(without).accuracies
+    keys = Keys.of(cfg, digits)
+    for i in (1, 2):
+        a, b = (Store(tmp_path / d).get(keys.memo("experts", i))[0]["trajectories"] for d in "ab")
+        assert torch.equal(a, b), i
+
+
+def test_the_side_lane_steps_back_for_the_stage_loop():
+    """The lane's thread lowers its own priority (Linux), not the process's."""
+    import os
+    import threading
+
+    from pdd_engine.progressive import LANE_NICE, yield_to_the_stage_loop
+    if not hasattr(os, "setpriority"):
+        pytest.skip("no per-thread priorities on this platform")
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    seen = []
+
+    def lane():
+        yield_to_the_stage_loop()
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+    t = threading.Thread(target=lane)
+    t.start()
+    t.join()
+    assert seen == [min(19, mine + LANE_NICE)] and os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine
