@@ -211,12 +211,12 @@ def m_experts(a: dict) -> dict:
     import torch
     from pdd_engine import DistillConfig
     from pdd_engine.data import dataset_for
-    from pdd_engine.methods.mtt import expert_shared, train_experts
+    from pdd_engine.methods.mtt import train_experts
     from pdd_engine.progressive import stage_context
 
     torch.set_num_threads(a.get("threads", 2))
     cfg = DistillConfig.make(a["cfg"], other_methods="drop")
-    shared = expert_shared(stage_context(cfg, dataset_for(cfg)))
+    shared = stage_context(cfg, dataset_for(cfg)).unit_shared()
     ids = list(range(cfg.params.num_experts))
     train_experts(shared, ids[:2])  # warm-up: allocator, kernels, vmap's tracing
     t = time.perf_counter()

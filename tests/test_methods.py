@@ -255,6 +255,25 @@ def test_networks_transitioned_together_equal_networks_transitioned_one_by_one(d
     assert not torch.equal(next(alone[0].parameters()), next(alone[1].parameters()))  # each its own seed
 
 
+def test_networks_transitioned_as_units_are_the_one_by_one_networks(digits, tiny):
+    """One after another, the pool's networks are independent units on the run's executor (two workers in a
+    run with a side lane): each is, to the bit, the network ``transition`` gives its seed in place."""
+    from pdd_engine.evaluate import random_subset
+    from pdd_engine.executor import LocalExecutor
+    from pdd_engine.progressive import Union
+    union = Union.empty(digits, torch.device("cpu"))
+    x, y = random_subset(digits, 0, 2, 0)
+    union.add({"train_x": x, "train_y": y, "stored": x, "real_keep": union.keep}, 0.01)
+    ctx = stage_context(tiny(stages=2, ipc=2, transition_epochs=2, width=8), digits, 2, union=union,
+                        executor=LocalExecutor(2))
+    seeds = [3, 4, 7]
+    units = ctx.transitioned(seeds, together=False)
+    for seed, net in zip(seeds, units):
+        ref = ctx.transition(ctx.new_model(seed), seed)
+        assert all(torch.equal(p, q) for p, q in zip(net.parameters(), ref.parameters())), seed
+    assert not torch.equal(next(units[0].parameters()), next(ctx.new_model(3).parameters()))  # trained: it can fail
+
+
 def test_dm_draws_a_fresh_network_every_iteration_at_stage_one(digits, tiny):
     from pdd_engine.methods.dm import DM
     m = DM(stage_context(tiny(stages=1, ipc=1), digits))

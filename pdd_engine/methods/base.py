@@ -17,7 +17,7 @@ import torch.nn as nn
 from .. import models
 from ..augment import DSA
 from ..data import Dataset
-from ..executor import Executor, or_local
+from ..executor import Executor, gpus_for, or_local, unit_device
 from ..registry import MethodSpec
 from ..training import make_sgd, seed_of, train_epochs, train_together, trains_together
 
@@ -95,11 +95,17 @@ class StageContext:
         (DM's pool, MTT's experts) train together (vmap) where :func:`trains_together` says that is
         faster (``together`` overrides it): each keeps its own seed's minibatches and augmentation,
         so the networks are the one-by-one networks up to floating-point summation order."""
-        nets = [self.new_model(s) for s in seeds]
         plan = self.transition_plan()
         c = self.cfg
         if together is None:
-            together = trains_together(None, c.norm, len(nets), self.device)
+            together = trains_together(None, c.norm, len(seeds), self.device)
+        if plan and not together and len(seeds) > 1:  # independent units: the run's executor may spread them
+            states = self.units.map(transition_unit, seeds, self.unit_shared(), self.cancel, gpus=gpus_for(self.device))
+            nets = [self.new_model(s) for s in seeds]
+            for net, state in zip(nets, states):
+                net.load_state_dict(state)
+            return nets
+        nets = [self.new_model(s) for s in seeds]
         if not plan or not together or len(nets) < 2:
             for net, s in zip(nets, seeds):
                 self.check_cancel()
@@ -115,6 +121,17 @@ class StageContext:
             net.load_state_dict({name: t[k].detach() for name, t in {**params, **buffers}.items()})
         return nets
 
+    def unit_shared(self) -> dict:
+        """What an independent unit of this stage needs to rebuild the context (:func:`unit_context`): the whole
+        training set (the same tensors every stage: an executor ships them once per run), which of its images
+        this stage matches against (in class order), and the frozen union a later stage's networks first
+        train on."""
+        return {"cfg": self.cfg, "stage": self.stage, "device": str(self.device),
+                "shape": (self.ds.channels, self.ds.num_classes, self.ds.size),
+                "x": self.ds.x_train, "y": self.ds.y_train, "idx": torch.cat(self.real_by_class),
+                "frozen_x": self.frozen_x.cpu(), "frozen_y": self.frozen_y.cpu(),
+                "lrs": list(self.stage_lrs), "sizes": list(self.stage_sizes)}
+
     def real_batch(self, c: int, n: int, g: torch.Generator) -> torch.Tensor:
         idx = self.real_by_class[c]
         pick = idx[torch.randperm(len(idx), generator=g)[:n]]
@@ -127,6 +144,25 @@ class StageContext:
     def cached(self, name: str, compute: Callable[[], dict], check=None) -> dict:
         """``compute()``, or its stored value from an earlier run with the same inputs."""
         return self.memo(name, compute, check) if self.memo is not None else compute()
+
+
+def unit_context(shared: dict) -> StageContext:
+    """The stage context a unit rebuilds from :meth:`StageContext.unit_shared`, on the unit's device, without
+    the run's memo, reports or executor (a unit is a pure function of its inputs)."""
+    from types import SimpleNamespace
+    device = unit_device(shared["device"])
+    channels, classes, size = shared["shape"]
+    ds = SimpleNamespace(channels=channels, num_classes=classes, size=size)
+    return StageContext(shared["cfg"], ds, shared["stage"], device, shared["frozen_x"].to(device),
+                        shared["frozen_y"].to(device), shared["lrs"], shared["sizes"], [])
+
+
+def transition_unit(shared: dict, seed: int) -> dict[str, torch.Tensor]:
+    """One network of :meth:`StageContext.transitioned` (DM's pool): ``new_model(seed)`` brought through the
+    transition, as its state on the CPU; the same network whichever executor and thread runs it."""
+    ctx = unit_context(shared)
+    net = ctx.transition(ctx.new_model(seed), seed)
+    return {k: v.detach().cpu() for k, v in net.state_dict().items()}
 
 
 class Method(MethodSpec):

@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Literal, Optional
 
 import torch
 
 from .. import models
 from ..errors import MemoryBudgetError
-from ..executor import gpus_for, unit_device
+from ..executor import gpus_for
 from ..registry import Params, Work, param, register
 from ..training import SGD, draw_seed, flat_params, seed_of, train_epochs, train_together, trains_together
 from . import unroll
-from .base import Method, StageContext
+from .base import Method, StageContext, unit_context
 
 if TYPE_CHECKING:
     from ..config import DistillConfig
@@ -31,8 +30,9 @@ EXPERT_BATCH = 256
 def expert_trajectories(ctx: StageContext) -> torch.Tensor:
     """(num_experts, epochs + 1, n_params) checkpoints; computed once per stage context, then cached.
     The experts train together in one unit where :func:`experts_together` says so, else each is an
-    independent unit (:func:`train_experts`) that the run's executor may place on another process or
-    machine; the trajectories are the same either way, up to floating-point summation order."""
+    independent unit (:func:`train_experts`, sharing :meth:`StageContext.unit_shared`) that the run's
+    executor may place on another process or machine; the trajectories are the same either way, up to
+    floating-point summation order."""
     c: MTTParams = ctx.cfg.params
     epochs = c.max_start_epoch + c.expert_epochs
     n_params = sum(p.numel() for p in ctx.new_model(0).parameters())
@@ -40,7 +40,7 @@ def expert_trajectories(ctx: StageContext) -> torch.Tensor:
     groups = [list(range(c.num_experts))] if together else [[e] for e in range(c.num_experts)]
 
     def train() -> dict:
-        shared = expert_shared(ctx)
+        shared = ctx.unit_shared()
         ctx.report(f"training experts: {c.num_experts} on the {ctx.units.name} executor"
                    f"{', together (vmap)' if together else ''}")
         trajs = ctx.units.map(train_experts, groups, shared, ctx.cancel, gpus=gpus_for(ctx.device),
@@ -55,17 +55,6 @@ def expert_trajectories(ctx: StageContext) -> torch.Tensor:
     return ctx.cached("experts", train, check)["trajectories"].to(ctx.device)
 
 
-def expert_shared(ctx: StageContext) -> dict:
-    """What every expert unit of a stage shares: the whole training set (the same tensors every stage:
-    an executor ships them once per run), which of its images this stage's experts train on (in class
-    order), and the frozen union a later stage's experts first train on."""
-    return {"cfg": ctx.cfg, "stage": ctx.stage, "device": str(ctx.device),
-            "shape": (ctx.ds.channels, ctx.ds.num_classes, ctx.ds.size),
-            "x": ctx.ds.x_train, "y": ctx.ds.y_train, "idx": torch.cat(ctx.real_by_class),
-            "frozen_x": ctx.frozen_x.cpu(), "frozen_y": ctx.frozen_y.cpu(),
-            "lrs": list(ctx.stage_lrs), "sizes": list(ctx.stage_sizes)}
-
-
 def experts_together(cfg: DistillConfig, device: torch.device) -> bool:
     """Whether a stage's experts train together (vmap): ``batched_experts``, else where measured faster
     (:func:`pdd_engine.training.trains_together`; ``bench/speed.py --only experts``)."""
@@ -75,16 +64,12 @@ def experts_together(cfg: DistillConfig, device: torch.device) -> bool:
 
 def train_experts(shared: dict, ids: list[int]) -> torch.Tensor:
     """Experts ``ids``' trajectories, (len(ids), epochs + 1, n_params) on the CPU: a pure function of
-    ``shared`` (see :func:`expert_trajectories`) and ``ids``, so any executor gives the same result.
+    ``shared`` (:meth:`StageContext.unit_shared`) and ``ids``, so any executor gives the same result.
     Expert e starts from its own initialisation (and transition) and draws its minibatches from its
     own seed; several ``ids`` train together in one batched call per step."""
-    cfg = shared["cfg"]
-    c: MTTParams = cfg.params
-    device = unit_device(shared["device"])
-    channels, classes, size = shared["shape"]
-    ds = SimpleNamespace(channels=channels, num_classes=classes, size=size)
-    ctx = StageContext(cfg, ds, shared["stage"], device, shared["frozen_x"].to(device), shared["frozen_y"].to(device),
-                       shared["lrs"], shared["sizes"], [])
+    ctx = unit_context(shared)
+    c: MTTParams = ctx.cfg.params
+    device = ctx.device
     x, y = shared["x"][shared["idx"]].to(device), shared["y"][shared["idx"]].to(device)
     seeds = [seed_of(ctx.seed, 11, e) for e in ids]
     nets = ctx.transitioned(seeds, together=len(ids) > 1)
