@@ -451,10 +451,12 @@ class SideLane:
 
     def __init__(self, engine: "Engine", restore: int):
         self.restore = restore  # the torch threads to give back when the run ends
-        self.lanes = restore // torch.get_num_threads()  # workers for the stage loop's units
+        self.lanes = restore // torch.get_num_threads()  # workers for either lane's units
         self.executor = engine.executor  # the stage loop's own, given back when the run ends
         self.stop = threading.Event()
-        self.side = Engine(engine.cfg, engine.store, Either(engine.cancel, self.stop), LocalExecutor())
+        # the lane's units too: its workers inherit its lowered priority, so they take the cores the stage loop
+        # leaves, all of them once the stage loop waits for the lane (the base comparison's evaluations)
+        self.side = Engine(engine.cfg, engine.store, Either(engine.cancel, self.stop), LocalExecutor(self.lanes))
         self.futures: dict[object, Future] = {}
         self.thread: Optional[threading.Thread] = None
 
