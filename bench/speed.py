@@ -231,7 +231,9 @@ def m_experts(a: dict) -> dict:
 
 def m_run(a: dict) -> dict:
     """A whole run (every stage, its evaluations, the base method's comparison) in a fresh cache:
-    wall seconds and the process's peak resident memory, the reference's whole-run figure."""
+    wall seconds, the CPU seconds of all its threads (with the wall and the cores: how busy it kept the
+    machine), the process's peak resident memory, the reference's whole-run figure."""
+    import os
     import tempfile
     from pdd_engine import DistillConfig, distill
     from pdd_engine.device import resolved
@@ -239,10 +241,12 @@ def m_run(a: dict) -> dict:
     with tempfile.TemporaryDirectory() as cache:
         cfg = DistillConfig.make({**a["cfg"], "cache_dir": cache}, other_methods="drop")
         ran = resolved(cfg)  # auto arithmetic: what this processor runs
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         done = distill(cfg)
         last = done.accuracies[-1]
-        return {"seconds": time.perf_counter() - t, "peak_mb": peak_mb(), "acc": last["mean"],
+        seconds, cpu = time.perf_counter() - t, time.process_time() - cpu
+        return {"seconds": seconds, "cpu_s": cpu, "busy": cpu / (seconds * len(os.sched_getaffinity(0))),
+                "peak_mb": peak_mb(), "acc": last["mean"],
                 "random": last["random_mean"], "base": last["base_mean"], "epochs": last.get("base_epochs_mean"),
                 "arithmetic": f"{ran.precision}/{ran.eval_precision}"}
 
@@ -603,9 +607,11 @@ def whole_runs(args, report: dict, runs: dict[str, dict], title: str) -> str:
         r = attempt("run", cfg=dict(cfg, **(TINY_RUN if args.tiny else {})))
         report[name] = r
         pct = lambda k: f"{100 * r[k]:.1f}" if r.get(k) is not None else "–"  # noqa: E731
-        rows.append([name] + cells(r, lambda r: [f"{r['seconds']:.0f}", pct("acc"), pct("base"), pct("epochs"), pct("random"),
-                                                 r["arithmetic"], f"{r['peak_mb']:.0f}"], 7))
-    return table(title, ["run", "seconds", "PDD %", "P = 1 %", "P = 1 same epochs %", "random %", "arithmetic", "peak MB"], rows)
+        rows.append([name] + cells(r, lambda r: [f"{r['seconds']:.0f}", f"{r['cpu_s']:.0f} ({100 * r['busy']:.0f} %)",
+                                                 pct("acc"), pct("base"), pct("epochs"), pct("random"), r["arithmetic"],
+                                                 f"{r['peak_mb']:.0f}"], 8))
+    return table(title, ["run", "seconds", "CPU s (of the cores' time)", "PDD %", "P = 1 %", "P = 1 same epochs %",
+                         "random %", "arithmetic", "peak MB"], rows)
 
 
 def section_presets(args, report: dict) -> str:

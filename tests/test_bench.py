@@ -98,3 +98,12 @@ def test_the_arithmetic_ceiling_is_each_convolutions_flops_at_its_own_measured_r
         assert floor["forward"] == pytest.approx(sum(f for f, _, _ in at))
         assert floor["train"] == pytest.approx(at[0][0] + at[0][1] + at[1][0] + at[1][2])
         assert floor["train_input_grad"] == pytest.approx(sum(f + b for f, _, b in at))
+
+
+def test_a_whole_run_row_says_how_busy_it_kept_the_cores():
+    """bench.speed's whole-run rows (presets, mtt_mnist) record the run's CPU seconds beside its wall: the share
+    of the cores' time it used is what says whether a faster schedule or less arithmetic is left to win."""
+    from bench.speed import m_run
+    from tests.conftest import TINY
+    r = m_run({"cfg": dict(TINY, dataset="digits", method="dm", compare_base="final")})
+    assert r["cpu_s"] > 0 and 0 < r["busy"] <= 1.0 + 1e-6 and r["seconds"] > 0
