@@ -321,6 +321,7 @@ class Engine:
     def _run(self) -> Iterator[Event]:
         t0 = time.time()
         stage = 0
+        executor = self.executor  # the run's own; a side lane widens it for the run's length
         try:
             asked, self.cfg = self.cfg, resolved(self.cfg)  # auto arithmetic: what this processor has
             cfg = self.cfg
@@ -380,7 +381,7 @@ class Engine:
         finally:
             if self.lane is not None:
                 self.lane.close()
-                self.executor = self.lane.executor
+                self.executor = executor
                 self.lane = None
 
     def evaluated(self, key: str, ds: Dataset, proto: EvalProtocol, state: Optional[dict], x, y, lr, device):
@@ -444,7 +445,7 @@ class SideLane:
     lanes of one thread do far more on 2 cores than one lane of two (``bench/speed.py --only lanes``).
     Every computation runs at the lane's thread count in whichever lane, so a run at 2 threads gives the
     numbers of a run at 1 thread without a lane (``tests/test_progressive.py``). The stage loop's independent
-    units (MTT's experts, the evaluation's networks) run on both lanes' threads (``LocalExecutor`` workers),
+    units (MTT's experts, DM's transitioned pool, the evaluation's networks) run on both lanes' threads (``LocalExecutor`` workers),
     with the lane's own thread stepped back (:func:`yield_to_the_stage_loop`): the stage loop is the critical
     path, and the lane has slack.
     """
@@ -452,7 +453,6 @@ class SideLane:
     def __init__(self, engine: "Engine", restore: int):
         self.restore = restore  # the torch threads to give back when the run ends
         self.lanes = restore // torch.get_num_threads()  # workers for either lane's units
-        self.executor = engine.executor  # the stage loop's own, given back when the run ends
         self.stop = threading.Event()
         # the lane's units too: its workers inherit its lowered priority, so they take the cores the stage loop
         # leaves, all of them once the stage loop waits for the lane (the base comparison's evaluations)

@@ -106,7 +106,7 @@ class StageContext:
                 net.load_state_dict(state)
             return nets
         nets = [self.new_model(s) for s in seeds]
-        if not plan or not together or len(nets) < 2:
+        if not plan or len(nets) < 2:
             for net, s in zip(nets, seeds):
                 self.check_cancel()
                 self.transition(net, s)
