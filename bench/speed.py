@@ -72,6 +72,8 @@ def m_method(a: dict) -> dict:
     from pdd_engine.device import arithmetic, resolve_device
     from pdd_engine.progressive import stage_context
 
+    if "threads" in a:
+        torch.set_num_threads(a["threads"])
     cfg = DistillConfig.make(a["cfg"], other_methods="drop")  # one base dict for every method
     ds = dataset_for(cfg)
     device = resolve_device("auto")
@@ -107,7 +109,7 @@ def m_eval(a: dict) -> dict:
     from pdd_engine.evaluate import BatchedCurriculum, Curriculum, EvalProtocol, random_subset
 
     torch.set_num_threads(a["threads"])
-    ds = load_dataset(a.get("dataset", "digits"))
+    ds = load_dataset(a.get("dataset", "digits"), max_train=a.get("max_train"))
     x, y = random_subset(ds, 0, a["ipc"], 0)
     variant = a.get("variant", "plain")
     proto = EvalProtocol(epochs=a["epochs"], models=a["models"], depth=a.get("depth", 2), width=a["width"],
@@ -730,6 +732,42 @@ def section_variants(args, report: dict) -> str:
                  ["what", "variant", "speed", "mean acc %", "first-stage extra s (compile)"], rows)
 
 
+def section_precision(args, report: dict) -> str:
+    """float32 against bf16 autocast at one torch thread (what each lane of a 2-core run has), by image
+    size and network width: where bf16 pays on this processor. Small images at a small width are mostly
+    elementwise work (norms, pooling), where bf16 gains little or loses; wide convolutions are where it pays.
+    (A rule for ``auto`` that kept digits at width 32 in float32 left the default run's time unchanged,
+    both lanes busy, so ``auto`` stays a property of the processor: issue 30's closing notes.)"""
+    rows = []
+    data = {8: dict(dataset="digits"), 28: dict(dataset="mnist", max_train=2000)}
+    widths = (16,) if args.tiny else (32, 128)
+    for size, ds in ((8, data[8]),) if args.tiny else data.items():
+        for width in widths:
+            depth = 2 if size < 16 else 3
+            cfg = dict(stages=1, ipc=10, iterations=100, num_experts=2, dm_pool=4, width=width, depth=depth, **ds,
+                       **sizes(args, {}, {"max_start_epoch": 1, "expert_epochs": 1}))
+            for m in ("dm",) if args.tiny else ("dm", "mtt"):
+                r = {v: attempt("method", cfg={**cfg, "method": m}, iters=2 if args.tiny else 10, variant=v, threads=1)
+                     for v in ("plain", "bf16")}
+                rows.append(precision_row(report, f"{m} iteration", size, width, r, "it_per_s"))
+            ev = dict(ipc=10, epochs=3 if args.tiny else 60, models=1, width=width, depth=depth, threads=1, stages=1,
+                      batched=False, dataset=ds["dataset"], max_train=ds.get("max_train"))
+            r = {v: attempt("eval", variant=v, **ev) for v in ("plain", "bf16")}
+            rows.append(precision_row(report, "evaluation training", size, width, r, "train_images_per_s"))
+    return table("float32 against bf16 at one torch thread (IPC 10; MNIST: a 2,000-image pool)",
+                 ["what", "px", "width", "float32 /s", "bf16 /s", "bf16 speed-up"], rows)
+
+
+def precision_row(report: dict, what: str, size: int, width: int, r: dict, rate: str) -> list:
+    """One row of the precision section (and its report entry): both variants' rates and their ratio."""
+    key = f"precision {what} {size}px w{width}"
+    if any("failed" in v for v in r.values()):
+        report[key] = r
+        return [what, size, width] + cells(next(v for v in r.values() if "failed" in v), None)
+    report[key] = {"float32": r["plain"][rate], "bf16": r["bf16"][rate], "speedup": r["bf16"][rate] / r["plain"][rate]}
+    return [what, size, width, f"{r['plain'][rate]:.1f}", f"{r['bf16'][rate]:.1f}", f"{report[key]['speedup']:.2f}x"]
+
+
 def section_executor(args, report: dict) -> str:
     """Local against Ray (1 and 2 workers) on one stage's units; the same trajectories and accuracies."""
     kw = dict(experts=2 if args.tiny else 8, epochs=1 if args.tiny else 3, pings=5 if args.tiny else 50,
@@ -926,7 +964,7 @@ def section_ceiling(args, report: dict) -> str:
 
 SECTIONS = {"methods": section_methods, "eval": section_eval, "eval_widths": section_eval_widths, "experts": section_experts,
             "transition": section_transition, "presets": section_presets, "mtt_mnist": section_mtt_mnist, "openmp": section_openmp, "lanes": section_lanes,
-            "unroll": section_unroll, "variants": section_variants, "executor": section_executor,
+            "unroll": section_unroll, "variants": section_variants, "precision": section_precision, "executor": section_executor,
             "reference": section_reference, "reference_dm": functools.partial(section_reference, dm_only=True),
             "chunks": section_chunks, "ceiling": section_ceiling}
 

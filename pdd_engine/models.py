@@ -72,7 +72,9 @@ class Pool2(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu":
             return F.avg_pool2d(x, 2)
-        x = x[..., : x.shape[-2] // 2 * 2, : x.shape[-1] // 2 * 2]
+        h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
+        if (h, w) != x.shape[-2:]:  # only where a side is odd: a slice of the whole costs its backward a copy
+            x = x[..., :h, :w]
         rows = x[..., 0::2] + x[..., 1::2]
         return (rows[..., 0::2, :] + rows[..., 1::2, :]).mul_(0.25)
 

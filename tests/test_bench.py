@@ -52,6 +52,21 @@ def test_executor_rows_give_the_same_experts_and_accuracies_on_every_executor(tm
     assert all(len(r["eval_acc"]) == 5 and r["experts_s"] > 0 and r["eval_s"] > 0 for r in runs)
 
 
+def test_precision_rows_time_both_arithmetics_and_give_their_ratio(tmp_path):
+    """bench/speed.py --only precision at toy sizes: each row times float32 and bf16 at one thread and its
+    speed-up is bf16's rate over float32's (a CSV row per measurement, as every section)."""
+    out = subprocess.run([sys.executable, "-m", "bench.speed", "--tiny", "--only", "precision",
+                          "--out", str(tmp_path / "speed"), "--results", str(tmp_path / "speed.csv")],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    import json
+    rows = {k: v for k, v in json.loads((tmp_path / "speed.json").read_text()).items() if k.startswith("precision ")}
+    assert set(rows) == {"precision dm iteration 8px w16", "precision evaluation training 8px w16"}
+    for r in rows.values():
+        assert r["float32"] > 0 and r["bf16"] > 0 and r["speedup"] == pytest.approx(r["bf16"] / r["float32"])
+    assert (tmp_path / "speed.csv").read_text().count("precision") >= 2 * len(rows)
+
+
 def test_quality_rows_render_beside_the_reference_codes_accuracy(tmp_path):
     """bench.report --reference: each quality row the reference code also ran gets both accuracies, their
     difference, and whether the engine is within 0.2 points of the reference or better; rows it did not run
