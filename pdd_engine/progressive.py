@@ -26,7 +26,7 @@ from .config import DistillConfig
 from .data import Dataset, dataset_for, dataset_info, to_uint8
 from .device import arithmetic, has_bf16, precision_note, resolve_device, resolved, tune_allocator
 from .errors import CacheError, Cancelled, PDDError
-from .executor import Executor, LocalExecutor, gpus_for, make_executor, or_local, unit_device
+from .executor import Executor, LocalExecutor, gpus_for, make_executor, map_chains, or_local, unit_device
 from .evaluate import Curriculum, EvalProtocol, make_curriculum, network_groups, random_subset, use_batched
 from .events import (Done, Event, Failed, Message, Progress, RunStarted, StageEvaluated, StageFinished,
                      StageImages, StageStarted, Stopped)
@@ -284,23 +284,20 @@ class Engine:
         hit = self.store.get(keys.eval(1), eval_check(proto))
         yield from self.notes(i)
         union = Union.empty(ds, device)
+        # its curriculum: U_1 .. U_i all the base's images (the first step is P = 1's evaluation, the rest
+        # train them as long as PDD's curriculum), each step cached
+        steps = [keys.eval(1)] + ([keys.repeated(j) for j in range(2, i + 1)] if self.cfg.compare_epochs else [])
         if hit is not None:
             yield Message(i, f"{what}: {'computed beside the stages' if beside else 'from cache'}")
-            state, acc = hit[0], hit[1]["acc"]
         else:
             yield Message(i, f"{what}: distilling and evaluating")
+        if hit is None or len(steps) > 1:  # its images: distilled, or from the store
             for ev in sub.advance(ds, keys, 1, union, device, phase="base"):
                 yield replace(ev, stage=i)
-            state, acc = sub.evaluated(keys.eval(1), ds, proto, None, union.x, union.y, union.lr, device)
-        if not self.cfg.compare_epochs or i == 1:
-            return acc, None
-        if not union.sizes:  # evaluated earlier: its images come from the store (or are distilled again)
-            for ev in sub.advance(ds, keys, 1, union, device, phase="base"):
-                yield replace(ev, stage=i)
-        yield Message(i, f"{what}: trained for {i} x {proto.epochs} epochs, as long as PDD's curriculum")
-        for j in range(2, i + 1):  # the curriculum with U_1 .. U_i all the base's images, each step cached
-            state, more = sub.evaluated(keys.repeated(j), ds, proto, state, union.x, union.y, union.lr, device)
-        return acc, more
+        if len(steps) > 1:
+            yield Message(i, f"{what}: trained for {i} x {proto.epochs} epochs, as long as PDD's curriculum")
+        accs = [acc for _, acc in sub.evaluated_chain(steps, ds, proto, device, union.x, union.y, union.lr)]
+        return accs[0], (accs[-1] if len(steps) > 1 else None)
 
     # -- the run ----------------------------------------------------------------------------
     def run(self) -> Iterator[Event]:
@@ -387,6 +384,36 @@ class Engine:
     def evaluated(self, key: str, ds: Dataset, proto: EvalProtocol, state: Optional[dict], x, y, lr, device):
         """Curriculum step for one stage, from the store or computed from the previous stage's state."""
         return self.evaluated_all(ds, proto, device, [(key, state, x, y, lr)])[0]
+
+    def evaluated_chain(self, keys: list[str], ds: Dataset, proto: EvalProtocol, device, x, y, lr) -> list[tuple[dict, list]]:
+        """(state, accuracies) after each step of a curriculum whose every step trains on (x, y) (the base
+        method's images, at P = 1 and trained as long as PDD's curriculum): steps in the store are read, the
+        rest run as one chain of units per network group (``executor.map_chains``: a network's next step
+        starts as soon as its last ends, not when every network's has); the driver stores each step."""
+        out: list[tuple[dict, list]] = []
+        for key in keys:
+            hit = self.store.get(key, eval_check(proto))
+            if hit is None:
+                break
+            out.append((hit[0], hit[1]["acc"]))
+        rest = keys[len(out):]
+        if not rest:
+            return out
+        batched = use_batched(self.cfg.eval_batched, proto, device)
+        groups = network_groups(batched, proto, device)
+        executor = or_local(self.executor)
+        shared = eval_shared(ds, proto, device, batched, **({"cancel": self.check_cancel} if executor.name == "local" else {}))
+        state = out[-1][0] if out else None
+        items = [(networks_of(state, ids), x, y, lr, ids) for ids in groups]
+        done = map_chains(executor, curriculum_step, items, shared, len(rest), continue_from, self.check_cancel,
+                          gpus_for(device))
+        for n, key in enumerate(rest):
+            parts = [chain[n] for chain in done]
+            state = {name: t for part, _ in parts for name, t in part.items()}
+            acc = [a for _, part in parts for a in part]
+            self.store.put(key, state, {"acc": acc})
+            out.append((state, acc))
+        return out
 
     def evaluated_all(self, ds: Dataset, proto: EvalProtocol, device, steps: list[tuple]) -> list[tuple[dict, list]]:
         """(state, accuracies) of each curriculum step ``(key, state, x, y, lr)``: read from the store,
@@ -547,6 +574,13 @@ def curriculum_step(shared: dict, item: tuple) -> tuple[dict, list]:
         cur.load(state)
     acc = cur.train_stage(x, y, lr)
     return {k: v.detach().cpu() for k, v in cur.state().items()}, acc
+
+
+def continue_from(item: tuple, result: tuple) -> tuple:
+    """The next curriculum step of a chain (:meth:`Engine.evaluated_chain`): the same networks, continuing
+    from the state the last step left, on the same images."""
+    _, x, y, lr, ids = item
+    return result[0], x, y, lr, ids
 
 
 def union_view(ds: Dataset, stored: list[torch.Tensor]):

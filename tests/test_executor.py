@@ -16,7 +16,7 @@ import torch
 from pdd_engine import distill
 from pdd_engine.cache import Store
 from pdd_engine.errors import Cancelled
-from pdd_engine.executor import LocalExecutor, RayExecutor, make_executor
+from pdd_engine.executor import LocalExecutor, RayExecutor, make_executor, map_chains, stepwise
 from pdd_engine.keys import Keys
 from pdd_engine.progressive import Engine
 from tests.raytasks import die_once, sleepy  # importable by Ray's workers (the project root is on their path)
@@ -143,6 +143,47 @@ def test_local_workers_run_units_together_with_the_sequential_results():
         assert LocalExecutor().map(_square, [1, 2, 3, 4], {}) == [1, 4, 9, 16]
     finally:
         torch.set_num_threads(before)
+
+
+def _chained(shared: dict, item: tuple) -> tuple:
+    """Chain k's unit at one step: (k, step, value). Chain 2's first unit waits until chain 0's second
+    has run, which only an executor that starts a chain's next unit before the step's last ends allows."""
+    k, step, value = item
+    if shared.get("gate") is not None:
+        if (k, step) == (2, 0) and not shared["gate"].wait(timeout=10):
+            raise TimeoutError("chain 0's second unit never started while chain 2's first ran")
+        if (k, step) == (0, 1):
+            shared["gate"].set()
+    if (k, step) == shared.get("fail"):
+        raise ValueError(f"chain {k} failed at step {step}")
+    return k, step, value * 10 + k
+
+
+def _next(item: tuple, result: tuple) -> tuple:
+    return result[0], result[1] + 1, result[2]
+
+
+def test_chains_on_workers_start_a_chains_next_unit_early_and_give_the_stepwise_results():
+    """map_chains: each chain's units in order, each from its last's result, equal to one map per step; on
+    two workers, chain 0's second unit runs while chain 2's first does (three chains, two workers: three
+    rounds, not four), and a failure or a Stop is raised in the caller."""
+    import threading
+    items = [(k, 0, k + 1) for k in range(3)]
+    want = stepwise(LocalExecutor(), _chained, items, {}, 3, _next)
+    assert want[1] == [(1, 0, 21), (1, 1, 211), (1, 2, 2111)]
+    assert map_chains(LocalExecutor(2), _chained, items, {"gate": threading.Event()}, 3, _next) == want
+    assert map_chains(LocalExecutor(), _chained, items, {}, 3, _next) == want
+    with pytest.raises(ValueError, match="chain 1 failed at step 1"):
+        map_chains(LocalExecutor(2), _chained, items, {"fail": (1, 1)}, 3, _next)
+    started = []
+
+    def cancel():
+        if len(started) >= 4:
+            raise Cancelled()
+        started.append(1)
+    with pytest.raises(Cancelled):
+        map_chains(LocalExecutor(2), _chained, items, {}, 3, _next, cancel=cancel)
+    assert len(started) == 4
 
 
 def test_local_workers_raise_a_units_failure_and_stop_starting_units():
