@@ -94,6 +94,49 @@ def format_table(accuracies: list[dict], method: str) -> str:
     return "\n".join(rows)
 
 
+LOG_EVERY_S = 30.0  # a progress line at most this often where stderr is a log, not a terminal
+
+
+class LogProgress:
+    """A progress bar's face for a log (stderr a file or a pipe: a batch job, CI): a line when it starts,
+    at most one every ``every_s`` seconds while it runs, and one when it ends. tqdm redraws a bar in place
+    with carriage returns, which a log file keeps, so the whole run became one unreadable line."""
+
+    def __init__(self, total: int, desc: str, every_s: float = LOG_EVERY_S):
+        self.total, self.desc, self.every_s = total, desc, every_s
+        self.n, self.loss, self.closed = 0, "", False
+        self.start = self.last = time.monotonic()
+        print(f"{desc}: {total} iterations", file=sys.stderr)
+
+    def update(self, k: int) -> None:
+        self.n += k
+        if self.n >= self.total:
+            self.close()
+        elif time.monotonic() - self.last >= self.every_s:
+            self.line()
+
+    def set_postfix(self, loss: str) -> None:
+        if not self.closed:
+            self.loss = loss
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.line()
+
+    def line(self) -> None:
+        self.last = time.monotonic()
+        loss = f", loss {self.loss}" if self.loss else ""
+        print(f"{self.desc}: {self.n}/{self.total}{loss} ({self.last - self.start:.0f} s)", file=sys.stderr)
+
+
+def progress_bar(total: int, desc: str, quiet: bool):
+    """tqdm in a terminal, :class:`LogProgress` lines in a log, nothing with ``--quiet``."""
+    if quiet or sys.stderr.isatty():
+        return tqdm(total=total, desc=desc, disable=quiet, file=sys.stderr, leave=True)
+    return LogProgress(total, desc)
+
+
 def cmd_distill(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if args.out:
@@ -103,25 +146,24 @@ def cmd_distill(args: argparse.Namespace) -> int:
     if not args.quiet:  # what it will cost, before it starts (the CLI has no cap: the machine is yours)
         print(f"estimate: {estimate(cfg)} (rough, ±2x)", file=sys.stderr)
     store = Store(cfg.cache_dir)
-    bar: Optional[tqdm] = None
+    bar: Optional[tqdm | LogProgress] = None
     bar_phase = ""
     for ev in run(cfg, store):
         if isinstance(ev, E.RunStarted):
             print(f"{ev.run_key}  {cfg.dataset} / {cfg.method} / P={cfg.stages} / IPC={cfg.ipc}", file=sys.stderr)
         elif isinstance(ev, E.StageStarted):
             bar_phase = "stage"
-            bar = tqdm(total=cfg.iterations_at(ev.stage), desc=f"stage {ev.stage}/{ev.stages}" + (" (cached)" if ev.cached else ""),
-                       disable=args.quiet, file=sys.stderr, leave=True)
+            bar = progress_bar(cfg.iterations_at(ev.stage), f"stage {ev.stage}/{ev.stages}" + (" (cached)" if ev.cached else ""),
+                               args.quiet)
         elif isinstance(ev, E.Progress) and ev.phase == "base" and bar_phase != "base":
             if bar is not None:
                 bar.close()
             bar_phase = "base"
-            bar = tqdm(total=cfg.iterations, desc="base method alone (P=1)", disable=args.quiet, file=sys.stderr,
-                       leave=True)
+            bar = progress_bar(cfg.iterations, "base method alone (P=1)", args.quiet)
             bar.update(ev.iteration)
         elif isinstance(ev, E.Progress) and bar is not None:
-            bar.update(ev.iteration - bar.n)
             bar.set_postfix(loss=f"{ev.loss:.4g}")
+            bar.update(ev.iteration - bar.n)
         elif isinstance(ev, E.Message) and (not args.quiet or ev.text.startswith("warning")):
             tqdm.write(f"  {ev.where}: {ev.text}", file=sys.stderr)
         elif isinstance(ev, E.StageEvaluated):

@@ -141,6 +141,29 @@ def test_cli_distill_evaluate_and_errors(tmp_path, capsys):
     assert "digits" in capsys.readouterr().out
 
 
+def test_cli_progress_in_a_log_is_lines_not_carriage_returns(tmp_path, capsys):
+    """With stderr a file or a pipe (a batch job's log), each bar is a line when it starts and one when its
+    iterations are done, with the last loss; no carriage-return redraws. LogProgress adds a line at most
+    every ``every_s`` seconds in between."""
+    from pdd_engine.__main__ import LogProgress
+    assert main(["distill", "--stages", "2", "--ipc", "2", "--iterations", "5", "--eval-epochs", "2", "--eval-models",
+                 "1", "--dm-pool", "1", "--cache-dir", str(tmp_path / "c")]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = err.splitlines()
+    for stage in (1, 2):
+        assert f"stage {stage}/2: 5 iterations" in lines
+        assert sum(line.startswith(f"stage {stage}/2: 5/5, loss ") for line in lines) == 1
+    assert lines.index("stage 1/2: 5 iterations") < next(k for k, line in enumerate(lines) if line.startswith("stage 1: acc"))
+    bar = LogProgress(10, "stage 1/1", every_s=0)
+    for _ in range(10):
+        bar.set_postfix(loss="0.5")
+        bar.update(1)
+    bar.close()
+    steps = [line for line in capsys.readouterr().err.splitlines() if line.startswith("stage 1/1: ") and "/10" in line]
+    assert [line.split(",")[0] for line in steps] == [f"stage 1/1: {k}/10" for k in range(1, 11)]
+
+
 def test_cli_refuses_an_unwritable_out_and_bad_evaluate_counts_before_any_work(tmp_path, capsys, monkeypatch):
     import pdd_engine.progressive
     monkeypatch.setattr(pdd_engine.progressive, "run", lambda *a, **k: pytest.fail("a run started"))
