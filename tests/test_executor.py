@@ -145,6 +145,18 @@ def test_local_workers_run_units_together_with_the_sequential_results():
         torch.set_num_threads(before)
 
 
+def _cancel_after(n: int):
+    """A cancel check that passes ``n`` times (each recorded in the list returned with it), then raises
+    Cancelled: a Stop after ``n`` units started."""
+    started: list[int] = []
+
+    def cancel():
+        if len(started) >= n:
+            raise Cancelled()
+        started.append(1)
+    return cancel, started
+
+
 def _chained(shared: dict, item: tuple) -> tuple:
     """Chain k's unit at one step: (k, step, value). Chain 2's first unit waits until chain 0's second
     has run, which only an executor that starts a chain's next unit before the step's last ends allows."""
@@ -175,12 +187,7 @@ def test_chains_on_workers_start_a_chains_next_unit_early_and_give_the_stepwise_
     assert map_chains(LocalExecutor(), _chained, items, {}, 3, _next) == want
     with pytest.raises(ValueError, match="chain 1 failed at step 1"):
         map_chains(LocalExecutor(2), _chained, items, {"fail": (1, 1)}, 3, _next)
-    started = []
-
-    def cancel():
-        if len(started) >= 4:
-            raise Cancelled()
-        started.append(1)
+    cancel, started = _cancel_after(4)
     with pytest.raises(Cancelled):
         map_chains(LocalExecutor(2), _chained, items, {}, 3, _next, cancel=cancel)
     assert len(started) == 4
@@ -189,12 +196,7 @@ def test_chains_on_workers_start_a_chains_next_unit_early_and_give_the_stepwise_
 def test_local_workers_raise_a_units_failure_and_stop_starting_units():
     with pytest.raises(ValueError, match="unit 2 failed"):
         LocalExecutor(2).map(_square, [1, 2, 3], {"fail": 2})
-    started = []
-
-    def cancel():
-        if len(started) >= 2:
-            raise Cancelled()
-        started.append(1)
+    cancel, started = _cancel_after(2)
     with pytest.raises(Cancelled):
         LocalExecutor(2).map(_square, list(range(20)), {}, cancel=cancel)
     assert len(started) == 2
