@@ -160,6 +160,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
                 bar.close()
             bar_phase = "base"
             bar = progress_bar(cfg.iterations, "base method alone (P=1)", args.quiet)
+            bar.set_postfix(loss=f"{ev.loss:.4g}")
             bar.update(ev.iteration)
         elif isinstance(ev, E.Progress) and bar is not None:
             bar.set_postfix(loss=f"{ev.loss:.4g}")

@@ -105,32 +105,21 @@ class LocalExecutor:
             raise failed[0]
         return [f.result() for f in futures]
 
-    def chains(self, fn, items, shared, steps, advance, cancel=None):
+    def chains(self, fn, items, shared, steps, advance, cancel=None, on_step=None):
         """:func:`map_chains` on this executor: on workers, each chain's next unit is queued the moment its
         last one ends, so a worker that would wait for the slowest unit of a step starts the next step's."""
-        if self.workers == 1 or len(items) < 2:
-            return stepwise(self, fn, items, shared, steps, advance, cancel)
+        if self.workers == 1 or len(items) < 2 or steps < 1:
+            return stepwise(self, fn, items, shared, steps, advance, cancel, on_step=on_step)
         import queue
         import torch
-        threads, lock, todo = torch.get_num_threads(), threading.Lock(), queue.Queue()
+        threads, todo, finished, stop = torch.get_num_threads(), queue.Queue(), queue.Queue(), threading.Event()
         out: list[list] = [[None] * steps for _ in items]
-        state = {"left": len(items) * steps, "failed": None}
-        workers = min(self.workers, len(items))
-
-        def finish(failure: Optional[BaseException] = None) -> None:
-            with lock:
-                state["left"] -= 1
-                if failure is not None and state["failed"] is None:
-                    state["failed"] = failure
-                if state["left"] == 0 or state["failed"] is not None:
-                    for _ in range(workers):
-                        todo.put(None)  # every worker ends after the unit it is on
 
         def worker() -> None:
             torch.set_num_threads(threads)  # a new thread's torch default is not the caller's
             while (job := todo.get()) is not None:
                 k, step, item = job
-                if state["failed"] is not None:
+                if stop.is_set():
                     continue
                 try:
                     if cancel:
@@ -138,33 +127,60 @@ class LocalExecutor:
                     out[k][step] = result = fn(shared, item)
                     if step + 1 < steps:
                         todo.put((k, step + 1, advance(item, result)))
-                except BaseException as e:  # a Stop's Cancelled included: raised in the caller below
-                    finish(e)
+                except BaseException as e:  # a Stop's Cancelled included: raised in the caller
+                    finished.put(e)
                     continue
-                finish()
+                finished.put(step)
 
         for k, item in enumerate(items):
             todo.put((k, 0, item))
-        pool = [threading.Thread(target=worker, name=f"pdd-unit_{n}", daemon=True) for n in range(workers)]
+        pool = [threading.Thread(target=worker, name=f"pdd-unit_{n}", daemon=True)
+                for n in range(min(self.workers, len(items)))]
         for t in pool:
             t.start()
-        for t in pool:
-            t.join()
-        if state["failed"] is not None:
-            raise state["failed"]
+        count, reported, failure = [0] * steps, [0], None
+
+        def report() -> None:  # in the caller's thread: each step to on_step once every chain has finished it
+            while reported[0] < steps and count[reported[0]] == len(items):
+                if on_step:
+                    on_step(reported[0], [chain[reported[0]] for chain in out])
+                reported[0] += 1
+
+        try:
+            for _ in range(len(items) * steps):
+                step = finished.get()
+                if isinstance(step, BaseException):
+                    failure = step
+                    break
+                count[step] += 1
+                report()
+        finally:  # done, failed or interrupted: no unit starts any more, and the started ones end first
+            stop.set()
+            for _ in pool:
+                todo.put(None)
+            for t in pool:
+                t.join()
+        if failure is not None:  # what the units still running finished is kept too, then the failure raised
+            while not finished.empty():
+                if not isinstance(step := finished.get(), BaseException):
+                    count[step] += 1
+            report()
+            raise failure
         return out
 
     def close(self) -> None:
         pass
 
 
-def stepwise(executor, fn, items, shared, steps, advance, cancel=None, gpus=0.0) -> list[list]:
+def stepwise(executor, fn, items, shared, steps, advance, cancel=None, gpus=0.0, on_step=None) -> list[list]:
     """:func:`map_chains` as one ``map`` per step (any executor): the reference for the chained order."""
     out: list[list] = [[] for _ in items]
     for step in range(steps):
         results = executor.map(fn, items, shared, cancel, gpus)
         for k, r in enumerate(results):
             out[k].append(r)
+        if on_step:
+            on_step(step, results)
         if step + 1 < steps:
             items = [advance(item, r) for item, r in zip(items, results)]
     return out
@@ -172,14 +188,17 @@ def stepwise(executor, fn, items, shared, steps, advance, cancel=None, gpus=0.0)
 
 def map_chains(executor, fn: Callable[[dict, Any], Any], items: Sequence[Any], shared: dict, steps: int,
                advance: Callable[[Any, Any], Any], cancel: Optional[Callable[[], None]] = None,
-               gpus: float = 0.0) -> list[list[Any]]:
+               gpus: float = 0.0, on_step: Optional[Callable[[int, list], None]] = None) -> list[list[Any]]:
     """``steps`` units per item, each chain's next item ``advance(item, result)`` of its last: ``out[k][s]``
-    is chain k's result at step s. Chains are independent and each unit a pure function of its item, so the
-    results are those of one ``map`` per step; a local executor with workers interleaves the steps (three
-    evaluation networks, two steps, two workers: three rounds of units instead of four)."""
+    is chain k's result at step s. ``on_step(s, results)`` runs in the caller's thread as soon as every chain
+    has finished step s (a driver stores it there, so a Stop or a failure later loses no finished step).
+    Chains are independent and each unit a pure function of its item, so the results are those of one
+    ``map`` per step; a local executor with workers interleaves the steps (three evaluation networks, two
+    steps, two workers: three rounds of units instead of four). A failure, a Stop's Cancelled or an
+    interrupt is raised here once the started units have ended."""
     if isinstance(executor, LocalExecutor):
-        return executor.chains(fn, items, shared, steps, advance, cancel)
-    return stepwise(executor, fn, items, shared, steps, advance, cancel, gpus)
+        return executor.chains(fn, items, shared, steps, advance, cancel, on_step)
+    return stepwise(executor, fn, items, shared, steps, advance, cancel, gpus, on_step)
 
 
 def _in_worker(fn: Callable, threads: int, shared: dict, item: Any) -> Any:

@@ -281,22 +281,22 @@ class Engine:
         sub = Engine(keys.cfg, self.store, self.cancel, self.executor)
         what = f"base method alone (P=1, IPC {sub.cfg.ipc})"
         proto = EvalProtocol.from_config(sub.cfg, ds.size)
-        hit = self.store.get(keys.eval(1), eval_check(proto))
+        # its curriculum: U_1 .. U_i all the base's images (the first step is P = 1's evaluation, the rest
+        # train them as long as PDD's curriculum), each step cached; read once: what is missing is computed
+        steps = [keys.eval(1)] + ([keys.repeated(j) for j in range(2, i + 1)] if self.cfg.compare_epochs else [])
+        done = sub.stored_steps(steps, proto)
         yield from self.notes(i)
         union = Union.empty(ds, device)
-        # its curriculum: U_1 .. U_i all the base's images (the first step is P = 1's evaluation, the rest
-        # train them as long as PDD's curriculum), each step cached
-        steps = [keys.eval(1)] + ([keys.repeated(j) for j in range(2, i + 1)] if self.cfg.compare_epochs else [])
-        if hit is not None:
+        if done:
             yield Message(i, f"{what}: {'computed beside the stages' if beside else 'from cache'}")
         else:
             yield Message(i, f"{what}: distilling and evaluating")
-        if hit is None or len(steps) > 1:  # its images: distilled, or from the store
+        if len(done) < len(steps) or len(steps) > 1:  # its images (distilled, or replayed from the store)
             for ev in sub.advance(ds, keys, 1, union, device, phase="base"):
                 yield replace(ev, stage=i)
         if len(steps) > 1:
             yield Message(i, f"{what}: trained for {i} x {proto.epochs} epochs, as long as PDD's curriculum")
-        accs = [acc for _, acc in sub.evaluated_chain(steps, ds, proto, device, union.x, union.y, union.lr)]
+        accs = [acc for _, acc in sub.evaluated_chain(steps, done, ds, proto, device, union.x, union.y, union.lr)]
         return accs[0], (accs[-1] if len(steps) > 1 else None)
 
     # -- the run ----------------------------------------------------------------------------
@@ -385,17 +385,24 @@ class Engine:
         """Curriculum step for one stage, from the store or computed from the previous stage's state."""
         return self.evaluated_all(ds, proto, device, [(key, state, x, y, lr)])[0]
 
-    def evaluated_chain(self, keys: list[str], ds: Dataset, proto: EvalProtocol, device, x, y, lr) -> list[tuple[dict, list]]:
-        """(state, accuracies) after each step of a curriculum whose every step trains on (x, y) (the base
-        method's images, at P = 1 and trained as long as PDD's curriculum): steps in the store are read, the
-        rest run as one chain of units per network group (``executor.map_chains``: a network's next step
-        starts as soon as its last ends, not when every network's has); the driver stores each step."""
+    def stored_steps(self, keys: list[str], proto: EvalProtocol) -> list[tuple[dict, list]]:
+        """(state, accuracies) of a curriculum's first steps found in the store, up to the first missing."""
         out: list[tuple[dict, list]] = []
         for key in keys:
             hit = self.store.get(key, eval_check(proto))
             if hit is None:
                 break
             out.append((hit[0], hit[1]["acc"]))
+        return out
+
+    def evaluated_chain(self, keys: list[str], done: list[tuple[dict, list]], ds: Dataset, proto: EvalProtocol,
+                        device, x, y, lr) -> list[tuple[dict, list]]:
+        """(state, accuracies) after each step of a curriculum whose every step trains on (x, y) (the base
+        method's images, at P = 1 and trained as long as PDD's curriculum), given its first steps ``done``
+        (:meth:`stored_steps`): the rest run as one chain of units per network group (``executor.map_chains``:
+        a network's next step starts as soon as its last ends, not when every network's has); the driver
+        stores each step as soon as every network has finished it."""
+        out = list(done)
         rest = keys[len(out):]
         if not rest:
             return out
@@ -405,14 +412,14 @@ class Engine:
         shared = eval_shared(ds, proto, device, batched, **({"cancel": self.check_cancel} if executor.name == "local" else {}))
         state = out[-1][0] if out else None
         items = [(networks_of(state, ids), x, y, lr, ids) for ids in groups]
-        done = map_chains(executor, curriculum_step, items, shared, len(rest), continue_from, self.check_cancel,
-                          gpus_for(device))
-        for n, key in enumerate(rest):
-            parts = [chain[n] for chain in done]
+
+        def store(n: int, parts: list[tuple[dict, list]]) -> None:
             state = {name: t for part, _ in parts for name, t in part.items()}
             acc = [a for _, part in parts for a in part]
-            self.store.put(key, state, {"acc": acc})
+            self.store.put(rest[n], state, {"acc": acc})
             out.append((state, acc))
+        map_chains(executor, curriculum_step, items, shared, len(rest), continue_from, self.check_cancel,
+                   gpus_for(device), on_step=store)
         return out
 
     def evaluated_all(self, ds: Dataset, proto: EvalProtocol, device, steps: list[tuple]) -> list[tuple[dict, list]]:

@@ -178,15 +178,21 @@ def _next(item: tuple, result: tuple) -> tuple:
 def test_chains_on_workers_start_a_chains_next_unit_early_and_give_the_stepwise_results():
     """map_chains: each chain's units in order, each from its last's result, equal to one map per step; on
     two workers, chain 0's second unit runs while chain 2's first does (three chains, two workers: three
-    rounds, not four), and a failure or a Stop is raised in the caller."""
+    rounds, not four); a step goes to on_step once every chain has done it, so a failure or a Stop later
+    (raised in the caller) loses none."""
     import threading
     items = [(k, 0, k + 1) for k in range(3)]
     want = stepwise(LocalExecutor(), _chained, items, {}, 3, _next)
     assert want[1] == [(1, 0, 21), (1, 1, 211), (1, 2, 2111)]
     assert map_chains(LocalExecutor(2), _chained, items, {"gate": threading.Event()}, 3, _next) == want
     assert map_chains(LocalExecutor(), _chained, items, {}, 3, _next) == want
-    with pytest.raises(ValueError, match="chain 1 failed at step 1"):
-        map_chains(LocalExecutor(2), _chained, items, {"fail": (1, 1)}, 3, _next)
+    for workers in (1, 2):  # each step reported once every chain has finished it; a later failure keeps it
+        reported = []
+        with pytest.raises(ValueError, match="chain 1 failed at step 1"):
+            map_chains(LocalExecutor(workers), _chained, items, {"fail": (1, 1)}, 3, _next,
+                       on_step=lambda step, results: reported.append((step, results)))
+        assert reported == [(0, [chain[0] for chain in want])]
+    assert map_chains(LocalExecutor(2), _chained, items, {}, 0, _next) == [[], [], []]
     cancel, started = _cancel_after(4)
     with pytest.raises(Cancelled):
         map_chains(LocalExecutor(2), _chained, items, {}, 3, _next, cancel=cancel)

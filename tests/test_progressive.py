@@ -396,3 +396,39 @@ def test_the_side_lane_steps_back_for_the_stage_loop():
     t.start()
     t.join()
     assert seen == [min(19, mine + LANE_NICE)] and os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_stop_in_the_base_curriculum_keeps_its_finished_steps(tiny, store, digits, monkeypatch, workers):
+    """The base method's P = 1 evaluation and its steps trained as long run as chains of units
+    (executor.map_chains); each step is stored once every network has finished it, so a Stop while the
+    networks train on as long as PDD's curriculum keeps P = 1's evaluation, and a later run reads it."""
+    import threading
+    import pdd_engine.progressive as P
+    from pdd_engine.errors import Cancelled
+    from pdd_engine.evaluate import EvalProtocol
+    from pdd_engine.executor import LocalExecutor
+    from pdd_engine.records import eval_check
+
+    cfg = P.resolved(tiny(compare_base="final", compare_epochs=True))
+    stop, ran, real = threading.Event(), [], P.curriculum_step
+
+    def step(shared, item):  # the Stop comes once every network has finished P = 1's evaluation
+        out = real(shared, item)
+        ran.append(item[0] is None)  # no state to continue from: P = 1's evaluation
+        if sum(ran) == cfg.eval_models:
+            stop.set()
+        return out
+    monkeypatch.setattr(P, "curriculum_step", step)
+    engine = P.Engine(cfg, store, stop, LocalExecutor(workers))
+    keys = Keys.of(cfg, digits).base(2)
+    proto = EvalProtocol.from_config(keys.cfg, digits.size)
+    with pytest.raises(Cancelled):
+        list(engine.base(digits, Keys.of(cfg, digits), 2, torch.device("cpu")))
+    assert store.get(keys.eval(1), eval_check(proto)) is not None
+    assert store.get(keys.repeated(2), eval_check(proto)) is None
+    ran.clear()
+    engine = P.Engine(cfg, store, None, LocalExecutor(workers))
+    evs = list(engine.base(digits, Keys.of(cfg, digits), 2, torch.device("cpu")))
+    assert any(isinstance(e, E.Message) and "from cache" in e.text for e in evs)
+    assert len(ran) == cfg.eval_models  # only the step left: one unit per network
