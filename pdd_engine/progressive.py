@@ -389,11 +389,22 @@ class Engine:
         """(state, accuracies) of a curriculum's first steps found in the store, up to the first missing."""
         out: list[tuple[dict, list]] = []
         for key in keys:
-            hit = self.store.get(key, eval_check(proto))
-            if hit is None:
+            if (hit := self.stored(key, proto)) is None:
                 break
-            out.append((hit[0], hit[1]["acc"]))
+            out.append(hit)
         return out
+
+    def stored(self, key: str, proto: EvalProtocol) -> Optional[tuple[dict, list]]:
+        """A curriculum step's (state, accuracies) from the store, or None."""
+        hit = self.store.get(key, eval_check(proto))
+        return None if hit is None else (hit[0], hit[1]["acc"])
+
+    def curriculum_units(self, ds: Dataset, proto: EvalProtocol, device) -> tuple[list[list[int]], Executor, dict]:
+        """How a curriculum step runs as units: its network groups, the executor, and what the units share."""
+        batched = use_batched(self.cfg.eval_batched, proto, device)
+        executor = or_local(self.executor)
+        shared = eval_shared(ds, proto, device, batched, **({"cancel": self.check_cancel} if executor.name == "local" else {}))
+        return network_groups(batched, proto, device), executor, shared
 
     def evaluated_chain(self, keys: list[str], done: list[tuple[dict, list]], ds: Dataset, proto: EvalProtocol,
                         device, x, y, lr) -> list[tuple[dict, list]]:
@@ -406,16 +417,12 @@ class Engine:
         rest = keys[len(out):]
         if not rest:
             return out
-        batched = use_batched(self.cfg.eval_batched, proto, device)
-        groups = network_groups(batched, proto, device)
-        executor = or_local(self.executor)
-        shared = eval_shared(ds, proto, device, batched, **({"cancel": self.check_cancel} if executor.name == "local" else {}))
+        groups, executor, shared = self.curriculum_units(ds, proto, device)
         state = out[-1][0] if out else None
         items = [(networks_of(state, ids), x, y, lr, ids) for ids in groups]
 
         def store(n: int, parts: list[tuple[dict, list]]) -> None:
-            state = {name: t for part, _ in parts for name, t in part.items()}
-            acc = [a for _, part in parts for a in part]
+            state, acc = joined(parts)
             self.store.put(rest[n], state, {"acc": acc})
             out.append((state, acc))
         map_chains(executor, curriculum_step, items, shared, len(rest), continue_from, self.check_cancel,
@@ -432,26 +439,19 @@ class Engine:
             if self.lane is not None and (done := self.lane.result(key)) is not None:
                 out[k] = done
                 continue
-            hit = self.store.get(key, eval_check(proto))
-            if hit is None:
+            if (hit := self.stored(key, proto)) is None:
                 todo.append(k)
             else:
-                out[k] = (hit[0], hit[1]["acc"])
+                out[k] = hit
         if todo:
-            batched = use_batched(self.cfg.eval_batched, proto, device)
-            groups = network_groups(batched, proto, device)
-            executor = or_local(self.executor)
-            shared = eval_shared(ds, proto, device, batched,
-                                 **({"cancel": self.check_cancel} if executor.name == "local" else {}))
+            groups, executor, shared = self.curriculum_units(ds, proto, device)
             items = []
             for k in todo:
                 _, state, x, y, lr = steps[k]
                 items += [(networks_of(state, ids), x, y, lr, ids) for ids in groups]
             done = executor.map(curriculum_step, items, shared, self.check_cancel, gpus=gpus_for(device))
             for n, k in enumerate(todo):
-                parts = done[n * len(groups):(n + 1) * len(groups)]
-                state = {name: t for part, _ in parts for name, t in part.items()}
-                acc = [a for _, part in parts for a in part]
+                state, acc = joined(done[n * len(groups):(n + 1) * len(groups)])
                 self.store.put(steps[k][0], state, {"acc": acc})
                 out[k] = (state, acc)
         return out
@@ -581,6 +581,11 @@ def curriculum_step(shared: dict, item: tuple) -> tuple[dict, list]:
         cur.load(state)
     acc = cur.train_stage(x, y, lr)
     return {k: v.detach().cpu() for k, v in cur.state().items()}, acc
+
+
+def joined(parts: list[tuple[dict, list]]) -> tuple[dict, list]:
+    """One curriculum step's (state, accuracies) from its network groups' units, in group order."""
+    return {name: t for part, _ in parts for name, t in part.items()}, [a for _, part in parts for a in part]
 
 
 def continue_from(item: tuple, result: tuple) -> tuple:
