@@ -16,7 +16,7 @@ The whole augmentation is differentiable with respect to the images.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -86,6 +86,19 @@ def cutout(x, r):
 
 OPS = {"color": color, "crop": crop, "cutout": cutout, "flip": flip, "scale": scale, "rotate": rotate}
 PARAMS = {"color": 3, "crop": 2, "cutout": 2, "flip": 1, "scale": 2, "rotate": 1}  # uniform draws per sample
+
+
+def mirror_note(ops: Sequence[str], mirrors: bool, title: str) -> Optional[str]:
+    """The run's note where its augmentation mirrors images whose class a mirror changes (digits), else None.
+    The default keeps ``flip`` everywhere: the field's MTT, DM and PDD code do, and so do the numbers they
+    published; IDC's reference drops it on MNIST and SVHN. A researcher should know which one ran, and how
+    to choose the other (docs/methods.md, *Augmentation*)."""
+    if mirrors or "flip" not in ops:
+        return None
+    kept = "_".join(o for o in ops if o != "flip") or "none"
+    return (f"augmentation: flip mirrors {title} images left to right, and a mirrored digit is not that digit. "
+            f"The field's MTT, DM and PDD code keep it (as here, the default); IDC's reference drops it on MNIST "
+            f"and SVHN. To drop it, set Augmentation to {kept} (--dsa-strategy {kept})")
 
 
 class DSA:

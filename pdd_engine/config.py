@@ -59,7 +59,7 @@ class DistillConfig:
     init: Literal["real", "noise"] = setting("real", "Initial images", "start from real images or from noise",
                                              shown="hidden")
     dsa_strategy: str = setting("color_crop_cutout_flip_scale_rotate", "Augmentation",
-                                "DSA operations joined by '_', or none", shown="hidden")
+                                "DSA operations joined by '_' (color, crop, cutout, flip, scale, rotate), or none")
     zca: bool = setting(False, "ZCA whitening", "whiten images (ZCA), as the field does for CIFAR")
     image_size: Optional[int] = setting(None, "Image size in pixels", "resize every image to this many pixels per side "
                                         "(set it for mixed-size uploads)", minimum=4, maximum=128)

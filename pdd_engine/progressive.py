@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from . import runs
+from .augment import mirror_note
 from .cache import Store
 from .config import DistillConfig
 from .data import Dataset, dataset_for, dataset_info, to_uint8
@@ -32,6 +33,7 @@ from .events import (Done, Event, Failed, Message, Progress, RunStarted, StageEv
                      StageImages, StageStarted, Stopped)
 from .keys import Keys
 from .records import eval_check, stage_check
+from .registry import find
 from .settings import env
 from .methods import StageContext, get_method
 from .methods.base import Memo
@@ -334,6 +336,8 @@ class Engine:
                 yield Message(0, f"arithmetic: matching in {cfg.precision}, evaluation in {cfg.eval_precision} (auto: "
                                  f"{'this device has' if has_bf16(device) else 'no'} bf16 instructions)")
             if note := precision_note("eval_precision", cfg.eval_precision, device, "the evaluation"):
+                yield Message(0, note)
+            if note := mirror_note(cfg.dsa_ops, find(cfg.dataset).mirrors, ds.name):
                 yield Message(0, note)
             proto = EvalProtocol.from_config(cfg, ds.size)
             self.lane = SideLane.start(self, ds, keys, proto, device)

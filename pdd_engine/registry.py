@@ -299,6 +299,9 @@ class DatasetSpec:
     available: Callable[[Optional[str]], bool]  # usable without a download, given --data-root
     licence: str  # one line: where the data comes from and under which terms
     shape: Optional[tuple[int, int, int, int]] = None  # (channels, size, classes, train examples), for the estimate
+    # whether a left-right mirror keeps an image's class: not for digits (a mirrored 2 is no digit), which IDC's
+    # reference takes out of its augmentation on MNIST and SVHN; unknown (your own data) counts as yes
+    mirrors: bool = True
 
     @property
     def scheme(self) -> bool:

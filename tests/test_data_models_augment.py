@@ -255,3 +255,17 @@ def test_digits_read_from_scikit_learns_file_are_scikit_learns_digits():
     images, target = digits_arrays()
     want = sk_digits()
     assert np.array_equal(images, want.images) and np.array_equal(target, want.target)
+
+
+def test_a_mirror_is_noted_only_where_it_changes_what_an_image_shows():
+    """Digits (scikit-learn's, MNIST, SVHN) are declared as changed by a mirror, photos not; the note names the
+    strategy without flip, in the UI's field and the CLI's flag, and is silent without flip or on photos."""
+    from pdd_engine.augment import mirror_note
+    from pdd_engine.registry import find
+    assert [find(n).mirrors for n in ("digits", "mnist", "svhn")] == [False] * 3
+    assert [find(n).mirrors for n in ("fashion_mnist", "cifar10", "cifar100", "folder:x")] == [True] * 4
+    ops = ("color", "crop", "cutout", "flip", "scale", "rotate")
+    note = mirror_note(ops, find("mnist").mirrors, "mnist")
+    assert "Augmentation to color_crop_cutout_scale_rotate" in note and "--dsa-strategy color_crop_cutout_scale_rotate" in note
+    assert "--dsa-strategy none" in mirror_note(("flip",), False, "digits")
+    assert mirror_note(ops[:3], False, "mnist") is None and mirror_note(ops, True, "cifar10") is None

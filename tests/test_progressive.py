@@ -237,6 +237,12 @@ def test_killed_process_resumes_at_first_unfinished_stage(tiny, tmp_path, digits
     assert resumed.computed_stages == [i for i in (1, 2, 3) if i not in finished]
 
 
+def test_a_run_that_mirrors_digits_says_so_once_and_one_without_flip_does_not(tiny, store):
+    said = lambda cfg: [e.text for e in events(cfg, store) if isinstance(e, E.Message) and "mirror" in e.text]  # noqa: E731
+    assert len(said(tiny(stages=1))) == 1
+    assert said(tiny(stages=1, dsa_strategy="color_crop_scale_rotate")) == []
+
+
 def test_a_bfloat16_run_is_its_own_result_and_says_when_bf16_is_emulated(tiny, store, monkeypatch):
     """precision=bfloat16 distils under bf16 autocast: other images than float32's, under other keys, and
     a line in the log where the processor would emulate bf16 (slower than float32) rather than a silent cost."""

@@ -154,11 +154,11 @@ def torchvision_set(name: str, cls_name: str) -> Loader:
 
 register_dataset(DatasetSpec("digits", "scikit-learn digits (8x8, offline)", lambda root, size, _: load_digits(),
                              lambda root: True, "UCI ML hand-written digits as shipped with scikit-learn (CC BY 4.0)",
-                             (1, 8, 10, 1437)))
+                             (1, 8, 10, 1437), mirrors=False))
 register_dataset(DatasetSpec("mnist", "MNIST", lambda root, size, _: load_mnist(root),
                              lambda root: any(find_idx(d, "train-images-idx3-ubyte") for d in mnist_dirs(root))
                              or torchvision_on_disk("MNIST")(root),
-                             "MNIST, Y. LeCun and C. Cortes (CC BY-SA 3.0)", (1, 28, 10, 60000)))
+                             "MNIST, Y. LeCun and C. Cortes (CC BY-SA 3.0)", (1, 28, 10, 60000), mirrors=False))
 for _name, _cls, _marker, _licence, _shape in [
         ("fashion_mnist", "FashionMNIST", "FashionMNIST", "Fashion-MNIST, Zalando Research (MIT)", (1, 28, 10, 60000)),
         ("cifar10", "CIFAR10", "cifar-10-batches-py", "CIFAR-10, A. Krizhevsky 2009 (no explicit licence; research use)",
@@ -166,4 +166,5 @@ for _name, _cls, _marker, _licence, _shape in [
         ("cifar100", "CIFAR100", "cifar-100-python", "CIFAR-100, A. Krizhevsky 2009 (no explicit licence; research use)",
          (3, 32, 100, 50000)),
         ("svhn", "SVHN", "train_32x32.mat", "SVHN, Netzer et al. 2011 (non-commercial use only)", (3, 32, 10, 73257))]:
-    register_dataset(DatasetSpec(_name, _cls, torchvision_set(_name, _cls), torchvision_on_disk(_marker), _licence, _shape))
+    register_dataset(DatasetSpec(_name, _cls, torchvision_set(_name, _cls), torchvision_on_disk(_marker), _licence, _shape,
+                                 mirrors=_name != "svhn"))  # house numbers are digits
