@@ -42,6 +42,8 @@ def control(spec: dict):
         return gr.Checkbox(spec["default"], label=spec["label"], info=hint)
     if Studio.automatic(spec):  # empty: chosen for you; the placeholder says what it becomes
         return gr.Textbox("", label=spec["label"], info=hint, placeholder="automatic")
+    if spec["kind"] == "text":  # a required text setting (the augmentation): its value, in a text box
+        return gr.Textbox(spec["default"], label=spec["label"], info=hint)
     return gr.Number(spec["default"], label=spec["label"], precision=0 if spec["kind"] == "int" else None, info=hint,
                      minimum=spec["minimum"], maximum=spec["maximum"])
 

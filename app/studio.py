@@ -64,6 +64,8 @@ def parse(spec: dict, value: Any) -> Any:
         value = value.strip()
     if optional and value in (None, "", 0, "0"):
         return None
+    if kind == "text" and not optional and not (value or "").strip():
+        raise PDDError(f"{spec['label']} is empty", f"enter a value for {spec['label']} (default: {spec['default']})")
     if kind == "int":
         return whole_number(value, spec["label"])
     if kind == "float":

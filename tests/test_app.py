@@ -163,6 +163,15 @@ def test_controls_are_the_schemas_settings_and_the_page_sends_them_by_name(studi
     assert "executor" not in names and "max_memory_gb" not in names  # the server's settings, not a visitor's
     controls[6 + names.index("iterations")] = "nan"
     assert "Iterations per stage must be a whole number" in studio.check(None, token, *controls)[0]
+    controls[6 + names.index("iterations")] = 200
+    at = 6 + names.index("dsa_strategy")  # a required text setting: its default in a text box, sent as typed
+    assert controls[at] == "color_crop_cutout_flip_scale_rotate"
+    controls[at] = "color_crop_scale_rotate"
+    assert studio.settings_of(token, *controls)["dsa_strategy"] == "color_crop_scale_rotate"
+    controls[at] = " "
+    assert "Augmentation is empty" in studio.check(None, token, *controls)[0]
+    controls[at] = "color_mirror"
+    assert "mirror" in studio.check(None, token, *controls)[0]
 
 
 def test_an_uploaded_dataset_is_the_uploaders_alone(studio, tmp_path):
