@@ -9,6 +9,7 @@ object. Errors are the service's one-line messages, shown where the control is.
 from __future__ import annotations
 
 import asyncio
+import html
 import threading
 import time
 from dataclasses import replace
@@ -43,7 +44,8 @@ RUNS_EMPTY = ("**No finished runs yet.** Every run you finish on the *Distil* ta
 
 
 def error_html(e: Any) -> str:
-    return f'<span class="pdd-error">⚠ {e}</span>'
+    """A message on the page as text: it can quote what a visitor typed, which must never become markup."""
+    return f'<span class="pdd-error">⚠ {html.escape(str(e), quote=False)}</span>'
 
 
 def whole_number(value: Any, label: str) -> int:

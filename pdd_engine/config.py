@@ -10,6 +10,7 @@ declared in :mod:`pdd_engine.keys`.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
@@ -302,9 +303,12 @@ def validate(c: DistillConfig) -> None:
         _check(c.ipc % c.stages == 0, f"IPC {c.ipc} is not divisible by stages P={c.stages}",
                f"pick IPC as a multiple of P, e.g. IPC {c.stages * max(1, round(c.ipc / c.stages))} "
                f"with P={c.stages}, or give the images per stage (stage_ipc)")
-    bad_ops = [op for op in c.dsa_ops if op not in DSA_OPS]
-    _check(not bad_ops, f"unknown augmentation(s) {bad_ops} in dsa_strategy",
+    bad_ops = list(dict.fromkeys(op[:24] for op in c.dsa_ops if op not in DSA_OPS))  # quoted short, once each
+    _check(not bad_ops, f"unknown augmentation(s) {bad_ops[:5]}{' and more' if len(bad_ops) > 5 else ''} in dsa_strategy",
            f"join names from {', '.join(DSA_OPS)} with '_', or use 'none'")
+    twice = sorted(op for op, n in collections.Counter(c.dsa_ops).items() if n > 1)
+    _check(not twice, f"augmentation(s) {twice} named more than once in dsa_strategy (each call draws one of the names)",
+           f"name each of {', '.join(DSA_OPS)} at most once, e.g. {'_'.join(dict.fromkeys(c.dsa_ops))}")
     REGISTRY[c.method].validate(c)  # the method's own rules across fields (each field's bounds: its Params)
 
 

@@ -170,8 +170,9 @@ def test_controls_are_the_schemas_settings_and_the_page_sends_them_by_name(studi
     assert studio.settings_of(token, *controls)["dsa_strategy"] == "color_crop_scale_rotate"
     controls[at] = " "
     assert "Augmentation is empty" in studio.check(None, token, *controls)[0]
-    controls[at] = "color_mirror"
-    assert "mirror" in studio.check(None, token, *controls)[0]
+    controls[at] = "color_<img src=x onerror=alert(1)>"  # a message quotes what was typed: as text, never markup
+    shown = studio.check(None, token, *controls)[0]
+    assert "&lt;img src=x onerror=alert" in shown and "<img" not in shown
 
 
 def test_an_uploaded_dataset_is_the_uploaders_alone(studio, tmp_path):

@@ -16,6 +16,9 @@ from pdd_engine.errors import ConfigError
     (dict(depth=9), "depth"),
     (dict(keep_easy=1.5), "keep_easy must be <= 1 (got 1.5). Fix: set keep_easy to a value from 0 to 1"),
     (dict(dsa_strategy="color_warp"), "unknown augmentation"),
+    (dict(dsa_strategy="flip_color_flip"), "['flip'] named more than once in dsa_strategy"),
+    (dict(dsa_strategy="color_" * 10 ** 5 + "crop"), "e.g. color_crop"),  # an upload-sized value: a short message
+    (dict(dsa_strategy="_".join(f"op{i}" for i in range(10 ** 4))), "['op0', 'op1', 'op2', 'op3', 'op4'] and more"),
     (dict(method="mtt", expert_lr=0), "expert_lr must be > 0"),
     (dict(method="mtt", num_experts=1.5), "num_experts must be a whole number"),
     (dict(method="mtt", mtt_unroll="lazy"), "unknown mtt_unroll 'lazy'"),
@@ -33,7 +36,7 @@ def test_bad_values_name_problem_and_fix(kw, words):
     with pytest.raises(ConfigError) as e:
         DistillConfig.make(kw)
     assert words in str(e.value)
-    assert "Fix:" in str(e.value) and "\n" not in str(e.value)
+    assert "Fix:" in str(e.value) and "\n" not in str(e.value) and len(str(e.value)) < 1000
 
 
 def test_divisibility_message_suggests_a_valid_ipc():
