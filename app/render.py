@@ -11,6 +11,7 @@ from typing import Optional
 import base64
 import html
 import io
+import re
 
 import numpy as np
 import plotly.graph_objects as go
@@ -23,6 +24,16 @@ GRID_TOP = 4  # the run's grid is a page element of its own: no caption overlay 
 LAYOUT = dict(height=330, margin=dict(l=55, r=10, t=10, b=45), template="plotly_white",
               legend=dict(orientation="h", x=0, y=1.02, yanchor="bottom"))
 PALETTE = ["#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880", "#ff97ff", "#fecb52"]
+
+
+
+MARKDOWN_SIGNS = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>])")
+
+
+def plain(text: object) -> str:
+    """Text from elsewhere (a shared bundle's manifest) as literal text in a Markdown output: no markup, no
+    links, no images; Gradio strips scripts, not a link or an image that loads from another site."""
+    return MARKDOWN_SIGNS.sub(r"\\\1", html.escape(str(text), quote=False))
 
 
 @dataclass

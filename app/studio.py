@@ -66,7 +66,7 @@ def parse(spec: dict, value: Any) -> Any:
         value = value.strip()
     if optional and value in (None, "", 0, "0"):
         return None
-    if kind == "text" and not optional and not (value or "").strip():
+    if kind == "text" and not optional and not str(value or "").strip():
         raise PDDError(f"{spec['label']} is empty", f"enter a value for {spec['label']} (default: {spec['default']})")
     if kind == "int":
         return whole_number(value, spec["label"])
@@ -161,8 +161,8 @@ class Studio:
         values.update(dataset=self.dataset_of(owner, dataset, upload), method=method,
                       stages=whole_number(stages, "Stages P"), ipc=whole_number(ipc, "Total IPC"))
         for spec, value in zip(self.fields, advanced):
-            if not shown_for(spec, method) or (not spec["optional"] and value in (None, "")):
-                continue  # another method's setting (hidden), or an empty box: the preset's value
+            if not shown_for(spec, method) or (not spec["optional"] and spec["kind"] != "text" and value in (None, "")):
+                continue  # another method's setting (hidden), or an emptied number box: the preset's value
             values[spec["name"]] = parse(spec, value)
         return {k: v for k, v in values.items() if not self.settings.get(k, {"owners": []})["owners"]
                 or method in self.settings[k]["owners"]}
@@ -440,7 +440,7 @@ class Studio:
         except PDDError as e:
             return error_html(e), gr.update(placeholder="as exported")
         c, e = m["config"], m["evaluation"]
-        line = (f"✓ {c['method'].upper()} on {c['dataset']}: {m['stages']} stage(s), IPC {m['ipc']}, evaluated on "
+        line = (f"✓ {render.plain(c['method'].upper())} on {render.plain(c['dataset'])}: {m['stages']} stage(s), IPC {m['ipc']}, evaluated on "
                 f"{self.service.bundle_architecture(m)} ({e['models']} networks × {e['epochs']} epochs per stage).")
         return line, gr.update(placeholder=f"as exported: {e['epochs']}")
 

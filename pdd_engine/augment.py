@@ -97,7 +97,7 @@ def mirror_note(ops: Sequence[str], mirrors: bool, title: str) -> Optional[str]:
         return None
     kept = "_".join(o for o in ops if o != "flip") or "none"
     return (f"augmentation: flip mirrors {title} images left to right, and a mirrored digit is not that digit. "
-            f"The field's MTT, DM and PDD code keep it (as here, the default); IDC's reference drops it on MNIST "
+            f"The field's MTT, DM and PDD code keep it (the default here); IDC's reference drops it on MNIST "
             f"and SVHN. To drop it, set Augmentation to {kept} (--dsa-strategy {kept})")
 
 

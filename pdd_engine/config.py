@@ -282,6 +282,24 @@ def declarations() -> list[tuple[str, Any, Any, dict]]:
     return [(f.name, hints[f.name], f.default, dict(f.metadata)) for f in fields(DistillConfig) if f.name != "params"]
 
 
+def augmentation_problem(strategy: str, field: str = "dsa_strategy") -> Optional[tuple[str, str]]:
+    """(problem, fix) where ``strategy`` is not operations joined by single '_', each known and named once
+    (or 'none'); else None. One rule for a config and a bundle's manifest; quotes stay short, whatever the
+    length of what was sent."""
+    ops = () if strategy == "none" else tuple(strategy.split("_"))
+    fix = f"join names from {', '.join(DSA_OPS)} with single '_', or use 'none' for no augmentation"
+    if "" in ops:
+        return f"{field} {strategy[:40]!r} has an empty name (nothing, or nothing between two '_')", fix
+    unknown = list(dict.fromkeys(op[:24] for op in ops if op not in DSA_OPS))
+    if unknown:
+        return f"unknown augmentation(s) {unknown[:5]}{' and more' if len(unknown) > 5 else ''} in {field}", fix
+    twice = sorted(op for op, n in collections.Counter(ops).items() if n > 1)
+    if twice:
+        return (f"augmentation(s) {twice} named more than once in {field} (each call draws one of the names)",
+                f"name each of {', '.join(DSA_OPS)} at most once, e.g. {'_'.join(dict.fromkeys(ops))}")
+    return None
+
+
 def validate(c: DistillConfig) -> None:
     """Reject bad values and combinations with a message that names the fix: every field against its own
     declaration (type, bounds, finite numbers), then the rules across fields."""
@@ -303,12 +321,8 @@ def validate(c: DistillConfig) -> None:
         _check(c.ipc % c.stages == 0, f"IPC {c.ipc} is not divisible by stages P={c.stages}",
                f"pick IPC as a multiple of P, e.g. IPC {c.stages * max(1, round(c.ipc / c.stages))} "
                f"with P={c.stages}, or give the images per stage (stage_ipc)")
-    bad_ops = list(dict.fromkeys(op[:24] for op in c.dsa_ops if op not in DSA_OPS))  # quoted short, once each
-    _check(not bad_ops, f"unknown augmentation(s) {bad_ops[:5]}{' and more' if len(bad_ops) > 5 else ''} in dsa_strategy",
-           f"join names from {', '.join(DSA_OPS)} with '_', or use 'none'")
-    twice = sorted(op for op, n in collections.Counter(c.dsa_ops).items() if n > 1)
-    _check(not twice, f"augmentation(s) {twice} named more than once in dsa_strategy (each call draws one of the names)",
-           f"name each of {', '.join(DSA_OPS)} at most once, e.g. {'_'.join(dict.fromkeys(c.dsa_ops))}")
+    if problem := augmentation_problem(c.dsa_strategy):
+        raise ConfigError(*problem)
     REGISTRY[c.method].validate(c)  # the method's own rules across fields (each field's bounds: its Params)
 
 

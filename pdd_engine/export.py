@@ -32,7 +32,7 @@ from PIL import Image
 
 from .version import __version__
 from .cache import Store
-from .config import DSA_OPS, DistillConfig, check_precision, declarations
+from .config import DistillConfig, augmentation_problem, check_precision, declarations
 from .data import Dataset, dataset_for, dataset_info, to_uint8
 from .device import resolve_device, resolved, tune_allocator
 from .errors import BundleError, ConfigError, PDDError
@@ -278,8 +278,8 @@ def check_manifest(m: Any, bundle: str, limits: Limits) -> None:
     for key, low, high in (("momentum", 0.0, 1.0), ("weight_decay", 0.0, 1.0)):
         if not (math.isfinite(e[key]) and low <= e[key] < high):
             raise bad(f"evaluation.{key}", f"is {e[key]}, not in [{low:g}, {high:g})")
-    if any(op not in DSA_OPS for op in ([] if e["dsa_strategy"] in ("", "none") else e["dsa_strategy"].split("_"))):
-        raise bad("evaluation.dsa_strategy", f"'{e['dsa_strategy']}' names an unknown augmentation")
+    if problem := augmentation_problem(e["dsa_strategy"] or "none", "it"):
+        raise bad("evaluation.dsa_strategy", f"is invalid ({problem[0]})")
     for i, entry in enumerate(m["stage_entries"]):
         if not (math.isfinite(entry["eval_lr"]) and entry["eval_lr"] > 0):
             raise bad(f"stage_entries[{i}].eval_lr", f"is {entry['eval_lr']}, not a positive number")

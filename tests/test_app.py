@@ -168,8 +168,9 @@ def test_controls_are_the_schemas_settings_and_the_page_sends_them_by_name(studi
     assert controls[at] == "color_crop_cutout_flip_scale_rotate"
     controls[at] = "color_crop_scale_rotate"
     assert studio.settings_of(token, *controls)["dsa_strategy"] == "color_crop_scale_rotate"
-    controls[at] = " "
-    assert "Augmentation is empty" in studio.check(None, token, *controls)[0]
+    for emptied in ("", None, " "):  # an emptied text box is refused, not quietly the preset's augmentation
+        controls[at] = emptied
+        assert "Augmentation is empty" in studio.check(None, token, *controls)[0]
     controls[at] = "color_<img src=x onerror=alert(1)>"  # a message quotes what was typed: as text, never markup
     shown = studio.check(None, token, *controls)[0]
     assert "&lt;img src=x onerror=alert" in shown and "<img" not in shown
@@ -379,3 +380,11 @@ def test_after_the_default_run_the_studio_points_to_the_showcase(studio):
     assert studio.next_step(run(default, RunState.RUNNING)) == ""
     assert studio.next_step(run({**default, "method": "idc"})) == ""
     assert studio.next_step(run({**default, "iterations": 50})) == ""
+
+
+def test_text_from_a_shared_bundle_is_shown_as_text_not_markup():
+    """A bundle's manifest is someone else's text: in a Markdown output it must not become an image that loads
+    from another site, a link, or markup."""
+    from app.render import plain
+    shown = plain("folder:/x/![t](https://evil.example/p.png)<img src=x onerror=alert(1)>.zip")
+    assert "<img" not in shown and "![" not in shown and "](" not in shown and "evil" in shown

@@ -16,6 +16,8 @@ from pdd_engine.errors import ConfigError
     (dict(depth=9), "depth"),
     (dict(keep_easy=1.5), "keep_easy must be <= 1 (got 1.5). Fix: set keep_easy to a value from 0 to 1"),
     (dict(dsa_strategy="color_warp"), "unknown augmentation"),
+    (dict(dsa_strategy="color__crop"), "has an empty name"),
+    (dict(dsa_strategy=""), "or use 'none' for no augmentation"),
     (dict(dsa_strategy="flip_color_flip"), "['flip'] named more than once in dsa_strategy"),
     (dict(dsa_strategy="color_" * 10 ** 5 + "crop"), "e.g. color_crop"),  # an upload-sized value: a short message
     (dict(dsa_strategy="_".join(f"op{i}" for i in range(10 ** 4))), "['op0', 'op1', 'op2', 'op3', 'op4'] and more"),
