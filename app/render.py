@@ -26,7 +26,6 @@ LAYOUT = dict(height=330, margin=dict(l=55, r=10, t=10, b=45), template="plotly_
 PALETTE = ["#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880", "#ff97ff", "#fecb52"]
 
 
-
 MARKDOWN_SIGNS = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>])")
 
 

@@ -440,8 +440,8 @@ class Studio:
         except PDDError as e:
             return error_html(e), gr.update(placeholder="as exported")
         c, e = m["config"], m["evaluation"]
-        line = (f"✓ {render.plain(c['method'].upper())} on {render.plain(c['dataset'])}: {m['stages']} stage(s), IPC {m['ipc']}, evaluated on "
-                f"{self.service.bundle_architecture(m)} ({e['models']} networks × {e['epochs']} epochs per stage).")
+        line = (f"✓ {render.plain(c['method'].upper())} on {render.plain(c['dataset'])}: {m['stages']} stage(s), "
+                f"IPC {m['ipc']}, evaluated on {self.service.bundle_architecture(m)} ({e['models']} networks × {e['epochs']} epochs per stage).")
         return line, gr.update(placeholder=f"as exported: {e['epochs']}")
 
     def evaluate(self, profile: Optional[gr.OAuthProfile], upload: Any, run_key: str, archs: list[str], models: Any,

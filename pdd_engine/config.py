@@ -24,6 +24,13 @@ from .registry import (REGISTRY, Params, check_cap, check_value, find, get_metho
                        spec_of)
 
 DSA_OPS = ("color", "crop", "cutout", "flip", "scale", "rotate")
+
+
+def strategy_ops(strategy: str) -> tuple[str, ...]:
+    """A DSA strategy's operations: names joined by '_'; 'none' (or nothing, in older bundles) for none."""
+    return () if strategy in ("", "none") else tuple(strategy.split("_"))
+
+
 Norm = Literal["instance", "batch", "none"]
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "float32", "bfloat16"]
@@ -232,7 +239,7 @@ class DistillConfig:
 
     @property
     def dsa_ops(self) -> tuple[str, ...]:
-        return () if self.dsa_strategy in ("", "none") else tuple(self.dsa_strategy.split("_"))
+        return strategy_ops(self.dsa_strategy)
 
     def replace(self, **changes: Any) -> "DistillConfig":
         """A copy with ``changes`` (flat names). A new method keeps the hyper-parameters it shares with
@@ -286,9 +293,9 @@ def augmentation_problem(strategy: str, field: str = "dsa_strategy") -> Optional
     """(problem, fix) where ``strategy`` is not operations joined by single '_', each known and named once
     (or 'none'); else None. One rule for a config and a bundle's manifest; quotes stay short, whatever the
     length of what was sent."""
-    ops = () if strategy == "none" else tuple(strategy.split("_"))
+    ops = strategy_ops(strategy)
     fix = f"join names from {', '.join(DSA_OPS)} with single '_', or use 'none' for no augmentation"
-    if "" in ops:
+    if strategy == "" or "" in ops:
         return f"{field} {strategy[:40]!r} has an empty name (nothing, or nothing between two '_')", fix
     unknown = list(dict.fromkeys(op[:24] for op in ops if op not in DSA_OPS))
     if unknown:

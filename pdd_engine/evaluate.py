@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from . import models
 from .augment import DSA
-from .config import DistillConfig
+from .config import DistillConfig, strategy_ops
 from .data import Dataset
 from .device import arithmetic
 from .errors import PDDError
@@ -85,7 +85,7 @@ class EvalProtocol:
 
     @property
     def aug(self) -> DSA:
-        return DSA(() if self.dsa_strategy in ("", "none") else self.dsa_strategy.split("_"))
+        return DSA(strategy_ops(self.dsa_strategy))
 
 
 class Curriculum:
