@@ -57,6 +57,9 @@ def base_type(t: Any) -> tuple[Any, bool]:
     return t, False
 
 
+MAX_TEXT = 4096  # characters in a text setting (a dataset path at most; PATH_MAX on Linux)
+
+
 def check_value(name: str, value: Any, t: Any, meta: Mapping[str, Any]) -> None:
     """Raise a ConfigError naming the fix unless ``value`` fits type ``t`` and the field's bounds. A fix
     never suggests a value outside them."""
@@ -68,7 +71,7 @@ def check_value(name: str, value: Any, t: Any, meta: Mapping[str, Any]) -> None:
         return
     if typing.get_origin(t) is Literal:
         if value not in typing.get_args(t):
-            raise ConfigError(f"unknown {name} '{value}'", f"use {' or '.join(map(str, typing.get_args(t)))}")
+            raise ConfigError(f"unknown {name} {str(value)[:40]!r}", f"use {' or '.join(map(str, typing.get_args(t)))}")
         return
     if t is bool:
         if not isinstance(value, bool):
@@ -77,6 +80,9 @@ def check_value(name: str, value: Any, t: Any, meta: Mapping[str, Any]) -> None:
     if t is str:
         if not isinstance(value, str):
             raise ConfigError(f"{name} must be text (got {str(value)[:40]!r})", f"set {name} to text{unset}")
+        if len(value) > MAX_TEXT:  # before any rule reads it: the longest real one is a path
+            raise ConfigError(f"{name} is {len(value):,} characters long, more than {MAX_TEXT:,}",
+                              f"set {name} to a shorter text{unset}")
         return
     low, high = meta.get("minimum"), meta.get("maximum")
     span = ("" if low is None and high is None else f" from {number(low)} to {number(high)}"

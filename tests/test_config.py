@@ -19,8 +19,10 @@ from pdd_engine.errors import ConfigError
     (dict(dsa_strategy="color__crop"), "has an empty name"),
     (dict(dsa_strategy=""), "or use 'none' for no augmentation"),
     (dict(dsa_strategy="flip_color_flip"), "['flip'] named more than once in dsa_strategy"),
-    (dict(dsa_strategy="color_" * 10 ** 5 + "crop"), "e.g. color_crop"),  # an upload-sized value: a short message
-    (dict(dsa_strategy="_".join(f"op{i}" for i in range(10 ** 4))), "['op0', 'op1', 'op2', 'op3', 'op4'] and more"),
+    (dict(dsa_strategy="color_" * 600 + "crop"), "e.g. color_crop"),
+    (dict(dsa_strategy="_".join(f"op{i}" for i in range(600))), "['op0', 'op1', 'op2', 'op3', 'op4'] and more"),
+    (dict(dsa_strategy="color_" * 10 ** 5), "dsa_strategy is 600,000 characters long, more than 4,096"),  # upload-sized
+    (dict(method="mtt", mtt_unroll="x" * 10 ** 5), "unknown mtt_unroll 'xxxxxxxx"),
     (dict(method="mtt", expert_lr=0), "expert_lr must be > 0"),
     (dict(method="mtt", num_experts=1.5), "num_experts must be a whole number"),
     (dict(method="mtt", mtt_unroll="lazy"), "unknown mtt_unroll 'lazy'"),
