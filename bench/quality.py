@@ -68,8 +68,7 @@ def child_main(cfg: dict, threads: int, cache_dir: str) -> dict:
         raise PDDError(getattr(last, "message", "the run did not finish"), "see the message")
     return {"accuracies": last.accuracies, "lrs": lrs, "seconds": time.time() - t, "computed": last.computed_stages,
             "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "resolved": {"width": c.width, "max_train": c.max_train, "precision": c.precision,
-                         "eval_precision": c.eval_precision}}
+            "resolved": resolved_columns(c)}
 
 
 def child(cfg: dict, threads: int, cache_dir: str) -> dict:
@@ -122,16 +121,21 @@ def setting_of(row: dict, cfg: dict, resolved: dict, args) -> dict:
     """The SETTING columns of a row, as text (how the CSV holds them and how a resumed run recognises them)."""
     values = {**row, **resolved, "iterations": cfg["iterations"], "eval_epochs": cfg["eval_epochs"],
               "eval_models": cfg["eval_models"], "seeds": " ".join(map(str, args.seeds)),
-              "extra": json.dumps(args.extra, sort_keys=True)}
+              "extra": json.dumps({k: v for k, v in args.extra.items() if k != "dsa_strategy"}, sort_keys=True)}
     return {k: "" if values[k] is None else str(values[k]) for k in SETTING}
+
+
+def resolved_columns(c) -> dict:
+    """The SETTING columns a resolved config decides (its own column: the augmentation, not in ``extra``)."""
+    return {"width": c.width, "max_train": c.max_train, "precision": c.precision, "eval_precision": c.eval_precision,
+            "augmentation": c.dsa_strategy}
 
 
 def resolved_of(cfg: dict) -> dict:
     """What the config resolves to for the SETTING columns, without running it."""
     from pdd_engine import DistillConfig
     from pdd_engine.device import resolved
-    c = resolved(DistillConfig.make(cfg, other_methods="drop"))  # the arithmetic it will run in here
-    return {"width": c.width, "max_train": c.max_train, "precision": c.precision, "eval_precision": c.eval_precision}
+    return resolved_columns(resolved(DistillConfig.make(cfg, other_methods="drop")))  # auto: what runs here
 
 
 def measured(results: list[dict], row: dict) -> dict:

@@ -26,6 +26,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from bench.common import ROOT, read_rows
+from pdd_engine.config import FIELD_STRATEGY, auto_strategy
 from pdd_engine.results import SETTING, cells, comparisons, number
 
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -79,6 +80,8 @@ def setup(r: dict) -> str:
         parts.append(f"bf16 {'matching' if r['precision'] == 'bfloat16' else ''}"
                      f"{'+' if r['precision'] == r['eval_precision'] == 'bfloat16' else ''}"
                      f"{'evaluation' if r['eval_precision'] == 'bfloat16' else ''}")
+    if r["augmentation"] != FIELD_STRATEGY:
+        parts.append("no flip" if r["augmentation"] == auto_strategy(False) else f"augmentation {r['augmentation']}")
     extra = json.loads(r["extra"] or "{}")
     parts += [f"{k} {v}" for k, v in sorted(extra.items()) if k not in SETTING]
     return ", ".join(p for p in parts if p)

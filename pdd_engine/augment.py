@@ -90,15 +90,15 @@ PARAMS = {"color": 3, "crop": 2, "cutout": 2, "flip": 1, "scale": 2, "rotate": 1
 
 def mirror_note(ops: Sequence[str], mirrors: bool, title: str) -> Optional[str]:
     """The run's note where its augmentation mirrors images whose class a mirror changes (digits), else None.
-    The default keeps ``flip`` everywhere: the field's MTT, DM and PDD code do, and so do the numbers they
-    published; IDC's reference drops it on MNIST and SVHN. A researcher should know which one ran, and how
-    to choose the other (docs/methods.md, *Augmentation*)."""
+    ``auto`` drops ``flip`` there, as IDC's reference does on MNIST and SVHN; the field's MTT, DM and PDD code
+    keep it everywhere, and so do the numbers they published. A run that asks for it (a paper protocol)
+    should say what it costs and how to choose the other (docs/methods.md, *Augmentation*)."""
     if mirrors or "flip" not in ops:
         return None
     kept = "_".join(o for o in ops if o != "flip") or "none"
     return (f"augmentation: flip mirrors {title} images left to right, and a mirrored digit is not that digit. "
-            f"The field's MTT, DM and PDD code keep it (the default here); IDC's reference drops it on MNIST "
-            f"and SVHN. To drop it, set Augmentation to {kept} (--dsa-strategy {kept})")
+            f"The field's MTT, DM and PDD code keep it; IDC's reference and the auto default drop it. "
+            f"To drop it, set Augmentation to {kept} (--dsa-strategy {kept})")
 
 
 class DSA:

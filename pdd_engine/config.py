@@ -24,6 +24,7 @@ from .registry import (REGISTRY, Params, check_cap, check_value, find, get_metho
                        spec_of)
 
 DSA_OPS = ("color", "crop", "cutout", "flip", "scale", "rotate")
+FIELD_STRATEGY = "_".join(DSA_OPS)  # the field's strategy (DC/DSA, DM, MTT on every dataset)
 
 
 def strategy_ops(strategy: str) -> tuple[str, ...]:
@@ -66,8 +67,12 @@ class DistillConfig:
     lr_img: Optional[float] = setting(None, "Image learning rate", "step size of the synthetic pixels", positive=True)
     init: Literal["real", "noise"] = setting("real", "Initial images", "start from real images or from noise",
                                              shown="hidden")
-    dsa_strategy: str = setting("color_crop_cutout_flip_scale_rotate", "Augmentation",
-                                "DSA operations joined by '_' (color, crop, cutout, flip, scale, rotate), or none")
+    # auto: the field's six operations, without flip where the dataset declares that a mirror changes the
+    # class (DatasetSpec.mirrors: digits, MNIST, SVHN), as IDC's reference does; keys, records and manifests
+    # hold the resolved strategy (device.resolved), so an auto run and the same strategy typed out are one run
+    dsa_strategy: str = setting("auto", "Augmentation",
+                                "DSA operations joined by '_' (color, crop, cutout, flip, scale, rotate), or none; "
+                                f"auto: {FIELD_STRATEGY}, without flip on digits (a mirrored digit is not that digit)")
     zca: bool = setting(False, "ZCA whitening", "whiten images (ZCA), as the field does for CIFAR")
     image_size: Optional[int] = setting(None, "Image size in pixels", "resize every image to this many pixels per side "
                                         "(set it for mixed-size uploads)", minimum=4, maximum=128)
@@ -238,8 +243,13 @@ class DistillConfig:
         return self.effective_lr_img * (self.later_lr_scale if stage > 1 else 1.0)
 
     @property
+    def augmentation(self) -> str:
+        """The DSA strategy this config runs: ``dsa_strategy``, with ``auto`` resolved for its dataset."""
+        return self.dsa_strategy if self.dsa_strategy != "auto" else auto_strategy(find(self.dataset).mirrors)
+
+    @property
     def dsa_ops(self) -> tuple[str, ...]:
-        return strategy_ops(self.dsa_strategy)
+        return strategy_ops(self.augmentation)
 
     def replace(self, **changes: Any) -> "DistillConfig":
         """A copy with ``changes`` (flat names). A new method keeps the hyper-parameters it shares with
@@ -289,12 +299,22 @@ def declarations() -> list[tuple[str, Any, Any, dict]]:
     return [(f.name, hints[f.name], f.default, dict(f.metadata)) for f in fields(DistillConfig) if f.name != "params"]
 
 
-def augmentation_problem(strategy: str, field: str = "dsa_strategy") -> Optional[tuple[str, str]]:
+def auto_strategy(mirrors: bool) -> str:
+    """What ``dsa_strategy`` ``auto`` is on a dataset: the field's strategy, without flip where a mirror changes
+    what an image shows (``mirrors`` False). With flip, IDC's images on MNIST lost 3-6 points to a random subset
+    and PDD+MTT on digits fell below its P = 1 (docs/methods.md, *Augmentation*)."""
+    return FIELD_STRATEGY if mirrors else "_".join(op for op in strategy_ops(FIELD_STRATEGY) if op != "flip")
+
+
+def augmentation_problem(strategy: str, field: str = "dsa_strategy", auto: bool = True) -> Optional[tuple[str, str]]:
     """(problem, fix) where ``strategy`` is not operations joined by single '_', each known and named once
-    (or 'none'); else None. One rule for a config and a bundle's manifest; quotes stay short, whatever the
-    length of what was sent."""
+    (or 'none', or 'auto' where ``auto`` allows it: a config, not a manifest, which records what ran); else
+    None. One rule for a config and a bundle's manifest; quotes stay short, whatever the length of what was sent."""
+    if auto and strategy == "auto":
+        return None
     ops = strategy_ops(strategy)
-    fix = f"join names from {', '.join(DSA_OPS)} with single '_', or use 'none' for no augmentation"
+    fix = (f"join names from {', '.join(DSA_OPS)} with single '_', or use 'none' for no augmentation"
+           + (" or 'auto' for the dataset's default" if auto else ""))
     if strategy == "" or "" in ops:
         return f"{field} {strategy[:40]!r} has an empty name (nothing, or nothing between two '_')", fix
     unknown = list(dict.fromkeys(op[:24] for op in ops if op not in DSA_OPS))
@@ -396,7 +416,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # comparisons (its own P = 1, those images trained as long, its random curriculum) among the rows that
     # finish within about a quarter of an hour on 2 cores; it pins what its row set. The studio suggests it after the
     # default run (docs/benchmarks.md, "The default and the showcase").
-    "cpu-showcase": dict(dataset="mnist", max_train=10000, method="idc", width=32, lr_img=0.5),
+    "cpu-showcase": dict(dataset="mnist", max_train=10000, method="idc", width=32, lr_img=0.5,
+                         dsa_strategy=FIELD_STRATEGY),
     "cpu-mnist": dict(dataset="mnist", max_train=10000, iterations=200, eval_epochs=300, width=32),
     # The paper's GPU settings (PDD.md), P = 5: per-stage values from the public code, in float32 (the field's
     # protocol) wherever they run.

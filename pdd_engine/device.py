@@ -68,13 +68,14 @@ def resolve_precision(value: str, device: torch.device) -> str:
 
 
 def resolved(cfg):
-    """``cfg`` with ``auto`` arithmetic resolved for the device it runs on: what a run computes with, what its
-    keys, record and manifest say (an ``auto`` run on a bf16 processor is the bfloat16 run)."""
-    if "auto" not in (cfg.precision, cfg.eval_precision):
+    """``cfg`` with every ``auto`` resolved: the arithmetic for the device it runs on, the augmentation for its
+    dataset. What a run computes with, what its keys, record and manifest say (an ``auto`` run on a bf16
+    processor is the bfloat16 run; an ``auto`` augmentation on digits is the strategy without flip)."""
+    if "auto" not in (cfg.precision, cfg.eval_precision, cfg.dsa_strategy):
         return cfg
     device = resolve_device(cfg.device)
     return cfg.replace(precision=resolve_precision(cfg.precision, device),
-                       eval_precision=resolve_precision(cfg.eval_precision, device))
+                       eval_precision=resolve_precision(cfg.eval_precision, device), dsa_strategy=cfg.augmentation)
 
 
 # glibc mallopt parameters (malloc.h)

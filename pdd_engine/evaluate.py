@@ -77,7 +77,7 @@ class EvalProtocol:
     def from_config(cls, c: DistillConfig, size: int) -> "EvalProtocol":
         """The protocol of a config, for inputs of ``size`` pixels (which fixes an auto depth)."""
         return cls(c.eval_epochs, c.eval_models, c.eval_lr, c.eval_batch,
-                   c.dsa_strategy if c.eval_dsa else "none", c.seed, "convnet", c.depth_for(size), c.width, c.norm,
+                   c.augmentation if c.eval_dsa else "none", c.seed, "convnet", c.depth_for(size), c.width, c.norm,
                    precision=c.eval_precision)
 
     def to_dict(self) -> dict:

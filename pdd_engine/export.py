@@ -278,7 +278,7 @@ def check_manifest(m: Any, bundle: str, limits: Limits) -> None:
     for key, low, high in (("momentum", 0.0, 1.0), ("weight_decay", 0.0, 1.0)):
         if not (math.isfinite(e[key]) and low <= e[key] < high):
             raise bad(f"evaluation.{key}", f"is {e[key]}, not in [{low:g}, {high:g})")
-    if problem := augmentation_problem(e["dsa_strategy"] or "none", "it"):
+    if problem := augmentation_problem(e["dsa_strategy"] or "none", "it", auto=False):
         raise bad("evaluation.dsa_strategy", f"is invalid ({problem[0]})")
     for i, entry in enumerate(m["stage_entries"]):
         if not (math.isfinite(entry["eval_lr"]) and entry["eval_lr"] > 0):

@@ -23,7 +23,7 @@ import torch
 from . import runs
 from .augment import mirror_note
 from .cache import Store
-from .config import DistillConfig
+from .config import FIELD_STRATEGY, DistillConfig
 from .data import Dataset, dataset_for, dataset_info, to_uint8
 from .device import arithmetic, has_bf16, precision_note, resolve_device, resolved, tune_allocator
 from .errors import CacheError, Cancelled, PDDError
@@ -337,6 +337,9 @@ class Engine:
                                  f"{'this device has' if has_bf16(device) else 'no'} bf16 instructions)")
             if note := precision_note("eval_precision", cfg.eval_precision, device, "the evaluation"):
                 yield Message(0, note)
+            if asked.dsa_strategy == "auto" and cfg.dsa_strategy != FIELD_STRATEGY:
+                yield Message(0, f"augmentation: {cfg.dsa_strategy} (auto: without flip, since a mirrored {ds.name} "
+                                 f"image is not its class; set Augmentation to {FIELD_STRATEGY} for the field's)")
             if note := mirror_note(cfg.dsa_ops, find(cfg.dataset).mirrors, ds.name):
                 yield Message(0, note)
             proto = EvalProtocol.from_config(cfg, ds.size)

@@ -286,7 +286,7 @@ class MethodSpec:
     @classmethod
     def manifest(cls, cfg: "DistillConfig", size: int) -> dict:
         """What a bundle's manifest says about this method's images."""
-        return {"matching_augmentation": cfg.dsa_strategy, "training_form": "stored images are the training images",
+        return {"matching_augmentation": cfg.augmentation, "training_form": "stored images are the training images",
                 "resolved": {}}
 
 

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Optional
 
 # One row per measured setting; SETTING columns identify it (a row with the same values is not measured again).
+# ``augmentation`` is the DSA strategy that ran (``auto`` resolved); ``extra`` the other settings given to the bench.
 SETTING = ["dataset", "method", "stages", "ipc", "schedule", "protocol", "width", "max_train", "iterations",
-           "eval_epochs", "eval_models", "precision", "eval_precision", "seeds", "extra"]
+           "eval_epochs", "eval_models", "precision", "eval_precision", "augmentation", "seeds", "extra"]
 MEASURED = ["mean", "std", "random_mean", "random_std", "base_mean", "base_std", "base_epochs_mean", "base_epochs_std",
             "stage_ipc", "stage_mean", "stage_std", "stage_random", "stage_base", "stage_base_epochs", "learned_lr",
             "wall_s", "peak_mb", "machine", "commit", "date"]
@@ -71,7 +72,8 @@ def comparisons(row: dict, rows: list[dict]) -> dict[str, tuple[Optional[float],
     own = lambda r, k: (number(r[f"{k}mean"]), number(r[f"{k}std"]) or 0.0)  # noqa: E731
     out = {"pdd": own(row, ""), "random": own(row, "random_"), "base": own(row, "base_"),
            "epochs": own(row, "base_epochs_")}
-    same = ("dataset", "method", "ipc", "width", "max_train", "eval_models", "precision", "eval_precision", "seeds", "extra")
+    same = ("dataset", "method", "ipc", "width", "max_train", "eval_models", "precision", "eval_precision", "augmentation",
+            "seeds", "extra")
     p = int(row["stages"])
     split = p if row["protocol"] == "matched" else 1
     one = next((r for r in reversed(rows) if r["stages"] == "1" and all(r[k] == row[k] for k in same)
@@ -111,7 +113,7 @@ def settings_of(row: dict) -> dict:
     out = {"dataset": row["dataset"], "method": row["method"], "stages": int(row["stages"]), "ipc": int(row["ipc"]),
            "iterations": int(row["iterations"]), "eval_epochs": int(row["eval_epochs"]),
            "eval_models": int(row["eval_models"]), "width": int(row["width"]), "precision": row["precision"],
-           "eval_precision": row["eval_precision"]}
+           "eval_precision": row["eval_precision"], "dsa_strategy": row["augmentation"]}
     if row["schedule"]:
         out["stage_ipc"] = row["schedule"]
     if row["max_train"]:

@@ -165,7 +165,7 @@ def test_controls_are_the_schemas_settings_and_the_page_sends_them_by_name(studi
     assert "Iterations per stage must be a whole number" in studio.check(None, token, *controls)[0]
     controls[6 + names.index("iterations")] = 200
     at = 6 + names.index("dsa_strategy")  # a required text setting: its default in a text box, sent as typed
-    assert controls[at] == "color_crop_cutout_flip_scale_rotate"
+    assert controls[at] == "auto"
     controls[at] = "color_crop_scale_rotate"
     assert studio.settings_of(token, *controls)["dsa_strategy"] == "color_crop_scale_rotate"
     for emptied in ("", None, " "):  # an emptied text box is refused, not quietly the preset's augmentation

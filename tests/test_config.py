@@ -95,3 +95,24 @@ def test_absurd_learning_rates_warn_and_the_paper_presets_do_not():
     assert "expert_lr" not in text
     for name, values in PRESETS.items():
         assert learning_rate_warnings(DistillConfig.make(values)) == [], name
+
+
+def test_auto_augmentation_keeps_flip_only_where_a_mirror_keeps_the_class():
+    """``dsa_strategy`` auto is the field's strategy on photos and the same without flip on digits (the
+    datasets whose spec says a mirror changes the class); the keys see the resolved strategy, so auto and
+    the strategy typed out are one run, and the field's strategy on digits is another."""
+    from types import SimpleNamespace
+
+    from pdd_engine.config import FIELD_STRATEGY, auto_strategy
+    from pdd_engine.keys import Keys
+    assert auto_strategy(True) == FIELD_STRATEGY == "color_crop_cutout_flip_scale_rotate"
+    assert auto_strategy(False) == "color_crop_cutout_scale_rotate"
+    for name, flips in (("digits", False), ("mnist", False), ("svhn", False), ("cifar10", True)):
+        cfg = DistillConfig.make({"dataset": name})
+        assert cfg.dsa_strategy == "auto" and ("flip" in cfg.dsa_ops) is flips, name
+    ds = SimpleNamespace(fingerprint="f", size=8)
+    auto = Keys.of(DistillConfig.make({"stages": 1}), ds)
+    assert auto == Keys.of(DistillConfig.make({"stages": 1, "dsa_strategy": auto_strategy(False)}), ds)
+    assert auto.stage(1) != Keys.of(DistillConfig.make({"stages": 1, "dsa_strategy": FIELD_STRATEGY}), ds).stage(1)
+    with pytest.raises(ConfigError, match="or 'auto' for the dataset's default"):
+        DistillConfig.make({"dsa_strategy": "Auto"})

@@ -34,13 +34,16 @@ def test_a_table_renders_rows_and_says_when_there_are_none(tmp_path, monkeypatch
     row = {c: "" for c in COLUMNS}
     row.update(dataset="digits", method="dm", stages="1", ipc="10", protocol="paper", width="32", iterations="200",
                eval_epochs="300", eval_models="3", precision="float32", eval_precision="float32", seeds="0 1 2",
+               augmentation="color_crop_cutout_flip_scale_rotate",
                extra="{}", mean="97.00", std="0.40", random_mean="94.00", random_std="0.50", base_mean="97.00",
                base_std="0.40", base_epochs_mean="97.00", base_epochs_std="0.40", wall_s="60")
-    monkeypatch.setattr(report, "quality_rows", lambda: [row])
-    monkeypatch.setitem(report.TABLES, "quality", (lambda: [row], report.quality_table))
+    unflipped = {**row, "augmentation": "color_crop_cutout_scale_rotate", "mean": "97.50"}  # auto's on digits
+    monkeypatch.setattr(report, "quality_rows", lambda: [row, unflipped])
+    monkeypatch.setitem(report.TABLES, "quality", (lambda: [row, unflipped], report.quality_table))
     text = "<!-- table: quality dataset=digits -->\nold\n<!-- end table -->\n<!-- table: quality dataset=mnist -->\n<!-- end table -->"
     out = report.render(text)
     assert "| digits | 10 | DM | 1 | both | 200 | 300 | w32 | 97.0 ± 0.4 |" in out and "old" not in out
+    assert "| digits | 10 | DM | 1 | both | 200 | 300 | w32, no flip | 97.5 ± 0.4 |" in out  # its own line, named
     assert "No rows measured yet" in out.split("dataset=mnist")[1]
 
 
@@ -51,6 +54,7 @@ def test_the_stage_table_shows_each_setting_once_with_its_setup():
     row = {c: "" for c in COLUMNS}
     row.update(dataset="digits", method="mtt", stages="2", ipc="10", protocol="paper", width="32", iterations="200",
                eval_epochs="300", eval_models="3", precision="float32", eval_precision="float32", seeds="0 1 2",
+               augmentation="color_crop_cutout_flip_scale_rotate",
                extra="{}", stage_ipc="5;10", stage_mean="93.00;94.00", stage_random="90.0;94.0", learned_lr="0.01;0.02")
     newer = {**row, "stage_mean": "93.50;95.00"}
     knob = {**row, "extra": '{"later_lr_scale": 0.3}', "stage_mean": "93.50;95.20"}
@@ -64,13 +68,15 @@ def test_the_showcase_preset_is_the_row_the_rule_picks():
     whose smallest margin over its three comparisons is largest is the cpu-showcase preset, and that margin
     is positive. A re-measured table that picks another row fails here, so the preset and the docs' reading
     of it move together."""
-    from pdd_engine.config import PRESETS, preset
+    from pdd_engine.config import PRESETS, DistillConfig, preset
     from pdd_engine.results import gain, read_rows, settings_of, showcase
+    preset_default = lambda row: DistillConfig.make({"dataset": row["dataset"]}).augmentation  # noqa: E731
 
     rows = read_rows(ROOT / "bench" / "results" / "quality.csv")
     best = showcase(rows)
     assert best is not None and gain(best, rows) > 0
     cfg = preset("cpu-showcase")
     ran = {k: v for k, v in settings_of(best).items() if k not in ("precision", "eval_precision")}  # auto resolves
-    assert {k: getattr(cfg, k) for k in ran} == ran
-    assert set(PRESETS["cpu-showcase"]) >= set(json.loads(best["extra"]))  # the preset pins what its row set
+    assert {k: getattr(cfg.replace(dsa_strategy=cfg.augmentation), k) for k in ran} == ran
+    pinned = set(json.loads(best["extra"])) | ({"dsa_strategy"} if best["augmentation"] != preset_default(best) else set())
+    assert set(PRESETS["cpu-showcase"]) >= pinned  # the preset pins what its row set (an augmentation other than auto's)

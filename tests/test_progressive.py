@@ -237,10 +237,19 @@ def test_killed_process_resumes_at_first_unfinished_stage(tiny, tmp_path, digits
     assert resumed.computed_stages == [i for i in (1, 2, 3) if i not in finished]
 
 
-def test_a_run_that_mirrors_digits_says_so_once_and_one_without_flip_does_not(tiny, store):
-    said = lambda cfg: [e.text for e in events(cfg, store) if isinstance(e, E.Message) and "mirror" in e.text]  # noqa: E731
-    assert len(said(tiny(stages=1))) == 1
-    assert said(tiny(stages=1, dsa_strategy="color_crop_scale_rotate")) == []
+def test_auto_augmentation_drops_flip_on_digits_says_so_and_is_the_strategy_typed_out(tiny, store):
+    """``auto`` on digits runs without flip, says so once, and is the same run as that strategy typed out
+    (one cache entry, one record); the field's strategy on digits is noted once as a mirror; a strategy
+    without flip typed out gets neither line."""
+    from pdd_engine.config import FIELD_STRATEGY
+    lines = lambda cfg, word: [e.text for e in events(cfg, store) if isinstance(e, E.Message) and word in e.text]  # noqa: E731
+    auto = lines(tiny(stages=1), "auto: without flip")
+    assert len(auto) == 1 and "color_crop_cutout_scale_rotate" in auto[0] and FIELD_STRATEGY in auto[0]
+    typed = events(tiny(stages=1, dsa_strategy="color_crop_cutout_scale_rotate"), store)
+    assert done(typed).computed_stages == []  # auto's stage, from the cache
+    assert not [e for e in typed if isinstance(e, E.Message) and "auto: without flip" in e.text]
+    assert len(lines(tiny(stages=1, dsa_strategy=FIELD_STRATEGY), "mirrored digit")) == 1
+    assert lines(tiny(stages=1, dsa_strategy="color_crop_scale_rotate"), "mirror") == []
 
 
 def test_a_bfloat16_run_is_its_own_result_and_says_when_bf16_is_emulated(tiny, store, monkeypatch):
