@@ -110,7 +110,7 @@ def status_markdown(view: RunView, state: str, position: int = 0, timing: Option
     if state == "queued":
         return f"**Queued** — position {position} in line. The run starts when an engine slot is free."
     if view.failed:
-        return f"**Failed** — {view.failed.message}"
+        return f"**Failed** — {plain(view.failed.message)}"  # engine text can quote a visitor's input
     if view.stopped:
         kept = len(view.finished)
         return f"**Stopped** — {kept} finished stage(s) are cached; press Resume to continue from them."
@@ -133,7 +133,7 @@ def status_markdown(view: RunView, state: str, position: int = 0, timing: Option
     elif view.iteration:
         detail = f"iteration {view.iteration}/{view.iterations}{clock(timing)}"
     else:
-        detail = "preparing" + (f" — {view.messages[-1].split(': ', 1)[-1]}" if view.messages else "")
+        detail = "preparing" + (f" — {plain(view.messages[-1].split(': ', 1)[-1])}" if view.messages else "")
     return f"**Running** — stage {stage}/{view.stages}{cached}: {detail}"
 
 

@@ -67,6 +67,10 @@ def test_run_view_folds_events_and_renders():
     tie = dict(last, mean=0.605, std=0.01)
     assert "0.5 points behind DM alone (P=1) (within the std: no clear difference)" in render.final_line(tie, "dm")
     assert "Queued" in render.status_markdown(view, "queued", 3) and "position 3" in render.status_markdown(view, "queued", 3)
+    quoted = "unknown dataset '![x](https://elsewhere.example/p.png)'"  # engine text quoting a visitor's input
+    for view_ in (render.RunView(failed=E.Failed(quoted)), render.RunView(stages=2, current=1, messages=[f"0: {quoted}"])):
+        shown = render.status_markdown(view_, "running")
+        assert "elsewhere" in shown and "![x](" not in shown and "\\!\\[x\\]\\(" in shown  # text, never an image
     running = render.RunView.of(fake_stream()[:8])  # stage 2, iteration 10/10
     line = render.status_markdown(running, "running", timing=(12.4, 5.2))
     assert line.endswith("iteration 10/10 · 12 s into this stage, iterations done in about 5 s (its evaluation follows)")
