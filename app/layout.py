@@ -141,7 +141,7 @@ def build(studio: Studio) -> gr.Blocks:
                     res_dataset, res_method, res_ipc = (gr.Dropdown([ALL], value=ALL, label=label, scale=1)
                                                         for label in ("Dataset", "Method", "IPC"))
                 res_empty = gr.Markdown(elem_id="pdd-results-empty")
-                res_df = gr.Dataframe(headers=["dataset", "IPC", "method", "P", "protocol", "PDD %", "P = 1 %",
+                res_df = gr.Dataframe(headers=["dataset", "IPC", "method", "P", "protocol", "setup", "PDD %", "P = 1 %",
                                                "Δ P = 1", "P = 1, same epochs %", "Δ same epochs", "own random %",
                                                "Δ random", "seeds", "wall s"], interactive=False, elem_id="pdd-results")
                 with gr.Row():

@@ -399,7 +399,8 @@ class Studio:
                 continue
             p = int(r["stages"])
             name = f"{'PDD+' if p > 1 else ''}{r['method'].upper()}"
-            rows.append([r["dataset"], r["ipc"], name, p, r["protocol"] if p > 1 else "both", pm(r["pdd"]), pm(r["base"]),
+            rows.append([r["dataset"], r["ipc"], name, p, r["protocol"] if p > 1 else "both", r["setup"], pm(r["pdd"]),
+                         pm(r["base"]),
                          d(r["pdd"], r["base"]) if p > 1 else "–", pm(r["epochs"]),
                          d(r["pdd"], r["epochs"]) if p > 1 else "–", pm(r["random"]), d(r["pdd"], r["random"]),
                          len(r["seeds"].split()), r["wall_s"]])

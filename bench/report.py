@@ -26,8 +26,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from bench.common import ROOT, read_rows
-from pdd_engine.config import FIELD_STRATEGY, auto_strategy
-from pdd_engine.results import SETTING, cells, comparisons, number
+from pdd_engine.results import SETTING, cells, comparisons, number, setup
 
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BLOCK = re.compile(r"(<!-- table: (\w+)((?: [\w.]+=[^ >]*)*) -->\n)(.*?)(<!-- end table -->)", re.S)
@@ -71,20 +70,6 @@ def latest(rows: list[dict]) -> list[dict]:
     for r in rows:
         out[tuple(r[k] for k in SETTING)] = r
     return list(out.values())
-
-
-def setup(r: dict) -> str:
-    """What else the row ran with, in short: the real pool, the width, the arithmetic, other settings."""
-    parts = [f"pool {int(r['max_train']):,}" if r["max_train"] else "", f"w{r['width']}"]
-    if (r["precision"], r["eval_precision"]) != ("float32", "float32"):
-        parts.append(f"bf16 {'matching' if r['precision'] == 'bfloat16' else ''}"
-                     f"{'+' if r['precision'] == r['eval_precision'] == 'bfloat16' else ''}"
-                     f"{'evaluation' if r['eval_precision'] == 'bfloat16' else ''}")
-    if r["augmentation"] != FIELD_STRATEGY:
-        parts.append("no flip" if r["augmentation"] == auto_strategy(False) else f"augmentation {r['augmentation']}")
-    extra = json.loads(r["extra"] or "{}")
-    parts += [f"{k} {v}" for k, v in sorted(extra.items()) if k not in SETTING]
-    return ", ".join(p for p in parts if p)
 
 
 def quality_table(rows: list[dict]) -> str:

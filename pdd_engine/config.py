@@ -20,16 +20,9 @@ from typing import Any, Literal, Mapping, Optional, get_args
 
 from . import datasets, methods  # noqa: F401  (the registries, filled by their sources)
 from .errors import ConfigError
+from .strategy import DSA_OPS, FIELD_STRATEGY, auto_strategy, strategy_ops  # noqa: F401  (read from here too)
 from .registry import (REGISTRY, Params, check_cap, check_value, find, get_method, owners, reserve, setting,
                        spec_of)
-
-DSA_OPS = ("color", "crop", "cutout", "flip", "scale", "rotate")
-FIELD_STRATEGY = "_".join(DSA_OPS)  # the field's strategy (DC/DSA, DM, MTT on every dataset)
-
-
-def strategy_ops(strategy: str) -> tuple[str, ...]:
-    """A DSA strategy's operations: names joined by '_'; 'none' (or nothing, in older bundles) for none."""
-    return () if strategy in ("", "none") else tuple(strategy.split("_"))
 
 
 Norm = Literal["instance", "batch", "none"]
@@ -297,13 +290,6 @@ def declarations() -> list[tuple[str, Any, Any, dict]]:
     """(name, type, default, metadata) of every shared field (``params`` aside), in order."""
     hints = typing.get_type_hints(DistillConfig)
     return [(f.name, hints[f.name], f.default, dict(f.metadata)) for f in fields(DistillConfig) if f.name != "params"]
-
-
-def auto_strategy(mirrors: bool) -> str:
-    """What ``dsa_strategy`` ``auto`` is on a dataset: the field's strategy, without flip where a mirror changes
-    what an image shows (``mirrors`` False). With flip, IDC's images on MNIST lost 3-6 points to a random subset
-    and PDD+MTT on digits fell below its P = 1 (docs/methods.md, *Augmentation*)."""
-    return FIELD_STRATEGY if mirrors else "_".join(op for op in strategy_ops(FIELD_STRATEGY) if op != "flip")
 
 
 def augmentation_problem(strategy: str, field: str = "dsa_strategy", auto: bool = True) -> Optional[tuple[str, str]]:

@@ -16,6 +16,8 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from .strategy import describe
+
 # One row per measured setting; SETTING columns identify it (a row with the same values is not measured again).
 # ``augmentation`` is the DSA strategy that ran (``auto`` resolved); ``extra`` the other settings given to the bench.
 SETTING = ["dataset", "method", "stages", "ipc", "schedule", "protocol", "width", "max_train", "iterations",
@@ -106,6 +108,19 @@ def showcase(rows: list[dict]) -> Optional[dict]:
     over the three comparisons is largest (None when no row has all three)."""
     fit = [(g, r) for r in rows if (number(r["wall_s"]) or 0) <= SHOWCASE_MAX_WALL_S and (g := gain(r, rows)) is not None]
     return max(fit, key=lambda gr: gr[0], default=(None, None))[1]
+
+
+def setup(row: dict) -> str:
+    """What else the row ran with, in short (the docs' tables and the studio's Results tab): the real pool, the
+    width, the arithmetic, an augmentation other than the field's, the other settings given to the bench."""
+    parts = [f"pool {int(row['max_train']):,}" if row["max_train"] else "", f"w{row['width']}"]
+    if (row["precision"], row["eval_precision"]) != ("float32", "float32"):
+        parts.append(f"bf16 {'matching' if row['precision'] == 'bfloat16' else ''}"
+                     f"{'+' if row['precision'] == row['eval_precision'] == 'bfloat16' else ''}"
+                     f"{'evaluation' if row['eval_precision'] == 'bfloat16' else ''}")
+    parts.append(describe(row["augmentation"]))
+    parts += [f"{k} {v}" for k, v in sorted(json.loads(row["extra"] or "{}").items()) if k not in SETTING]
+    return ", ".join(p for p in parts if p)
 
 
 def settings_of(row: dict) -> dict:

@@ -352,13 +352,13 @@ def test_the_results_tab_shows_a_row_and_its_button_fills_the_distil_tab(studio,
     row = {c: "" for c in COLUMNS}
     row.update(dataset="mnist", method="mtt", stages="2", ipc="10", protocol="paper", width="32", max_train="10000",
                iterations="200", eval_epochs="300", eval_models="3", precision="float32", eval_precision="float32",
-               seeds="0 1 2", extra="{}", mean="95.10", std="0.30", random_mean="93.00", random_std="0.40",
+               augmentation="color_crop_cutout_scale_rotate", seeds="0 1 2", extra='{"lr_img": 0.5}', mean="95.10", std="0.30", random_mean="93.00", random_std="0.40",
                base_mean="94.00", base_std="0.20", base_epochs_mean="94.50", base_epochs_std="0.20", stage_ipc="5;10",
                stage_mean="92.00;95.10", stage_std="0.5;0.3", stage_random="90.00;93.00", wall_s="600")
     append_row(tmp_path / "quality.csv", COLUMNS, row)
     monkeypatch.setattr(studio.service, "results_csv", tmp_path / "quality.csv")
     rows, pick, empty = studio.results_table()
-    assert rows == [["mnist", "10", "PDD+MTT", 2, "paper", "95.1 ± 0.3", "94.0 ± 0.2", "+1.1", "94.5 ± 0.2", "+0.6",
+    assert rows == [["mnist", "10", "PDD+MTT", 2, "paper", "pool 10,000, w32, no flip, lr_img 0.5", "95.1 ± 0.3", "94.0 ± 0.2", "+1.1", "94.5 ± 0.2", "+0.6",
                      "93.0 ± 0.4", "+2.1", 3, "600"]] and empty == ""
     assert studio.results_table("digits")[0] == [] and "No benchmark rows match" in studio.results_table("digits")[2]
     fig = studio.result_curve(pick["value"])
@@ -370,6 +370,7 @@ def test_the_results_tab_shows_a_row_and_its_button_fills_the_distil_tab(studio,
     adv = filled[4:-1]
     assert adv[names.index("max_train")] == "10000" and adv[names.index("iterations")] == 200
     assert adv[names.index("eval_precision")] == "float32"
+    assert adv[names.index("dsa_strategy")] == "color_crop_cutout_scale_rotate" and adv[names.index("lr_img")] == "0.5"
 
 
 def test_after_the_default_run_the_studio_points_to_the_showcase(studio):
