@@ -143,7 +143,9 @@ def build(studio: Studio) -> gr.Blocks:
                 res_empty = gr.Markdown(elem_id="pdd-results-empty")
                 res_df = gr.Dataframe(headers=["dataset", "IPC", "method", "P", "protocol", "setup", "PDD %", "P = 1 %",
                                                "Δ P = 1", "P = 1, same epochs %", "Δ same epochs", "own random %",
-                                               "Δ random", "seeds", "wall s"], interactive=False, elem_id="pdd-results")
+                                               "Δ random", "seeds", "wall s"], interactive=False, elem_id="pdd-results",
+                                      wrap=True, column_widths=["75px", "45px", "85px", "35px", "80px", "150px", "100px", "100px", "70px",
+                                                                "100px", "70px", "100px", "70px", "55px", "65px"])
                 with gr.Row():
                     res_pick = gr.Dropdown([], label="Row", scale=3, elem_id="pdd-results-pick")
                     res_use = gr.Button("Use these settings", scale=1, elem_id="pdd-results-use")

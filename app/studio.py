@@ -405,7 +405,7 @@ class Studio:
                          d(r["pdd"], r["epochs"]) if p > 1 else "–", pm(r["random"]), d(r["pdd"], r["random"]),
                          len(r["seeds"].split()), r["wall_s"]])
             choices.append((f"{r['dataset']} IPC {r['ipc']} {name} P={p} {r['protocol']} ({r['iterations']} it, "
-                            f"{r['eval_epochs']} ep)", str(i)))
+                            f"{r['eval_epochs']} ep; {r['setup']})", str(i)))
         empty = "" if rows else ("**No benchmark rows match.** `python -m bench.quality` measures them "
                                  "(docs/benchmarks.md).")
         return rows, gr.update(choices=choices, value=choices[0][1] if choices else None), empty

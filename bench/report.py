@@ -26,7 +26,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from bench.common import ROOT, read_rows
-from pdd_engine.results import SETTING, cells, comparisons, number, setup
+from pdd_engine.results import SETTING, cells, comparisons, latest, number, setup
 
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BLOCK = re.compile(r"(<!-- table: (\w+)((?: [\w.]+=[^ >]*)*) -->\n)(.*?)(<!-- end table -->)", re.S)
@@ -62,14 +62,6 @@ def delta(a: tuple, b: tuple) -> str:
         return "–"
     d = a[0] - b[0]
     return f"{d:+.1f}{' ✓' if abs(d) > max(a[1], b[1]) else ''}"
-
-
-def latest(rows: list[dict]) -> list[dict]:
-    """One row per setting, the newest measurement of it, in the order settings were first measured."""
-    out: dict[tuple, dict] = {}
-    for r in rows:
-        out[tuple(r[k] for k in SETTING)] = r
-    return list(out.values())
 
 
 def quality_table(rows: list[dict]) -> str:

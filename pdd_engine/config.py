@@ -65,7 +65,8 @@ class DistillConfig:
     # hold the resolved strategy (device.resolved), so an auto run and the same strategy typed out are one run
     dsa_strategy: str = setting("auto", "Augmentation",
                                 "DSA operations joined by '_' (color, crop, cutout, flip, scale, rotate), or none; "
-                                f"auto: {FIELD_STRATEGY}, without flip on digits (a mirrored digit is not that digit)")
+                                f"auto: {FIELD_STRATEGY}, without flip on digit datasets (digits, MNIST, SVHN: a mirrored "
+                                "digit is not that digit)")
     zca: bool = setting(False, "ZCA whitening", "whiten images (ZCA), as the field does for CIFAR")
     image_size: Optional[int] = setting(None, "Image size in pixels", "resize every image to this many pixels per side "
                                         "(set it for mixed-size uploads)", minimum=4, maximum=128)

@@ -110,6 +110,14 @@ def showcase(rows: list[dict]) -> Optional[dict]:
     return max(fit, key=lambda gr: gr[0], default=(None, None))[1]
 
 
+def latest(rows: list[dict]) -> list[dict]:
+    """One row per setting, the newest measurement of it, in the order settings were first measured."""
+    out: dict[tuple, dict] = {}
+    for r in rows:
+        out[tuple(r[k] for k in SETTING)] = r
+    return list(out.values())
+
+
 def setup(row: dict) -> str:
     """What else the row ran with, in short (the docs' tables and the studio's Results tab): the real pool, the
     width, the arithmetic, an augmentation other than the field's, the other settings given to the bench."""
