@@ -1,4 +1,4 @@
-"""Command line: ``python -m pdd_engine {distill,evaluate,preview,fetch,presets,runs}``.
+"""Command line: ``python -m pdd_engine {distill,evaluate,preview,fetch,presets,runs,results}``.
 
 Every config field is a flag (``--syn-steps 30``); a preset supplies the rest.
 """
@@ -14,6 +14,7 @@ os.environ.update(openmp_defaults(os.environ))
 
 import argparse
 import json
+import shlex
 import sys
 import time
 import typing
@@ -37,6 +38,10 @@ from .manifest import evaluation_table
 from .preview import montage, preview_dataset
 from .progressive import run
 from .registry import all_params, base_type, get_method, owners
+from .results import read_rows, views
+
+# the benchmark's rows, where a checkout keeps them (python -m bench.quality appends to it)
+RESULTS_CSV = Path(__file__).resolve().parents[1] / "bench" / "results" / "quality.csv"
 
 
 def _flag_type(t: Any) -> Any:
@@ -291,6 +296,55 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def distill_command(settings: dict) -> str:
+    """The ``pdd distill`` command line of a benchmark row's settings (what the studio's *Use these settings*
+    puts on the Distil tab)."""
+    flags = []
+    for name, value in settings.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + name.replace("_", "-"))
+        elif value is not None:
+            flags += [flag, shlex.quote(str(value))]
+    return "python -m pdd_engine distill " + " ".join(flags)
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    """``results``: the benchmark's measured settings (the studio's Results tab), filtered; ``--command N``
+    prints the command that runs row N's settings."""
+    path = Path(args.results)
+    if not path.exists():
+        raise PDDError(f"no benchmark results at {path}", "pass --results PATH to a quality.csv that "
+                       "python -m bench.quality wrote")
+    rows = list(enumerate(views(read_rows(path))))
+    if args.command is not None:
+        if not 0 <= args.command < len(rows):
+            raise PDDError(f"no row {args.command} (rows are numbered 0 to {len(rows) - 1})",
+                           "take the number from the first column of `pdd results`")
+        print(distill_command(rows[args.command][1]["settings"]))
+        return 0
+    want = {"dataset": args.dataset, "method": args.method, "ipc": args.ipc}
+    rows = [(i, r) for i, r in rows if all(v is None or str(v) == r[k] for k, v in want.items())]
+    if args.json:
+        print(json.dumps([{"row": i, **{k: r[k] for k in ("dataset", "method", "stages", "ipc", "protocol", "setup",
+                                                           "pdd", "base", "epochs", "random", "gain", "settings")}}
+                          for i, r in rows]))
+        return 0
+    pm = lambda v: "–" if v[0] is None else f"{v[0]:.1f} ± {v[1]:.1f}"  # noqa: E731
+    d = lambda r, k: "–" if int(r["stages"]) == 1 and k != "random" or None in (r["pdd"][0], r[k][0]) \
+        else f"{r['pdd'][0] - r[k][0]:+.1f}"  # noqa: E731
+    print("| row | dataset | IPC | method | P | protocol | setup | PDD % | P = 1 % | Δ | P = 1 same epochs % | Δ | "
+          "random % | Δ |\n" + "| --- " * 14 + "|")
+    for i, r in rows:
+        p = int(r["stages"])
+        print(f"| {i} | {r['dataset']} | {r['ipc']} | {'PDD+' if p > 1 else ''}{r['method'].upper()} | {p} | "
+              f"{r['protocol'] if p > 1 else 'both'} | {r['setup']} | {pm(r['pdd'])} | {pm(r['base'])} | {d(r, 'base')} | "
+              f"{pm(r['epochs'])} | {d(r, 'epochs')} | {pm(r['random'])} | {d(r, 'random')} |")
+    if not rows:
+        print("no rows match", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pdd", description="Progressive Dataset Distillation")
     p.add_argument("--debug", action="store_true", help="print tracebacks of internal errors")
@@ -333,6 +387,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="list/show: JSON instead of text")
     r.add_argument("--cache-dir")
     r.set_defaults(func=cmd_runs)
+    b = sub.add_parser("results", help="the benchmark's measured rows (the studio's Results tab); --command N runs one")
+    b.add_argument("--dataset")
+    b.add_argument("--method")
+    b.add_argument("--ipc", type=int)
+    b.add_argument("--command", type=int, metavar="N", help="print the `distill` command of row N's settings")
+    b.add_argument("--json", action="store_true", help="the rows as JSON")
+    b.add_argument("--results", default=str(RESULTS_CSV), help="the rows' CSV (default: this checkout's "
+                   "bench/results/quality.csv)")
+    b.set_defaults(func=cmd_results)
     return p
 
 

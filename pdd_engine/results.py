@@ -142,3 +142,11 @@ def settings_of(row: dict) -> dict:
     if row["max_train"]:
         out["max_train"] = int(row["max_train"])
     return {**json.loads(row["extra"] or "{}"), **out}
+
+
+def views(rows: list[dict]) -> list[dict]:
+    """Each measured setting once (its newest row), with PDD and its three comparisons as (mean, std) in %, its
+    smallest margin over them (``gain``), its engine settings and its setup in short: what the studio's Results
+    tab and ``pdd results`` show."""
+    return [{**r, **comparisons(r, rows), "gain": gain(r, rows), "settings": settings_of(r), "setup": setup(r)}
+            for r in latest(rows)]

@@ -45,7 +45,7 @@ from . import events as E
 from .book import RunBook, RunRecord, compare_table, config_differences, shown_dataset
 from .errors import PDDError
 from .manifest import evaluation_table, manifest_arch
-from .results import comparisons, gain, latest, read_rows, settings_of, setup
+from .results import read_rows, views
 from .settings import env
 
 WORKER = "pdd_engine.worker"
@@ -662,9 +662,7 @@ class Service:
         """The benchmark's measured settings (bench/results/quality.csv, each setting's newest row, as the docs'
         tables), each with PDD and its three comparisons as (mean, std) in % and its smallest margin over them
         (``gain``), its settings and its setup in short: what the Results tab shows."""
-        rows = read_rows(self.results_csv) if self.results_csv else []
-        return [{**r, **comparisons(r, rows), "gain": gain(r, rows), "settings": settings_of(r), "setup": setup(r)}
-                for r in latest(rows)]
+        return views(read_rows(self.results_csv)) if self.results_csv else []
 
     # -- bundles -------------------------------------------------------------------------------------
     def bundle_path(self, upload: Optional[str], run_key: str, owner: str) -> tuple[str, Optional[str]]:

@@ -302,3 +302,41 @@ def test_user_data_bundle_carries_no_local_path_and_evaluates_with_data(tiny, st
     assert len(evaluate_bundle(out, epochs=1, models=1, data=str(data))) == 2
     assert main(["evaluate", str(out), "--epochs", "1", "--models", "1", "--data", str(data)]) == 0
     assert "| same as exported |" in capsys.readouterr().out
+
+
+def test_cli_results_lists_the_benchmark_and_prints_a_rows_command(tmp_path, capsys):
+    """`pdd results` is the studio's Results tab in the CLI: each setting's newest row with its comparisons and
+    setup, filtered; `--command N` prints a `distill` command whose flags give back row N's settings (the tab's
+    Use these settings); a missing file or row is a one-line error naming the fix."""
+    import shlex
+
+    from pdd_engine.__main__ import build_parser, config_from_args
+    from pdd_engine.results import COLUMNS, append_row
+    csv_path = tmp_path / "quality.csv"
+    row = {c: "" for c in COLUMNS}
+    row.update(dataset="digits", method="dm", stages="1", ipc="10", protocol="paper", width="32", iterations="200",
+               eval_epochs="300", eval_models="3", precision="float32", eval_precision="float32",
+               augmentation="color_crop_cutout_flip_scale_rotate", seeds="0 1 2", extra="{}", mean="96.00",
+               std="0.40", random_mean="94.00", random_std="0.50", base_mean="96.00", base_std="0.40")
+    idc = {**row, "method": "idc", "stages": "2", "precision": "bfloat16", "augmentation": "color_crop_cutout_scale_rotate",
+           "extra": '{"filter_easy": true, "lr_img": 0.5}', "mean": "97.00", "base_mean": "96.50", "base_std": "0.20",
+           "base_epochs_mean": "96.80", "base_epochs_std": "0.10", "schedule": "6,4"}
+    for r in (row, {**row, "mean": "96.50", "base_mean": "96.50"}, idc):  # the first is measured again: shown once, the newest
+        append_row(csv_path, COLUMNS, r)
+    assert main(["results", "--results", str(csv_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| 0 | digits | 10 | DM | 1 | both | w32 | 96.5 ± 0.4 |" in out and "96.0 ± 0.4" not in out
+    assert "| 1 | digits | 10 | PDD+IDC | 2 | paper | w32, bf16 matching, no flip, filter_easy True, lr_img 0.5 | " \
+           "97.0 ± 0.4 | 96.5 ± 0.2 | +0.5 | 96.8 ± 0.1 | +0.2 | 94.0 ± 0.5 | +3.0 |" in out
+    assert main(["results", "--results", str(csv_path), "--method", "idc", "--json"]) == 0
+    assert [r["row"] for r in json.loads(capsys.readouterr().out)] == [1]
+    assert main(["results", "--results", str(csv_path), "--command", "1"]) == 0
+    command = capsys.readouterr().out.strip()
+    assert command.startswith("python -m pdd_engine distill ") and "--filter-easy" in command
+    cfg = config_from_args(build_parser().parse_args(shlex.split(command)[3:]))
+    assert (cfg.method, cfg.stages, cfg.stage_ipc, cfg.lr_img, cfg.filter_easy, cfg.dsa_strategy, cfg.precision,
+            cfg.eval_precision) == ("idc", 2, (6, 4), 0.5, True, "color_crop_cutout_scale_rotate", "bfloat16", "float32")
+    assert main(["results", "--results", str(csv_path), "--command", "2"]) == 2
+    assert "no row 2 (rows are numbered 0 to 1)" in capsys.readouterr().err
+    assert main(["results", "--results", str(tmp_path / "none.csv")]) == 2
+    assert "Fix: pass --results PATH" in capsys.readouterr().err
