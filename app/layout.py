@@ -136,7 +136,8 @@ def build(studio: Studio) -> gr.Blocks:
                 gr.Markdown("Where PDD gains and where it does not: the benchmark's measured rows (3 seeds each; "
                             "`docs/benchmarks.md` says how they were run). Each PDD row stands beside its base method "
                             "alone (P = 1), those P = 1 images trained as long as PDD's curriculum, and its own random "
-                            "curriculum; Δ in points. Pick a row to see its per-stage curve, or to run it yourself.")
+                            "curriculum; Δ in points, ✓ where it is larger than both standard deviations. Pick a "
+                            "row to see its per-stage curve, or to run it yourself.")
                 with gr.Row():
                     res_dataset, res_method, res_ipc = (gr.Dropdown([ALL], value=ALL, label=label, scale=1)
                                                         for label in ("Dataset", "Method", "IPC"))

@@ -391,19 +391,14 @@ class Studio:
         """The benchmark's rows matching the filters (PDD beside its three comparisons, differences in points),
         and the row picker."""
         rows, choices = [], []
-        pm = lambda m_s: "–" if m_s[0] is None else f"{m_s[0]:.1f} ± {m_s[1]:.1f}"  # noqa: E731
-        d = lambda a, b: "–" if a[0] is None or b[0] is None else f"{a[0] - b[0]:+.1f}"  # noqa: E731
         for i, r in enumerate(self.service.results()):
             if (dataset, method, ipc) != (ALL, ALL, ALL) and not all(
                     want in (ALL, r[k]) for k, want in (("dataset", dataset), ("method", method), ("ipc", ipc))):
                 continue
             p = int(r["stages"])
             name = f"{'PDD+' if p > 1 else ''}{r['method'].upper()}"
-            rows.append([r["dataset"], r["ipc"], name, p, r["protocol"] if p > 1 else "both", r["setup"], pm(r["pdd"]),
-                         pm(r["base"]),
-                         d(r["pdd"], r["base"]) if p > 1 else "–", pm(r["epochs"]),
-                         d(r["pdd"], r["epochs"]) if p > 1 else "–", pm(r["random"]), d(r["pdd"], r["random"]),
-                         len(r["seeds"].split()), r["wall_s"]])
+            rows.append([r["dataset"], r["ipc"], name, p, r["protocol"] if p > 1 else "both", r["setup"],
+                         *r["cells"], len(r["seeds"].split()), r["wall_s"]])
             choices.append((f"{r['dataset']} IPC {r['ipc']} {name} P={p} {r['protocol']} ({r['iterations']} it, "
                             f"{r['eval_epochs']} ep; {r['setup']})", str(i)))
         empty = "" if rows else ("**No benchmark rows match.** `python -m bench.quality` measures them "

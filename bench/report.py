@@ -26,7 +26,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from bench.common import ROOT, read_rows
-from pdd_engine.results import SETTING, cells, comparisons, latest, number, setup
+from pdd_engine.results import SETTING, cells, comparison_cells, comparisons, delta, latest, number, pm, setup
 
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BLOCK = re.compile(r"(<!-- table: (\w+)((?: [\w.]+=[^ >]*)*) -->\n)(.*?)(<!-- end table -->)", re.S)
@@ -52,18 +52,6 @@ def speed_rows() -> list[dict]:
     return read_rows(CSV, COLUMNS)
 
 
-def pm(mean: Optional[float], std: Optional[float]) -> str:
-    return "–" if mean is None else f"{mean:.1f} ± {std:.1f}"
-
-
-def delta(a: tuple, b: tuple) -> str:
-    """Difference of means in points, with ✓ when it is larger than both standard deviations."""
-    if a[0] is None or b[0] is None:
-        return "–"
-    d = a[0] - b[0]
-    return f"{d:+.1f}{' ✓' if abs(d) > max(a[1], b[1]) else ''}"
-
-
 def quality_table(rows: list[dict]) -> str:
     """One line per setting (its newest measurement): PDD beside its three comparisons and the differences."""
     everything = rows
@@ -78,10 +66,8 @@ def quality_table(rows: list[dict]) -> str:
         protocol = "both" if p == 1 else r["protocol"]
         later = json.loads(r["extra"] or "{}").get("later_iterations") or int(r["iterations"])  # the knob's rows
         out.append(f"| {r['dataset']} | {r['ipc']} | {name} | {stages} | {protocol} | {int(r['iterations']) + later * (p - 1)} | "
-                   f"{int(r['eval_epochs']) * p} | {setup(r)} | {pm(*c['pdd'])} | {pm(*c['base'])} | "
-                   f"{'–' if p == 1 else delta(c['pdd'], c['base'])} | {pm(*c['epochs'])} | "
-                   f"{'–' if p == 1 else delta(c['pdd'], c['epochs'])} | {pm(*c['random'])} | "
-                   f"{delta(c['pdd'], c['random'])} | {len(r['seeds'].split())} | {r['wall_s']} |")
+                   f"{int(r['eval_epochs']) * p} | {setup(r)} | {' | '.join(comparison_cells(r, c))} | "
+                   f"{len(r['seeds'].split())} | {r['wall_s']} |")
     return "\n".join(out)
 
 

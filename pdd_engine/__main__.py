@@ -330,16 +330,12 @@ def cmd_results(args: argparse.Namespace) -> int:
                                                            "pdd", "base", "epochs", "random", "gain", "settings")}}
                           for i, r in rows]))
         return 0
-    pm = lambda v: "–" if v[0] is None else f"{v[0]:.1f} ± {v[1]:.1f}"  # noqa: E731
-    d = lambda r, k: "–" if int(r["stages"]) == 1 and k != "random" or None in (r["pdd"][0], r[k][0]) \
-        else f"{r['pdd'][0] - r[k][0]:+.1f}"  # noqa: E731
     print("| row | dataset | IPC | method | P | protocol | setup | PDD % | P = 1 % | Δ | P = 1 same epochs % | Δ | "
           "random % | Δ |\n" + "| --- " * 14 + "|")
     for i, r in rows:
         p = int(r["stages"])
         print(f"| {i} | {r['dataset']} | {r['ipc']} | {'PDD+' if p > 1 else ''}{r['method'].upper()} | {p} | "
-              f"{r['protocol'] if p > 1 else 'both'} | {r['setup']} | {pm(r['pdd'])} | {pm(r['base'])} | {d(r, 'base')} | "
-              f"{pm(r['epochs'])} | {d(r, 'epochs')} | {pm(r['random'])} | {d(r, 'random')} |")
+              f"{r['protocol'] if p > 1 else 'both'} | {r['setup']} | {' | '.join(r['cells'])} |")
     if not rows:
         print("no rows match", file=sys.stderr)
     return 0

@@ -110,6 +110,26 @@ def showcase(rows: list[dict]) -> Optional[dict]:
     return max(fit, key=lambda gr: gr[0], default=(None, None))[1]
 
 
+def pm(mean: Optional[float], std: Optional[float]) -> str:
+    return "–" if mean is None else f"{mean:.1f} ± {std:.1f}"
+
+
+def delta(a: tuple, b: tuple) -> str:
+    """Difference of means in points, with ✓ when it is larger than both standard deviations."""
+    if a[0] is None or b[0] is None:
+        return "–"
+    d = a[0] - b[0]
+    return f"{d:+.1f}{' ✓' if abs(d) > max(a[1], b[1]) else ''}"
+
+
+def comparison_cells(row: dict, c: dict) -> list[str]:
+    """PDD, P = 1, Δ, P = 1 same epochs, Δ, own random, Δ: a row's figures as every table shows them (the
+    docs', the Results tab's, ``pdd results``'), from its ``comparisons``."""
+    p1 = int(row["stages"]) == 1
+    return [pm(*c["pdd"]), pm(*c["base"]), "–" if p1 else delta(c["pdd"], c["base"]), pm(*c["epochs"]),
+            "–" if p1 else delta(c["pdd"], c["epochs"]), pm(*c["random"]), delta(c["pdd"], c["random"])]
+
+
 def latest(rows: list[dict]) -> list[dict]:
     """One row per setting, the newest measurement of it, in the order settings were first measured."""
     out: dict[tuple, dict] = {}
@@ -148,5 +168,5 @@ def views(rows: list[dict]) -> list[dict]:
     """Each measured setting once (its newest row), with PDD and its three comparisons as (mean, std) in %, its
     smallest margin over them (``gain``), its engine settings and its setup in short: what the studio's Results
     tab and ``pdd results`` show."""
-    return [{**r, **comparisons(r, rows), "gain": gain(r, rows), "settings": settings_of(r), "setup": setup(r)}
-            for r in latest(rows)]
+    return [{**r, **c, "cells": comparison_cells(r, c), "gain": gain(r, rows), "settings": settings_of(r),
+             "setup": setup(r)} for r in latest(rows) for c in (comparisons(r, rows),)]

@@ -359,8 +359,8 @@ def test_the_results_tab_shows_a_row_and_its_button_fills_the_distil_tab(studio,
     append_row(tmp_path / "quality.csv", COLUMNS, row)  # the newest is the one shown, once
     monkeypatch.setattr(studio.service, "results_csv", tmp_path / "quality.csv")
     rows, pick, empty = studio.results_table()
-    assert rows == [["mnist", "10", "PDD+MTT", 2, "paper", "pool 10,000, w32, no flip, lr_img 0.5", "95.1 ± 0.3", "94.0 ± 0.2", "+1.1", "94.5 ± 0.2", "+0.6",
-                     "93.0 ± 0.4", "+2.1", 3, "600"]] and empty == ""
+    assert rows == [["mnist", "10", "PDD+MTT", 2, "paper", "pool 10,000, w32, no flip, lr_img 0.5", "95.1 ± 0.3", "94.0 ± 0.2", "+1.1 ✓", "94.5 ± 0.2",
+                     "+0.6 ✓", "93.0 ± 0.4", "+2.1 ✓", 3, "600"]] and empty == ""
     assert studio.results_table("digits")[0] == [] and "No benchmark rows match" in studio.results_table("digits")[2]
     fig = studio.result_curve(pick["value"])
     assert [t.name for t in fig.data] == ["PDD+MTT", "MTT alone (P=1)", "MTT alone, trained as long", "random real subset"]

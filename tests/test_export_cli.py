@@ -327,7 +327,7 @@ def test_cli_results_lists_the_benchmark_and_prints_a_rows_command(tmp_path, cap
     out = capsys.readouterr().out
     assert "| 0 | digits | 10 | DM | 1 | both | w32 | 96.5 ± 0.4 |" in out and "96.0 ± 0.4" not in out
     assert "| 1 | digits | 10 | PDD+IDC | 2 | paper | w32, bf16 matching, no flip, filter_easy True, lr_img 0.5 | " \
-           "97.0 ± 0.4 | 96.5 ± 0.2 | +0.5 | 96.8 ± 0.1 | +0.2 | 94.0 ± 0.5 | +3.0 |" in out
+           "97.0 ± 0.4 | 96.5 ± 0.2 | +0.5 ✓ | 96.8 ± 0.1 | +0.2 | 94.0 ± 0.5 | +3.0 ✓ |" in out
     assert main(["results", "--results", str(csv_path), "--method", "idc", "--json"]) == 0
     assert [r["row"] for r in json.loads(capsys.readouterr().out)] == [1]
     assert main(["results", "--results", str(csv_path), "--command", "1"]) == 0
