@@ -20,10 +20,9 @@ from typing import Any, Literal, Mapping, Optional, get_args
 
 from . import datasets, methods  # noqa: F401  (the registries, filled by their sources)
 from .errors import ConfigError
-from .strategy import DSA_OPS, FIELD_STRATEGY, auto_strategy, strategy_ops  # noqa: F401  (read from here too)
 from .registry import (REGISTRY, Params, check_cap, check_value, find, get_method, owners, reserve, setting,
                        spec_of)
-
+from .strategy import DSA_OPS, FIELD_STRATEGY, auto_strategy, strategy_ops
 
 Norm = Literal["instance", "batch", "none"]
 Device = Literal["auto", "cpu", "cuda"]

@@ -17,10 +17,11 @@ import torch.nn as nn
 
 from . import models
 from .augment import DSA
-from .config import DistillConfig, strategy_ops
+from .config import DistillConfig
 from .data import Dataset
 from .device import arithmetic
 from .errors import PDDError
+from .strategy import FIELD_STRATEGY, strategy_ops
 from .training import (SGD, accuracy, make_sgd, seed_of, stacked_forward, train_epochs,  # noqa: F401
                        train_together, trains_together)
 
@@ -63,7 +64,7 @@ class EvalProtocol:
     models: int = 5
     lr: float = 0.01  # used where a stage carries no learned lr
     batch: int = 256
-    dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
+    dsa_strategy: str = FIELD_STRATEGY
     seed: int = 0
     family: str = "convnet"
     depth: int = 3

@@ -23,7 +23,7 @@ import torch
 from . import runs
 from .augment import mirror_note
 from .cache import Store
-from .config import FIELD_STRATEGY, DistillConfig
+from .config import DistillConfig
 from .data import Dataset, dataset_for, dataset_info, to_uint8
 from .device import arithmetic, has_bf16, precision_note, resolve_device, resolved, tune_allocator
 from .errors import CacheError, Cancelled, PDDError
@@ -35,6 +35,7 @@ from .keys import Keys
 from .records import eval_check, stage_check
 from .registry import find
 from .settings import env
+from .strategy import FIELD_STRATEGY
 from .methods import StageContext, get_method
 from .methods.base import Memo
 from .training import SGD, predict, seed_of

@@ -103,7 +103,7 @@ def test_auto_augmentation_keeps_flip_only_where_a_mirror_keeps_the_class():
     the strategy typed out are one run, and the field's strategy on digits is another."""
     from types import SimpleNamespace
 
-    from pdd_engine.config import FIELD_STRATEGY, auto_strategy
+    from pdd_engine.strategy import FIELD_STRATEGY, auto_strategy
     from pdd_engine.keys import Keys
     assert auto_strategy(True) == FIELD_STRATEGY == "color_crop_cutout_flip_scale_rotate"
     assert auto_strategy(False) == "color_crop_cutout_scale_rotate"

@@ -241,7 +241,7 @@ def test_auto_augmentation_drops_flip_on_digits_says_so_and_is_the_strategy_type
     """``auto`` on digits runs without flip, says so once, and is the same run as that strategy typed out
     (one cache entry, one record); the field's strategy on digits is noted once as a mirror; a strategy
     without flip typed out gets neither line."""
-    from pdd_engine.config import FIELD_STRATEGY
+    from pdd_engine.strategy import FIELD_STRATEGY
     lines = lambda cfg, word: [e.text for e in events(cfg, store) if isinstance(e, E.Message) and word in e.text]  # noqa: E731
     auto = lines(tiny(stages=1), "auto: without flip")
     assert len(auto) == 1 and "color_crop_cutout_scale_rotate" in auto[0] and FIELD_STRATEGY in auto[0]
