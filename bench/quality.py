@@ -59,14 +59,17 @@ def child_main(cfg: dict, threads: int, cache_dir: str) -> dict:
     torch.set_num_threads(threads)
     t = time.time()
     c = resolved(DistillConfig.make(cfg, other_methods="drop"))  # --extra may name another method's settings
-    lrs, last = [], None
+    lrs, warnings, last = [], [], None
     for ev in run(c, Store(cache_dir, size_limit_gb=64)):
         if isinstance(ev, E.StageFinished):
             lrs.append(ev.learned_lr)
+        elif isinstance(ev, E.Message) and ev.text.startswith("warning"):
+            warnings.append(f"{ev.where}: {ev.text}")
         last = ev
     if not isinstance(last, E.Done):
         raise PDDError(getattr(last, "message", "the run did not finish"), "see the message")
-    return {"accuracies": last.accuracies, "lrs": lrs, "seconds": time.time() - t, "computed": last.computed_stages,
+    return {"accuracies": last.accuracies, "lrs": lrs, "warnings": warnings, "seconds": time.time() - t,
+            "computed": last.computed_stages,
             "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "resolved": resolved_columns(c)}
 
@@ -174,7 +177,10 @@ def run_row(row: dict, args) -> dict | None:
 
     def one_seed(seed: int) -> dict | None:
         try:
-            return child({**cfg, "seed": seed}, args.threads, args.cache_dir)
+            out = child({**cfg, "seed": seed}, args.threads, args.cache_dir)
+            for warning in out.get("warnings", []):  # a seed's unstable matching, said beside its row
+                print(f"  {label(row)} seed {seed}: {warning}", file=sys.stderr, flush=True)
+            return out
         except RuntimeError as e:
             print(f"  {label(row)} seed {seed}: {e}", file=sys.stderr, flush=True)
             return None

@@ -268,6 +268,10 @@ class Engine:
             tensors, meta = hit
             for it, loss in meta["losses"]:
                 yield Progress(i, it + 1, self.cfg.iterations_at(i), loss, phase)
+        warning = get_method(self.cfg.method).health(self.cfg, meta["losses"], meta["lr"])
+        if warning is not None:
+            where = "" if phase == "stage" else "the base method alone (P=1): "
+            yield Message(i, f"warning: {where}{warning.removeprefix('warning: ')}")
         union.add(tensors, meta["lr"])
 
     def notes(self, stage: int) -> Iterator[Event]:

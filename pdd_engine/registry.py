@@ -263,6 +263,13 @@ class MethodSpec:
         return []
 
     @classmethod
+    def health(cls, cfg: "DistillConfig", losses: list[list[float]], learned_lr: float) -> Optional[str]:
+        """A warning when a finished stage's matching went wrong without failing (its recorded
+        ``[iteration, loss]`` pairs and learned step size say so), else None. Read from the stored
+        stage, so a replayed stage says it again."""
+        return None
+
+    @classmethod
     def advice(cls, cfg: "DistillConfig") -> str:
         """What to change when this method's loss diverges (named in the run's one-line failure)."""
         return "lower lr_img"

@@ -447,3 +447,19 @@ def test_a_stop_in_the_base_curriculum_keeps_its_finished_steps(tiny, store, dig
     evs = list(engine.base(digits, Keys.of(cfg, digits), 2, torch.device("cpu")))
     assert any(isinstance(e, E.Message) and "from cache" in e.text for e in evs)
     assert len(ran) == cfg.eval_models  # only the step left: one unit per network
+
+
+def test_an_unstable_mtt_stage_warns_when_computed_and_again_when_replayed(tiny, store, monkeypatch):
+    """The method's health check reads the stage as stored: a computed stage whose matching overshot warns at
+    its end, and the same stage replayed from the cache warns again (for the base method alone too)."""
+    from pdd_engine.methods import mtt
+    warnings = lambda evs: [e.text for e in evs if isinstance(e, E.Message) and "matching was unstable" in e.text]  # noqa: E731
+    cfg = tiny(method="mtt", stages=1, iterations=30, lr_img=3000.0)  # its second iteration overshoots (loss 2.1)
+    assert warnings(events(cfg, store)) == []  # once is an unlucky draw
+    monkeypatch.setattr(mtt, "OVERSHOOTS", 1)
+    assert warnings(events(cfg, store)) != []  # replayed: the same history, read with the new rule
+    store2 = type(store)(store.directory.parent / "second")
+    computed = events(tiny(method="mtt", stages=2, iterations=30, lr_img=3000.0, compare_base="final"), store2)
+    found = warnings(computed)
+    assert found and found[0].startswith("warning: the trajectory")
+    assert any(t.startswith("warning: the base method alone (P=1): the trajectory") for t in found)
