@@ -104,9 +104,11 @@ SHOWCASE_MAX_WALL_S = 2400
 
 
 def showcase(rows: list[dict]) -> Optional[dict]:
-    """The row the ``cpu-showcase`` preset runs: of the rows that fit its time, the one whose smallest gain
-    over the three comparisons is largest (None when no row has all three)."""
-    fit = [(g, r) for r in rows if (number(r["wall_s"]) or 0) <= SHOWCASE_MAX_WALL_S and (g := gain(r, rows)) is not None]
+    """The row the ``cpu-showcase`` preset runs: of the rows measured on a CPU that fit its time, the one whose
+    smallest gain over the three comparisons is largest (None when no row has all three). A GPU row's wall
+    time says nothing about 2 cores."""
+    fit = [(g, r) for r in rows if not gpu_of(r) and (number(r["wall_s"]) or 0) <= SHOWCASE_MAX_WALL_S
+           and (g := gain(r, rows)) is not None]
     return max(fit, key=lambda gr: gr[0], default=(None, None))[1]
 
 
@@ -138,10 +140,18 @@ def latest(rows: list[dict]) -> list[dict]:
     return list(out.values())
 
 
+def gpu_of(row: dict) -> str:
+    """The GPU a row ran on, or "" for a CPU row: the machine line's part after the torch version
+    (``bench.common.machine_line``: "16 CPUs ..., torch 2.11.0+cu130, NVIDIA H200")."""
+    parts = row.get("machine", "").split(", ")
+    return parts[2] if len(parts) > 2 and parts[1].startswith("torch ") else ""
+
+
 def setup(row: dict) -> str:
-    """What else the row ran with, in short (the docs' tables and the studio's Results tab): the real pool, the
-    width, the arithmetic, an augmentation other than the field's, the other settings given to the bench."""
-    parts = [f"pool {int(row['max_train']):,}" if row["max_train"] else "", f"w{row['width']}"]
+    """What else the row ran with, in short (the docs' tables and the studio's Results tab): the GPU if not a
+    CPU, the real pool, the width, the arithmetic, an augmentation other than the field's, the other settings
+    given to the bench."""
+    parts = [gpu_of(row), f"pool {int(row['max_train']):,}" if row["max_train"] else "", f"w{row['width']}"]
     if (row["precision"], row["eval_precision"]) != ("float32", "float32"):
         parts.append(f"bf16 {'matching' if row['precision'] == 'bfloat16' else ''}"
                      f"{'+' if row['precision'] == row['eval_precision'] == 'bfloat16' else ''}"

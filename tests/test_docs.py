@@ -80,3 +80,19 @@ def test_the_showcase_preset_is_the_row_the_rule_picks():
     assert {k: getattr(cfg.replace(dsa_strategy=cfg.augmentation), k) for k in ran} == ran
     pinned = set(json.loads(best["extra"])) | ({"dsa_strategy"} if best["augmentation"] != preset_default(best) else set())
     assert set(PRESETS["cpu-showcase"]) >= pinned  # the preset pins what its row set (an augmentation other than auto's)
+
+
+def test_a_gpu_row_says_so_and_is_never_the_cpu_showcase():
+    """Rows from a lent GPU (bench/gpu_check.sh) share the results file: their setup names the GPU, and the
+    showcase rule, which reads wall time as 2 cores' time, leaves them out whatever they gain."""
+    from pdd_engine.results import COLUMNS, gain, setup, showcase
+    row = {c: "" for c in COLUMNS}
+    row.update(dataset="mnist", method="mtt", stages="2", ipc="10", protocol="paper", width="128", iterations="200",
+               eval_epochs="300", eval_models="3", precision="bfloat16", eval_precision="bfloat16", seeds="0 1 2",
+               augmentation="color_crop_cutout_scale_rotate", extra="{}", mean="97.00", std="0.10", random_mean="94.00",
+               random_std="0.20", base_mean="96.00", base_std="0.10", base_epochs_mean="96.00", base_epochs_std="0.10",
+               wall_s="188", machine="16 CPUs Intel(R) Xeon(R), torch 2.11.0+cu130, NVIDIA H200")
+    cpu = {**row, "machine": "2 CPUs AMD EPYC (AVX-512 BF16), torch 2.14.1+cu130", "mean": "96.50"}
+    assert setup(row).startswith("NVIDIA H200, w128") and setup(cpu).startswith("w128")
+    assert gain(row, [row, cpu]) > gain(cpu, [row, cpu]) > 0
+    assert showcase([row, cpu]) is cpu and showcase([row]) is None
