@@ -85,6 +85,12 @@ class RunView:
         elif isinstance(ev, E.Stopped):
             self.stopped = ev
 
+    @property
+    def warnings(self) -> list[str]:
+        """The engine's run-time warnings ("stage 1: warning: ..."), each once, in order: a result that may be
+        worse than it looks (an unstable MTT matching) must reach the page, not only the log."""
+        return list(dict.fromkeys(m for m in self.messages if m.split(": ", 1)[-1].startswith("warning: ")))
+
     @classmethod
     def of(cls, events: list) -> "RunView":
         view = cls()
@@ -105,8 +111,19 @@ class RunView:
 
 
 def status_markdown(view: RunView, state: str, position: int = 0, timing: Optional[tuple] = None) -> str:
-    """The one-line status; ``timing``: (seconds into this stage, seconds its iterations still need or
-    None), measured by the job manager from the events' arrival."""
+    """The one-line status, then the run's warnings, if any; ``timing``: (seconds into this stage, seconds its
+    iterations still need or None), measured by the job manager from the events' arrival."""
+    line = status_line(view, state, position, timing)
+    shown = view.warnings[:MAX_WARNINGS]
+    more = len(view.warnings) - len(shown)
+    return line + "".join(f"\n\n**Warning** — {plain(w.replace('warning: ', '', 1))}" for w in shown) + (
+        f"\n\n(and {more} more warning(s))" if more > 0 else "")
+
+
+MAX_WARNINGS = 3  # a status line stays readable; the rest are counted
+
+
+def status_line(view: RunView, state: str, position: int, timing: Optional[tuple]) -> str:
     if state == "queued":
         return f"**Queued** — position {position} in line. The run starts when an engine slot is free."
     if view.failed:

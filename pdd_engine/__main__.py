@@ -153,6 +153,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     store = Store(cfg.cache_dir)
     bar: Optional[tqdm | LogProgress] = None
     bar_phase = ""
+    warnings: dict[str, None] = {}  # the run's warnings, each once: repeated beside the result
     for ev in run(cfg, store):
         if isinstance(ev, E.RunStarted):
             print(f"{ev.run_key}  {cfg.dataset} / {cfg.method} / P={cfg.stages} / IPC={cfg.ipc}", file=sys.stderr)
@@ -172,6 +173,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
             bar.update(ev.iteration - bar.n)
         elif isinstance(ev, E.Message) and (not args.quiet or ev.text.startswith("warning")):
             tqdm.write(f"  {ev.where}: {ev.text}", file=sys.stderr)
+            if ev.text.startswith("warning: "):
+                warnings[f"{ev.where}: {ev.text.removeprefix('warning: ')}"] = None
         elif isinstance(ev, E.StageEvaluated):
             if bar is not None:
                 bar.close()
@@ -189,10 +192,12 @@ def cmd_distill(args: argparse.Namespace) -> int:
             return 2
         elif isinstance(ev, E.Done):
             print(format_table(ev.accuracies, cfg.method))
+            for w in warnings:  # a result that may be worse than it looks is said beside it, not only scrolled past
+                print(f"warning: {w}", file=sys.stderr)
             print(f"\n{ev.seconds:.1f} s; computed stages {ev.computed_stages or 'none (all from cache)'}", file=sys.stderr)
             if args.json:
                 print(json.dumps({"run_key": ev.run_key, "accuracies": ev.accuracies, "seconds": ev.seconds,
-                                  "computed_stages": ev.computed_stages}))
+                                  "computed_stages": ev.computed_stages, "warnings": list(warnings)}))
     if args.out:
         path = export_bundle(cfg, args.out, store)
         print(f"bundle written to {path}", file=sys.stderr)

@@ -34,6 +34,24 @@ def fake_stream():
             E.StageEvaluated(2, [0.7, 0.7], [0.5, 0.6], 2, [0.6, 0.62], [0.66, 0.68])]
 
 
+def test_the_engines_warnings_reach_the_status_once_each_and_as_text():
+    """A run-time warning (an unstable MTT matching: images that may be far worse than they look) stays under
+    the status line from the stage that raised it to Done, each once (a replayed stage says it again), as
+    literal text, at most MAX_WARNINGS of them and a count of the rest."""
+    warn = "warning: the trajectory matching was unstable [see](https://elsewhere.example). Fix: lower lr_img"
+    stream = fake_stream()[:6] + [E.Message(1, warn), E.Message(1, "expert 1/2 trained"), E.Message(1, warn)]
+    view = render.RunView.of(stream)
+    assert view.warnings == [f"stage 1: {warn}"]
+    view.apply(E.Done("run:abc", [{"mean": 0.7, "std": 0.0, "random_mean": 0.5, "random_std": 0.0}], 2.0, [1, 2]))
+    shown = render.status_markdown(view, "done")
+    assert shown.startswith("**Done** in 2.0 s") and shown.count("**Warning** — stage 1: the trajectory matching") == 1
+    assert "expert 1" not in shown and "](" not in shown  # not markup: a warning can quote a visitor's input
+    assert "**Warning**" not in render.status_markdown(render.RunView.of(fake_stream()), "running")
+    many = render.RunView(stages=2, current=2, messages=[f"stage {s}: warning: {s}" for s in range(1, 7)])
+    shown = render.status_markdown(many, "running")
+    assert shown.count("**Warning**") == render.MAX_WARNINGS and f"(and {6 - render.MAX_WARNINGS} more warning(s))" in shown
+
+
 def test_run_view_folds_events_and_renders():
     view = render.RunView.of(fake_stream())
     assert view.stages == 2 and view.cached_stages == {2} and sorted(view.evals) == [1, 2]

@@ -122,6 +122,7 @@ def test_cli_distill_evaluate_and_errors(tmp_path, capsys):
             in out)
     result = json.loads(out.strip().splitlines()[-1])
     first, last = result["accuracies"]
+    assert result["warnings"] == []
     assert first["base_mean"] is None and first["base_std"] is None  # the base runs at the final stage by default
     assert {"mean", "std", "random_mean", "random_std", "base_mean", "base_std", "base_epochs_mean",
             "base_epochs_std"} <= set(last)
@@ -340,3 +341,19 @@ def test_cli_results_lists_the_benchmark_and_prints_a_rows_command(tmp_path, cap
     assert "no row 2 (rows are numbered 0 to 1)" in capsys.readouterr().err
     assert main(["results", "--results", str(tmp_path / "none.csv")]) == 2
     assert "Fix: pass --results PATH" in capsys.readouterr().err
+
+
+def test_cli_repeats_a_runs_warnings_beside_its_result_and_in_its_json(tmp_path, capsys, monkeypatch):
+    """An unstable MTT matching warns when its stage ends and again under the result table (with --quiet too),
+    and --json lists it: a result that may be worse than it looks is not only a line scrolled past."""
+    from pdd_engine.methods import mtt
+    monkeypatch.setattr(mtt, "OVERSHOOTS", 1)  # this tiny run overshoots once (tests/test_progressive.py)
+    args = ["distill", "--method", "mtt", "--stages", "1", "--ipc", "2", "--iterations", "30", "--lr-img", "3000",
+            "--num-experts", "2", "--syn-steps", "5", "--max-start-epoch", "2", "--expert-epochs", "1",
+            "--eval-epochs", "5", "--eval-models", "1", "--cache-dir", str(tmp_path / "c"), "--quiet", "--json"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out.strip().splitlines()[-1])
+    assert len(result["warnings"]) == 1 and result["warnings"][0].startswith("stage 1: the trajectory matching was unstable")
+    tail = captured.err.split("warning: stage 1: the trajectory matching was unstable")
+    assert len(tail) == 2 and "computed stages" in tail[1]  # repeated after the table, before the time line
