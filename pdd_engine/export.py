@@ -113,6 +113,8 @@ def build_manifest(cfg: DistillConfig, ds: Dataset, stages: list, evals: list, r
             # its images trained for as many epochs as the curriculum up to this stage, if the run compared
             "base_method_same_epochs_accuracy": _acc(eacc), "base_method_same_epochs": i * proto.epochs,
             "distill_seconds": meta["seconds"], "real_examples_kept": meta["real_kept"],
+            # what the run warned of about this stage's matching (an unstable MTT matching), else None
+            "matching_warning": get_method(cfg.method).health(cfg, meta["losses"], meta["lr"]),
         })
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

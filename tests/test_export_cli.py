@@ -130,7 +130,7 @@ def test_cli_distill_evaluate_and_errors(tmp_path, capsys):
     assert 0 < last["base_epochs_mean"] <= 1 and first["base_epochs_mean"] is None  # 2 x 5 epochs: stage 2 only
     stage2 = load_bundle(tmp_path / "b.zip").manifest["stage_entries"][1]
     assert stage2["base_method_same_epochs_accuracy"]["mean"] == last["base_epochs_mean"]
-    assert stage2["base_method_same_epochs"] == 10
+    assert stage2["base_method_same_epochs"] == 10 and stage2["matching_warning"] is None
     assert main(args[:-1] + ["--compare-base", "every"]) == 0  # stage 1's base is PDD's stage 1: served from cache
     every = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 1 |")][0]
     assert every.split("|")[3] == every.split("|")[4]
@@ -350,10 +350,13 @@ def test_cli_repeats_a_runs_warnings_beside_its_result_and_in_its_json(tmp_path,
     monkeypatch.setattr(mtt, "OVERSHOOTS", 1)  # this tiny run overshoots once (tests/test_progressive.py)
     args = ["distill", "--method", "mtt", "--stages", "1", "--ipc", "2", "--iterations", "30", "--lr-img", "3000",
             "--num-experts", "2", "--syn-steps", "5", "--max-start-epoch", "2", "--expert-epochs", "1",
-            "--eval-epochs", "5", "--eval-models", "1", "--cache-dir", str(tmp_path / "c"), "--quiet", "--json"]
+            "--eval-epochs", "5", "--eval-models", "1", "--cache-dir", str(tmp_path / "c"), "--quiet", "--json",
+            "--out", str(tmp_path / "b.zip")]
     assert main(args) == 0
     captured = capsys.readouterr()
     result = json.loads(captured.out.strip().splitlines()[-1])
     assert len(result["warnings"]) == 1 and result["warnings"][0].startswith("stage 1: the trajectory matching was unstable")
     tail = captured.err.split("warning: stage 1: the trajectory matching was unstable")
     assert len(tail) == 2 and "computed stages" in tail[1]  # repeated after the table, before the time line
+    entry = load_bundle(tmp_path / "b.zip").manifest["stage_entries"][0]  # and the bundle says it of its stage
+    assert entry["matching_warning"].startswith("warning: the trajectory matching was unstable")
