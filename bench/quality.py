@@ -120,6 +120,21 @@ def row_config(row: dict, args) -> dict:
             "iterations": max(1, args.iterations // split), "eval_epochs": max(1, args.eval_epochs // split)}
 
 
+def memory_share(args) -> dict:
+    """Each child's part of the memory (``max_memory_gb``) when several run at once: a child plans for what it
+    sees free (an MTT unroll takes up to half of it, full rather than bounded), so three MTT seeds at IPC 50 on
+    a 23 GB machine would each plan a 7.8 GB full unroll against 19 GB free, 23 GB together. With a share
+    each picks the bounded unroll, which gives the same result (``mtt_unroll`` is in no key). A budget in
+    ``--extra`` is the user's."""
+    parts = args.jobs * args.seed_jobs
+    if parts == 1 or "max_memory_gb" in args.extra:
+        return {}
+    import torch
+    from pdd_engine.methods.unroll import available_memory_bytes
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return {"max_memory_gb": round(available_memory_bytes(device, None) / 2 ** 30 / parts, 2)}
+
+
 def setting_of(row: dict, cfg: dict, resolved: dict, args) -> dict:
     """The SETTING columns of a row, as text (how the CSV holds them and how a resumed run recognises them)."""
     values = {**row, **resolved, "iterations": cfg["iterations"], "eval_epochs": cfg["eval_epochs"],
@@ -174,10 +189,11 @@ def measured(results: list[dict], row: dict) -> dict:
 
 def run_row(row: dict, args) -> dict | None:
     cfg = row_config(row, args)
+    budget = memory_share(args)  # for the children only: not a setting of the row
 
     def one_seed(seed: int) -> dict | None:
         try:
-            out = child({**cfg, "seed": seed}, args.threads, args.cache_dir)
+            out = child({**cfg, **budget, "seed": seed}, args.threads, args.cache_dir)
             for warning in out.get("warnings", []):  # a seed's unstable matching, said beside its row
                 print(f"  {label(row)} seed {seed}: {warning}", file=sys.stderr, flush=True)
             return out

@@ -122,3 +122,29 @@ def test_a_whole_run_row_says_how_busy_it_kept_the_cores():
     from tests.conftest import TINY
     r = m_run({"cfg": dict(TINY, dataset="digits", method="dm", compare_base="final")})
     assert r["cpu_s"] > 0 and 0 < r["busy"] <= 1.0 + 1e-6 and r["seconds"] > 0
+
+
+def test_children_at_once_share_the_memory_so_each_plans_its_own_unroll(monkeypatch):
+    """Three seeds at once each plan against their third of the free memory (so MTT at IPC 50 picks the
+    bounded unroll, the same result, instead of three full ones that do not fit together); a lone child
+    and a budget the user gave in --extra are left alone; the share is not a setting of the row."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from bench import quality
+    from pdd_engine import models
+    from pdd_engine.methods import unroll
+    free = unroll.available_memory_bytes
+    monkeypatch.setattr(unroll, "available_memory_bytes",  # a machine with 19 GB free, as this one
+                        lambda device, override: 19 * 2 ** 30 if override is None else free(device, override))
+    args = SimpleNamespace(jobs=1, seed_jobs=3, extra={"width": 32})
+    share = quality.memory_share(args)
+    assert share == {"max_memory_gb": pytest.approx(19 / 3, abs=0.01)}
+    net = models.build_model(1, 10, 28, 3, 32, "instance")
+    plans = [unroll.plan(net, 1, 28, 500, 20, "auto", torch.device("cpu"), gb) for gb in (None, share["max_memory_gb"])]
+    assert not plans[0].bounded and 3 * plans[0].need > 19 * 2 ** 30  # alone: full, and three would not fit
+    assert plans[1].bounded and 3 * plans[1].need < 19 * 2 ** 30
+    assert quality.memory_share(SimpleNamespace(jobs=1, seed_jobs=1, extra={})) == {}
+    assert quality.memory_share(SimpleNamespace(jobs=1, seed_jobs=3, extra={"max_memory_gb": 4})) == {}
+    assert "max_memory_gb" not in quality.SETTING
