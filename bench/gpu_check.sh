@@ -9,9 +9,13 @@
 # working; its numbers are not figures. Each step has a time limit (seconds, from the environment:
 # GPU_CHECK_SPEED_S, GPU_CHECK_QUALITY_S) and a failed or cut step is reported, never fatal, so one
 # run on a lent GPU always brings back a results file. GPU_CHECK_STEPS picks steps (default
-# tests,speed,quality): on an H100 tests + speed take about 4 minutes and the quality table about 6
-# to 8, so a 10-minute call limit needs two calls. MNIST comes from PDD_DATA_DIR (or is fetched:
-# python -m pdd_engine fetch mnist).
+# tests,speed,quality): the CUDA tests take under a minute; speed was cut at 200 s on an H100; the first
+# quality row (PDD+MTT P = 2 at IPC 10, 3 seeds at once, with its P = 1 and random comparisons) took
+# about 11 minutes on an H200 over two calls, the second resuming from the first's engine cache on the
+# still-warm machine (GPU_CHECK_CACHE=/tmp/...; its P = 1 row then came from that cache in 15 s), so a
+# 15-minute device budget holds the tests and about that one row. MNIST comes from PDD_DATA_DIR (or
+# is fetched: python -m pdd_engine fetch mnist); a device with no network needs the IDX files (.gz
+# works) and diskcache's wheel carried beside the checkout.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 TINY=0
