@@ -113,14 +113,18 @@ class RunView:
 def status_markdown(view: RunView, state: str, position: int = 0, timing: Optional[tuple] = None) -> str:
     """The one-line status, then the run's warnings, if any; ``timing``: (seconds into this stage, seconds its
     iterations still need or None), measured by the job manager from the events' arrival."""
-    line = status_line(view, state, position, timing)
-    shown = view.warnings[:MAX_WARNINGS]
-    more = len(view.warnings) - len(shown)
-    return line + "".join(f"\n\n**Warning** — {plain(w.replace('warning: ', '', 1))}" for w in shown) + (
-        f"\n\n(and {more} more warning(s))" if more > 0 else "")
+    return status_line(view, state, position, timing) + warnings_markdown(
+        [w.replace("warning: ", "", 1) for w in view.warnings])
 
 
 MAX_WARNINGS = 3  # a status line stays readable; the rest are counted
+
+
+def warnings_markdown(warnings: list[str]) -> str:
+    """Warnings ("stage 1: ...") under a line of the page, as literal text: at most MAX_WARNINGS, then a count."""
+    more = len(warnings) - MAX_WARNINGS
+    return "".join(f"\n\n**Warning** — {plain(w)}" for w in warnings[:MAX_WARNINGS]) + (
+        f"\n\n(and {more} more warning(s))" if more > 0 else "")
 
 
 def status_line(view: RunView, state: str, position: int, timing: Optional[tuple]) -> str:

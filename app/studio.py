@@ -438,6 +438,7 @@ class Studio:
         c, e = m["config"], m["evaluation"]
         line = (f"✓ {render.plain(c['method'].upper())} on {render.plain(c['dataset'])}: {m['stages']} stage(s), "
                 f"IPC {m['ipc']}, evaluated on {self.service.bundle_architecture(m)} ({e['models']} networks × {e['epochs']} epochs per stage).")
+        line += render.warnings_markdown(self.service.bundle_warnings(m))  # what its run warned of travels with it
         return line, gr.update(placeholder=f"as exported: {e['epochs']}")
 
     def evaluate(self, profile: Optional[gr.OAuthProfile], upload: Any, run_key: str, archs: list[str], models: Any,

@@ -34,7 +34,7 @@ from .errors import PDDError
 from .estimate import config_warnings, estimate
 from .export import evaluate_bundle, export_bundle, load_bundle
 from .files import atomic
-from .manifest import evaluation_table
+from .manifest import evaluation_table, stage_warnings
 from .preview import montage, preview_dataset
 from .progressive import run
 from .registry import all_params, base_type, get_method, owners
@@ -219,6 +219,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise PDDError(f"{flag} must be 1 or more (got {value})", f"give {flag} a whole number >= 1, or leave it out")
 
     manifest = load_bundle(args.bundle).manifest
+    for w in stage_warnings(manifest):  # what the run that made the bundle warned of
+        print(f"warning: {w}", file=sys.stderr)
     headers, rows = evaluation_table(manifest, [])
     print("| " + " | ".join(headers) + " |")
     print("| --- |" + " --- |" * (len(headers) - 1))

@@ -137,3 +137,18 @@ def evaluation_table(manifest: dict[str, Any], results: list[tuple[str, list[lis
     rows = [[f"recorded in the bundle ({manifest_arch(manifest)})"] + own]
     rows += [[arch or "same as exported"] + [pm(statistics.fmean(a), statistics.pstdev(a)) for a in accs] for arch, accs in results]
     return headers, rows
+
+
+WARNING_CHARS = 600  # a bundle's text shown to a user is bounded (a manifest is untrusted input)
+
+
+def stage_warnings(manifest: dict[str, Any]) -> list[str]:
+    """"stage i: ..." for each stage whose run warned of its matching (``matching_warning``: an unstable MTT
+    matching), so whoever evaluates a shared bundle learns it too. A manifest is untrusted: only text is
+    taken, cut to ``WARNING_CHARS``; a bundle from before the field has none."""
+    out = []
+    for e in manifest["stage_entries"]:
+        text = e.get("matching_warning") if isinstance(e, dict) else None
+        if isinstance(text, str) and text:
+            out.append(f"stage {e.get('stage')}: {text.removeprefix('warning: ')[:WARNING_CHARS]}")
+    return out

@@ -44,7 +44,7 @@ from typing import Any, Callable, Iterator, Optional
 from . import events as E
 from .book import RunBook, RunRecord, compare_table, config_differences, shown_dataset
 from .errors import PDDError
-from .manifest import evaluation_table, manifest_arch
+from .manifest import evaluation_table, manifest_arch, stage_warnings
 from .results import read_rows, views
 from .settings import env
 
@@ -721,6 +721,11 @@ class Service:
     @staticmethod
     def bundle_architecture(manifest: dict) -> str:
         return manifest_arch(manifest)
+
+    @staticmethod
+    def bundle_warnings(manifest: dict) -> list[str]:
+        """What the run that made a bundle warned of, per stage (an unstable MTT matching)."""
+        return stage_warnings(manifest)
 
     # -- ownership ---------------------------------------------------------------------------------
     def _may(self, run: Run, owner: str) -> bool:

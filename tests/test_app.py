@@ -412,3 +412,24 @@ def test_text_from_a_shared_bundle_is_shown_as_text_not_markup():
     from app.render import plain
     shown = plain("folder:/x/![t](https://evil.example/p.png)<img src=x onerror=alert(1)>.zip")
     assert "<img" not in shown and "![" not in shown and "](" not in shown and "evil" in shown
+
+
+def test_a_bundles_warnings_are_shown_when_it_is_picked_for_evaluation(studio, monkeypatch):
+    """Whoever evaluates a shared bundle learns what its run warned of (an unstable MTT matching), per stage, as
+    text (the manifest is someone else's), cut to a bounded length; entries that are not text are ignored."""
+    from pdd_engine.manifest import WARNING_CHARS
+    entry = {"stage": 1, "cumulative_images_per_class": 5}
+    manifest = {"config": {"method": "mtt", "dataset": "mnist"}, "stages": 3, "ipc": 15,
+                "evaluation": {"models": 3, "epochs": 300, "family": "convnet", "depth": 3, "width": 32},
+                "stage_entries": [{**entry, "matching_warning": "warning: the trajectory matching was unstable "
+                                   "[x](https://evil.example) " + "y" * 2000},
+                                  {**entry, "stage": 2, "matching_warning": None},
+                                  {**entry, "stage": 3, "matching_warning": {"not": "text"}}]}
+    monkeypatch.setattr(studio.service, "manifest", lambda path: manifest)
+    monkeypatch.setattr(studio, "bundle", lambda upload, run_key, owner: ("b.zip", None))
+    line, _ = studio.inspect_bundle(None, "b.zip", "", token_for(""))
+    assert line.startswith("✓ MTT on mnist: 3 stage(s)") and line.count("**Warning** — stage 1: the trajectory") == 1
+    assert "](" not in line and "stage 2" not in line and "stage 3" not in line
+    assert line.count("y") < WARNING_CHARS + 20
+    manifest["stage_entries"] = [entry]  # a bundle from before the field
+    assert "Warning" not in studio.inspect_bundle(None, "b.zip", "", token_for(""))[0]

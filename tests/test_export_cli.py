@@ -360,3 +360,5 @@ def test_cli_repeats_a_runs_warnings_beside_its_result_and_in_its_json(tmp_path,
     assert len(tail) == 2 and "computed stages" in tail[1]  # repeated after the table, before the time line
     entry = load_bundle(tmp_path / "b.zip").manifest["stage_entries"][0]  # and the bundle says it of its stage
     assert entry["matching_warning"].startswith("warning: the trajectory matching was unstable")
+    assert main(["evaluate", str(tmp_path / "b.zip"), "--epochs", "1", "--models", "1"]) == 0  # whoever evaluates it
+    assert "warning: stage 1: the trajectory matching was unstable" in capsys.readouterr().err
