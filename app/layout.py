@@ -31,6 +31,12 @@ SET_URL = """(id) => { if (id) { const u = new URL(window.location); u.searchPar
   window.history.replaceState(null, '', u); } return id; }"""
 
 
+def Shown(value: str = "", **kw) -> gr.Markdown:  # noqa: N802  (a component, named like one)
+    """A Markdown output of text the page did not write (engine messages, a bundle's or a dataset's own text,
+    through render.plain): no LaTeX, so "$$...$$" in it is no formula."""
+    return gr.Markdown(value, latex_delimiters=[], **kw)
+
+
 def control(spec: dict):
     """The Gradio control for one setting; an automatic one shows what it becomes as its placeholder
     (filled in by :meth:`Studio.check` for the chosen method and dataset)."""
@@ -77,10 +83,10 @@ def build(studio: Studio) -> gr.Blocks:
                                            for i, n in ((3, "stages"), (4, "ipc")))
                         preset = gr.Dropdown(list(studio.presets), value="cpu-quick", label="Preset")
                         validation = gr.HTML(elem_id="pdd-validation")
-                        estimate = gr.Markdown()
+                        estimate = Shown()
                         # the run's controls and its one-line status: pinned to the bottom of a phone's screen
                         with gr.Group(elem_id="pdd-runbar"):
-                            status = gr.Markdown("Pick a dataset and press **Run**.", elem_id="pdd-status")
+                            status = Shown("Pick a dataset and press **Run**.", elem_id="pdd-status")
                             with gr.Row():
                                 run_btn = gr.Button("Run", variant="primary", elem_id="pdd-run")
                                 stop_btn = gr.Button("Stop", variant="stop", interactive=False, elem_id="pdd-stop")
@@ -95,7 +101,7 @@ def build(studio: Studio) -> gr.Blocks:
                         with gr.Accordion("Data", open=True, elem_id="pdd-data") as data_panel:
                             with gr.Row():  # side by side; one under the other on a phone
                                 with gr.Column(min_width=280):
-                                    data_facts = gr.Markdown(elem_id="pdd-data-facts")
+                                    data_facts = Shown(elem_id="pdd-data-facts")
                                 with gr.Column(min_width=280):
                                     data_grid = gr.Image(label="Real training images (a row per class)", type="pil",
                                                          elem_id="pdd-data-grid", height=300)
@@ -129,7 +135,7 @@ def build(studio: Studio) -> gr.Blocks:
                     ev_epochs = gr.Textbox("", label="Epochs per stage", placeholder="as exported",
                                            info="empty: the bundle's own protocol", elem_id="pdd-ev-epochs")
                 ev_btn = gr.Button("Evaluate", variant="primary", elem_id="pdd-ev-run-btn")
-                ev_msg = gr.Markdown(elem_id="pdd-ev-msg")
+                ev_msg = Shown(elem_id="pdd-ev-msg")
                 ev_table = gr.Dataframe(interactive=False, elem_id="pdd-ev-table", label="Test accuracy % (mean ± std)")
                 ev_plot = gr.Plot(label="Accuracy", elem_id="pdd-ev-plot")
             with gr.Tab("Results", id="results"):
@@ -141,7 +147,7 @@ def build(studio: Studio) -> gr.Blocks:
                 with gr.Row():
                     res_dataset, res_method, res_ipc = (gr.Dropdown([ALL], value=ALL, label=label, scale=1)
                                                         for label in ("Dataset", "Method", "IPC"))
-                res_empty = gr.Markdown(elem_id="pdd-results-empty")
+                res_empty = Shown(elem_id="pdd-results-empty")
                 res_df = gr.Dataframe(headers=["dataset", "IPC", "method", "P", "protocol", "setup", "PDD %", "P = 1 %",
                                                "Δ P = 1", "P = 1, same epochs %", "Δ same epochs", "own random %",
                                                "Δ random", "seeds", "wall s"], interactive=False, elem_id="pdd-results",
@@ -152,7 +158,7 @@ def build(studio: Studio) -> gr.Blocks:
                     res_use = gr.Button("Use these settings", scale=1, elem_id="pdd-results-use")
                 res_plot = gr.Plot(label="Per stage", elem_id="pdd-results-plot")
             with gr.Tab("Runs", id="runs"):
-                runs_empty = gr.Markdown(elem_id="pdd-runs-empty")
+                runs_empty = Shown(elem_id="pdd-runs-empty")
                 runs_df = gr.Dataframe(headers=["run", "dataset", "method", "P", "IPC", "iterations", "accuracy %",
                                                 "base alone %", "base, same epochs %", "random %", "finished"],
                                        interactive=False)
@@ -165,13 +171,13 @@ def build(studio: Studio) -> gr.Blocks:
                     compare_btn = gr.Button("Compare")
                     dl_btn = gr.Button("Download")
                     del_btn = gr.Button("Delete…", variant="stop", elem_id="pdd-delete")
-                runs_msg = gr.Markdown(elem_id="pdd-runs-msg")
+                runs_msg = Shown(elem_id="pdd-runs-msg")
                 with gr.Row(visible=False) as confirm_row:
                     confirm_btn = gr.Button("Yes, delete", variant="stop", elem_id="pdd-delete-confirm")
                     cancel_btn = gr.Button("Cancel", elem_id="pdd-delete-cancel")
                 with gr.Row():
                     compare_plot = gr.Plot(label="Comparison", elem_id="pdd-compare")
-                    compare_md = gr.Markdown(elem_id="pdd-compare-settings")
+                    compare_md = Shown(elem_id="pdd-compare-settings")
                 runs_files = gr.File(label="Bundles", file_count="multiple")
 
         controls = [dataset, upload, method, stages, ipc, preset, *adv]

@@ -18,6 +18,7 @@ import plotly.graph_objects as go
 from PIL import Image, ImageDraw
 
 from pdd_engine import events as E
+from pdd_engine.errors import one_line
 
 NEW, FROZEN = (255, 140, 0), (150, 150, 150)
 GRID_TOP = 4  # the run's grid is a page element of its own: no caption overlay to leave room for
@@ -26,13 +27,17 @@ LAYOUT = dict(height=330, margin=dict(l=55, r=10, t=10, b=45), template="plotly_
 PALETTE = ["#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880", "#ff97ff", "#fecb52"]
 
 
-MARKDOWN_SIGNS = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>])")
+# Every ASCII punctuation sign Markdown may give a meaning (CommonMark lets any of them be escaped), bar the
+# "&" and ";" of the entities html.escape writes: with ":" and "/" a bare URL is no link, with "=" a line no
+# heading, with "$" and "^" no formula.
+MARKDOWN_SIGNS = re.compile(r"""([!"#$%'()*+,\-./:=?@\[\\\]^_`{|}~])""")
 
 
 def plain(text: object) -> str:
-    """Text from elsewhere (a shared bundle's manifest) as literal text in a Markdown output: no markup, no
-    links, no images; Gradio strips scripts, not a link or an image that loads from another site."""
-    return MARKDOWN_SIGNS.sub(r"\\\1", html.escape(str(text), quote=False))
+    """Text from elsewhere (a shared bundle's manifest, an uploaded file's name) as literal text on one line
+    of a Markdown output: no markup, no links, no images, no headings, code blocks or lines of its own, and no
+    character the page's JSON stream cannot carry (a lone surrogate broke a visitor's whole page)."""
+    return MARKDOWN_SIGNS.sub(r"\\\1", html.escape(one_line(text), quote=False))
 
 
 @dataclass

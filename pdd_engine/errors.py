@@ -1,4 +1,21 @@
-"""User-facing errors: every one names the problem and the fix, in one line."""
+"""User-facing errors: every one names the problem and the fix, in one line; and :func:`one_line`, which
+makes text from outside (a shared bundle's manifest, an uploaded file's name) safe to show as one line."""
+
+import re
+import unicodedata
+from typing import Optional
+
+# Control, format, surrogate, private-use and unassigned characters, and line and paragraph separators:
+# terminal escapes, bidirectional overrides, lone surrogates (which no UTF-8 encoder takes) and line breaks
+# that would let a bundle's text forge lines of its own.
+UNSHOWN = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+
+def one_line(text: object, limit: Optional[int] = None) -> str:
+    """``text`` as one printable line: every character of an :data:`UNSHOWN` category becomes a space, runs of
+    spaces one space, and the line is cut to ``limit`` characters (with "…" where cut)."""
+    shown = re.sub(r"\s+", " ", "".join(" " if unicodedata.category(c) in UNSHOWN else c for c in str(text))).strip()
+    return shown if limit is None or len(shown) <= limit else shown[:limit - 1] + "…"
 
 
 class PDDError(Exception):

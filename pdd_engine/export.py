@@ -221,7 +221,7 @@ def load_bundle(path: str | Path, limits: Optional[Limits] = None) -> Bundle:
             raise BundleError(f"{path.name} has no manifest.json: not a PDD Studio bundle", BUNDLE_FIX)
         try:
             manifest = json.loads(z.read("manifest.json", limits.manifest_bytes, "manifest_bytes"))
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, or an integer of more digits than Python reads
             raise BundleError(f"the manifest of {path.name} is not JSON", BUNDLE_FIX) from None
         check_manifest(manifest, path.name, limits)
         unlisted = sorted(set(z.members) - set(manifest["files"]) - {"manifest.json"})

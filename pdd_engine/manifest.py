@@ -17,7 +17,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import BundleError
+from .errors import BundleError, one_line
 from .datasets import find
 from .settings import data_root
 
@@ -31,6 +31,7 @@ SCHEMA: dict[str, Any] = {
                    "family": str, "depth": int, "width": int, "norm": str, "momentum": Number, "weight_decay": Number},
     "stage_entries": list, "files": dict,
 }
+ACCURACY: dict[str, Any] = {"mean": Number, "std": Number}  # what tables read of an accuracy entry
 STAGE_ENTRY: dict[str, Any] = {
     "stage": int, "images_per_class": int, "cumulative_images_per_class": int, "stored": str, "union": str,
     "eval_lr": Number, "accuracy": OPTIONAL_DICT, "random_subset_accuracy": OPTIONAL_DICT,
@@ -60,6 +61,10 @@ def check(manifest: Any, bundle: str, fix: str) -> dict[str, Any]:
     if err is None:
         for i, entry in enumerate(manifest["stage_entries"]):
             if (err := _check(entry, STAGE_ENTRY, f"stage_entries[{i}]")) is not None:
+                break
+            accuracies = [(k, entry[k]) for k in ("accuracy", "random_subset_accuracy") if entry[k] is not None]
+            if (err := next((e for k, v in accuracies if (e := _check(v, ACCURACY, f"stage_entries[{i}].{k}"))),
+                            None)) is not None:
                 break
             missing = [entry[k] for k in ("stored", "union") if entry[k] not in manifest["files"]]
             if missing:
@@ -140,6 +145,7 @@ def evaluation_table(manifest: dict[str, Any], results: list[tuple[str, list[lis
 
 
 WARNING_CHARS = 600  # a bundle's text shown to a user is bounded (a manifest is untrusted input)
+MAX_STAGE_SHOWN = 10 ** 4  # a stage number beyond it is shown as "?" (a JSON integer can have 4,300 digits)
 
 
 def stage_warnings(manifest: dict[str, Any]) -> list[str]:
@@ -149,6 +155,7 @@ def stage_warnings(manifest: dict[str, Any]) -> list[str]:
     out = []
     for e in manifest["stage_entries"]:
         text = e.get("matching_warning") if isinstance(e, dict) else None
-        if isinstance(text, str) and text:
-            out.append(f"stage {e.get('stage')}: {text.removeprefix('warning: ')[:WARNING_CHARS]}")
+        if isinstance(text, str) and (text := one_line(text.removeprefix("warning: "), WARNING_CHARS)):
+            stage = e.get("stage")
+            out.append(f"stage {stage if isinstance(stage, int) and 0 < stage <= MAX_STAGE_SHOWN else '?'}: {text}")
     return out

@@ -44,8 +44,10 @@ def test_the_engines_warnings_reach_the_status_once_each_and_as_text():
     assert view.warnings == [f"stage 1: {warn}"]
     view.apply(E.Done("run:abc", [{"mean": 0.7, "std": 0.0, "random_mean": 0.5, "random_std": 0.0}], 2.0, [1, 2]))
     shown = render.status_markdown(view, "done")
+    assert "](" not in shown and "\\]\\(" in shown  # not markup: a warning can quote a visitor's input
+    shown = re.sub(r"\\(.)", r"\1", shown)  # as the page reads it
     assert shown.startswith("**Done** in 2.0 s") and shown.count("**Warning** — stage 1: the trajectory matching") == 1
-    assert "expert 1" not in shown and "](" not in shown  # not markup: a warning can quote a visitor's input
+    assert "expert 1" not in shown
     assert "**Warning**" not in render.status_markdown(render.RunView.of(fake_stream()), "running")
     many = render.RunView(stages=2, current=2, messages=[f"stage {s}: warning: {s}" for s in range(1, 7)])
     shown = render.status_markdown(many, "running")
@@ -412,6 +414,11 @@ def test_text_from_a_shared_bundle_is_shown_as_text_not_markup():
     from app.render import plain
     shown = plain("folder:/x/![t](https://evil.example/p.png)<img src=x onerror=alert(1)>.zip")
     assert "<img" not in shown and "![" not in shown and "](" not in shown and "evil" in shown
+    # no bare link, heading, code block, formula or line of its own; nothing the page's JSON stream cannot carry
+    shown = plain("go http://2130706433/login\nok\n===\n\n    code\n\n$$a^2_b$$ x\ud800y\x1b[2J\u202e")
+    assert "://" not in shown and "\n" not in shown and "$$" not in shown and "^" not in shown.replace("\\^", "")
+    assert shown.encode("utf-8") and "\x1b" not in shown and "\u202e" not in shown
+    assert re.sub(r"\\(.)", r"\1", shown) == "go http://2130706433/login ok === code $$a^2_b$$ x y [2J"
 
 
 def test_a_bundles_warnings_are_shown_when_it_is_picked_for_evaluation(studio, monkeypatch):
@@ -428,8 +435,10 @@ def test_a_bundles_warnings_are_shown_when_it_is_picked_for_evaluation(studio, m
     monkeypatch.setattr(studio.service, "manifest", lambda path: manifest)
     monkeypatch.setattr(studio, "bundle", lambda upload, run_key, owner: ("b.zip", None))
     line, _ = studio.inspect_bundle(None, "b.zip", "", token_for(""))
+    assert "](" not in line
+    line = re.sub(r"\\(.)", r"\1", line)  # as the page reads it
     assert line.startswith("✓ MTT on mnist: 3 stage(s)") and line.count("**Warning** — stage 1: the trajectory") == 1
-    assert "](" not in line and "stage 2" not in line and "stage 3" not in line
+    assert "stage 2" not in line and "stage 3" not in line
     assert line.count("y") < WARNING_CHARS + 20
     manifest["stage_entries"] = [entry]  # a bundle from before the field
     assert "Warning" not in studio.inspect_bundle(None, "b.zip", "", token_for(""))[0]

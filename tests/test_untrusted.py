@@ -385,6 +385,11 @@ def test_bundle_contents_are_checked_like_a_config(good, tmp_path):
         (lambda m, f: m["evaluation"].update(family="vit"), "evaluation.family is 'vit'"),
         (lambda m, f: m["stage_entries"][0].update(eval_lr=-0.1), "stage_entries[0].eval_lr is -0.1"),
         (lambda m, f: m.update(stage_entries=m["stage_entries"] * 60), "has 120 stage entries, over the limit of 100"),
+        (lambda m, f: m["stage_entries"][0].update(accuracy={"x": 1}), "stage_entries[0].accuracy.mean is missing"),
+        (lambda m, f: m["stage_entries"][1]["accuracy"].update(mean=[0] * 1000),  # tables would scale it in memory
+         "stage_entries[1].accuracy.mean should be int or float, not list"),
+        (lambda m, f: m["stage_entries"][0]["random_subset_accuracy"].update(std="x"),
+         "stage_entries[0].random_subset_accuracy.std should be int or float, not str"),
     ]
     for change, words in cases:
         with pytest.raises(BundleError) as e:
@@ -397,3 +402,47 @@ def test_bundle_contents_are_checked_like_a_config(good, tmp_path):
     write_zip(path, good[0], {**good[1], "extra.bin": b"x"})  # a file the manifest does not list
     with pytest.raises(BundleError, match="holds 'extra.bin', which its manifest does not list"):
         load_bundle(path)
+
+
+def test_a_manifest_integer_longer_than_python_reads_is_refused_in_one_line(good, tmp_path):
+    """JSON allows an integer of any length; Python refuses to read one of over 4,300 digits with a ValueError
+    that is not a JSONDecodeError: it is the one-line "not JSON" refusal, not a traceback."""
+    m, f = json.loads(json.dumps(good[0])), dict(good[1])
+    m["files"] = {n: __import__("hashlib").sha256(b).hexdigest() for n, b in f.items()}
+    m["ipc"] = "LONG"
+    path = tmp_path / "long.zip"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("manifest.json", json.dumps(m).replace('"LONG"', "9" * 5000))
+        for n, b in f.items():
+            z.writestr(n, b)
+    with pytest.raises(BundleError, match="is not JSON") as e:
+        load_bundle(path)
+    assert one_line(e.value)
+
+
+def test_a_bundles_warnings_are_one_printable_bounded_line_each(good, tmp_path, capsys):
+    """A shared bundle's matching_warning is someone else's text shown to whoever evaluates it: each becomes one
+    line with no terminal escape, bidirectional override, NUL, lone surrogate or line break of its own, within
+    a bound the stage number cannot stretch; what is not text is left out (the CLI prints them)."""
+    import unicodedata
+
+    from pdd_engine.__main__ import main
+    from pdd_engine.errors import UNSHOWN
+    from pdd_engine.manifest import WARNING_CHARS, stage_warnings
+    hostile = ["\x1b[2J\x1b]8;;http://evil.example\x1b\\click\x1b]8;;\x1b\\ \x1b]0;title\x07",
+               "fine\rERROR: your data was deleted\nwarning: forged line\u202egnp.exe\x00", "x\ud800y" + "z" * 5000]
+
+    def change(m, f):
+        m["stage_entries"][0]["matching_warning"] = hostile[0]
+        m["stage_entries"][1]["matching_warning"] = hostile[1]
+        m["stage_entries"].append({**m["stage_entries"][1], "stage": 10 ** 4000, "matching_warning": hostile[2]})
+        m["stage_entries"].append({**m["stage_entries"][1], "matching_warning": {"not": "text"}})
+    path = good_bundle(good, tmp_path, change)
+    shown = stage_warnings(load_bundle(path).manifest)
+    assert [w.split(":")[0] for w in shown] == ["stage 1", "stage 2", "stage ?"]
+    for w in shown:
+        assert not any(unicodedata.category(c) in UNSHOWN for c in w) and len(w) <= WARNING_CHARS + len("stage ?: ")
+    assert "ERROR: your data was deleted warning: forged line" in shown[1]
+    assert main(["evaluate", str(path), "--epochs", "1", "--models", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\r" not in err and "\x00" not in err and err.count("warning: stage") == 3
