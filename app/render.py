@@ -27,17 +27,20 @@ LAYOUT = dict(height=330, margin=dict(l=55, r=10, t=10, b=45), template="plotly_
 PALETTE = ["#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880", "#ff97ff", "#fecb52"]
 
 
-# Every ASCII punctuation sign Markdown may give a meaning (CommonMark lets any of them be escaped), bar the
-# "&" and ";" of the entities html.escape writes: with ":" and "/" a bare URL is no link, with "=" a line no
-# heading, with "$" and "^" no formula.
-MARKDOWN_SIGNS = re.compile(r"""([!"#$%'()*+,\-./:=?@\[\\\]^_`{|}~])""")
+# Every ASCII punctuation sign Markdown may give a meaning, bar the "&" and ";" of the entities html.escape
+# writes: with ":" and "/" a bare URL is no link, with "=" a line no heading, with "$" and "^" no formula.
+MARKDOWN_SIGNS = re.compile(r"""[!"#$%'()*+,\-./:=?@\[\\\]^_`{|}~]""")
+PLAIN_CHARS = 2000  # outside text on the page is bounded (a class folder's name can be 60,000 characters)
+CLASS_CHARS = 80  # a class name in each image's hover title (one per image of the grid)
 
 
-def plain(text: object) -> str:
-    """Text from elsewhere (a shared bundle's manifest, an uploaded file's name) as literal text on one line
-    of a Markdown output: no markup, no links, no images, no headings, code blocks or lines of its own, and no
-    character the page's JSON stream cannot carry (a lone surrogate broke a visitor's whole page)."""
-    return MARKDOWN_SIGNS.sub(r"\\\1", html.escape(one_line(text), quote=False))
+def plain(text: object, limit: int = PLAIN_CHARS) -> str:
+    """Text from elsewhere (a shared bundle's manifest, an uploaded file's name, an error quoting either) as
+    literal text on one line, in a Markdown output or an HTML one alike: no markup, link, image, heading, code
+    block or line of its own (each sign Markdown could read is a numeric character reference, which Markdown
+    shows as that character and never reads as markup), and no character the page's JSON stream cannot carry
+    (a lone surrogate broke a visitor's whole page)."""
+    return MARKDOWN_SIGNS.sub(lambda m: f"&#{ord(m.group())};", html.escape(one_line(text, limit), quote=False))
 
 
 @dataclass
@@ -254,7 +257,7 @@ def grid_html(ev: Optional[E.StageImages], current: int = 0) -> str:
     cells = []
     for i, c, k, x0, y0, cell in grid_cells(ev.labels, len(ev.classes), top=GRID_TOP):
         stage = f"stage {ev.origin[i]}" if ev.origin is not None else ("this stage" if ev.new[i] else "an earlier stage")
-        title = html.escape(f"{stage} · class {ev.classes[c]} · image {k + 1}")
+        title = html.escape(f"{stage} · class {one_line(ev.classes[c], CLASS_CHARS)} · image {k + 1}")
         cells.append(f'<span title="{title}" style="left:{100 * x0 / w:.3f}%;top:{100 * y0 / h:.3f}%;'
                      f'width:{100 * cell / w:.3f}%;height:{100 * cell / h:.3f}%"></span>')
     alt = html.escape(f"synthetic images of stages 1 to {ev.stage}, a row per class")

@@ -9,7 +9,6 @@ object. Errors are the service's one-line messages, shown where the control is.
 from __future__ import annotations
 
 import asyncio
-import html
 import threading
 import time
 from dataclasses import replace
@@ -44,8 +43,9 @@ RUNS_EMPTY = ("**No finished runs yet.** Every run you finish on the *Distil* ta
 
 
 def error_html(e: Any) -> str:
-    """A message on the page as text: it can quote what a visitor typed, which must never become markup."""
-    return f'<span class="pdd-error">⚠ {html.escape(str(e), quote=False)}</span>'
+    """A message on the page as text, in a Markdown or an HTML output: it can quote what a visitor typed or a
+    bundle holds, which must never become markup (render.plain)."""
+    return f'<span class="pdd-error">⚠ {render.plain(e)}</span>'
 
 
 def whole_number(value: Any, label: str) -> int:
@@ -97,7 +97,7 @@ def frame(run: Optional[RunView], extra: str = "", shown: Optional[dict] = None)
     if view.done and view.exported is not None:  # written by the engine's process before Done
         bundle, stages = view.exported.path, view.exported.stage_paths or None
         if view.exported.error:
-            status += f"<br>⚠ export failed: {view.exported.error}"
+            status += f"<br>⚠ export failed: {render.plain(view.exported.error)}"
     owned = bool(run and run.owned)
     running = state in ("queued", "running")
     now = time.time()
@@ -375,7 +375,7 @@ class Studio:
             if done.path:
                 files.append(done.path)
             else:
-                problems.append(f"⚠ {r.id}: {done.error}")
+                problems.append(f"⚠ {r.id}: {render.plain(done.error)}")
         return files or None, "<br>".join(problems)
 
     def open(self, profile: Optional[gr.OAuthProfile], keys: list[str], token: str) -> tuple:
@@ -435,8 +435,8 @@ class Studio:
             m = self.service.manifest(self.bundle(upload, run_key, owner_of(token, profile))[0])
         except PDDError as e:
             return error_html(e), gr.update(placeholder="as exported")
-        c, e = m["config"], m["evaluation"]
-        line = (f"✓ {render.plain(c['method'].upper())} on {render.plain(c['dataset'])}: {m['stages']} stage(s), "
+        e = m["evaluation"]
+        line = (f"✓ {render.plain(m['method'].upper())} on {render.plain(m['dataset']['name'])}: {m['stages']} stage(s), "
                 f"IPC {m['ipc']}, evaluated on {self.service.bundle_architecture(m)} ({e['models']} networks × {e['epochs']} epochs per stage).")
         line += render.warnings_markdown(self.service.bundle_warnings(m))  # what its run warned of travels with it
         return line, gr.update(placeholder=f"as exported: {e['epochs']}")
@@ -464,11 +464,11 @@ class Studio:
             return
         results: list = []
         names = [None if a == EXPORTED else a for a in archs]
-        yield f"Evaluating {archs[0]} (1/{len(archs)})…", *self.evaluation_view(m, results)
+        yield f"Evaluating {render.plain(archs[0])} (1/{len(archs)})…", *self.evaluation_view(m, results)
         try:
             for i, (arch, accs) in enumerate(self.service.evaluate_bundle(path, names, n, ep, data_path, owner)):
                 results.append((arch, accs))
-                more = f" Evaluating {archs[i + 1]} ({i + 2}/{len(archs)})…" if i + 1 < len(archs) else ""
+                more = f" Evaluating {render.plain(archs[i + 1])} ({i + 2}/{len(archs)})…" if i + 1 < len(archs) else ""
                 yield f"✓ {arch or EXPORTED} done.{more}", *self.evaluation_view(m, results)
         except PDDError as e:
             yield error_html(e), *self.evaluation_view(m, results)

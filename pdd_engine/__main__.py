@@ -30,7 +30,7 @@ from .book import compare_table, config_differences, shown_dataset
 from .cache import Store
 from .config import PRESETS, DistillConfig, Precision, declarations
 from .datasets.builtin import fetch_mnist
-from .errors import PDDError
+from .errors import PDDError, one_line
 from .estimate import config_warnings, estimate
 from .export import evaluate_bundle, export_bundle, load_bundle
 from .files import atomic
@@ -172,9 +172,9 @@ def cmd_distill(args: argparse.Namespace) -> int:
             bar.set_postfix(loss=f"{ev.loss:.4g}")
             bar.update(ev.iteration - bar.n)
         elif isinstance(ev, E.Message) and (not args.quiet or ev.text.startswith("warning")):
-            tqdm.write(f"  {ev.where}: {ev.text}", file=sys.stderr)
+            tqdm.write(f"  {ev.where}: {one_line(ev.text)}", file=sys.stderr)  # it can quote a file's name
             if ev.text.startswith("warning: "):
-                warnings[f"{ev.where}: {ev.text.removeprefix('warning: ')}"] = None
+                warnings[f"{ev.where}: {one_line(ev.text.removeprefix('warning: '))}"] = None
         elif isinstance(ev, E.StageEvaluated):
             if bar is not None:
                 bar.close()
@@ -186,7 +186,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         elif isinstance(ev, E.Failed):
             if bar is not None:
                 bar.close()
-            print(f"error: {ev.message}", file=sys.stderr)
+            print(f"error: {one_line(ev.message)}", file=sys.stderr)
             if args.debug and ev.detail:
                 print(ev.detail, file=sys.stderr)
             return 2
@@ -407,7 +407,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         return args.func(args)
     except PDDError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)  # it can quote a bundle's or an upload's text
         return 2
     except KeyboardInterrupt:
         print("stopped; finished stages are cached and the same command resumes", file=sys.stderr)

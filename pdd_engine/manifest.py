@@ -55,6 +55,26 @@ def _check(value: Any, schema: Any, where: str) -> Optional[str]:
     return None
 
 
+MAX_COUNT = 10 ** 6  # a stage number or image count in a manifest (tables and plots take them as they are)
+
+
+def entry_numbers(entry: dict[str, Any], where: str) -> Optional[str]:
+    """The first number of a stage entry that tables and plots could not show: an accuracy that is not a
+    fraction (a list as its mean was scaled in memory, a 400-digit integer overflowed the float it is shown
+    as), a stage or an image count out of range (plotly refuses integers past 64 bits)."""
+    for k in ("accuracy", "random_subset_accuracy"):
+        if entry[k] is None:
+            continue
+        if (err := _check(entry[k], ACCURACY, f"{where}.{k}")) is not None:
+            return err
+        bad = next((f for f in ("mean", "std") if not 0 <= entry[k][f] <= 1), None)
+        if bad is not None:
+            return f"{where}.{k}.{bad} should be a fraction in [0, 1]"
+    bad = next((k for k in ("stage", "images_per_class", "cumulative_images_per_class")
+                if not 0 < entry[k] <= MAX_COUNT), None)
+    return None if bad is None else f"{where}.{bad} should be between 1 and {MAX_COUNT:,}"
+
+
 def check(manifest: Any, bundle: str, fix: str) -> dict[str, Any]:
     """``manifest`` if it has the shape a bundle's manifest must have, else a one-line BundleError."""
     err = _check(manifest, SCHEMA, "")
@@ -62,9 +82,7 @@ def check(manifest: Any, bundle: str, fix: str) -> dict[str, Any]:
         for i, entry in enumerate(manifest["stage_entries"]):
             if (err := _check(entry, STAGE_ENTRY, f"stage_entries[{i}]")) is not None:
                 break
-            accuracies = [(k, entry[k]) for k in ("accuracy", "random_subset_accuracy") if entry[k] is not None]
-            if (err := next((e for k, v in accuracies if (e := _check(v, ACCURACY, f"stage_entries[{i}].{k}"))),
-                            None)) is not None:
+            if (err := entry_numbers(entry, f"stage_entries[{i}]")) is not None:
                 break
             missing = [entry[k] for k in ("stored", "union") if entry[k] not in manifest["files"]]
             if missing:

@@ -1,6 +1,7 @@
 """The web app: rendering, the studio's callbacks over the service, and the real server driven by gradio_client,
 including every public endpoint called by a stranger with another visitor's ids."""
 
+import html
 import json
 import re
 import time
@@ -44,8 +45,8 @@ def test_the_engines_warnings_reach_the_status_once_each_and_as_text():
     assert view.warnings == [f"stage 1: {warn}"]
     view.apply(E.Done("run:abc", [{"mean": 0.7, "std": 0.0, "random_mean": 0.5, "random_std": 0.0}], 2.0, [1, 2]))
     shown = render.status_markdown(view, "done")
-    assert "](" not in shown and "\\]\\(" in shown  # not markup: a warning can quote a visitor's input
-    shown = re.sub(r"\\(.)", r"\1", shown)  # as the page reads it
+    assert "](" not in shown and "&#93;&#40;" in shown  # not markup: a warning can quote a visitor's input
+    shown = html.unescape(shown)  # as the page reads it
     assert shown.startswith("**Done** in 2.0 s") and shown.count("**Warning** — stage 1: the trajectory matching") == 1
     assert "expert 1" not in shown
     assert "**Warning**" not in render.status_markdown(render.RunView.of(fake_stream()), "running")
@@ -90,7 +91,7 @@ def test_run_view_folds_events_and_renders():
     quoted = "unknown dataset '![x](https://elsewhere.example/p.png)'"  # engine text quoting a visitor's input
     for view_ in (render.RunView(failed=E.Failed(quoted)), render.RunView(stages=2, current=1, messages=[f"0: {quoted}"])):
         shown = render.status_markdown(view_, "running")
-        assert "elsewhere" in shown and "![x](" not in shown and "\\!\\[x\\]\\(" in shown  # text, never an image
+        assert "elsewhere" in shown and "![x](" not in shown and "&#33;&#91;x&#93;&#40;" in shown  # text, never an image
     running = render.RunView.of(fake_stream()[:8])  # stage 2, iteration 10/10
     line = render.status_markdown(running, "running", timing=(12.4, 5.2))
     assert line.endswith("iteration 10/10 · 12 s into this stage, iterations done in about 5 s (its evaluation follows)")
@@ -180,13 +181,14 @@ def test_controls_are_the_schemas_settings_and_the_page_sends_them_by_name(studi
     assert settings["stage_ipc"] == "6,4" and settings["stages"] == 2 and "syn_steps" not in settings
     controls[6 + names.index("stage_ipc")] = "6, 5"
     valid, _, run_button, *_ = studio.check(None, token, *controls)
+    valid = html.unescape(valid)  # as the page shows it: outside text arrives as character references
     assert "pdd-error" in valid and "adds up to 11" in valid and "Fix: set IPC to 11" in valid
     assert run_button["interactive"] is False
     controls[6 + names.index("stage_ipc")] = ""
     assert studio.settings_of(token, *controls)["stage_ipc"] is None
     assert "executor" not in names and "max_memory_gb" not in names  # the server's settings, not a visitor's
     controls[6 + names.index("iterations")] = "nan"
-    assert "Iterations per stage must be a whole number" in studio.check(None, token, *controls)[0]
+    assert "Iterations per stage must be a whole number" in html.unescape(studio.check(None, token, *controls)[0])
     controls[6 + names.index("iterations")] = 200
     at = 6 + names.index("dsa_strategy")  # a required text setting: its default in a text box, sent as typed
     assert controls[at] == "auto"
@@ -194,10 +196,10 @@ def test_controls_are_the_schemas_settings_and_the_page_sends_them_by_name(studi
     assert studio.settings_of(token, *controls)["dsa_strategy"] == "color_crop_scale_rotate"
     for emptied in ("", None, " "):  # an emptied text box is refused, not quietly the preset's augmentation
         controls[at] = emptied
-        assert "Augmentation is empty" in studio.check(None, token, *controls)[0]
+        assert "Augmentation is empty" in html.unescape(studio.check(None, token, *controls)[0])
     controls[at] = "color_<img src=x onerror=alert(1)>"  # a message quotes what was typed: as text, never markup
     shown = studio.check(None, token, *controls)[0]
-    assert "&lt;img src=x onerror=alert" in shown and "<img" not in shown
+    assert "<img" not in shown and "<img src=x onerror=alert" in html.unescape(shown)  # shown as these characters
 
 
 def test_an_uploaded_dataset_is_the_uploaders_alone(studio, tmp_path):
@@ -279,6 +281,7 @@ def test_invalid_input_is_a_message_not_a_trace(app_url):
                             ({**TINY, "eval_lr": "nan"}, "eval_lr must be"), ({"warp": 3}, "unknown config field"),
                             ("not a dict", "one JSON object"), ({**TINY, "eval_epochs": 10 ** 4}, "PDD_MAX_EVAL_EPOCHS")):
         run_id, _, msg = c.predict("", settings, api_name="/start")
+        msg = html.unescape(msg)
         assert run_id == "" and words in msg and "Fix:" in msg and "Traceback" not in msg, msg
     assert "No run with that id" in follow(c, "does-not-exist", "")[0][-1]
 
@@ -360,9 +363,10 @@ def test_client_previews_datasets_and_evaluates_a_bundle_on_two_architectures(ap
     tampered = tampered_copy(bundle, tmp_path / "tampered.zip")  # its manifest's shape is checked before use
     for bad, words in ((notzip, "not a zip file"), (tampered, "malformed")):
         msg, _, _ = c.predict(handle_file(str(bad)), "", ["convnet"], 1, "1", None, "", api_name="/evaluate_bundle")
+        msg = html.unescape(msg)
         assert words in msg and "Fix:" in msg and "Traceback" not in msg and msg.count("<br>") == 0, msg
     msg, _, _ = c.predict(handle_file(str(bundle)), "", ["vit"], 1, "1", None, "", api_name="/evaluate_bundle")
-    assert "unknown architecture 'vit'" in msg
+    assert "unknown architecture 'vit'" in html.unescape(msg)
 
 
 def test_the_results_tab_shows_a_row_and_its_button_fills_the_distil_tab(studio, tmp_path, monkeypatch):
@@ -416,9 +420,17 @@ def test_text_from_a_shared_bundle_is_shown_as_text_not_markup():
     assert "<img" not in shown and "![" not in shown and "](" not in shown and "evil" in shown
     # no bare link, heading, code block, formula or line of its own; nothing the page's JSON stream cannot carry
     shown = plain("go http://2130706433/login\nok\n===\n\n    code\n\n$$a^2_b$$ x\ud800y\x1b[2J\u202e")
-    assert "://" not in shown and "\n" not in shown and "$$" not in shown and "^" not in shown.replace("\\^", "")
+    assert "://" not in shown and "\n" not in shown and "$$" not in shown and "^" not in shown
     assert shown.encode("utf-8") and "\x1b" not in shown and "\u202e" not in shown
-    assert re.sub(r"\\(.)", r"\1", shown) == "go http://2130706433/login ok === code $$a^2_b$$ x y [2J"
+    assert html.unescape(shown) == "go http://2130706433/login ok === code $$a^2_b$$ x y [2J"
+    from app.studio import error_html  # an error can quote a bundle's fields: the same literal line, bounded
+    from pdd_engine.errors import BundleError
+    shown = error_html(BundleError("evaluation.family is '[Verify](https:evil.example) ![](http:evil.example/p.png)"
+                                   "\ud800\n\n# BIG' " + "x" * 10 ** 5, "give a bundle"))
+    assert "](" not in shown and "\n" not in shown and shown.encode("utf-8") and len(shown) < 3 * render.PLAIN_CHARS
+    classes = ["c" * 60_000, "d"]  # a class folder's name: bounded in each image's hover title
+    grid = render.grid_html(E.StageImages(1, np.zeros((2, 8, 8, 1), np.uint8), np.arange(2), np.ones(2, bool), classes))
+    assert len(grid) < 20_000
 
 
 def test_a_bundles_warnings_are_shown_when_it_is_picked_for_evaluation(studio, monkeypatch):
@@ -426,7 +438,7 @@ def test_a_bundles_warnings_are_shown_when_it_is_picked_for_evaluation(studio, m
     text (the manifest is someone else's), cut to a bounded length; entries that are not text are ignored."""
     from pdd_engine.manifest import WARNING_CHARS
     entry = {"stage": 1, "cumulative_images_per_class": 5}
-    manifest = {"config": {"method": "mtt", "dataset": "mnist"}, "stages": 3, "ipc": 15,
+    manifest = {"config": {}, "method": "mtt", "dataset": {"name": "mnist"}, "stages": 3, "ipc": 15,  # config: unread
                 "evaluation": {"models": 3, "epochs": 300, "family": "convnet", "depth": 3, "width": 32},
                 "stage_entries": [{**entry, "matching_warning": "warning: the trajectory matching was unstable "
                                    "[x](https://evil.example) " + "y" * 2000},
@@ -436,7 +448,7 @@ def test_a_bundles_warnings_are_shown_when_it_is_picked_for_evaluation(studio, m
     monkeypatch.setattr(studio, "bundle", lambda upload, run_key, owner: ("b.zip", None))
     line, _ = studio.inspect_bundle(None, "b.zip", "", token_for(""))
     assert "](" not in line
-    line = re.sub(r"\\(.)", r"\1", line)  # as the page reads it
+    line = html.unescape(line)  # as the page reads it
     assert line.startswith("✓ MTT on mnist: 3 stage(s)") and line.count("**Warning** — stage 1: the trajectory") == 1
     assert "stage 2" not in line and "stage 3" not in line
     assert line.count("y") < WARNING_CHARS + 20

@@ -390,6 +390,10 @@ def test_bundle_contents_are_checked_like_a_config(good, tmp_path):
          "stage_entries[1].accuracy.mean should be int or float, not list"),
         (lambda m, f: m["stage_entries"][0]["random_subset_accuracy"].update(std="x"),
          "stage_entries[0].random_subset_accuracy.std should be int or float, not str"),
+        (lambda m, f: m["stage_entries"][0]["accuracy"].update(mean=10 ** 400),  # overflowed the float it is shown as
+         "stage_entries[0].accuracy.mean should be a fraction in [0, 1]"),
+        (lambda m, f: m["stage_entries"][1].update(cumulative_images_per_class=2 ** 64),  # past plotly's integers
+         "stage_entries[1].cumulative_images_per_class should be between 1 and 1,000,000"),
     ]
     for change, words in cases:
         with pytest.raises(BundleError) as e:
@@ -435,14 +439,21 @@ def test_a_bundles_warnings_are_one_printable_bounded_line_each(good, tmp_path, 
     def change(m, f):
         m["stage_entries"][0]["matching_warning"] = hostile[0]
         m["stage_entries"][1]["matching_warning"] = hostile[1]
-        m["stage_entries"].append({**m["stage_entries"][1], "stage": 10 ** 4000, "matching_warning": hostile[2]})
+        m["stage_entries"].append({**m["stage_entries"][1], "stage": 3, "matching_warning": hostile[2]})
         m["stage_entries"].append({**m["stage_entries"][1], "matching_warning": {"not": "text"}})
     path = good_bundle(good, tmp_path, change)
     shown = stage_warnings(load_bundle(path).manifest)
-    assert [w.split(":")[0] for w in shown] == ["stage 1", "stage 2", "stage ?"]
+    assert [w.split(":")[0] for w in shown] == ["stage 1", "stage 2", "stage 3"]
     for w in shown:
-        assert not any(unicodedata.category(c) in UNSHOWN for c in w) and len(w) <= WARNING_CHARS + len("stage ?: ")
+        assert not any(unicodedata.category(c) in UNSHOWN for c in w) and len(w) <= WARNING_CHARS + len("stage 3: ")
+    huge = {"stage_entries": [{"stage": 10 ** 4000, "matching_warning": "x"}]}  # refused by load_bundle; never long
+    assert stage_warnings(huge) == ["stage ?: x"]
     assert "ERROR: your data was deleted warning: forged line" in shown[1]
     assert main(["evaluate", str(path), "--epochs", "1", "--models", "1"]) == 0
     err = capsys.readouterr().err
     assert "\x1b" not in err and "\r" not in err and "\x00" not in err and err.count("warning: stage") == 3
+    refused = good_bundle(good, tmp_path, lambda m, f: m["evaluation"].update(family="\x1b[2Jvit\n# forged\ud800"),
+                          name="refused.zip")  # an error quoting the bundle: one printable line too
+    assert main(["evaluate", str(refused)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the manifest") and err.count("\n") == 1 and "\x1b" not in err and "\ud800" not in err
