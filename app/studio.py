@@ -347,10 +347,10 @@ class Studio:
         return rows, gr.update(choices=choices, value=[]), gr.update(choices=[NO_RUN] + choices, value=""), empty
 
     def compare(self, profile: Optional[gr.OAuthProfile], keys: list[str], token: str) -> tuple:
-        chosen, differences = self.service.compare(keys, owner_of(token, profile))
+        chosen, differences, warnings = self.service.compare(keys, owner_of(token, profile))
         if not chosen:
             return None, "⚠ select one or more runs first."
-        return render.compare_figure(chosen), differences
+        return render.compare_figure(chosen), differences + render.warnings_markdown(warnings)
 
     def confirm_delete(self, profile: Optional[gr.OAuthProfile], keys: list[str], token: str) -> tuple:
         chosen = self.service.records(keys, owner_of(token, profile))

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from . import events as E
 from . import runs
-from .book import compare_table, config_differences, shown_dataset
+from .book import compare_table, config_differences, run_warnings, shown_dataset
 from .cache import Store
 from .config import PRESETS, DistillConfig, Precision, declarations
 from .datasets.builtin import fetch_mnist
@@ -291,6 +291,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
     elif args.action == "show":
         r = runs.get(store, args.ids[0])
         print(json.dumps(r.to_dict(), indent=2) if args.json else compare_table([r]))
+        for w in run_warnings([r]) if not args.json else []:
+            print(f"warning: {one_line(w)}", file=sys.stderr)
     elif args.action == "delete":
         n = runs.delete(store, args.ids)
         print(f"deleted {n} run record(s); their stages stay cached for runs that share them", file=sys.stderr)
@@ -300,6 +302,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
     elif args.action == "compare":
         chosen = [runs.get(store, ref) for ref in args.ids]
         print(compare_table(chosen) + "\n\n" + config_differences(chosen))
+        for w in run_warnings(chosen):
+            print(f"warning: {one_line(w)}", file=sys.stderr)
     return 0
 
 

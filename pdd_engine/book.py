@@ -69,6 +69,7 @@ class RunRecord:
     finished: float
     version: str
     keys: str  # the key version its stages were stored under
+    warnings: tuple[str, ...] = ()  # what its stages warned of ("stage 1: ..."); none in older records
 
     @property
     def id(self) -> str:
@@ -95,14 +96,14 @@ class RunRecord:
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "key": self.key, "config": self.config, "dataset": self.dataset,
                 "stages": [asdict(s) for s in self.stages], "finished": self.finished, "version": self.version,
-                "keys": self.keys}
+                "keys": self.keys, "warnings": list(self.warnings)}
 
     @classmethod
     def of(cls, key: str, d: dict[str, Any]) -> Optional["RunRecord"]:
         try:
             return cls(key, dict(d["config"]), dict(d.get("dataset", {})),
                        tuple(StageResult.from_dict(a) for a in d["accuracies"]), float(d.get("finished", 0.0)),
-                       str(d.get("version", "?")), str(d.get("keys", "")))
+                       str(d.get("version", "?")), str(d.get("keys", "")), tuple(map(str, d.get("warnings", ()))))
         except (KeyError, TypeError, ValueError):
             return None  # written by an engine whose records this one cannot read
 
@@ -234,6 +235,11 @@ def compare_table(records: list[RunRecord]) -> str:
                         f"{s.ipc} | {pm(s.mean, s.std)} | {pm(s.base_mean, s.base_std)} | "
                         f"{pm(s.base_epochs_mean, s.base_epochs_std)} | {pm(s.random_mean, s.random_std)} |")
     return "\n".join(rows)
+
+
+def run_warnings(records: list[RunRecord]) -> list[str]:
+    """"<run id> stage i: ..." for what each run's stages warned of (an unstable MTT matching), in order."""
+    return [f"{r.id} {w}" for r in records for w in r.warnings]
 
 
 def config_differences(records: list[RunRecord]) -> str:

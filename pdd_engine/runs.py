@@ -39,10 +39,11 @@ def book(store: Store) -> RunBook:
     return out
 
 
-def save(store: Store, keys: Keys, dataset: dict[str, Any], accuracies: list[dict[str, Any]]) -> RunRecord:
-    """Write the record of a finished run (the engine's last step)."""
+def save(store: Store, keys: Keys, dataset: dict[str, Any], accuracies: list[dict[str, Any]],
+         warnings: list[str] = ()) -> RunRecord:
+    """Write the record of a finished run (the engine's last step), with what its stages warned of."""
     record = {"config": keys.cfg.to_dict(), "dataset": dataset, "accuracies": accuracies, "finished": time.time(),
-              "version": __version__, "keys": KEY_VERSION}
+              "version": __version__, "keys": KEY_VERSION, "warnings": list(warnings)}
     return book(store).save(keys.run, record)
 
 

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 from . import events as E
-from .book import RunBook, RunRecord, compare_table, config_differences, shown_dataset
+from .book import RunBook, RunRecord, compare_table, config_differences, run_warnings, shown_dataset
 from .errors import PDDError
 from .manifest import evaluation_table, manifest_arch, stage_warnings
 from .results import read_rows, views
@@ -621,10 +621,11 @@ class Service:
             raise PDDError("that run is not one of yours (or no longer listed)", "pick one of your runs")
         return self.submit(self._visitor_settings(chosen[0].config), owner)
 
-    def compare(self, keys: list[str], owner: str) -> tuple[list[RunRecord], str]:
-        """The chosen runs of the caller's, and the settings in which they differ (markdown)."""
+    def compare(self, keys: list[str], owner: str) -> tuple[list[RunRecord], str, list[str]]:
+        """The chosen runs of the caller's, the settings in which they differ (markdown), and what their stages
+        warned of."""
         chosen = self.records(keys, owner)
-        return chosen, config_differences(chosen)
+        return chosen, config_differences(chosen), run_warnings(chosen)
 
     def table(self, keys: list[str], owner: str) -> str:
         return compare_table(self.records(keys, owner))

@@ -362,3 +362,5 @@ def test_cli_repeats_a_runs_warnings_beside_its_result_and_in_its_json(tmp_path,
     assert entry["matching_warning"].startswith("warning: the trajectory matching was unstable")
     assert main(["evaluate", str(tmp_path / "b.zip"), "--epochs", "1", "--models", "1"]) == 0  # whoever evaluates it
     assert "warning: stage 1: the trajectory matching was unstable" in capsys.readouterr().err
+    assert main(["runs", "show", result["run_key"][4:12], "--cache-dir", str(tmp_path / "c")]) == 0  # its record too
+    assert " stage 1: the trajectory matching was unstable" in capsys.readouterr().err

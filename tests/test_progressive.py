@@ -463,3 +463,9 @@ def test_an_unstable_mtt_stage_warns_when_computed_and_again_when_replayed(tiny,
     found = warnings(computed)
     assert found and found[0].startswith("warning: the trajectory")
     assert any(t.startswith("warning: the base method alone (P=1): the trajectory") for t in found)
+    from pdd_engine import runs
+    (record,) = runs.book(store2).records()  # the run's record keeps them (pdd runs show, the Runs tab)
+    assert record.warnings and record.warnings[0].startswith("stage 1: the trajectory matching was unstable")
+    assert any(w.startswith("stage 2: the base method alone (P=1): the trajectory") for w in record.warnings)
+    assert type(record).of(record.key, {k: v for k, v in record.to_dict().items() if k != "warnings"} | {
+        "accuracies": [vars(st) for st in record.stages]}).warnings == ()  # a record from before them
