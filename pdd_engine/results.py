@@ -97,6 +97,17 @@ def gain(row: dict, rows: list[dict]) -> Optional[float]:
     return min(c["pdd"][0] - c[k][0] for k in ("base", "epochs", "random"))
 
 
+def clear_gain(row: dict, rows: list[dict]) -> Optional[float]:
+    """PDD's smallest margin over its three comparisons beyond the seeds' spread, in points: each margin less
+    the larger of the two standard deviations (positive where the tables mark it ✓). A comparison whose own
+    seeds scatter (a P = 1 with one unstable seed, 93.1 ± 3.2) then cannot make a row look better than it is,
+    as the plain smallest margin let it (None where a comparison is missing)."""
+    c = comparisons(row, rows)
+    if int(row["stages"]) == 1 or any(v[0] is None for v in c.values()):
+        return None
+    return min(c["pdd"][0] - c[k][0] - max(c["pdd"][1], c[k][1]) for k in ("base", "epochs", "random"))
+
+
 # The showcase preset must finish within about a quarter of an hour on 2 cores. A row's wall s is one seed
 # on one thread beside the row's other seeds (bench/quality.py --seed-jobs 3 --threads 1), longer than the
 # preset alone (bench/speed.py --only presets; docs/benchmarks.md, "The default and the showcase").
@@ -105,10 +116,10 @@ SHOWCASE_MAX_WALL_S = 2400
 
 def showcase(rows: list[dict]) -> Optional[dict]:
     """The row the ``cpu-showcase`` preset runs: of the rows measured on a CPU that fit its time, the one whose
-    smallest gain over the three comparisons is largest (None when no row has all three). A GPU row's wall
-    time says nothing about 2 cores."""
+    smallest gain over the three comparisons beyond the seeds' spread (:func:`clear_gain`) is largest (None
+    when no row has all three). A GPU row's wall time says nothing about 2 cores."""
     fit = [(g, r) for r in rows if not gpu_of(r) and (number(r["wall_s"]) or 0) <= SHOWCASE_MAX_WALL_S
-           and (g := gain(r, rows)) is not None]
+           and (g := clear_gain(r, rows)) is not None]
     return max(fit, key=lambda gr: gr[0], default=(None, None))[1]
 
 
