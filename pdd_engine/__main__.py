@@ -192,8 +192,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
             return 2
         elif isinstance(ev, E.Done):
             print(format_table(ev.accuracies, cfg.method))
-            for w in warnings:  # a result that may be worse than it looks is said beside it, not only scrolled past
-                print(f"warning: {w}", file=sys.stderr)
+            say_warnings(warnings)  # a result that may be worse than it looks is said beside it, not only scrolled past
             print(f"\n{ev.seconds:.1f} s; computed stages {ev.computed_stages or 'none (all from cache)'}", file=sys.stderr)
             if args.json:
                 print(json.dumps({"run_key": ev.run_key, "accuracies": ev.accuracies, "seconds": ev.seconds,
@@ -202,6 +201,12 @@ def cmd_distill(args: argparse.Namespace) -> int:
         path = export_bundle(cfg, args.out, store)
         print(f"bundle written to {path}", file=sys.stderr)
     return 0
+
+
+def say_warnings(lines) -> None:
+    """Print warnings ("stage 1: ...") to stderr, each as one printable line (they can quote outside text)."""
+    for w in lines:
+        print(f"warning: {one_line(w)}", file=sys.stderr)
 
 
 def check_writable(path: str, flag: str) -> None:
@@ -219,8 +224,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise PDDError(f"{flag} must be 1 or more (got {value})", f"give {flag} a whole number >= 1, or leave it out")
 
     manifest = load_bundle(args.bundle).manifest
-    for w in stage_warnings(manifest):  # what the run that made the bundle warned of
-        print(f"warning: {w}", file=sys.stderr)
+    say_warnings(stage_warnings(manifest))  # what the run that made the bundle warned of
     headers, rows = evaluation_table(manifest, [])
     print("| " + " | ".join(headers) + " |")
     print("| --- |" + " --- |" * (len(headers) - 1))
@@ -291,8 +295,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     elif args.action == "show":
         r = runs.get(store, args.ids[0])
         print(json.dumps(r.to_dict(), indent=2) if args.json else compare_table([r]))
-        for w in run_warnings([r]) if not args.json else []:
-            print(f"warning: {one_line(w)}", file=sys.stderr)
+        say_warnings(run_warnings([r]) if not args.json else [])
     elif args.action == "delete":
         n = runs.delete(store, args.ids)
         print(f"deleted {n} run record(s); their stages stay cached for runs that share them", file=sys.stderr)
@@ -302,8 +305,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     elif args.action == "compare":
         chosen = [runs.get(store, ref) for ref in args.ids]
         print(compare_table(chosen) + "\n\n" + config_differences(chosen))
-        for w in run_warnings(chosen):
-            print(f"warning: {one_line(w)}", file=sys.stderr)
+        say_warnings(run_warnings(chosen))
     return 0
 
 

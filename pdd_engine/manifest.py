@@ -163,7 +163,6 @@ def evaluation_table(manifest: dict[str, Any], results: list[tuple[str, list[lis
 
 
 WARNING_CHARS = 600  # a bundle's text shown to a user is bounded (a manifest is untrusted input)
-MAX_STAGE_SHOWN = 10 ** 4  # a stage number beyond it is shown as "?" (a JSON integer can have 4,300 digits)
 
 
 def stage_warnings(manifest: dict[str, Any]) -> list[str]:
@@ -175,5 +174,5 @@ def stage_warnings(manifest: dict[str, Any]) -> list[str]:
         text = e.get("matching_warning") if isinstance(e, dict) else None
         if isinstance(text, str) and (text := one_line(text.removeprefix("warning: "), WARNING_CHARS)):
             stage = e.get("stage")
-            out.append(f"stage {stage if isinstance(stage, int) and 0 < stage <= MAX_STAGE_SHOWN else '?'}: {text}")
+            out.append(f"stage {stage if isinstance(stage, int) and 0 < stage <= MAX_COUNT else '?'}: {text}")
     return out

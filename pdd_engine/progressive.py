@@ -190,7 +190,7 @@ class Engine:
         self.computed: list[int] = []
         self.pending: list[str] = []  # notices from the store during run(), shown as messages
         self.lane: Optional[SideLane] = None  # the run's second thread (SideLane), where it has one
-        self.warnings: list[str] = []  # the stages' health warnings, kept in the run's record
+        self.warnings: list[tuple[int, str]] = []  # (stage, text) of the stages' health warnings, for the record
 
     def check_cancel(self) -> None:
         if self.cancel is not None and self.cancel.is_set():
@@ -273,7 +273,7 @@ class Engine:
         if warning is not None:
             where = "" if phase == "stage" else "the base method alone (P=1): "
             text = f"{where}{warning.removeprefix('warning: ')}"
-            self.warnings.append(f"stage {i}: {text}")
+            self.warnings.append((i, text))
             yield Message(i, f"warning: {text}")
         union.add(tensors, meta["lr"])
 
@@ -304,7 +304,7 @@ class Engine:
         if len(done) < len(steps) or len(steps) > 1:  # its images (distilled, or replayed from the store)
             for ev in sub.advance(ds, keys, 1, union, device, phase="base"):
                 yield replace(ev, stage=i)
-            self.warnings += [f"stage {i}: {w.split(': ', 1)[1]}" for w in sub.warnings]  # said at PDD's stage i
+            self.warnings += [(i, text) for _, text in sub.warnings]  # said at PDD's stage i
         if len(steps) > 1:
             yield Message(i, f"{what}: trained for {i} x {proto.epochs} epochs, as long as PDD's curriculum")
         accs = [acc for _, acc in sub.evaluated_chain(steps, done, ds, proto, device, union.x, union.y, union.lr)]
@@ -376,7 +376,8 @@ class Engine:
                 yield StageFinished(stage, cached, time.time() - t_stage, union.lr)
             if self.until < cfg.stages:  # a slice ends with its last stage: the run is not finished
                 return
-            runs.save(self.store, keys, dataset_info(ds), accuracies, list(dict.fromkeys(self.warnings)))
+            runs.save(self.store, keys, dataset_info(ds), accuracies,
+                      list(dict.fromkeys(f"stage {s}: {text}" for s, text in self.warnings)))
             yield Done(keys.run, accuracies, time.time() - t0, list(self.computed), self.executor.name)
         except Cancelled:
             yield Stopped(stage)

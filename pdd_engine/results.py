@@ -88,13 +88,20 @@ def comparisons(row: dict, rows: list[dict]) -> dict[str, tuple[Optional[float],
     return out
 
 
-def gain(row: dict, rows: list[dict]) -> Optional[float]:
-    """PDD's smallest margin over its three comparisons, in points (None where one is missing): how a row
-    shows PDD's point, for choosing the default and the showcase."""
+def margins(row: dict, rows: list[dict]) -> Optional[list[tuple[float, float]]]:
+    """PDD's margin over each of its three comparisons (P = 1, P = 1 same epochs, own random), in points, with
+    the larger of the two standard deviations beside it; None for P = 1 or where a comparison is missing."""
     c = comparisons(row, rows)
     if int(row["stages"]) == 1 or any(v[0] is None for v in c.values()):
         return None
-    return min(c["pdd"][0] - c[k][0] for k in ("base", "epochs", "random"))
+    return [(c["pdd"][0] - c[k][0], max(c["pdd"][1], c[k][1])) for k in ("base", "epochs", "random")]
+
+
+def gain(row: dict, rows: list[dict]) -> Optional[float]:
+    """PDD's smallest margin over its three comparisons, in points (None where one is missing): how a row
+    shows PDD's point, for choosing the default and the showcase."""
+    m = margins(row, rows)
+    return None if m is None else min(d for d, _ in m)
 
 
 def clear_gain(row: dict, rows: list[dict]) -> Optional[float]:
@@ -102,10 +109,8 @@ def clear_gain(row: dict, rows: list[dict]) -> Optional[float]:
     the larger of the two standard deviations (positive where the tables mark it ✓). A comparison whose own
     seeds scatter (a P = 1 with one unstable seed, 93.1 ± 3.2) then cannot make a row look better than it is,
     as the plain smallest margin let it (None where a comparison is missing)."""
-    c = comparisons(row, rows)
-    if int(row["stages"]) == 1 or any(v[0] is None for v in c.values()):
-        return None
-    return min(c["pdd"][0] - c[k][0] - max(c["pdd"][1], c[k][1]) for k in ("base", "epochs", "random"))
+    m = margins(row, rows)
+    return None if m is None else min(d - spread for d, spread in m)
 
 
 # The showcase preset must finish within about a quarter of an hour on 2 cores. A row's wall s is one seed
