@@ -425,14 +425,16 @@ class Service:
 
     def _shape(self, dataset: str, timeout: float) -> Optional[tuple]:
         """(channels, size, classes, training images) of a dataset: the registry's, else its preview's
-        (an upload), else None while that is still being read."""
+        (an upload), else None while that is still being read. An upload that cannot be read raises its
+        preview's one line, so the settings that name it are refused with the reason the data panel shows
+        (they were once called valid while the panel said the upload was broken)."""
         known = next((d["shape"] for d in self.schema()["datasets"] if d["name"] == dataset), None)
         if known:
             return tuple(known)
         try:
             p = self.helper.ask(("preview", dataset, self.data_root, None), "preview", dataset, self.data_root, None,
                                 timeout=timeout)
-        except (PDDError, TimeoutError):
+        except TimeoutError:
             return None
         return p["channels"], p["size"], p["num_classes"], p["train"]
 
@@ -518,7 +520,8 @@ class Service:
         """The normalised config of ``values``, or the one line that refuses it: invalid, over a server maximum,
         or estimated over the run's time or memory cap."""
         try:
-            shape = self._shape(values["dataset"], timeout=120)
+            with self.door():  # an unreadable upload's line, its paths cut
+                shape = self._shape(values["dataset"], timeout=120)
             out = self.helper.call("check", values, shape, True, False, timeout=300)
         except TimeoutError:
             raise PDDError("the server took too long to check these settings", "try again in a moment") from None

@@ -219,6 +219,22 @@ def test_an_uploaded_dataset_is_the_uploaders_alone(studio, tmp_path):
     assert "not one of your uploads" in studio.check(None, b, kept, None, *controls[2:])[0]
 
 
+def test_a_broken_upload_is_named_alike_by_the_data_panel_and_the_validation_line(studio, tmp_path):
+    """The data panel and the validation line read one answer: a broken upload disables Run with the reason
+    the panel shows, where the line once said valid."""
+    broken = tmp_path / "broken.zip"
+    with zipfile.ZipFile(broken, "w") as z:
+        z.writestr("cats/0.png", b"not an image")
+        z.writestr("dogs/0.png", b"not an image either")
+    token = token_for("")
+    controls = studio.control_values()
+    controls[0], controls[1] = "upload your own (.zip)", str(broken)
+    image, facts = studio.preview(None, token, controls[0], str(broken))
+    valid, _, run = studio.check(None, token, *controls)[:3]
+    assert image is None and "pdd-error" in facts and "Fix" in html.unescape(facts)
+    assert valid == facts and "valid" not in html.unescape(valid) and run["interactive"] is False
+
+
 # -- the real server ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):

@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import zipfile
 
 import pytest
 
@@ -88,6 +89,17 @@ def test_dataset_preview_for_digits_and_for_an_uploaded_zip(page_url, tmp_path):
     page.wait_for_function("document.querySelector('#pdd-data-facts')?.innerText.includes('3 classes')", timeout=60_000)
     page.wait_for_selector("#pdd-data-grid img")
     assert str(tmp_path) not in page.content()  # the server's copy of the upload is never named
+    page.wait_for_function("document.querySelector('#pdd-validation')?.innerText.includes('valid')", timeout=60_000)
+    broken = tmp_path / "broken.zip"
+    with zipfile.ZipFile(broken, "w") as z:
+        z.writestr("cats/0.png", b"not an image")
+        z.writestr("dogs/0.png", b"not an image either")
+    page.get_by_role("button", name="Clear").first.click()  # the file box takes a new file once cleared
+    page.locator("input[type=file]").first.set_input_files(str(broken))
+    page.wait_for_function("document.querySelector('#pdd-data-facts')?.innerText.includes('Fix')", timeout=60_000)
+    page.wait_for_selector("#pdd-run[disabled]", timeout=60_000)  # the line under the controls says the same
+    facts = page.locator("#pdd-data-facts").inner_text().strip()
+    assert page.locator("#pdd-validation").inner_text().strip() == facts and "valid" not in facts
     page.close()
 
 

@@ -478,15 +478,21 @@ if __name__ == "__main__":
     assert not any(alive(p) for p in children)
 
 
-@pytest.mark.slow
-def test_a_hostile_upload_fails_its_run_with_the_reason(service, tmp_path):
+def test_a_hostile_upload_is_refused_with_the_reason_its_preview_gives(service, tmp_path):
+    """The settings that name an unreadable upload are invalid, for the same reason the data panel shows:
+    the validation line once said valid beside a data panel that said the upload was broken."""
     evil = tmp_path / "evil.zip"
     with zipfile.ZipFile(evil, "w") as z:
         z.writestr("a/0.png", b"x")
         z.writestr("../../../etc/escaped.png", b"x")
     ref = service.keep_upload(str(evil), "olga")
-    view = finish(service, service.submit({**TINY, "dataset": ref}, "olga"), "olga")
-    assert view.state is RunState.FAILED and "outside the archive" in view.events[-1].message
-    assert "Fix:" in view.events[-1].message and str(service.upload_dir) not in view.events[-1].message
+    with pytest.raises(PDDError, match="outside the archive") as shown:
+        service.preview(ref, "olga")
+    checked = service.check({**TINY, "dataset": ref}, "olga", wait=30)
+    assert not checked.ok and checked.error == str(shown.value)
+    with pytest.raises(PDDError, match="outside the archive") as refused:
+        service.submit({**TINY, "dataset": ref}, "olga")
+    assert "Fix:" in str(refused.value) and str(service.upload_dir) not in str(refused.value)
+    assert not [r for r in service._runs.values() if r.owner == "olga" and not r.state.finished]
     with pytest.raises(PDDError, match="notes.txt is not a .zip file"):
         service.keep_upload(str(tmp_path / "notes.txt"), "olga")
