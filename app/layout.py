@@ -187,8 +187,12 @@ def build(studio: Studio) -> gr.Blocks:
         gr.on([c.change for c in controls], studio.check, [token, *controls], checked, trigger_mode="always_last",
               show_progress="hidden", **private)
         dataset.change(lambda d: gr.update(visible=d == UPLOAD), dataset, upload, queue=False, **private)
-        gr.on([dataset.change, upload.change], studio.preview, [token, dataset, upload], [data_grid, data_facts],
-              trigger_mode="always_last", show_progress="minimal", api_name="preview_dataset")
+        image_size = adv[[f["name"] for f in studio.fields].index("image_size")]
+        shown = [token, dataset, upload, image_size]
+        # the settings are checked again once the data is read: a slow upload's line said "still being read"
+        gr.on([dataset.change, upload.change, image_size.change], studio.preview, shown, [data_grid, data_facts],
+              trigger_mode="always_last", show_progress="minimal", api_name="preview_dataset").then(
+            studio.check, [token, *controls], checked, show_progress="hidden", **private)
         preset.change(studio.preset_values, preset, [dataset, method, stages, ipc, *adv], queue=False, **private)
         method.change(lambda m: [gr.update(visible=shown_for(f, m)) for f in studio.fields], method, adv, queue=False,
                       **private)
@@ -214,7 +218,7 @@ def build(studio: Studio) -> gr.Blocks:
         load = demo.load(on_load, [token], [run_id, token], queue=False, **private)
         load.then(studio.check, [token, *controls], checked, queue=False, **private)
         load.then(studio.follow_if_any, [run_id, token], outputs, concurrency_limit=None, show_progress="hidden", **private)
-        load.then(studio.preview, [token, dataset, upload], [data_grid, data_facts], **private)
+        load.then(studio.preview, shown, [data_grid, data_facts], **private)
         listing = [runs_df, pick, ev_run, runs_empty]
         refresh.click(studio.runs_table, token, listing, api_name="runs")
         load.then(studio.runs_table, token, listing, **private)

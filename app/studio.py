@@ -18,7 +18,7 @@ import anyio
 import gradio as gr
 
 from pdd_engine import events as E
-from pdd_engine.errors import PDDError
+from pdd_engine.errors import PDDError, one_line
 from pdd_engine.service import RunState, RunView, Service
 
 from . import render
@@ -189,6 +189,9 @@ class Studio:
         except PDDError as e:
             return error_html(e), "", gr.update(interactive=False), *skip
         c = self.service.check(settings, owner or "anonymous")
+        if c.pending:  # checked again when the preview is read (layout): a wait, not a mistake
+            return "⏳ Reading your upload… Run is enabled once its images show in the data panel.", "", \
+                gr.update(interactive=False), *skip
         if not c.ok:
             return error_html(c.error), "", gr.update(interactive=False), *skip
         per = str(c.ipcs[0]) if len(set(c.ipcs)) == 1 else ", ".join(map(str, c.ipcs))
@@ -238,13 +241,20 @@ class Studio:
         return "" if value is None else value
 
     # -- data ---------------------------------------------------------------------------------------
-    def preview(self, profile: Optional[gr.OAuthProfile], token: str, dataset: str, upload: Any) -> tuple:
-        """The chosen dataset's sample grid and facts (never downloads)."""
+    def preview(self, profile: Optional[gr.OAuthProfile], token: str, dataset: str, upload: Any,
+                image_size: Any = None) -> tuple:
+        """The chosen dataset's sample grid and facts (never downloads), read at Image size where that box
+        holds a valid size: what a run would read, so the panel and the validation line agree."""
         owner = owner_of(token, profile)
         if dataset == UPLOAD and not getattr(upload, "name", upload):
             return None, "Upload a .zip with one folder of images per class (class_name/*.png) to see it here."
         try:
-            p = self.service.preview(self.dataset_of(owner, dataset, upload), owner, timeout=PREVIEW_WAIT_S)
+            size = parse(self.settings["image_size"], image_size)
+        except PDDError:
+            size = None  # the validation line names a bad Image size; the panel shows the upload's own size
+        try:
+            p = self.service.preview(self.dataset_of(owner, dataset, upload), owner, timeout=PREVIEW_WAIT_S,
+                                     image_size=size)
         except PDDError as e:
             return None, error_html(e)
         except TimeoutError:
@@ -272,7 +282,7 @@ class Studio:
                 raise PDDError("settings must be one JSON object of names and values", 'send e.g. {"stages": 2, "ipc": 10}')
             return self.service.submit(settings, who), token, ""
         except PDDError as e:
-            return "", token, f"⚠ {e}"
+            return "", token, f"⚠ {one_line(str(e))}"  # one printable line: it can quote an upload's class names
 
     def resume(self, profile: Optional[gr.OAuthProfile], run_id: str, token: str) -> tuple[str, str, str]:
         try:

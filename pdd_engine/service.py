@@ -179,11 +179,19 @@ class Child:
             except TimeoutError:
                 self.check()
                 raise
+            except PDDError:
+                raise  # the inputs' own answer (an upload that cannot be read): remembered like any other
             except Exception:
-                with self.lock:  # a failed answer is not remembered: the next ask tries again
+                with self.lock:  # a crash is not remembered: the next ask tries again
                     if self.answers.get(key) is future:
                         del self.answers[key]
                 raise
+
+    def forget(self, which: Callable[[Any], bool]) -> None:
+        """Drop the remembered answers whose key ``which`` picks (their inputs changed: an upload kept again)."""
+        with self.lock:
+            for key in [k for k in self.answers if which(k)]:
+                del self.answers[key]
 
     def check(self) -> None:
         """Kill a child that is stopped or a zombie, or that holds one call past ``stuck_s``: its pool breaks,
@@ -210,6 +218,10 @@ class Child:
             if self.pool is not None:
                 self.pool.shutdown(wait=False, cancel_futures=True)
                 self.pool = None
+
+
+class StillReading(PDDError):
+    """An upload whose preview has not finished: its settings cannot be checked yet (not invalid)."""
 
 
 def process_state(pid: int) -> str:
@@ -292,6 +304,7 @@ class Check:
     automatic: Optional[dict] = None
     estimate: Optional[str] = None  # "about 2 min and 0.9 GiB peak", or None while the network is timed
     seconds: Optional[float] = None
+    pending: bool = False  # not invalid: the upload is still being read (check again once it is)
 
 
 @dataclass(frozen=True)
@@ -377,8 +390,10 @@ class Service:
         in the background, and the estimate says so). Never raises for bad settings: ``error`` says why."""
         try:
             values = self._settings(settings, owner)
-            shape = self._shape(values["dataset"], timeout=wait)
+            shape = self._shape(values, timeout=wait)
             out = self.helper.call("check", values, shape, False, True, timeout=max(wait, 5))
+        except StillReading as e:
+            return Check(False, str(e), pending=True)
         except PDDError as e:
             return Check(False, self.redact(str(e)))
         except TimeoutError:
@@ -418,25 +433,42 @@ class Service:
             if scheme != "folder" or path.parent != self.upload_dir or not self._owns_upload(path.name, owner):
                 raise PDDError(f"the dataset '{shown_dataset(dataset)}' is not one of your uploads",
                                "choose a built-in dataset, or upload your .zip (Dataset: upload your own)")
+            if not path.is_file():
+                raise PDDError("your upload is no longer on this server (old uploads are removed to make room)",
+                               "upload the .zip again (Dataset: upload your own)")
+            values["dataset"] = f"folder:{path}"  # one spelling (no '//', '/./' or trailing '/'): one cache entry
         return values
 
     def _owns_upload(self, name: str, owner: str) -> bool:
         return bool(owner) and (self.public or self.book.owns_upload(name, owner))
 
-    def _shape(self, dataset: str, timeout: float) -> Optional[tuple]:
-        """(channels, size, classes, training images) of a dataset: the registry's, else its preview's
-        (an upload), else None while that is still being read. An upload that cannot be read raises its
+    def _shape(self, values: dict, timeout: float) -> tuple:
+        """(channels, size, classes, training images) of the settings' dataset: the registry's, else the
+        preview's of the upload at the settings' image size. An upload that cannot be read raises its
         preview's one line, so the settings that name it are refused with the reason the data panel shows
-        (they were once called valid while the panel said the upload was broken)."""
+        (they were once called valid while the panel said the upload was broken); one still being read is
+        refused as such, never priced without its shape (a broken one was called valid meanwhile)."""
+        dataset = values["dataset"]
         known = next((d["shape"] for d in self.schema()["datasets"] if d["name"] == dataset), None)
         if known:
             return tuple(known)
         try:
-            p = self.helper.ask(("preview", dataset, self.data_root, None), "preview", dataset, self.data_root, None,
-                                timeout=timeout)
+            p = self._preview(dataset, self._preview_size(values.get("image_size")), timeout)
         except TimeoutError:
-            return None
+            raise StillReading("your upload is still being read", "wait: Run is enabled once its images show in "
+                                                                  "the data panel (API: try again in a moment)") from None
         return p["channels"], p["size"], p["num_classes"], p["train"]
+
+    def _preview_size(self, value: Any) -> Optional[int]:
+        """The image size a preview reads an upload at: the settings' ``image_size`` where it is one the config
+        takes, else the upload's own (an invalid value is the config check's to refuse, in its words)."""
+        spec = next(s for s in self.schema()["settings"] if s["name"] == "image_size")
+        return value if type(value) is int and spec["minimum"] <= value <= spec["maximum"] else None
+
+    def _preview(self, dataset: str, image_size: Optional[int], timeout: float) -> dict:
+        """The helper's preview of a dataset, asked once per (dataset, image size) while remembered."""
+        return self.helper.ask(("preview", dataset, self.data_root, image_size), "preview", dataset, self.data_root,
+                               image_size, timeout=timeout)
 
     # -- uploads and previews ----------------------------------------------------------------------
     def keep_upload(self, temp_path: str, owner: str) -> str:
@@ -457,19 +489,23 @@ class Service:
                 tmp = kept.with_name(f".{kept.name}.{secrets.token_hex(4)}")
                 shutil.copyfile(src, tmp)
                 os.replace(tmp, kept)
+            else:
+                os.utime(kept)  # kept again: as new to the housekeeping that prunes the oldest uploads
             src.unlink(missing_ok=True)
         except OSError as e:
             raise PDDError(f"the upload could not be kept ({e.strerror})", "upload it again") from None
         self.book.claim_upload(kept.name, owner)
-        return f"folder:{kept}"
+        ref = f"folder:{kept}"
+        self.helper.forget(lambda key: key[:2] == ("preview", ref))  # read again: it may have been pruned and back
+        return ref
 
-    def preview(self, dataset: str, owner: str, timeout: float = 30.0) -> dict:
+    def preview(self, dataset: str, owner: str, timeout: float = 30.0, image_size: Any = None) -> dict:
         """A dataset's facts and real images per class (never downloads): a built-in one, or one of the
-        caller's uploads. Raises PDDError (one line) or TimeoutError (still reading: ask again)."""
+        caller's uploads, at ``image_size`` where that is a valid one (what a run of it would read).
+        Raises PDDError (one line) or TimeoutError (still reading: ask again)."""
         dataset = self._settings({"dataset": dataset}, owner)["dataset"]
         with self.door():
-            return self.helper.ask(("preview", dataset, self.data_root, None), "preview", dataset, self.data_root,
-                                   None, timeout=timeout)
+            return self._preview(dataset, self._preview_size(image_size), timeout)
 
     # -- runs --------------------------------------------------------------------------------------
     def submit(self, settings: dict, owner: str) -> str:
@@ -521,7 +557,7 @@ class Service:
         or estimated over the run's time or memory cap."""
         try:
             with self.door():  # an unreadable upload's line, its paths cut
-                shape = self._shape(values["dataset"], timeout=120)
+                shape = self._shape(values, timeout=120)
             out = self.helper.call("check", values, shape, True, False, timeout=300)
         except TimeoutError:
             raise PDDError("the server took too long to check these settings", "try again in a moment") from None

@@ -28,7 +28,8 @@ from .settings import env
 VARIABLES = {"files": "PDD_MAX_FILES", "total_bytes": "PDD_MAX_BYTES", "entry_bytes": "PDD_MAX_FILE_BYTES",
              "side": "PDD_MAX_SIDE", "pixels": "PDD_MAX_PIXELS", "decoded_bytes": "PDD_MAX_DECODED_BYTES",
              "manifest_bytes": "PDD_MAX_MANIFEST_BYTES", "bundle_stages": "PDD_MAX_BUNDLE_STAGES"}
-ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, ValueError)  # corrupt or unsupported
+# corrupt or unsupported; RuntimeError is what zipfile raises for an encrypted entry ("password required")
+ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, ValueError, RuntimeError)
 
 
 @dataclass(frozen=True)

@@ -235,6 +235,41 @@ def test_a_broken_upload_is_named_alike_by_the_data_panel_and_the_validation_lin
     assert valid == facts and "valid" not in html.unescape(valid) and run["interactive"] is False
 
 
+def test_the_data_panel_reads_an_upload_at_the_image_size_in_advanced(studio, tmp_path):
+    """Mixed sizes need Image size; once it is set, the panel shows the upload at that size and the line
+    says valid (both once read every upload at its own size, and refused it whatever Image size said)."""
+    from tests.test_service import sized_zip
+    z = sized_zip(tmp_path / "mixed.zip", [16, 24])
+    token = token_for("")
+    controls = studio.control_values()
+    controls[0], controls[1] = "upload your own (.zip)", str(z)
+    at = 6 + [f["name"] for f in studio.fields].index("image_size")
+    image, facts = studio.preview(None, token, controls[0], str(z), controls[at])
+    assert image is None and "mixed sizes" in html.unescape(facts) and "Image size" in html.unescape(facts)
+    assert "mixed sizes" in html.unescape(studio.check(None, token, *controls)[0])
+    controls[at] = "16"
+    image, facts = studio.preview(None, token, controls[0], str(z), controls[at])
+    assert image is not None and "16" in facts and "pdd-error" not in facts
+    assert "✓ valid" in studio.check(None, token, *controls)[0]
+    image, facts = studio.preview(None, token, controls[0], str(z), "sixteen")  # the line names a bad box
+    assert image is None and "mixed sizes" in html.unescape(facts)
+
+
+def test_an_api_start_message_is_one_printable_line(studio, tmp_path):
+    """/start's refusal can quote an upload's class names: it comes back as one printable line."""
+    from tests.test_untrusted import image_bytes
+    z = tmp_path / "names.zip"
+    with zipfile.ZipFile(z, "w") as f:
+        f.writestr("evil\n\x1b[31mFAKE: valid\x1b[0m\r\u202egnp/0.png", image_bytes(8, "L", "PNG"))
+        for i in range(2):
+            f.writestr(f"fine/{i}.png", image_bytes(8, "L", "PNG"))
+    token = token_for("")
+    ref = studio.service.keep_upload(str(z), owner_of(token))
+    run_id, _, message = studio.start(token, {**TINY, "dataset": ref})
+    assert not run_id and "has 1 image" in message and "FAKE: valid" in message
+    assert not any(c in message for c in "\n\r\x1b\u202e"), repr(message)
+
+
 # -- the real server ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
@@ -304,7 +339,7 @@ def test_invalid_input_is_a_message_not_a_trace(app_url):
 
 # what a stranger sends for each parameter of an endpoint; the identifying ones carry the first visitor's ids
 STRANGER_ARGS = {"owner": "TOKEN", "token": "TOKEN", "settings": {}, "dataset": "digits", "upload": None, "data": None,
-                 "archs": ["same as exported"], "models": 1, "epochs": "1"}
+                 "archs": ["same as exported"], "models": 1, "epochs": "1", "image_size": ""}
 IDENTIFYING = {"run_id": "RUN_ID", "keys": "KEYS", "run_key": "RUN_KEY"}
 
 

@@ -496,3 +496,56 @@ def test_a_hostile_upload_is_refused_with_the_reason_its_preview_gives(service, 
     assert not [r for r in service._runs.values() if r.owner == "olga" and not r.state.finished]
     with pytest.raises(PDDError, match="notes.txt is not a .zip file"):
         service.keep_upload(str(tmp_path / "notes.txt"), "olga")
+
+
+def sized_zip(path, sizes, classes="ab", per_class=4):
+    """A zip of ``per_class`` PNGs per class, image i of each class ``sizes[i % len(sizes)]`` px a side."""
+    from tests.test_untrusted import image_bytes
+    with zipfile.ZipFile(path, "w") as z:
+        for c in classes:
+            for i in range(per_class):
+                z.writestr(f"{c}/{i}.png", image_bytes(sizes[i % len(sizes)], "L", "PNG"))
+    return path
+
+
+def test_an_upload_is_read_at_the_image_size_the_settings_give(service, tmp_path):
+    """Mixed sizes need Image size: the check reads the upload as the run will, at that size, so setting
+    it makes the settings valid (the check once read every upload at its own size and refused them all)."""
+    ref = service.keep_upload(str(sized_zip(tmp_path / "mixed.zip", [16, 24])), "nina")
+    bare = service.check({**TINY, "dataset": ref}, "nina", wait=60)
+    assert not bare.ok and "mixed sizes" in bare.error and "Image size" in bare.error
+    sized = service.check({**TINY, "dataset": ref, "image_size": 16}, "nina", wait=60)
+    assert sized.ok, sized.error
+    assert service.preview(ref, "nina", image_size=16)["size"] == 16
+    assert not service.check({**TINY, "dataset": ref, "image_size": 3}, "nina", wait=60).ok  # the config's bounds
+
+
+def test_an_upload_still_being_read_is_pending_then_checked(service, tmp_path):
+    """A check that cannot wait for the upload's preview says so (not valid, not invalid); once read, the
+    answer is remembered, a failure too, so a broken upload is read once, not on every control change."""
+    ref = service.keep_upload(str(sized_zip(tmp_path / "fresh.zip", [8], per_class=3)), "nina")
+    first = service.check({**TINY, "dataset": ref}, "nina", wait=0)
+    assert not first.ok and first.pending and "still being read" in first.error
+    assert service.check({**TINY, "dataset": ref}, "nina", wait=60).ok
+    broken = service.keep_upload(str(sized_zip(tmp_path / "one.zip", [8], per_class=1)), "nina")
+    with pytest.raises(PDDError, match="has 1 image"):
+        service.preview(broken, "nina")
+    assert ("preview", broken, service.data_root, None) in service.helper.answers  # the failure is remembered
+    refused = service.check({**TINY, "dataset": broken}, "nina", wait=0)  # answered from memory, at once
+    assert not refused.ok and not refused.pending and "has 1 image" in refused.error
+
+
+def test_an_upload_kept_again_is_fresh_and_one_pruned_says_upload_it_again(service, tmp_path):
+    z = sized_zip(tmp_path / "again.zip", [8], per_class=3)
+    ref = service.keep_upload(str(z), "nina")
+    kept = Path(ref.removeprefix("folder:"))
+    os.utime(kept, (1, 1))  # as old as the housekeeping's oldest
+    service.preview(ref, "nina")
+    ref2 = service.keep_upload(str(sized_zip(tmp_path / "again2.zip", [8], per_class=3)), "nina")
+    assert ref2 == ref and time.time() - kept.stat().st_mtime < 60  # the same content, kept as new
+    assert ("preview", ref, service.data_root, None) not in service.helper.answers  # read again when asked
+    for spelling in (f"folder:{kept.parent}//{kept.name}", f"folder:{kept.parent}/./{kept.name}"):
+        assert service._settings({"dataset": spelling}, "nina")["dataset"] == ref  # one spelling, one cache entry
+    kept.unlink()  # pruned by the housekeeping
+    gone = service.check({**TINY, "dataset": ref}, "nina", wait=60)
+    assert not gone.ok and "no longer on this server" in gone.error and "upload the .zip again" in gone.error

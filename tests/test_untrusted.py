@@ -26,6 +26,7 @@ from PIL import Image
 from pdd_engine.datasets.userdata import load_user_dataset
 from pdd_engine.errors import BundleError, DataUnavailable, PDDError
 from pdd_engine.export import load_bundle
+from pdd_engine.preview import preview_dataset
 from pdd_engine.untrusted import Limits
 
 OUTCOMES: Counter = Counter()  # (property, how it ended): what bench.robustness reports
@@ -314,6 +315,39 @@ def test_decoded_size_is_bounded_before_decoding(tmp_path):
     assert grew < 100, f"{grew:.0f} MB"
     grew, message = peak(f"preview_dataset('folder:{z}', image_size=128)")
     assert message == "ok" and grew < 100, (grew, message)
+
+
+def test_a_class_whose_pixels_fail_is_named_and_an_encrypted_entry_is_skipped(tmp_path):
+    """A file can pass its header and fail its pixels: a class that empties when decoded is named (it once
+    reached the run as "fewer real images than stage 1 adds"); an encrypted entry is one skipped file, not
+    zipfile's RuntimeError out of the preview, the check and the run."""
+    good = image_bytes(8, "L", "PNG")
+    cut = good[:len(good) // 2]  # the header reads, the pixels do not
+    z = tmp_path / "cut.zip"
+    with zipfile.ZipFile(z, "w") as f:
+        for i in range(12):
+            f.writestr(f"a/{i}.png", good)
+            f.writestr(f"b/{i}.png", cut)
+    with pytest.raises(DataUnavailable, match=r"class 'b' has no readable images \(skipped b/.*truncated"):
+        load_user_dataset(f"folder:{z}")
+    small = tmp_path / "cut_small.zip"  # a class the preview reads in full: it says so before any run
+    with zipfile.ZipFile(small, "w") as f:
+        for i in range(3):
+            f.writestr(f"a/{i}.png", good)
+            f.writestr(f"b/{i}.png", cut)
+    with pytest.raises(DataUnavailable, match="class 'b' has no readable images"):
+        preview_dataset(f"folder:{small}")
+    enc = tmp_path / "enc.zip"
+    with zipfile.ZipFile(enc, "w") as f:
+        for c in "ab":
+            for i in range(3):
+                f.writestr(f"{c}/{i}.png", good)
+    raw = bytearray(enc.read_bytes())
+    raw[6] |= 1  # the first entry's "encrypted" flag, in its local header and its central directory entry
+    raw[raw.find(b"PK\x01\x02") + 8] |= 1
+    enc.write_bytes(bytes(raw))
+    x, y, xt, yt, classes, source = load_user_dataset(f"folder:{enc}")
+    assert classes == ["a", "b"] and len(x) + len(xt) == 5 and "encrypted" in source
 
 
 def test_small_sides_exif_windows_names_and_single_images(tmp_path):

@@ -149,20 +149,38 @@ def headers_of(items: list[Entry], limits: Limits, notes: list[str]) -> list[Hea
             except DataUnavailable:
                 raise
             except ZIP_ERRORS as err:
-                notes.append(f"skipped {where}: corrupt zip entry ({str(err)[:80]})")
+                notes.append(f"skipped {where}: " + ("encrypted zip entry (password-protected zips are not read)"
+                                                      if "encrypted" in str(err) else f"corrupt zip entry ({str(err)[:80]})"))
             except IMAGE_ERRORS as err:
                 notes.append(f"skipped {where}: unreadable ({reason(err)})")
     return out
 
 
-def unreadable_class(entries: list[Entry], headers: list[Header], notes: list[str]) -> Optional[DataUnavailable]:
-    """A class folder with image files of which none could be read: an error that names it (a class
-    that silently vanished would change the task)."""
-    named = {e.parts[-2] for e in entries if is_image(e)}
-    for c in sorted(named - {h.label for h in headers}):
+def vanished_class(named: set[str], labels: list[str], notes: list[str]) -> Optional[DataUnavailable]:
+    """The first class of ``named`` with no image among ``labels`` (all of its files failed), named with why."""
+    for c in sorted(named - set(labels)):
         why = next((n for n in notes if f"{c}/" in n), "")
         return DataUnavailable(f"class '{c}' has no readable images" + (f" ({why})" if why else ""),
                                f"replace or remove the files in the folder '{c}'")
+    return None
+
+
+def class_problem(name: str, named: set[str], labels: list[str], notes: list[str],
+                  holdout: bool) -> Optional[DataUnavailable]:
+    """What makes a folder's classes unusable, as an error that names the class: a class folder with image
+    files of which none could be read (a class that silently vanished would change the task), a single
+    class, or (``holdout``: no test/ folder) a class with fewer than 2 images. Asked of the headers before
+    decoding and of the images decoded, since a file can pass its header and fail its pixels."""
+    if (err := vanished_class(named, labels, notes)) is not None:
+        return err
+    count = Counter(labels)
+    if len(count) < 2:
+        return DataUnavailable(f"{name} has a single class ('{next(iter(count))}')",
+                               "add a folder of images for at least one more class")
+    few = sorted(c for c in count if count[c] < 2) if holdout else []
+    if few:  # the 80/20 hold-out needs an image to train on and one to test on, per class
+        return DataUnavailable(f"class '{few[0]}' has {count[few[0]]} image: a class needs at least 2 (one to train "
+                               "on, one to test on)", f"add images to '{few[0]}', or give train/ and test/ folders")
     return None
 
 
@@ -213,18 +231,10 @@ def scan_folder(path: Path, image_size: Optional[int], limits: Limits) -> Scan:
     if not train:
         raise DataUnavailable(f"{path.name} has no readable images in class folders",
                               "use the layout class_name/image.png" + (f" ({notes[0]})" if notes else ""))
-    if (err := unreadable_class(layout["train"], train, notes)) is not None:
+    named = {e.parts[-2] for e in layout["train"] if is_image(e)}
+    if (err := class_problem(path.name, named, [h.label for h in train], notes, "test" not in splits)) is not None:
         raise err
     classes = sorted({h.label for h in train})
-    if len(classes) < 2:
-        raise DataUnavailable(f"{path.name} has a single class ('{classes[0]}')",
-                              "add a folder of images for at least one more class")
-    if "test" not in splits:  # the 80/20 hold-out needs an image to train on and one to test on, per class
-        count = Counter(h.label for h in train)
-        few = sorted(c for c in classes if count[c] < 2)
-        if few:
-            raise DataUnavailable(f"class '{few[0]}' has {count[few[0]]} image: a class needs at least 2 (one to train "
-                                  "on, one to test on)", f"add images to '{few[0]}', or give train/ and test/ folders")
     every = train + splits.get("test", [])
     pixels = sum(h.size[0] * h.size[1] for h in every)
     if pixels > limits.pixels:
@@ -253,6 +263,9 @@ def scan_folder(path: Path, image_size: Optional[int], limits: Limits) -> Scan:
 def load_folder(path: Path, image_size: Optional[int], limits: Limits) -> tuple:
     scan = scan_folder(path, image_size, limits)
     x, y = scan.decode(scan.splits["train"])
+    err = class_problem(path.name, set(scan.classes), [scan.classes[i] for i in y], scan.notes, not scan.splits.get("test"))
+    if err is not None:
+        raise err
     if scan.splits.get("test"):
         xt, yt = scan.decode(scan.splits["test"])
         source = f"{path.name} (train/ and test/ folders)"
@@ -356,6 +369,9 @@ def sample_user_dataset(name: str, image_size: Optional[int], per_class: int, se
     rng = np.random.default_rng(seed)
     pick = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in range(len(scan.classes))])
     x, y = scan.decode([train[i] for i in pick])
+    whole = {c for i, c in enumerate(scan.classes) if np.sum(labels == i) <= per_class}  # read in full here
+    if (err := vanished_class(whole, [scan.classes[i] for i in y], scan.notes)) is not None:
+        raise err
     source = f"{path.name}" + (f"; {len(scan.notes)} {SKIPPED}: " + "; ".join(scan.notes[:5]) if scan.notes else "")
     return {"x": x, "y": y, "classes": scan.classes, "train": counts, "test": test, "source": source,
             "channels": scan.channels}
