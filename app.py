@@ -30,7 +30,7 @@ def main() -> None:
 
     try:
         studio = Studio(service)
-        start_janitor(bounds)
+        start_janitor(bounds, busy=service.uploads_in_use)
         studio.prime()
         demo = build(studio)
         demo.queue(default_concurrency_limit=concurrency)

@@ -13,6 +13,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from pdd_engine.service import env
 
@@ -35,9 +36,10 @@ class Bound:
         return cls(Path(folder), env(f"PDD_{name}_KEEP_HOURS") * 3600, int(env(f"PDD_{name}_MAX_GB") * 2 ** 30))
 
 
-def prune(bound: Bound, now: float | None = None) -> list[Path]:
+def prune(bound: Bound, now: float | None = None, busy: frozenset[Path] = frozenset()) -> list[Path]:
     """Delete files older than the bound's age, then the oldest until the folder fits its size;
-    empty sub-folders go too. Returns what was deleted. Files vanishing meanwhile are fine."""
+    empty sub-folders go too, never a file in ``busy`` (an upload a queued or running run will read).
+    Returns what was deleted. Files vanishing meanwhile are fine."""
     now = time.time() if now is None else now
     files = []
     for p in bound.folder.rglob("*") if bound.folder.is_dir() else []:
@@ -53,6 +55,8 @@ def prune(bound: Bound, now: float | None = None) -> list[Path]:
     for mtime, size, p in files:
         if now - mtime <= bound.max_age_s and total <= bound.max_bytes:
             break
+        if busy and p.resolve() in busy:
+            continue
         try:
             p.unlink()
             gone.append(p)
@@ -67,13 +71,14 @@ def prune(bound: Bound, now: float | None = None) -> list[Path]:
     return gone
 
 
-def start_janitor(bounds: list[Bound], every_s: float = 600) -> threading.Thread:
-    """Prune every bound now and then every ``every_s`` seconds, in a daemon thread."""
+def start_janitor(bounds: list[Bound], every_s: float = 600,
+                  busy: Callable[[], frozenset[Path]] = frozenset) -> threading.Thread:
+    """Prune every bound now and then every ``every_s`` seconds, in a daemon thread, sparing ``busy()``."""
     def loop() -> None:
         while True:
             for b in bounds:
                 try:
-                    prune(b)
+                    prune(b, busy=busy())
                 except Exception:  # noqa: BLE001 - housekeeping must never take the server down
                     pass
             time.sleep(every_s)

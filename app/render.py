@@ -297,7 +297,10 @@ def preview_image(p: dict) -> Optional[Image.Image]:
     """Real images per class of a dataset preview (the service's; None before a download)."""
     if p["images"] is None:
         return None
-    return class_grid(p["images"], p["labels"], list(p["classes"]), caption=f"{p['name']}: random real training images")
+    shown = int(p["labels"].max()) + 1 if len(p["labels"]) else 0  # the first classes, where there are many
+    more = f" (the first {shown} of {len(p['classes'])} classes)" if shown < len(p["classes"]) else ""
+    return class_grid(p["images"], p["labels"], list(p["classes"])[:shown],
+                      caption=f"{p['name']}: random real training images{more}")
 
 
 def preview_markdown(p: dict) -> str:

@@ -12,6 +12,7 @@ import asyncio
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Optional
 
 import anyio
@@ -34,7 +35,8 @@ POLL_S = 0.2  # how often a stream looks for new events (a dict lookup and a lis
 FRAME_MIN_S = 1.0  # a stream sends at most one frame this often: each costs the browser a re-render
 RUN_ENDS = (E.Exported, E.Done, E.Failed, E.Stopped)  # the events that close a run, after its last stage's
 LOSS_EVERY_S = 1.0  # the loss plot streams at most this often (it changes with every iteration)
-PREVIEW_WAIT_S = 30.0  # a first read of a large dataset (MNIST: ~1 s; a big zip longer)
+PREVIEW_WAIT_S = 30.0  # a first read of a large dataset (MNIST: ~1 s; a big zip longer), asked again
+PREVIEW_MAX_S = 600.0  # until the panel gives up (a read stuck longer is the helper's to end: Helper.stuck_s)
 SHOWCASE = "cpu-showcase"  # the preset suggested after the default run (docs/benchmarks.md)
 DEFINING = ("dataset", "method", "stages", "ipc", "stage_ipc", "iterations", "eval_epochs")  # what makes a run "the default"
 OUTPUTS = 9  # what a run's frame fills: status, progress, grid, loss, accuracy, bundle, stage files, stop, resume
@@ -175,8 +177,8 @@ class Studio:
         if not path:
             raise PDDError("no dataset file was uploaded", "upload a .zip with one folder of images per class")
         key = (owner, str(path))
-        if key not in self.kept:
-            self.kept[key] = self.service.keep_upload(str(path), owner)
+        if key not in self.kept or Path(path).is_file():  # keep_upload moves the file: there again, uploaded again
+            self.kept[key] = self.service.keep_upload(str(path), owner)  # (the web framework reuses a content's path)
         return self.kept[key]
 
     def check(self, profile: Optional[gr.OAuthProfile], token: str, *controls: Any) -> tuple:
@@ -252,14 +254,17 @@ class Studio:
             size = parse(self.settings["image_size"], image_size)
         except PDDError:
             size = None  # the validation line names a bad Image size; the panel shows the upload's own size
-        try:
-            p = self.service.preview(self.dataset_of(owner, dataset, upload), owner, timeout=PREVIEW_WAIT_S,
-                                     image_size=size)
-        except PDDError as e:
-            return None, error_html(e)
-        except TimeoutError:
-            return None, "Reading the dataset… (pick it again in a moment to see it)"
-        return render.preview_image(p), render.preview_markdown(p)
+        until = time.monotonic() + PREVIEW_MAX_S
+        while True:  # a long read keeps the panel's spinner, then its images; the validation line follows (layout)
+            try:
+                p = self.service.preview(self.dataset_of(owner, dataset, upload), owner, timeout=PREVIEW_WAIT_S,
+                                         image_size=size)
+                return render.preview_image(p), render.preview_markdown(p)
+            except PDDError as e:
+                return None, error_html(e)
+            except TimeoutError:
+                if time.monotonic() > until:
+                    return None, "Reading the dataset takes long… (pick it again in a moment to see it)"
 
     # -- runs ------------------------------------------------------------------------------------------
     def start_page(self, profile: Optional[gr.OAuthProfile], token: str, *controls: Any) -> tuple[str, str, str]:

@@ -45,8 +45,10 @@ class DatasetPreview:
 
 
 def preview_dataset(name: str, data_root: Optional[str] = None, per_class: int = 8,
-                    image_size: Optional[int] = None, seed: int = 0) -> DatasetPreview:
-    """Facts and ``per_class`` random training images (drawn with ``seed``) of every class of ``name``.
+                    image_size: Optional[int] = None, seed: int = 0,
+                    shown_classes: Optional[int] = None) -> DatasetPreview:
+    """Facts and ``per_class`` random training images (drawn with ``seed``) of every class of ``name``
+    (of its first ``shown_classes`` classes where given: what a page can show, whatever an upload holds).
 
     Reads the raw [0, 1] data (no normalisation or ZCA: what the files hold); a user's zip that cannot
     be read raises the same one-line :class:`~pdd_engine.errors.PDDError` a run would."""
@@ -57,12 +59,13 @@ def preview_dataset(name: str, data_root: Optional[str] = None, per_class: int =
         return DatasetPreview(shown, spec.title, "needs download", spec.licence, classes, channels,
                               image_size or size, train)
     if spec.scheme:  # a user's data: facts from the headers, only the shown images decoded
-        s = sample_user_dataset(name, image_size, per_class, seed)
+        s = sample_user_dataset(name, image_size, per_class, seed, shown_classes=shown_classes)
         x, labels, classes, counts, test, source = s["x"], s["y"], s["classes"], s["train"], s["test"], s["source"]
     else:
         xtr, ytr, xte, _, classes, source = load_raw(name, data_root, image_size)
         rng = np.random.default_rng(seed)
-        pick = np.concatenate([rng.permutation(np.flatnonzero(ytr == c))[:per_class] for c in range(len(classes))])
+        pick = np.concatenate([rng.permutation(np.flatnonzero(ytr == c))[:per_class]
+                               for c in range(len(classes))[:shown_classes]])
         x, labels, counts, test = xtr[pick], ytr[pick], np.bincount(ytr, minlength=len(classes)), len(xte)
     for place in local_paths({"dataset": name, "data_root": data_root}):  # shown to web visitors: no server paths
         source = source.replace(place + "/", "").replace(place, ".")

@@ -430,14 +430,26 @@ class Service:
         if ":" in dataset:
             scheme, _, where = dataset.partition(":")
             path = Path(where)
+            stranger = PDDError(f"the dataset '{shown_dataset(dataset)}' is not one of your uploads",
+                                "choose a built-in dataset, or upload your .zip (Dataset: upload your own)")
             if scheme != "folder" or path.parent != self.upload_dir or not self._owns_upload(path.name, owner):
-                raise PDDError(f"the dataset '{shown_dataset(dataset)}' is not one of your uploads",
-                               "choose a built-in dataset, or upload your .zip (Dataset: upload your own)")
-            if not path.is_file():
+                raise stranger
+            try:
+                present = path.is_file()
+            except OSError:  # a name the file system cannot hold (too long): no upload of anyone's
+                raise stranger from None
+            if not present:
                 raise PDDError("your upload is no longer on this server (old uploads are removed to make room)",
                                "upload the .zip again (Dataset: upload your own)")
             values["dataset"] = f"folder:{path}"  # one spelling (no '//', '/./' or trailing '/'): one cache entry
         return values
+
+    def uploads_in_use(self) -> frozenset[Path]:
+        """The kept uploads that queued or running runs will read: housekeeping never prunes them (a run
+        accepted and then left without its data would fail with the CLI's advice)."""
+        with self._lock:
+            live = [r.config["dataset"] for r in self._runs.values() if not r.state.finished]
+        return frozenset(Path(d.partition(":")[2]).resolve() for d in live if d.startswith("folder:"))
 
     def _owns_upload(self, name: str, owner: str) -> bool:
         return bool(owner) and (self.public or self.book.owns_upload(name, owner))
@@ -452,6 +464,9 @@ class Service:
         known = next((d["shape"] for d in self.schema()["datasets"] if d["name"] == dataset), None)
         if known:
             return tuple(known)
+        first = self.helper.call("check", values, None, False, True, timeout=max(timeout, 5))
+        if not first["ok"]:  # settings invalid whatever the data: said in the config's words, before any reading
+            raise self.refusal(first["error"])
         try:
             p = self._preview(dataset, self._preview_size(values.get("image_size")), timeout)
         except TimeoutError:
@@ -562,7 +577,7 @@ class Service:
         except TimeoutError:
             raise PDDError("the server took too long to check these settings", "try again in a moment") from None
         if not out["ok"]:
-            raise PDDError(*self.redact(out["error"]).rstrip(".").split(". Fix: ", 1))
+            raise self.refusal(out["error"])
         est = out["estimate"]
         if est["seconds"] > self.limits.run_hours * 3600:
             raise PDDError(f"this run is estimated at {est['time']}, over this server's maximum of "
@@ -782,6 +797,10 @@ class Service:
             name = "text" if isinstance(ev, E.Message) else "message"
             return replace(ev, **{name: self.redact(getattr(ev, name))})
         return ev
+
+    def refusal(self, line: str) -> PDDError:
+        """The helper's one-line refusal ("problem. Fix: fix.") as the PDDError it was, its paths cut."""
+        return PDDError(*self.redact(line).rstrip(".").split(". Fix: ", 1))
 
     def redact(self, text: str) -> str:
         """``text`` with every path on the server cut to its file name (a visitor's data is named by its file

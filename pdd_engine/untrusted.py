@@ -28,8 +28,11 @@ from .settings import env
 VARIABLES = {"files": "PDD_MAX_FILES", "total_bytes": "PDD_MAX_BYTES", "entry_bytes": "PDD_MAX_FILE_BYTES",
              "side": "PDD_MAX_SIDE", "pixels": "PDD_MAX_PIXELS", "decoded_bytes": "PDD_MAX_DECODED_BYTES",
              "manifest_bytes": "PDD_MAX_MANIFEST_BYTES", "bundle_stages": "PDD_MAX_BUNDLE_STAGES"}
-# corrupt or unsupported; RuntimeError is what zipfile raises for an encrypted entry ("password required")
-ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, ValueError, RuntimeError)
+class EncryptedEntry(ValueError):
+    """A zip entry with the "encrypted" flag: never read (zipfile would raise RuntimeError for it)."""
+
+
+ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, ValueError)  # corrupt or unsupported
 
 
 @dataclass(frozen=True)
@@ -146,9 +149,17 @@ class SafeZip:
             raise over_limit(f"'{name}' in {self.what} is {size_text(m.size)}", variable, size_text(cap), self.error,
                              "use a smaller file")
         try:
-            return self.zip.read(m.info)
+            return self.entry_bytes(m.info)
+        except EncryptedEntry:
+            raise self.error(f"'{name}' in {self.what} is encrypted", "re-create the zip without a password") from None
         except ZIP_ERRORS + (OSError,) as e:
             raise self.error(f"'{name}' in {self.what} is damaged ({type(e).__name__})", self.fix) from None
+
+    def entry_bytes(self, info: zipfile.ZipInfo) -> bytes:
+        """An entry's bytes, unchecked against ``cap``; EncryptedEntry (a ZIP_ERRORS) for an encrypted one."""
+        if info.flag_bits & 0x1:
+            raise EncryptedEntry(f"'{info.filename}' is encrypted")
+        return self.zip.read(info)
 
     def close(self) -> None:
         self.zip.close()

@@ -255,6 +255,56 @@ def test_the_data_panel_reads_an_upload_at_the_image_size_in_advanced(studio, tm
     assert image is None and "mixed sizes" in html.unescape(facts)
 
 
+def test_the_same_file_uploaded_again_after_a_prune_is_kept_again(studio, tmp_path):
+    """The web framework stores an upload at a path named by its content: the same file uploaded again
+    after the housekeeping pruned the kept copy arrives at the same path, and must be kept again."""
+    from tests.test_service import upload
+    token = token_for("")
+    z = upload(tmp_path)
+    controls = studio.control_values()
+    controls[0], controls[1] = "upload your own (.zip)", str(z)
+    again = z.read_bytes()
+    assert "✓ valid" in studio.check(None, token, *controls)[0]
+    kept = studio.kept[(owner_of(token), str(z))]
+    Path(kept.removeprefix("folder:")).unlink()  # pruned
+    assert "no longer on this server" in studio.check(None, token, *controls)[0]
+    z.write_bytes(again)  # uploaded again, to the same path
+    assert "✓ valid" in studio.check(None, token, *controls)[0]
+
+
+def test_a_long_read_keeps_the_panel_waiting_until_its_images_come(studio, tmp_path, monkeypatch):
+    """A read past the panel's wait is asked again (the page once stayed on "Reading…" with Run off, and
+    nothing ever asked again)."""
+    from tests.test_service import upload
+    real, calls = studio.service.preview, []
+
+    def slow(*args, **kwargs):
+        calls.append(1)
+        if len(calls) < 3:
+            raise TimeoutError
+        return real(*args, **kwargs)
+    monkeypatch.setattr(studio.service, "preview", slow)
+    z = upload(tmp_path)
+    image, facts = studio.preview(None, token_for(""), "upload your own (.zip)", str(z))
+    assert len(calls) == 3 and image is not None and "3 classes" in facts
+
+
+def test_a_remembered_preview_keeps_only_what_the_panel_shows(studio, tmp_path):
+    """The web process remembers previews (one per dataset and image size): an upload of many classes of
+    large images once kept megabytes of pixels per answer that no panel shows."""
+    from pdd_engine.worker import SHOWN_CLASSES, SHOWN_PX
+    from tests.test_service import sized_zip
+    names = [f"c{i:02d}" for i in range(SHOWN_CLASSES + 10)]
+    z = sized_zip(tmp_path / "many.zip", [64], classes=names, per_class=2)
+    token = token_for("")
+    ref = studio.dataset_of(owner_of(token), "upload your own (.zip)", str(z))
+    p = studio.service.preview(ref, owner_of(token), timeout=120)
+    assert p["num_classes"] == SHOWN_CLASSES + 10 and p["size"] == 64  # the facts are the data's
+    assert p["images"].shape[1:3] == (SHOWN_PX, SHOWN_PX) and p["labels"].max() == SHOWN_CLASSES - 1
+    image, facts = studio.preview(None, token, "upload your own (.zip)", str(z))
+    assert image is not None and f"{SHOWN_CLASSES + 10} classes" in facts and "64×64" in facts
+
+
 def test_an_api_start_message_is_one_printable_line(studio, tmp_path):
     """/start's refusal can quote an upload's class names: it comes back as one printable line."""
     from tests.test_untrusted import image_bytes

@@ -28,6 +28,14 @@ def test_prune_by_age_then_by_size_oldest_first(tmp_path):
     assert prune(Bound(tmp_path, 2 * 3600, 100), now) == []
 
 
+def test_an_upload_a_live_run_will_read_is_never_pruned(tmp_path):
+    now = time.time()
+    busy = touch(tmp_path / "busy.zip", 10, 30 * 24 * 3600, now)
+    idle = touch(tmp_path / "idle.zip", 10, 30 * 24 * 3600, now)
+    assert prune(Bound(tmp_path, 3600, 10 ** 6), now, busy=frozenset({busy.resolve()})) == [idle]
+    assert busy.exists()
+
+
 def test_bounds_come_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("PDD_EXPORT_KEEP_HOURS", "2")
     monkeypatch.setenv("PDD_EXPORT_MAX_GB", "0.5")

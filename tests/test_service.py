@@ -546,6 +546,24 @@ def test_an_upload_kept_again_is_fresh_and_one_pruned_says_upload_it_again(servi
     assert ("preview", ref, service.data_root, None) not in service.helper.answers  # read again when asked
     for spelling in (f"folder:{kept.parent}//{kept.name}", f"folder:{kept.parent}/./{kept.name}"):
         assert service._settings({"dataset": spelling}, "nina")["dataset"] == ref  # one spelling, one cache entry
+    run_id = service.submit({**SLOW, "dataset": ref}, "nina")
+    assert kept.resolve() in service.uploads_in_use()  # the housekeeping spares it (tests/test_housekeeping.py)
+    service.stop(run_id, "nina")
+    finish(service, run_id, "nina")
+    assert kept.resolve() not in service.uploads_in_use()
     kept.unlink()  # pruned by the housekeeping
     gone = service.check({**TINY, "dataset": ref}, "nina", wait=60)
     assert not gone.ok and "no longer on this server" in gone.error and "upload the .zip again" in gone.error
+    too_long = service.check({**TINY, "dataset": f"folder:{kept.parent}/{'x' * 300}.zip"}, "nina", wait=60)
+    assert not too_long.ok and "not one of your uploads" in too_long.error  # not OSError's "name too long"
+
+
+def test_settings_invalid_whatever_the_data_are_refused_before_the_upload_is_read(service, tmp_path):
+    """An Image size out of bounds is the config's to name, not the upload's "mixed sizes, set Image size"."""
+    ref = service.keep_upload(str(sized_zip(tmp_path / "mixed2.zip", [16, 24])), "nina")
+    for bad in (3, 129, -1, 16.5):
+        c = service.check({**TINY, "dataset": ref, "image_size": bad}, "nina", wait=60)
+        assert not c.ok and "mixed sizes" not in c.error and "image_size" in c.error.lower(), (bad, c.error)
+    with pytest.raises(PDDError, match="iterations") as refused:
+        service.submit({**TINY, "dataset": ref, "iterations": -5}, "nina")
+    assert ("preview", ref, service.data_root, None) not in service.helper.answers  # never read for it

@@ -337,17 +337,30 @@ def test_a_class_whose_pixels_fail_is_named_and_an_encrypted_entry_is_skipped(tm
             f.writestr(f"b/{i}.png", cut)
     with pytest.raises(DataUnavailable, match="class 'b' has no readable images"):
         preview_dataset(f"folder:{small}")
-    enc = tmp_path / "enc.zip"
-    with zipfile.ZipFile(enc, "w") as f:
-        for c in "ab":
-            for i in range(3):
-                f.writestr(f"{c}/{i}.png", good)
+    def two_classes(z):
+        with zipfile.ZipFile(z, "w") as f:
+            for c in "ab":
+                for i in range(3):
+                    f.writestr(f"{c}/{i}.png", good)
+        return z
+    enc = two_classes(tmp_path / "enc.zip")
     raw = bytearray(enc.read_bytes())
     raw[6] |= 1  # the first entry's "encrypted" flag, in its local header and its central directory entry
     raw[raw.find(b"PK\x01\x02") + 8] |= 1
     enc.write_bytes(bytes(raw))
     x, y, xt, yt, classes, source = load_user_dataset(f"folder:{enc}")
-    assert classes == ["a", "b"] and len(x) + len(xt) == 5 and "encrypted" in source
+    assert classes == ["a", "b"] and len(x) + len(xt) == 5 and "skipped a/0.png: encrypted zip entry" in source
+    from pdd_engine.untrusted import SafeZip
+    with pytest.raises(BundleError, match="'a/0.png' in enc.zip is encrypted. Fix: re-create the zip without a password"):
+        SafeZip(enc, Limits.from_env(), BundleError, "fix").read("a/0.png")  # a bundle's reader: one line too
+    damaged = tmp_path / "encrypted"  # a damaged entry under a folder named so is damaged, not "encrypted"
+    damaged.mkdir()
+    crc = two_classes(damaged / "crc.zip")
+    raw = bytearray(crc.read_bytes())
+    raw[raw.find(b"PK\x01\x02") + 16] ^= 0xFF  # the first entry's CRC, in the central directory
+    crc.write_bytes(bytes(raw))
+    source = load_user_dataset(f"folder:{crc}")[5]
+    assert "skipped a/0.png" in source and "encrypted" not in source.replace(str(damaged), "")
 
 
 def test_small_sides_exif_windows_names_and_single_images(tmp_path):

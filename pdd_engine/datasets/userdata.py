@@ -25,7 +25,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DataUnavailable
 from ..registry import DatasetSpec, register_dataset
-from ..untrusted import ZIP_ERRORS, Limits, SafeZip, over_limit, regular, regular_files, size_text
+from ..untrusted import ZIP_ERRORS, EncryptedEntry, Limits, SafeZip, over_limit, regular, regular_files, size_text
 from .formats import parse_idx, split_holdout
 
 IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -69,7 +69,7 @@ def list_entries(path: Path, limits: Limits) -> list[Entry]:
     for m in z.members.values():
         parts = PurePosixPath(m.name).parts
         if not parts[-1].startswith(".") and "__MACOSX" not in parts:
-            out.append(Entry(parts, m.size, lambda info=m.info: z.zip.read(info)))  # a corrupt entry: skipped, noted
+            out.append(Entry(parts, m.size, lambda info=m.info: z.entry_bytes(info)))  # a corrupt entry: skipped, noted
     return out
 
 
@@ -150,7 +150,7 @@ def headers_of(items: list[Entry], limits: Limits, notes: list[str]) -> list[Hea
                 raise
             except ZIP_ERRORS as err:
                 notes.append(f"skipped {where}: " + ("encrypted zip entry (password-protected zips are not read)"
-                                                      if "encrypted" in str(err) else f"corrupt zip entry ({str(err)[:80]})"))
+                                                      if isinstance(err, EncryptedEntry) else f"corrupt zip entry ({str(err)[:80]})"))
             except IMAGE_ERRORS as err:
                 notes.append(f"skipped {where}: unreadable ({reason(err)})")
     return out
@@ -347,7 +347,7 @@ def load_user_dataset(name: str, data_root: Optional[str] = None, image_size: Op
 
 
 def sample_user_dataset(name: str, image_size: Optional[int], per_class: int, seed: int,
-                        limits: Optional[Limits] = None) -> dict:
+                        limits: Optional[Limits] = None, shown_classes: Optional[int] = None) -> dict:
     """What a preview shows of a folder dataset, decoding only those images: facts from the headers and
     ``per_class`` images of each class (drawn with ``seed``) as (N, C, H, W) [0, 1] floats."""
     limits = limits if limits is not None else Limits.from_env(error=DataUnavailable)
@@ -355,7 +355,8 @@ def sample_user_dataset(name: str, image_size: Optional[int], per_class: int, se
     if kind == "idx":
         x, y, xt, _, classes, source = load_idx_dir(path, limits)
         rng = np.random.default_rng(seed)
-        pick = np.concatenate([rng.permutation(np.flatnonzero(y == c))[:per_class] for c in range(len(classes))])
+        pick = np.concatenate([rng.permutation(np.flatnonzero(y == c))[:per_class]
+                               for c in range(len(classes))[:shown_classes]])
         return {"x": x[pick], "y": y[pick], "classes": classes, "train": np.bincount(y, minlength=len(classes)),
                 "test": len(xt), "source": source, "channels": x.shape[1]}
     scan = scan_folder(path, image_size, limits)
@@ -367,9 +368,10 @@ def sample_user_dataset(name: str, image_size: Optional[int], per_class: int, se
         tr, te = split_holdout(labels, 0.2, seed=0)
         counts, test = np.bincount(labels[tr], minlength=len(scan.classes)), len(te)
     rng = np.random.default_rng(seed)
-    pick = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in range(len(scan.classes))])
+    pick = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class]
+                           for c in range(len(scan.classes))[:shown_classes]])
     x, y = scan.decode([train[i] for i in pick])
-    whole = {c for i, c in enumerate(scan.classes) if np.sum(labels == i) <= per_class}  # read in full here
+    whole = {c for i, c in enumerate(scan.classes[:shown_classes]) if np.sum(labels == i) <= per_class}  # read in full
     if (err := vanished_class(whole, [scan.classes[i] for i in y], scan.notes)) is not None:
         raise err
     source = f"{path.name}" + (f"; {len(scan.notes)} {SKIPPED}: " + "; ".join(scan.notes[:5]) if scan.notes else "")
