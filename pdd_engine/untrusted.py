@@ -19,7 +19,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass, fields
 from pathlib import Path, PurePosixPath
-from typing import Iterator, Optional
+from typing import IO, Iterator, Optional
 
 from .errors import ConfigError, PDDError
 from .settings import env
@@ -157,9 +157,14 @@ class SafeZip:
 
     def entry_bytes(self, info: zipfile.ZipInfo) -> bytes:
         """An entry's bytes, unchecked against ``cap``; EncryptedEntry (a ZIP_ERRORS) for an encrypted one."""
+        with self.entry_stream(info) as f:
+            return f.read()
+
+    def entry_stream(self, info: zipfile.ZipInfo) -> IO[bytes]:
+        """An entry as a file, inflated as far as it is read (never past its declared size)."""
         if info.flag_bits & 0x1:
             raise EncryptedEntry(f"'{info.filename}' is encrypted")
-        return self.zip.read(info)
+        return self.zip.open(info)
 
     def close(self) -> None:
         self.zip.close()

@@ -363,6 +363,26 @@ def test_a_class_whose_pixels_fail_is_named_and_an_encrypted_entry_is_skipped(tm
     assert "skipped a/0.png" in source and "encrypted" not in source.replace(str(damaged), "")
 
 
+def test_reading_an_uploads_headers_inflates_only_the_headers(tmp_path, monkeypatch):
+    """A preview or a check reads every header: images padded to megabytes (a few KB zipped) were inflated
+    whole on each read, 2 GB per read of a 2 MB upload, at every Image size a visitor sent."""
+    from pdd_engine.datasets.userdata import scan_folder
+    padded = image_bytes(8, "L", "PNG") + bytes(2 * 2 ** 20)
+    z = tmp_path / "padded.zip"
+    with zipfile.ZipFile(z, "w", zipfile.ZIP_DEFLATED) as f:
+        for i in range(8):
+            f.writestr(f"{'ab'[i % 2]}/{i}.png", padded)
+    inflated, real_read = [0], zipfile.ZipExtFile.read
+
+    def counted(self, n=-1):
+        out = real_read(self, n)
+        inflated[0] += len(out)
+        return out
+    monkeypatch.setattr(zipfile.ZipExtFile, "read", counted)
+    scan = scan_folder(z, None, Limits.from_env(error=DataUnavailable))
+    assert len(scan.splits["train"]) == 8 and inflated[0] < 8 * 64 * 1024, inflated[0]
+
+
 def test_small_sides_exif_windows_names_and_single_images(tmp_path):
     def zip_of(name, entries):
         z = tmp_path / name

@@ -18,7 +18,7 @@ import io
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable, Optional
+from typing import BinaryIO, Callable, Optional
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -41,7 +41,8 @@ SKIPPED = "file(s) skipped"
 class Entry:
     parts: tuple[str, ...]  # path components below the root
     size: int
-    read: Callable[[], bytes]
+    read: Callable[[], bytes]  # the whole file (decoding)
+    stream: Callable[[], BinaryIO]  # the file, read as far as a reader goes (a header)
 
 
 def list_entries(path: Path, limits: Limits) -> list[Entry]:
@@ -51,7 +52,7 @@ def list_entries(path: Path, limits: Limits) -> list[Entry]:
         for p in regular_files(path):
             if p.name.startswith("."):
                 continue
-            files.append(Entry(p.relative_to(path).parts, p.stat().st_size, p.read_bytes))
+            files.append(Entry(p.relative_to(path).parts, p.stat().st_size, p.read_bytes, lambda p=p: open(p, "rb")))
             if len(files) > limits.files:
                 raise over_limit(f"{path.name} has more than {limits.files:,} files", "files", f"{limits.files:,}",
                                  DataUnavailable, "use fewer files")
@@ -69,7 +70,8 @@ def list_entries(path: Path, limits: Limits) -> list[Entry]:
     for m in z.members.values():
         parts = PurePosixPath(m.name).parts
         if not parts[-1].startswith(".") and "__MACOSX" not in parts:
-            out.append(Entry(parts, m.size, lambda info=m.info: z.entry_bytes(info)))  # a corrupt entry: skipped, noted
+            out.append(Entry(parts, m.size, lambda info=m.info: z.entry_bytes(info),  # a corrupt entry: skipped, noted
+                             lambda info=m.info: z.entry_stream(info)))
     return out
 
 
@@ -86,8 +88,9 @@ class Header:
 
 
 def read_header(e: Entry, limits: Limits) -> Header:
-    """The image's size and mode from its header alone: no pixel is decoded here."""
-    with Image.open(io.BytesIO(e.read())) as img:
+    """The image's size and mode from its header alone: no pixel is decoded here, and a file is inflated only
+    as far as its header (an upload of images padded to megabytes was inflated whole, on every read of it)."""
+    with e.stream() as f, Image.open(f) as img:
         w, h = img.size
         if max(w, h) > limits.side:
             raise ValueError(f"{w}x{h} px is over the {limits.side} px limit (PDD_MAX_SIDE)")
@@ -121,11 +124,11 @@ def split_layout(entries: list[Entry]) -> dict[str, list[Entry]]:
     """{'train': [...], 'test': [...]} if the root has train/ and test/, else {'train': all}."""
     tops = {e.parts[0].lower() for e in entries if len(e.parts) > 2}
     if {"train", "test"} <= tops:
-        return {s: [Entry(e.parts[1:], e.size, e.read) for e in entries if e.parts[0].lower() == s and len(e.parts) >= 3]
+        return {s: [Entry(e.parts[1:], e.size, e.read, e.stream) for e in entries if e.parts[0].lower() == s and len(e.parts) >= 3]
                 for s in ("train", "test")}
     # a single wrapping folder (zip of a folder) is looked through
     if entries and len({e.parts[0] for e in entries}) == 1 and all(len(e.parts) >= 3 for e in entries):
-        return split_layout([Entry(e.parts[1:], e.size, e.read) for e in entries])
+        return split_layout([Entry(e.parts[1:], e.size, e.read, e.stream) for e in entries])
     return {"train": entries}
 
 
