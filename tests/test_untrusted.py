@@ -366,7 +366,7 @@ def test_a_class_whose_pixels_fail_is_named_and_an_encrypted_entry_is_skipped(tm
 def test_reading_an_uploads_headers_inflates_only_the_headers(tmp_path, monkeypatch):
     """A preview or a check reads every header: images padded to megabytes (a few KB zipped) were inflated
     whole on each read, 2 GB per read of a 2 MB upload, at every Image size a visitor sent."""
-    from pdd_engine.datasets.userdata import scan_folder
+    from pdd_engine.datasets.userdata import HEADER_BYTES, scan_folder
     padded = image_bytes(8, "L", "PNG") + bytes(2 * 2 ** 20)
     z = tmp_path / "padded.zip"
     with zipfile.ZipFile(z, "w", zipfile.ZIP_DEFLATED) as f:
@@ -380,7 +380,14 @@ def test_reading_an_uploads_headers_inflates_only_the_headers(tmp_path, monkeypa
         return out
     monkeypatch.setattr(zipfile.ZipExtFile, "read", counted)
     scan = scan_folder(z, None, Limits.from_env(error=DataUnavailable))
-    assert len(scan.splits["train"]) == 8 and inflated[0] < 8 * 64 * 1024, inflated[0]
+    assert len(scan.splits["train"]) == 8 and inflated[0] <= 8 * HEADER_BYTES < 8 * len(padded) / 30, inflated[0]
+    buf = io.BytesIO()  # a JPEG whose size comes after 200 KB of colour profile: read from the whole file
+    Image.new("RGB", (12, 10)).save(buf, "JPEG", icc_profile=bytes(200_000))
+    deep = tmp_path / "deep.zip"
+    with zipfile.ZipFile(deep, "w") as f:
+        for i in range(4):
+            f.writestr(f"{'ab'[i % 2]}/{i}.jpg", buf.getvalue())
+    assert [h.size for h in scan_folder(deep, 8, Limits.from_env(error=DataUnavailable)).splits["train"]] == [(12, 10)] * 4
 
 
 def test_small_sides_exif_windows_names_and_single_images(tmp_path):

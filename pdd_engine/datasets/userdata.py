@@ -32,6 +32,7 @@ IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 IMAGE_ERRORS = (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, SyntaxError,
                 Image.DecompressionBombWarning)
 MIN_SIDE = 4  # pixels: a smaller image carries nothing a ConvNet can use
+HEADER_BYTES = 64 * 1024  # where an image's header is looked for first (PNG, GIF, BMP, WebP, most JPEGs)
 GREY = ("L", "1", "I", "I;16", "LA")
 LAYOUT = "give a folder (or .zip) with one sub-folder of images per class (class_name/image.png)"
 SKIPPED = "file(s) skipped"
@@ -88,9 +89,23 @@ class Header:
 
 
 def read_header(e: Entry, limits: Limits) -> Header:
-    """The image's size and mode from its header alone: no pixel is decoded here, and a file is inflated only
-    as far as its header (an upload of images padded to megabytes was inflated whole, on every read of it)."""
-    with e.stream() as f, Image.open(f) as img:
+    """The image's size and mode from its header alone: no pixel is decoded here, and a file is read only
+    as far as its first ``HEADER_BYTES`` where its header lies there (an upload of images padded to megabytes
+    was inflated whole, on every read of it). A header further in (a JPEG after a large EXIF block, a TIFF's
+    directory at its end) is read from the whole file, as before: never by seeking in a zip entry, which
+    inflates it again from its start at each seek back."""
+    with e.stream() as f:
+        head = f.read(HEADER_BYTES)
+    try:
+        return header_of(e, head, limits)
+    except IMAGE_ERRORS:
+        if len(head) < HEADER_BYTES:
+            raise  # that was the whole file
+    return header_of(e, e.read(), limits)
+
+
+def header_of(e: Entry, data: bytes, limits: Limits) -> Header:
+    with Image.open(io.BytesIO(data)) as img:
         w, h = img.size
         if max(w, h) > limits.side:
             raise ValueError(f"{w}x{h} px is over the {limits.side} px limit (PDD_MAX_SIDE)")
