@@ -169,6 +169,13 @@ class Studio:
         return {k: v for k, v in values.items() if not self.settings.get(k, {"owners": []})["owners"]
                 or method in self.settings[k]["owners"]}
 
+    def named(self, message: Any, owner: str, upload: Any) -> str:
+        """``message`` with the visitor's upload called by the file name they uploaded, not the name the
+        server keeps it under (its content's hash, which they never saw)."""
+        path = getattr(upload, "name", upload)
+        ref = self.kept.get((owner, str(path))) if path else None
+        return str(message) if ref is None else str(message).replace(Path(ref.partition(":")[2]).name, Path(path).name)
+
     def dataset_of(self, owner: str, dataset: str, upload: Any) -> str:
         """The dataset value: a built-in name, or the visitor's upload kept by the service."""
         if dataset != UPLOAD:
@@ -189,13 +196,14 @@ class Studio:
         try:
             settings = self.settings_of(owner or "anonymous", *controls)
         except PDDError as e:
-            return error_html(e), "", gr.update(interactive=False), *skip
+            return error_html(self.named(e, owner or "anonymous", controls[1])), "", gr.update(interactive=False), *skip
         c = self.service.check(settings, owner or "anonymous")
         if c.pending:  # checked again when the preview is read (layout): a wait, not a mistake
             return "⏳ Reading your upload… Run is enabled once its images show in the data panel.", "", \
                 gr.update(interactive=False), *skip
         if not c.ok:
-            return error_html(c.error), "", gr.update(interactive=False), *skip
+            return error_html(self.named(c.error, owner or "anonymous", controls[1])), "", \
+                gr.update(interactive=False), *skip
         per = str(c.ipcs[0]) if len(set(c.ipcs)) == 1 else ", ".join(map(str, c.ipcs))
         note = "".join(f'<br><span class="pdd-warning">⚠ {w}</span>' for w in c.warnings)
         if next((d for d in self.schema["datasets"] if d["name"] == c.config["dataset"]), {}).get("availability") \
@@ -261,7 +269,7 @@ class Studio:
                                          image_size=size)
                 return render.preview_image(p), render.preview_markdown(p)
             except PDDError as e:
-                return None, error_html(e)
+                return None, error_html(self.named(e, owner, upload))
             except TimeoutError:
                 if time.monotonic() > until:
                     return None, "Reading the dataset takes long… (pick it again in a moment to see it)"

@@ -232,6 +232,7 @@ def test_a_broken_upload_is_named_alike_by_the_data_panel_and_the_validation_lin
     image, facts = studio.preview(None, token, controls[0], str(broken))
     valid, _, run = studio.check(None, token, *controls)[:3]
     assert image is None and "pdd-error" in facts and "Fix" in html.unescape(facts)
+    assert "broken.zip" in html.unescape(facts)  # the name the visitor gave it, not the server's
     assert valid == facts and "valid" not in html.unescape(valid) and run["interactive"] is False
 
 
