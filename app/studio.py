@@ -191,19 +191,18 @@ class Studio:
     def check(self, profile: Optional[gr.OAuthProfile], token: str, *controls: Any) -> tuple:
         """Validation line, estimate, whether Run is enabled, and what each automatic Advanced field becomes
         (its placeholder)."""
-        owner = owner_of(token, profile)
+        owner = owner_of(token, profile) or "anonymous"
         skip = tuple(gr.update() for _ in self.fields)
         try:
-            settings = self.settings_of(owner or "anonymous", *controls)
+            settings = self.settings_of(owner, *controls)
         except PDDError as e:
-            return error_html(self.named(e, owner or "anonymous", controls[1])), "", gr.update(interactive=False), *skip
-        c = self.service.check(settings, owner or "anonymous")
+            return error_html(self.named(e, owner, controls[1])), "", gr.update(interactive=False), *skip
+        c = self.service.check(settings, owner)
         if c.pending:  # checked again when the preview is read (layout): a wait, not a mistake
             return "⏳ Reading your upload… Run is enabled once its images show in the data panel.", "", \
                 gr.update(interactive=False), *skip
         if not c.ok:
-            return error_html(self.named(c.error, owner or "anonymous", controls[1])), "", \
-                gr.update(interactive=False), *skip
+            return error_html(self.named(c.error, owner, controls[1])), "", gr.update(interactive=False), *skip
         per = str(c.ipcs[0]) if len(set(c.ipcs)) == 1 else ", ".join(map(str, c.ipcs))
         note = "".join(f'<br><span class="pdd-warning">⚠ {w}</span>' for w in c.warnings)
         if next((d for d in self.schema["datasets"] if d["name"] == c.config["dataset"]), {}).get("availability") \
@@ -295,7 +294,7 @@ class Studio:
                 raise PDDError("settings must be one JSON object of names and values", 'send e.g. {"stages": 2, "ipc": 10}')
             return self.service.submit(settings, who), token, ""
         except PDDError as e:
-            return "", token, f"⚠ {one_line(str(e))}"  # one printable line: it can quote an upload's class names
+            return "", token, f"⚠ {one_line(e)}"  # one printable line: it can quote an upload's class names
 
     def resume(self, profile: Optional[gr.OAuthProfile], run_id: str, token: str) -> tuple[str, str, str]:
         try:

@@ -45,10 +45,11 @@ class DatasetPreview:
 
 
 def preview_dataset(name: str, data_root: Optional[str] = None, per_class: int = 8,
-                    image_size: Optional[int] = None, seed: int = 0,
-                    shown_classes: Optional[int] = None) -> DatasetPreview:
+                    image_size: Optional[int] = None, seed: int = 0, shown_classes: Optional[int] = None,
+                    shown_px: Optional[int] = None) -> DatasetPreview:
     """Facts and ``per_class`` random training images (drawn with ``seed``) of every class of ``name``
-    (of its first ``shown_classes`` classes where given: what a page can show, whatever an upload holds).
+    (of its first ``shown_classes`` classes, at most ``shown_px`` a side, where given: what a page can show,
+    whatever an upload holds; the facts are the data's).
 
     Reads the raw [0, 1] data (no normalisation or ZCA: what the files hold); a user's zip that cannot
     be read raises the same one-line :class:`~pdd_engine.errors.PDDError` a run would."""
@@ -71,9 +72,12 @@ def preview_dataset(name: str, data_root: Optional[str] = None, per_class: int =
         source = source.replace(place + "/", "").replace(place, ".")
     if image_size is not None and image_size != x.shape[-1]:
         x = resize(x, image_size)
+    size = x.shape[-1]
+    if shown_px is not None and size > shown_px:
+        x = resize(x, shown_px)
     pixels = (np.transpose(x, (0, 2, 3, 1)) * 255).round().clip(0, 255).astype(np.uint8)
     counts = tuple(int(n) for n in counts)
-    return DatasetPreview(shown, spec.title, "offline", spec.licence, len(classes), x.shape[1], x.shape[-1],
+    return DatasetPreview(shown, spec.title, "offline", spec.licence, len(classes), x.shape[1], size,
                           sum(counts), test, tuple(classes), source, pixels, labels.astype(np.int64), counts)
 
 

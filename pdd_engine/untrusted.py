@@ -149,19 +149,16 @@ class SafeZip:
             raise over_limit(f"'{name}' in {self.what} is {size_text(m.size)}", variable, size_text(cap), self.error,
                              "use a smaller file")
         try:
-            return self.entry_bytes(m.info)
+            with self.entry_stream(m.info) as f:
+                return f.read()
         except EncryptedEntry:
             raise self.error(f"'{name}' in {self.what} is encrypted", "re-create the zip without a password") from None
         except ZIP_ERRORS + (OSError,) as e:
             raise self.error(f"'{name}' in {self.what} is damaged ({type(e).__name__})", self.fix) from None
 
-    def entry_bytes(self, info: zipfile.ZipInfo) -> bytes:
-        """An entry's bytes, unchecked against ``cap``; EncryptedEntry (a ZIP_ERRORS) for an encrypted one."""
-        with self.entry_stream(info) as f:
-            return f.read()
-
     def entry_stream(self, info: zipfile.ZipInfo) -> IO[bytes]:
-        """An entry as a file, inflated as far as it is read (never past its declared size)."""
+        """An entry as a file, inflated as far as it is read (never past its declared size); EncryptedEntry (a
+        ZIP_ERRORS) for an encrypted one."""
         if info.flag_bits & 0x1:
             raise EncryptedEntry(f"'{info.filename}' is encrypted")
         return self.zip.open(info)

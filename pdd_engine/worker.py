@@ -176,13 +176,8 @@ def preview(name: str, data_root: Optional[str], image_size: Optional[int]) -> d
     """A dataset's facts and real images per class (never downloads), as plain data. The web process
     remembers answers (one per dataset and image size): at 128 px and hundreds of classes one held 78 MB
     of pixels no panel shows, so an answer keeps the panel's rows at the panel's cell size."""
-    p = preview_dataset(name, data_root, image_size=image_size, shown_classes=SHOWN_CLASSES)
-    images = p.images
-    if images is not None and images.shape[1] > SHOWN_PX:
-        x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
-        x = torch.nn.functional.interpolate(x, size=(SHOWN_PX, SHOWN_PX), mode="area")
-        images = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
-    return {**p.facts(), "images": images, "labels": p.labels}
+    p = preview_dataset(name, data_root, image_size=image_size, shown_classes=SHOWN_CLASSES, shown_px=SHOWN_PX)
+    return {**p.facts(), "images": p.images, "labels": p.labels}
 
 
 def manifest(path: str) -> dict:

@@ -42,8 +42,12 @@ SKIPPED = "file(s) skipped"
 class Entry:
     parts: tuple[str, ...]  # path components below the root
     size: int
-    read: Callable[[], bytes]  # the whole file (decoding)
     stream: Callable[[], BinaryIO]  # the file, read as far as a reader goes (a header)
+
+    def read(self) -> bytes:
+        """The whole file (decoding)."""
+        with self.stream() as f:
+            return f.read()
 
 
 def list_entries(path: Path, limits: Limits) -> list[Entry]:
@@ -53,7 +57,7 @@ def list_entries(path: Path, limits: Limits) -> list[Entry]:
         for p in regular_files(path):
             if p.name.startswith("."):
                 continue
-            files.append(Entry(p.relative_to(path).parts, p.stat().st_size, p.read_bytes, lambda p=p: open(p, "rb")))
+            files.append(Entry(p.relative_to(path).parts, p.stat().st_size, lambda p=p: open(p, "rb")))
             if len(files) > limits.files:
                 raise over_limit(f"{path.name} has more than {limits.files:,} files", "files", f"{limits.files:,}",
                                  DataUnavailable, "use fewer files")
@@ -71,8 +75,7 @@ def list_entries(path: Path, limits: Limits) -> list[Entry]:
     for m in z.members.values():
         parts = PurePosixPath(m.name).parts
         if not parts[-1].startswith(".") and "__MACOSX" not in parts:
-            out.append(Entry(parts, m.size, lambda info=m.info: z.entry_bytes(info),  # a corrupt entry: skipped, noted
-                             lambda info=m.info: z.entry_stream(info)))
+            out.append(Entry(parts, m.size, lambda info=m.info: z.entry_stream(info)))  # a corrupt entry: skipped, noted
     return out
 
 
@@ -139,11 +142,11 @@ def split_layout(entries: list[Entry]) -> dict[str, list[Entry]]:
     """{'train': [...], 'test': [...]} if the root has train/ and test/, else {'train': all}."""
     tops = {e.parts[0].lower() for e in entries if len(e.parts) > 2}
     if {"train", "test"} <= tops:
-        return {s: [Entry(e.parts[1:], e.size, e.read, e.stream) for e in entries if e.parts[0].lower() == s and len(e.parts) >= 3]
+        return {s: [Entry(e.parts[1:], e.size, e.stream) for e in entries if e.parts[0].lower() == s and len(e.parts) >= 3]
                 for s in ("train", "test")}
     # a single wrapping folder (zip of a folder) is looked through
     if entries and len({e.parts[0] for e in entries}) == 1 and all(len(e.parts) >= 3 for e in entries):
-        return split_layout([Entry(e.parts[1:], e.size, e.read, e.stream) for e in entries])
+        return split_layout([Entry(e.parts[1:], e.size, e.stream) for e in entries])
     return {"train": entries}
 
 
