@@ -10,10 +10,15 @@ For every stage i of a config it prints and records:
   to the mean nearest-neighbour distance between real images of that class (1.0 = as close as a
   typical real neighbour; far above 1 = off the data manifold);
 - **spread**: mean pairwise distance among the new images of a class relative to real images'
-  (low = the stage's images collapse onto one prototype).
+  (low = the stage's images collapse onto one prototype);
+- **start images** (``--start-images``): curriculum accuracy after U_{i-1} plus stage i's images as the
+  base method *initialised* them, before any update (trained with the stage's own step size): whether the
+  matching moved the images somewhere better than where they started. It trains i curriculum steps per
+  stage, P (P + 1) / 2 in all, so it is off unless asked for.
 
     .venv/bin/python bench/diagnose.py --method dm --stages 5 --ipc 10
     .venv/bin/python bench/diagnose.py --method mtt --stages 5 --ipc 10 --transition fresh
+    .venv/bin/python bench/diagnose.py --dataset mnist --max-train 10000 --method idc --ipc 50 --stages 1 --start-images
 
 Writes diagnose_<dataset>_<method>_P<stages>.json and .md here (or --out) and prints the table.
 """
@@ -35,7 +40,10 @@ from pdd_engine.cache import Store  # noqa: E402
 from pdd_engine.keys import Keys
 from bench.common import write_report
 from pdd_engine.data import dataset_for  # noqa: E402
+from pdd_engine.device import resolve_device, resolved  # noqa: E402
+from pdd_engine.evaluate import EvalProtocol, evaluate_curriculum  # noqa: E402
 from pdd_engine.progressive import Union, stage_context  # noqa: E402
+from pdd_engine.registry import get_method  # noqa: E402
 from pdd_engine.training import accuracy, seed_of  # noqa: E402
 
 
@@ -54,18 +62,28 @@ def spread_ratio(new: torch.Tensor, real: torch.Tensor) -> float:
     return float(pair(new) / pair(real[:200]))
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_flags(ap)
-    ap.add_argument("--out", default=None)
-    args = ap.parse_args()
-    cfg = DistillConfig.make({k: v for k, v in vars(args).items() if k != "out" and v is not None})
+def start_images_accuracy(cfg: DistillConfig, ds, i: int, unions: list, ctx, lr) -> float:
+    """Mean curriculum accuracy after U_1 .. U_{i-1} (``unions``: the run's (x, y, lr) of each), then U_{i-1}
+    plus stage ``i``'s images as its method initialises them (``ctx``: stage i's context), at ``lr``."""
+    method = get_method(cfg.method)(ctx)
+    x0, y0 = method.decode(method.init_images())
+    before_x, before_y = (unions[-1][0], unions[-1][1]) if unions else (x0[:0], y0[:0])
+    steps = unions + [(torch.cat([before_x, x0.to(before_x.device)]), torch.cat([before_y, y0.to(before_y.device)]), lr)]
+    run_cfg = resolved(cfg)
+    accs = evaluate_curriculum(ds, steps, EvalProtocol.from_config(run_cfg, ds.size), resolve_device(cfg.device),
+                               cfg.eval_batched)[-1]
+    return sum(accs) / len(accs)
+
+
+def diagnose(cfg: DistillConfig, start_images: bool = False) -> list[dict]:
+    """Run ``cfg`` (a fresh cache) and return one row of diagnostics per stage (the module's docstring)."""
     cfg = cfg.replace(compare_base="off")
     store = Store(tempfile.mkdtemp())
     done = distill(cfg, store)
     ds = dataset_for(cfg)
     keys = Keys.of(cfg, ds)
     union = Union.empty(ds, torch.device("cpu"))
+    unions: list[tuple] = []  # (x, y, lr) of U_1 .. U_i, what the run's curriculum trained on
     rows = []
     for i in range(1, cfg.stages + 1):
         ctx = stage_context(cfg, ds, i, union=union)
@@ -82,17 +100,40 @@ def main() -> int:
         rows.append({"stage": i, "acc": a["mean"], "gain": a["mean"] - (prev["mean"] if prev else 0.0),
                      "random": a["random_mean"], "random_gain": a["random_mean"] - (prev["random_mean"] if prev else 0.0),
                      "start_acc": sum(starts) / len(starts) if starts else None, "nn_ratio": sum(nn) / len(nn),
-                     "spread_ratio": sum(spread) / len(spread), "lr": meta["lr"]})
+                     "spread_ratio": sum(spread) / len(spread), "lr": meta["lr"],
+                     "start_images_acc": start_images_accuracy(cfg, ds, i, unions, ctx, meta["lr"]) if start_images else None})
         union.add(tensors, meta["lr"])
-    out = ["| stage | acc % | gain | random % | random gain | start acc % | NN dist | spread | lr |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        unions.append((union.x, union.y, meta["lr"]))
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    """The rows as a markdown table (the start-images column where it was measured)."""
+    images = any(r["start_images_acc"] is not None for r in rows)
+    out = ["| stage | acc % | gain | random % | random gain | start acc % | NN dist | spread | lr |"
+           + (" start images % | moved by |" if images else ""),
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |" + (" --- | --- |" if images else "")]
     for r in rows:
         start = "–" if r["start_acc"] is None else f"{100 * r['start_acc']:.1f}"
         lr = "–" if r["lr"] is None else f"{r['lr']:.4f}"
-        out.append(f"| {r['stage']} | {100 * r['acc']:.1f} | {100 * r['gain']:+.1f} | {100 * r['random']:.1f} | "
-                   f"{100 * r['random_gain']:+.1f} | {start} | {r['nn_ratio']:.2f} | {r['spread_ratio']:.2f} | "
-                   f"{lr} |")
-    md = "\n".join(out) + "\n"
+        line = (f"| {r['stage']} | {100 * r['acc']:.1f} | {100 * r['gain']:+.1f} | {100 * r['random']:.1f} | "
+                f"{100 * r['random_gain']:+.1f} | {start} | {r['nn_ratio']:.2f} | {r['spread_ratio']:.2f} | {lr} |")
+        if images:
+            line += f" {100 * r['start_images_acc']:.1f} | {100 * (r['acc'] - r['start_images_acc']):+.1f} |"
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_flags(ap)
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--start-images", action="store_true",
+                    help="also evaluate each stage's images as initialised, before any update (P (P + 1) / 2 curriculum steps)")
+    args = ap.parse_args()
+    cfg = DistillConfig.make({k: v for k, v in vars(args).items() if k not in ("out", "start_images") and v is not None})
+    rows = diagnose(cfg, args.start_images)
+    md = table(rows)
     write_report(args.out or f"diagnose_{cfg.dataset}_{cfg.method}_P{cfg.stages}",
                  {"config": cfg.to_dict(), "rows": rows}, md)
     print(md)

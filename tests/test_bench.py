@@ -148,3 +148,20 @@ def test_children_at_once_share_the_memory_so_each_plans_its_own_unroll(monkeypa
     assert quality.memory_share(SimpleNamespace(jobs=1, seed_jobs=1, extra={})) == {}
     assert quality.memory_share(SimpleNamespace(jobs=1, seed_jobs=3, extra={"max_memory_gb": 4})) == {}
     assert "max_memory_gb" not in quality.SETTING
+
+
+@pytest.mark.parametrize("method, extra", [("dm", {}), ("idc", {"idc_factor": 2})])
+def test_start_images_are_what_the_stage_began_from(method, extra):
+    """With a step size near zero a stage's images stay where its method initialised them, so the curriculum
+    on its start images scores what the run scored, stage by stage; with a real step they differ."""
+    from bench.diagnose import diagnose, table
+    from pdd_engine import DistillConfig
+    base = {"dataset": "digits", "method": method, "stages": 2, "ipc": 2, "iterations": 2, "eval_epochs": 20,
+            "eval_models": 1, "eval_batched": False, **extra}
+    rows = diagnose(DistillConfig.make({**base, "lr_img": 1e-12}), start_images=True)
+    assert [r["stage"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["start_images_acc"] == pytest.approx(r["acc"], abs=1e-6), r
+    assert "start images %" in table(rows) and "| +0.0 |" in table(rows)
+    moved = diagnose(DistillConfig.make({**base, "lr_img": 10.0}), start_images=True)
+    assert any(abs(r["start_images_acc"] - r["acc"]) > 1e-6 for r in moved), moved
