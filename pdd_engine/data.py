@@ -40,11 +40,11 @@ class ZCA:
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(len(x), -1)
-        return ((flat - self.mean) @ self.matrix).reshape(x.shape)
+        return ((flat - self.mean.to(flat)) @ self.matrix.to(flat)).reshape(x.shape)
 
     def undo(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(len(x), -1)
-        return (flat @ self.inverse + self.mean).reshape(x.shape)
+        return (flat @ self.inverse.to(flat) + self.mean.to(flat)).reshape(x.shape)
 
 
 @dataclass
@@ -83,6 +83,15 @@ class Dataset:
         mean = torch.tensor(self.mean).view(1, -1, 1, 1)
         std = torch.tensor(self.std).view(1, -1, 1, 1)
         return (x * std + mean).clamp(0, 1)
+
+    def clamp_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """Model-space images ``x`` with every pixel clipped to [0, 1] (through the whitening, if any): the
+        nearest images a camera could have taken, where an update pushed pixels past black or white."""
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        pixels = self.zca.undo(x) if self.zca is not None else x
+        pixels = ((pixels * std + mean).clamp(0, 1) - mean) / std
+        return self.zca.apply(pixels) if self.zca is not None else pixels
 
     @cached_property
     def eval_view(self) -> "Dataset":

@@ -102,7 +102,8 @@ def test_every_registered_method_keeps_the_contract(name, digits, tiny):
     assert after < 0.8 * before, (before, after)
     key = Keys(cfg, "f" * 16, digits.size).stage(1)
     for field, value in cfg.params.semantic().items():
-        other = value + 1 if isinstance(value, int) else value * 2 if isinstance(value, float) else None
+        other = (not value if isinstance(value, bool) else value + 1 if isinstance(value, int)
+                 else value * 2 if isinstance(value, float) else None)
         if other is not None:
             assert Keys(cfg.replace(**{field: other}), "f" * 16, digits.size).stage(1) != key, field
 
@@ -130,6 +131,45 @@ def test_idc_decode_shapes_and_mosaic_init(digits, tiny):
     bad = IDC(stage_context(tiny(method="idc", stages=1, ipc=1, idc_factor=3), digits))
     with pytest.raises(Exception, match="does not divide"):
         bad.setup()
+
+
+def test_idc_clamp_keeps_every_pixel_a_camera_could_take(digits, tiny):
+    """With ``idc_clamp`` (IDC's reference), no stored pixel leaves [0, 1] after any update; without it, the same
+    large steps push pixels past black or white; either way the mosaics' shape and labels are IDC's."""
+    from pdd_engine.keys import Keys
+    from pdd_engine.methods.gradmatch import IDC
+
+    def pixels(clamp: bool) -> torch.Tensor:
+        cfg = tiny(method="idc", stages=1, ipc=2, idc_factor=2, lr_img=50.0, idc_clamp=clamp)
+        with tempfile.TemporaryDirectory() as d:
+            store = Store(d)
+            distill(cfg, store)
+            tensors, _ = store.get(Keys.of(cfg, digits).stage(1))
+            store.close()
+        mean, std = torch.tensor(digits.mean).view(1, -1, 1, 1), torch.tensor(digits.std).view(1, -1, 1, 1)
+        return tensors["stored"] * std + mean
+
+    free, kept = pixels(False), pixels(True)
+    assert free.min() < -0.01 or free.max() > 1.01, (free.min(), free.max())
+    assert kept.min() >= -1e-5 and kept.max() <= 1 + 1e-5, (kept.min(), kept.max())
+    assert kept.shape == free.shape == (20, 1, 8, 8)
+    # off, the setting enters no key: IDC runs from before it keep their cache; on, it is its own run
+    assert "idc_clamp" not in IDC.key_params(tiny(method="idc"), 8)
+    assert IDC.key_params(tiny(method="idc", idc_clamp=True), 8)["idc_clamp"] is True
+
+
+def test_clamp_pixels_clips_through_the_whitening_and_keeps_valid_images(digits):
+    from dataclasses import replace
+    from pdd_engine.data import ZCA
+    x = digits.x_train[:16]
+    for ds in (digits, replace(digits, zca=ZCA.fit(digits.x_train))):
+        real = ds.zca.apply(x) if ds.zca is not None else x
+        assert torch.allclose(ds.clamp_pixels(real), real, atol=1e-4)  # real images are in range already
+        pushed = ds.clamp_pixels(real * 5)
+        unit = ds.zca.undo(pushed) if ds.zca is not None else pushed
+        mean, std = torch.tensor(ds.mean).view(1, -1, 1, 1), torch.tensor(ds.std).view(1, -1, 1, 1)
+        pix = unit * std + mean
+        assert pix.min() >= -1e-4 and pix.max() <= 1 + 1e-4
 
 
 def test_bounded_unroll_matches_full_unroll_value_and_gradients():

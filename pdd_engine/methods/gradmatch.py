@@ -35,6 +35,11 @@ class GradientMatchingParams(Params):
 class IDCParams(GradientMatchingParams):
     # None: 1 below 16 px (tiles of 4x4 carry too little), else 2
     idc_factor: Optional[int] = param(None, "IDC: tiles per side", "each stored image holds factor² smaller training images", minimum=1, maximum=4)
+    # IDC's reference clips its pixels to [0, 1] every outer iteration; the engine did not, and on MNIST at IPC 50
+    # the matching pushed background pixels far below black (docs/methods.md, "IDC's pixel range"). Off by default
+    # until the benchmark rows say which is better; off, it enters no key, so earlier runs' caches stay valid.
+    idc_clamp: bool = param(False, "IDC: keep pixels in range", "clip the images to pixels in [0, 1] after every "
+                            "update, as IDC's reference does")
 
 
 def layer_distance(gs: torch.Tensor, gr: torch.Tensor) -> torch.Tensor:
@@ -156,7 +161,10 @@ class IDC(GradientMatching):
 
     @classmethod
     def key_params(cls, cfg: DistillConfig, size: int) -> dict:
-        return {**super().key_params(cfg, size), "idc_factor": cls.factor_for(cfg, size)}
+        out = {**super().key_params(cfg, size), "idc_factor": cls.factor_for(cfg, size)}
+        if not cfg.params.idc_clamp:  # what every IDC run computed before the setting existed: the same keys
+            del out["idc_clamp"]
+        return out
 
     @classmethod
     def automatic(cls, cfg: DistillConfig, size: int, n_train: int) -> dict[str, str]:
@@ -206,6 +214,12 @@ class IDC(GradientMatching):
         tiles = stored.reshape(n, ch, f, h // f, f, w // f).permute(0, 2, 4, 1, 3, 5).reshape(n * f * f, ch, h // f, w // f)
         images = F.interpolate(tiles, size=(size, size), mode="bilinear", align_corners=False)
         return images, self.labels().repeat_interleave(f * f)
+
+    def after_step(self, stored: torch.Tensor, it: int) -> None:
+        if self.ctx.cfg.params.idc_clamp:  # before the network's steps, which may train on these images
+            with torch.no_grad():
+                stored.copy_(self.ctx.ds.clamp_pixels(stored))
+        super().after_step(stored, it)
 
     def inner_batches(self, stored: torch.Tensor):
         """IDC updates its network on real data between matching steps."""
