@@ -216,7 +216,7 @@ class IDC(GradientMatching):
         return images, self.labels().repeat_interleave(f * f)
 
     def after_step(self, stored: torch.Tensor, it: int) -> None:
-        if self.ctx.cfg.params.idc_clamp:  # before the network's steps, which may train on these images
+        if self.ctx.cfg.params.idc_clamp:  # after each update (the reference clips before each outer iteration)
             with torch.no_grad():
                 stored.copy_(self.ctx.ds.clamp_pixels(stored))
         super().after_step(stored, it)
