@@ -13,8 +13,8 @@ For every stage i of a config it prints and records:
   (low = the stage's images collapse onto one prototype);
 - **start images** (``--start-images``): curriculum accuracy after U_{i-1} plus stage i's images as the
   base method *initialised* them, before any update (trained with the stage's own step size): whether the
-  matching moved the images somewhere better than where they started. It trains i curriculum steps per
-  stage, P (P + 1) / 2 in all, so it is off unless asked for.
+  matching moved the images somewhere better than where they started. A copy of the curriculum trained on
+  the run's unions takes that step, so it costs 2P - 1 curriculum steps; off unless asked for.
 
     .venv/bin/python bench/diagnose.py --method dm --stages 5 --ipc 10
     .venv/bin/python bench/diagnose.py --method mtt --stages 5 --ipc 10 --transition fresh
@@ -41,7 +41,7 @@ from pdd_engine.keys import Keys
 from bench.common import write_report
 from pdd_engine.data import dataset_for  # noqa: E402
 from pdd_engine.device import resolve_device, resolved  # noqa: E402
-from pdd_engine.evaluate import EvalProtocol, evaluate_curriculum  # noqa: E402
+from pdd_engine.evaluate import Curriculum, EvalProtocol, make_curriculum  # noqa: E402
 from pdd_engine.progressive import Union, stage_context  # noqa: E402
 from pdd_engine.registry import get_method  # noqa: E402
 from pdd_engine.training import accuracy, seed_of  # noqa: E402
@@ -62,16 +62,13 @@ def spread_ratio(new: torch.Tensor, real: torch.Tensor) -> float:
     return float(pair(new) / pair(real[:200]))
 
 
-def start_images_accuracy(cfg: DistillConfig, ds, i: int, unions: list, ctx, lr) -> float:
-    """Mean curriculum accuracy after U_1 .. U_{i-1} (``unions``: the run's (x, y, lr) of each), then U_{i-1}
-    plus stage ``i``'s images as its method initialises them (``ctx``: stage i's context), at ``lr``."""
+def start_images_accuracy(cur: Curriculum, cfg: DistillConfig, union: Union, ctx, lr) -> float:
+    """Mean accuracy of a copy of ``cur`` (the run's curriculum after U_{i-1}, ``union``) trained one step more
+    on U_{i-1} plus stage i's images as its method initialises them (``ctx``: stage i's context), at ``lr``."""
     method = get_method(cfg.method)(ctx)
     x0, y0 = method.decode(method.init_images())
-    before_x, before_y = (unions[-1][0], unions[-1][1]) if unions else (x0[:0], y0[:0])
-    steps = unions + [(torch.cat([before_x, x0.to(before_x.device)]), torch.cat([before_y, y0.to(before_y.device)]), lr)]
-    run_cfg = resolved(cfg)
-    accs = evaluate_curriculum(ds, steps, EvalProtocol.from_config(run_cfg, ds.size), resolve_device(cfg.device),
-                               cfg.eval_batched)[-1]
+    fork = make_curriculum(cur.ds, cur.proto, cur.device, cfg.eval_batched).load(cur.state())
+    accs = fork.train_stage(torch.cat([union.x, x0.to(union.x.device)]), torch.cat([union.y, y0.to(union.y.device)]), lr)
     return sum(accs) / len(accs)
 
 
@@ -83,7 +80,9 @@ def diagnose(cfg: DistillConfig, start_images: bool = False) -> list[dict]:
     ds = dataset_for(cfg)
     keys = Keys.of(cfg, ds)
     union = Union.empty(ds, torch.device("cpu"))
-    unions: list[tuple] = []  # (x, y, lr) of U_1 .. U_i, what the run's curriculum trained on
+    # the run's curriculum, trained union by union: each stage's start images take one step from a copy of it
+    cur = make_curriculum(ds, EvalProtocol.from_config(resolved(cfg), ds.size), resolve_device(cfg.device),
+                          cfg.eval_batched) if start_images else None
     rows = []
     for i in range(1, cfg.stages + 1):
         ctx = stage_context(cfg, ds, i, union=union)
@@ -101,9 +100,10 @@ def diagnose(cfg: DistillConfig, start_images: bool = False) -> list[dict]:
                      "random": a["random_mean"], "random_gain": a["random_mean"] - (prev["random_mean"] if prev else 0.0),
                      "start_acc": sum(starts) / len(starts) if starts else None, "nn_ratio": sum(nn) / len(nn),
                      "spread_ratio": sum(spread) / len(spread), "lr": meta["lr"],
-                     "start_images_acc": start_images_accuracy(cfg, ds, i, unions, ctx, meta["lr"]) if start_images else None})
+                     "start_images_acc": start_images_accuracy(cur, cfg, union, ctx, meta["lr"]) if cur else None})
         union.add(tensors, meta["lr"])
-        unions.append((union.x, union.y, meta["lr"]))
+        if cur is not None and i < cfg.stages:
+            cur.fit(union.x, union.y, meta["lr"])
     return rows
 
 
@@ -129,7 +129,7 @@ def main() -> int:
     add_config_flags(ap)
     ap.add_argument("--out", default=None)
     ap.add_argument("--start-images", action="store_true",
-                    help="also evaluate each stage's images as initialised, before any update (P (P + 1) / 2 curriculum steps)")
+                    help="also evaluate each stage's images as initialised, before any update (2P - 1 curriculum steps)")
     args = ap.parse_args()
     cfg = DistillConfig.make({k: v for k, v in vars(args).items() if k not in ("out", "start_images") and v is not None})
     rows = diagnose(cfg, args.start_images)
