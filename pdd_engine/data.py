@@ -77,21 +77,27 @@ class Dataset:
 
     def to_unit(self, x: torch.Tensor) -> torch.Tensor:
         """Map model-space images back to [0, 1] pixels for viewing and export."""
-        x = x.detach().float().cpu()
-        if self.zca is not None:
-            x = self.zca.undo(x)
-        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
-        std = torch.tensor(self.std).view(1, -1, 1, 1)
-        return (x * std + mean).clamp(0, 1)
+        return self.pixels(x.detach().float().cpu()).clamp(0, 1)
 
     def clamp_pixels(self, x: torch.Tensor) -> torch.Tensor:
         """Model-space images ``x`` with every pixel clipped to [0, 1] (through the whitening, if any): the
         nearest images a camera could have taken, where an update pushed pixels past black or white."""
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-        pixels = self.zca.undo(x) if self.zca is not None else x
-        pixels = ((pixels * std + mean).clamp(0, 1) - mean) / std
-        return self.zca.apply(pixels) if self.zca is not None else pixels
+        return self.from_pixels(self.pixels(x).clamp(0, 1))
+
+    def pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """Model-space images as pixels on the [0, 1] scale (unclipped): whitening and normalisation undone."""
+        mean, std = self.stats(x)
+        return (self.zca.undo(x) if self.zca is not None else x) * std + mean
+
+    def from_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`pixels`: normalised, then whitened if the dataset is."""
+        mean, std = self.stats(pixels)
+        x = (pixels - mean) / std
+        return self.zca.apply(x) if self.zca is not None else x
+
+    def stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-channel mean and std, shaped (1, C, 1, 1) on ``like``'s device and dtype."""
+        return tuple(torch.tensor(v, dtype=like.dtype, device=like.device).view(1, -1, 1, 1) for v in (self.mean, self.std))
 
     @cached_property
     def eval_view(self) -> "Dataset":
