@@ -16,9 +16,12 @@ as the official code does (P x the compute of P = 1); **matched** splits both by
 then the P = 1 row itself, and "same epochs" is P = 1: E/P x P = E).
 
 Rows are appended to ``bench/results/quality.csv`` as each finishes; a setting already there is skipped, so a
-long table fills over several sittings (the same command resumes it; a damaged line is measured again). The
-seeds share one engine cache (``--cache-dir``): a P = 1 distillation serves every P > 1 row's comparison,
-and stage-1 MTT experts are trained once for every IPC. Tables: ``python -m bench.report``.
+long table fills over several sittings (the same command resumes it; a damaged line is measured again). Each
+seed is kept too, as it finishes, in ``quality_seeds.jsonl`` beside the CSV (its per-stage accuracies, step
+sizes, warnings and time): a resumed row runs only the seeds not there yet, so a row longer than one sitting
+finishes over several with ``--seed-jobs 1``, even on a machine whose engine cache did not survive. The seeds
+share one engine cache (``--cache-dir``): a P = 1 distillation serves every P > 1 row's comparison, and
+stage-1 MTT experts are trained once for every IPC. Tables: ``python -m bench.report``.
 
     python -m bench.quality --datasets digits --ipcs 10 --methods dm --stages 1,2,5
     python -m bench.quality --datasets mnist --max-train 10000 --methods mtt,idc --ipcs 10,50 --stages 1,2,5 \\
@@ -187,25 +190,75 @@ def measured(results: list[dict], row: dict) -> dict:
     return out
 
 
-def run_row(row: dict, args) -> dict | None:
+# -- each finished seed, kept (a row longer than a sitting finishes over several) ----------------
+SEED_KEY = [k for k in SETTING if k != "seeds"]  # a seed is the same measurement whichever seeds its row lists
+
+
+def seeds_path(results: Path) -> Path:
+    """Where a results CSV's seeds are kept: beside it (quality.csv: quality_seeds.jsonl)."""
+    return results.with_name(f"{results.stem}_seeds.jsonl")
+
+
+def seed_key(setting: dict, seed: int, machine: str) -> tuple:
+    """A seed's identity: its row's setting (less the list of seeds), the seed, and the machine (whose time it is)."""
+    return (*(str(setting[k]) for k in SEED_KEY), str(seed), machine)
+
+
+def read_seeds(path: Path) -> dict[tuple, dict]:
+    """The finished seeds (a child's output) by :func:`seed_key`; a damaged line (a killed writer, a bad merge)
+    is left out, so that seed runs again."""
+    out = {}
+    if not path.exists():
+        return out
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+            out[seed_key(rec["setting"], rec["seed"], rec["machine"])] = rec["result"]
+        except (ValueError, KeyError, TypeError):
+            continue
+    return out
+
+
+def append_seed(path: Path, setting: dict, seed: int, args, result: dict) -> None:
+    """Append one finished seed as one JSON line, after a newline if a killed writer left a partial one."""
+    line = json.dumps({"setting": setting, "seed": seed, "machine": args.machine, "commit": args.commit,
+                       "date": now(), "result": result}, sort_keys=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as f:  # appends go to the end wherever the file is read
+        end = f.seek(0, os.SEEK_END)
+        f.seek(max(0, end - 1))
+        torn = end > 0 and f.read(1) != b"\n"
+        f.write((("\n" if torn else "") + line + "\n").encode())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def run_row(row: dict, args, kept: dict[tuple, dict], lock: threading.Lock) -> dict | None:
+    """A row's seeds (those already ``kept`` are not run again; each new one is kept as it finishes), then the
+    row from all of them, or None if a seed failed."""
     cfg = row_config(row, args)
+    setting = setting_of(row, cfg, resolved_of(cfg), args)
     budget = memory_share(args)  # for the children only: not a setting of the row
 
     def one_seed(seed: int) -> dict | None:
+        if (out := kept.get(seed_key(setting, seed, args.machine))) is not None:
+            print(f"  {label(row)} seed {seed}: kept in {args.seed_results.name}", file=sys.stderr, flush=True)
+            return out
         try:
             out = child({**cfg, **budget, "seed": seed}, args.threads, args.cache_dir)
-            for warning in out.get("warnings", []):  # a seed's unstable matching, said beside its row
-                print(f"  {label(row)} seed {seed}: {warning}", file=sys.stderr, flush=True)
-            return out
         except RuntimeError as e:
             print(f"  {label(row)} seed {seed}: {e}", file=sys.stderr, flush=True)
             return None
+        with lock:
+            append_seed(args.seed_results, setting, seed, args, out)
+        for warning in out.get("warnings", []):  # a seed's unstable matching, said beside its row
+            print(f"  {label(row)} seed {seed}: {warning}", file=sys.stderr, flush=True)
+        return out
     with ThreadPoolExecutor(args.seed_jobs) as pool:  # seeds at once: a GPU has room for several runs
         results = list(pool.map(one_seed, args.seeds))
     if any(r is None for r in results):
-        return None  # a row is all its seeds or nothing: a resumed run measures it again
-    return {**setting_of(row, cfg, results[0]["resolved"], args), **measured(results, row),
-            "machine": args.machine, "commit": args.commit, "date": now()}
+        return None  # a row is all its seeds or nothing: a resumed run runs the missing ones
+    return {**setting, **measured(results, row), "machine": args.machine, "commit": args.commit, "date": now()}
 
 
 def label(row: dict) -> str:
@@ -235,6 +288,8 @@ def main() -> int:
     ap.add_argument("--seed-jobs", type=int, default=1, help="seeds of a row run at once (jobs x seed-jobs processes)")
     ap.add_argument("--extra", type=json.loads, default={}, help="JSON of further config fields for every row")
     ap.add_argument("--results", type=Path, default=CSV, help="the CSV rows are appended to (default bench/results/quality.csv)")
+    ap.add_argument("--seed-results", type=Path, default=None,
+                    help="where each finished seed is kept (default: beside --results, quality_seeds.jsonl)")
     ap.add_argument("--cache-dir", default=os.environ.get("PDD_BENCH_CACHE") or str(Path.home() / ".cache" / "pdd_studio" / "bench"),
                     help="the engine cache every seed shares (PDD_BENCH_CACHE)")
     ap.add_argument("--dry-run", action="store_true", help="list the settings still to measure, and stop")
@@ -247,6 +302,7 @@ def main() -> int:
         from pdd_engine.methods import REGISTRY
         args.methods = list(REGISTRY)
     args.machine, args.commit = machine_line(), commit()
+    args.seed_results = args.seed_results or seeds_path(args.results)
     done = {tuple(r[k] for k in SETTING) for r in read_rows(args.results, COLUMNS) if complete(r)}
     todo = [r for r in plan(args)
             if tuple(setting_of(r, row_config(r, args), resolved_of(row_config(r, args)), args)[k] for k in SETTING)
@@ -257,11 +313,11 @@ def main() -> int:
         for r in todo:
             print(label(r))
         return 0
-    lock = threading.Lock()
+    lock, kept = threading.Lock(), read_seeds(args.seed_results)
 
     def one(row: dict) -> None:
         t = time.time()
-        res = run_row(row, args)
+        res = run_row(row, args, kept, lock)
         with lock:
             if res is None:
                 print(f"{label(row)}: failed (see above); not written", file=sys.stderr, flush=True)

@@ -165,3 +165,52 @@ def test_start_images_are_what_the_stage_began_from(method, extra):
     assert "start images %" in table(rows) and "| +0.0 |" in table(rows)
     moved = diagnose(DistillConfig.make({**base, "lr_img": 10.0}), start_images=True)
     assert any(abs(r["start_images_acc"] - r["acc"]) > 1e-6 for r in moved), moved
+
+
+def test_the_quality_bench_resumes_seed_by_seed_and_measures_a_damaged_row_again(tmp_path, monkeypatch, capsys):
+    """A row is written when all its seeds are in, and each seed is kept as it finishes: a resumed row runs only
+    the seeds not kept (so a row longer than one sitting finishes over several), a finished row is skipped, a
+    damaged row line is rebuilt from its kept seeds, a damaged seed line runs that seed again (its torn end
+    does not swallow the next line), and a row with fewer seeds reuses the kept ones."""
+    import json
+
+    from bench import quality
+    from pdd_engine.results import COLUMNS, read_rows
+    acc = {0: 0.90, 1: 0.92, 2: 0.94}
+    calls, fail = [], set()
+
+    def child(cfg, threads, cache_dir):
+        calls.append(cfg["seed"])
+        if cfg["seed"] in fail:
+            raise RuntimeError("killed")
+        a = {"ipc": 10, "mean": acc[cfg["seed"]], "random_mean": 0.8}
+        return {"accuracies": [a], "lrs": [None], "warnings": [], "seconds": 1.0, "computed": [1], "peak_mb": 10.0}
+    monkeypatch.setattr(quality, "child", child)
+    csv, seeds = tmp_path / "quality.csv", tmp_path / "quality_seeds.jsonl"
+
+    def bench(seeds_arg="0,1,2"):
+        calls.clear()
+        monkeypatch.setattr(sys, "argv", ["quality", "--datasets", "digits", "--methods", "dm", "--stages", "1",
+                                          "--seeds", seeds_arg, "--results", str(csv)])
+        assert quality.main() == 0
+        capsys.readouterr()
+        return sorted(calls), read_rows(csv, COLUMNS)
+
+    fail.add(2)
+    assert bench() == ([0, 1, 2], [])  # a seed failed: no row, but two seeds kept
+    assert len(seeds.read_text().splitlines()) == 2
+    fail.clear()
+    ran, rows = bench()
+    assert ran == [2] and [(r["mean"], r["std"], r["seeds"]) for r in rows] == [("92.00", "1.63", "0 1 2")]
+    assert bench() == ([], rows)  # finished: skipped
+    csv.write_text(csv.read_text()[:-20])  # a killed writer's row
+    ran, again = bench()
+    assert ran == [] and [r["mean"] for r in again] == ["92.00"]
+    seeds.write_text(seeds.read_text()[:-30])  # a killed writer's seed (the last one kept, seed 2)
+    csv.write_text(csv.read_text().splitlines()[0] + "\n")
+    ran, again = bench()
+    assert ran == [2] and [r["mean"] for r in again] == ["92.00"]
+    assert sorted(json.loads(line)["seed"] for line in seeds.read_text().splitlines()[-1:]) == [2]
+    assert len(quality.read_seeds(seeds)) == 3
+    ran, rows = bench("0,1")
+    assert ran == [] and rows[-1]["seeds"] == "0 1" and rows[-1]["mean"] == "91.00"
