@@ -190,9 +190,17 @@ def settings_of(row: dict) -> dict:
     return {**json.loads(row["extra"] or "{}"), **out}
 
 
+def reading_order(row: dict) -> tuple:
+    """Rows that compare with each other side by side: by dataset, IPC, method, then P and protocol."""
+    return (row["dataset"], int(row["ipc"]), row["method"], int(row["stages"]), row["protocol"], row["schedule"],
+            setup(row))
+
+
 def views(rows: list[dict]) -> list[dict]:
-    """Each measured setting once (its newest row), with PDD and its three comparisons as (mean, std) in %, its
-    smallest margin over them (``gain``), its engine settings and its setup in short: what the studio's Results
-    tab and ``pdd results`` show."""
-    return [{**r, **c, "cells": comparison_cells(r, c), "gain": gain(r, rows), "settings": settings_of(r),
-             "setup": setup(r)} for r in latest(rows) for c in (comparisons(r, rows),)]
+    """Each measured setting once (its newest row), in :func:`reading_order`, with PDD and its three comparisons
+    as (mean, std) in %, its smallest margin over them (``gain``) and that margin beyond the seeds' spread
+    (``clear_gain``), its engine settings and its setup in short: what the studio's Results tab and
+    ``pdd results`` show."""
+    return [{**r, **c, "cells": comparison_cells(r, c), "gain": gain(r, rows), "clear_gain": clear_gain(r, rows),
+             "settings": settings_of(r), "setup": setup(r)}
+            for r in sorted(latest(rows), key=reading_order) for c in (comparisons(r, rows),)]

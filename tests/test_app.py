@@ -488,10 +488,18 @@ def test_the_results_tab_shows_a_row_and_its_button_fills_the_distil_tab(studio,
     assert rows == [["mnist", "10", "PDD+MTT", 2, "paper", "pool 10,000, w32, no flip, lr_img 0.5", "95.1 ± 0.3", "94.0 ± 0.2", "+1.1 ✓", "94.5 ± 0.2",
                      "+0.6 ✓", "93.0 ± 0.4", "+2.1 ✓", 3, "600"]] and empty == ""
     assert studio.results_table("digits")[0] == [] and "No benchmark rows match" in studio.results_table("digits")[2]
-    fig = studio.result_curve(pick["value"])
+    # rows read side by side (P = 1 before its PDD rows), and the picker opens on the clearest gain, not the first row
+    p1 = {**row, "stages": "1", "mean": "94.00", "std": "0.20", "stage_ipc": "10", "stage_mean": "94.00", "stage_std": "0.2",
+          "stage_random": "93.00"}
+    append_row(tmp_path / "quality.csv", COLUMNS, {**row, "stages": "5", "mean": "93.00"})  # behind its P = 1
+    append_row(tmp_path / "quality.csv", COLUMNS, p1)
+    table, picked, _ = studio.results_table()
+    assert [(r[2], r[3]) for r in table] == [("MTT", 1), ("PDD+MTT", 2), ("PDD+MTT", 5)]
+    assert picked["value"] == "1" and table[1][6] == "95.1 ± 0.3"
+    fig = studio.result_curve(picked["value"])
     assert [t.name for t in fig.data] == ["PDD+MTT", "MTT alone (P=1)", "MTT alone, trained as long", "random real subset"]
     assert list(fig.data[0].y) == [92.0, 95.1] and list(fig.data[3].x) == [5, 10]
-    filled = studio.use_result(pick["value"])
+    filled = studio.use_result(picked["value"])
     names = [f["name"] for f in studio.fields]
     assert filled[:4] == ["mnist", "mtt", 2, 10] and filled[-1].selected == "distil"
     adv = filled[4:-1]
