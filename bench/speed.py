@@ -436,6 +436,10 @@ def main() -> int:
     ap.add_argument("--results", type=Path, default=CSV, help="the CSV rows are appended to (default bench/results/speed.csv)")
     ap.add_argument("--reference", help="JSON of the reference code's figures on this machine (row -> value), "
                                         "shown beside the engine's in --only reference")
+    ap.add_argument("--repeats", type=int, default=3, help="--only arithmetic: runs of each arithmetic, alternating")
+    ap.add_argument("--precision-at", type=lambda v: [tuple(map(int, c.split("x"))) for c in v.split(",")],
+                    default=[(8, 32), (8, 128), (28, 32), (28, 128)],
+                    help="--only precision: image size x width pairs to time (default 8x32,8x128,28x32,28x128)")
     args = ap.parse_args()
     if args.child:
         a = json.loads(args.child[1])
@@ -476,13 +480,14 @@ CSV = RESULTS / "speed.csv"
 
 
 def speed_table(rows: list[dict]) -> str:
-    """The newest measurement of each (section, row), its figures as name = value."""
+    """The newest measurement of each (section, row) on each machine (a figure of one processor does not replace
+    another's), its figures as name = value."""
     latest = {}
     for r in rows:
         if r["tiny"] != "True":
-            latest[(r["section"], r["row"])] = r
+            latest[(r["section"], r["row"], r["machine"])] = r
     lines = ["| section | measured | figures | machine | commit |", "| --- | --- | --- | --- | --- |"]
-    for (section, row), r in latest.items():
+    for (section, row, _), r in latest.items():
         figures = json.loads(r["figures"])
         shown = "; ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items()
                           if isinstance(v, (int, float)) and not isinstance(v, bool)) if isinstance(figures, dict) else figures
@@ -529,12 +534,13 @@ def section_eval(args, report: dict) -> str:
 LANE_THREADS = 1
 
 
-def auto_variant() -> str:
-    """The variant a run's ``auto`` arithmetic is on this machine: ``bf16`` where it runs bf16 natively."""
+def auto_variant(size: int, width: int) -> str:
+    """The variant a run's ``auto`` arithmetic is on this machine for ``size``-px images at ``width``: ``bf16``
+    where it runs bf16 natively and the network is large enough to gain from it."""
     import torch
 
     from pdd_engine.device import resolve_precision
-    return "bf16" if resolve_precision("auto", torch.device("cpu")) == "bfloat16" else "plain"
+    return "bf16" if resolve_precision("auto", torch.device("cpu"), width * size * size) == "bfloat16" else "plain"
 
 
 def section_eval_widths(args, report: dict) -> str:
@@ -545,20 +551,21 @@ def section_eval_widths(args, report: dict) -> str:
     from pdd_engine.datasets import find
     epochs, widths = (2, (8, 16)) if args.tiny else (40, (32, 64, 128))
     sets = [("digits", 2)] + ([("mnist", 3)] if find("mnist").available(None) and not args.tiny else [])
-    variant, rows = auto_variant(), []
+    rows = []
     for data, depth in sets:
         for width in widths:
-            got = {}
+            got, variant = {}, auto_variant(find(data).shape[1], width)
             for batched in (False, True):
                 r = attempt("eval", batched=batched, threads=LANE_THREADS, ipc=10, epochs=epochs, models=5, width=width,
                             depth=depth, dataset=data, stages=2, variant=variant)  # the second stage: warmed up
                 report[f"eval_{data}_width{width}_{'batched' if batched else 'sequential'}"] = {**r, "variant": variant}
                 got[batched] = r.get("train_images_per_s")
             ratio = got[True] / got[False] if got[True] and got[False] else 0
-            rows.append([data, width, *(f"{got[b]:.0f}" if got[b] else "failed" for b in (False, True)), f"{ratio:.2f}"])
+            rows.append([data, width, variant, *(f"{got[b]:.0f}" if got[b] else "failed" for b in (False, True)),
+                         f"{ratio:.2f}"])
     return table(f"Evaluation training images/s by width (5 networks, 100 images, {epochs} epochs, second of two "
-                 f"stages, {LANE_THREADS} thread(s), {variant}; test pass excluded)",
-                 ["data", "width", "sequential", "batched (vmap)", "batched / sequential"], rows)
+                 f"stages, {LANE_THREADS} thread(s), the arithmetic auto gives each; test pass excluded)",
+                 ["data", "width", "arithmetic", "sequential", "batched (vmap)", "batched / sequential"], rows)
 
 
 def section_experts(args, report: dict) -> str:
@@ -621,6 +628,27 @@ def section_presets(args, report: dict) -> str:
     from pdd_engine.config import PRESETS
     return whole_runs(args, report, {f"preset_{n}": PRESETS[n] for n in ("cpu-quick", "cpu-showcase")},
                       "Presets, one run alone (seed 0, 2 threads, fresh cache)")
+
+
+def section_arithmetic(args, report: dict) -> str:
+    """The default run (the ``cpu-quick`` preset) whole, in float32 and in bf16, alternating run by run (this
+    host's speed drifts between minutes by as much as their difference): which arithmetic ``auto`` should give
+    it on this processor (``pdd_engine.device.resolve_precision``)."""
+    from pdd_engine.config import PRESETS
+    cfg = dict(PRESETS["cpu-quick"], **(TINY_RUN if args.tiny else {}))
+    runs: dict[str, list[float]] = {"float32": [], "bfloat16": []}
+    for _ in range(1 if args.tiny else args.repeats):
+        for p, seconds in runs.items():
+            r = attempt("run", cfg=dict(cfg, precision=p, eval_precision=p))
+            if "failed" in r:
+                return table("The default run by arithmetic", ["arithmetic", "failed"], [[p, r["failed"]]])
+            seconds.append(r["seconds"])
+    means = {p: statistics.mean(v) for p, v in runs.items()}
+    report["arithmetic default run"] = {**{f"{p}_runs": v for p, v in runs.items()}, **means,
+                                        "bf16_speedup": means["float32"] / means["bfloat16"]}
+    rows = [[p, ", ".join(f"{v:.1f}" for v in runs[p]), f"{means[p]:.1f}"] for p in runs]
+    return table(f"The default run by arithmetic (cpu-quick, seed 0, 2 threads, fresh cache, alternating; bf16 "
+                 f"speed-up {means['float32'] / means['bfloat16']:.2f}x)", ["arithmetic", "seconds, run by run", "mean s"], rows)
 
 
 def section_mtt_mnist(args, report: dict) -> str:
@@ -740,20 +768,18 @@ def section_precision(args, report: dict) -> str:
     both lanes busy, so ``auto`` stays a property of the processor: issue 30's closing notes.)"""
     rows = []
     data = {8: dict(dataset="digits"), 28: dict(dataset="mnist", max_train=2000)}
-    widths = (16,) if args.tiny else (32, 128)
-    for size, ds in ((8, data[8]),) if args.tiny else data.items():
-        for width in widths:
-            depth = 2 if size < 16 else 3
-            cfg = dict(stages=1, ipc=10, iterations=100, num_experts=2, dm_pool=4, width=width, depth=depth, **ds,
-                       **sizes(args, {}, {"max_start_epoch": 1, "expert_epochs": 1}))
-            for m in ("dm",) if args.tiny else ("dm", "mtt"):
-                r = {v: attempt("method", cfg={**cfg, "method": m}, iters=2 if args.tiny else 10, variant=v, threads=1)
-                     for v in ("plain", "bf16")}
-                rows.append(precision_row(report, f"{m} iteration", size, width, r, "it_per_s"))
-            ev = dict(ipc=10, epochs=3 if args.tiny else 60, models=1, width=width, depth=depth, threads=1, stages=1,
-                      batched=False, dataset=ds["dataset"], max_train=ds.get("max_train"))
-            r = {v: attempt("eval", variant=v, **ev) for v in ("plain", "bf16")}
-            rows.append(precision_row(report, "evaluation training", size, width, r, "train_images_per_s"))
+    for size, width in [(8, 16)] if args.tiny else args.precision_at:
+        ds, depth = data[size], 2 if size < 16 else 3
+        cfg = dict(stages=1, ipc=10, iterations=100, num_experts=2, dm_pool=4, width=width, depth=depth, **ds,
+                   **sizes(args, {}, {"max_start_epoch": 1, "expert_epochs": 1}))
+        for m in ("dm",) if args.tiny else ("dm", "mtt"):
+            r = {v: attempt("method", cfg={**cfg, "method": m}, iters=2 if args.tiny else 10, variant=v, threads=1)
+                 for v in ("plain", "bf16")}
+            rows.append(precision_row(report, f"{m} iteration", size, width, r, "it_per_s"))
+        ev = dict(ipc=10, epochs=3 if args.tiny else 60, models=1, width=width, depth=depth, threads=1, stages=1,
+                  batched=False, dataset=ds["dataset"], max_train=ds.get("max_train"))
+        r = {v: attempt("eval", variant=v, **ev) for v in ("plain", "bf16")}
+        rows.append(precision_row(report, "evaluation training", size, width, r, "train_images_per_s"))
     return table("float32 against bf16 at one torch thread (IPC 10; MNIST: a 2,000-image pool)",
                  ["what", "px", "width", "float32 /s", "bf16 /s", "bf16 speed-up"], rows)
 
@@ -963,7 +989,7 @@ def section_ceiling(args, report: dict) -> str:
 
 
 SECTIONS = {"methods": section_methods, "eval": section_eval, "eval_widths": section_eval_widths, "experts": section_experts,
-            "transition": section_transition, "presets": section_presets, "mtt_mnist": section_mtt_mnist, "openmp": section_openmp, "lanes": section_lanes,
+            "transition": section_transition, "presets": section_presets, "arithmetic": section_arithmetic, "mtt_mnist": section_mtt_mnist, "openmp": section_openmp, "lanes": section_lanes,
             "unroll": section_unroll, "variants": section_variants, "precision": section_precision, "executor": section_executor,
             "reference": section_reference, "reference_dm": functools.partial(section_reference, dm_only=True),
             "chunks": section_chunks, "ceiling": section_ceiling}

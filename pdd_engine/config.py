@@ -241,6 +241,13 @@ class DistillConfig:
         return self.dsa_strategy if self.dsa_strategy != "auto" else auto_strategy(find(self.dataset).mirrors)
 
     @property
+    def known_size(self) -> Optional[int]:
+        """The images' side in pixels where it is known before the data is loaded: ``image_size``, or a
+        built-in dataset's own (None for your own data at its own size)."""
+        shape = find(self.dataset).shape
+        return self.image_size or (shape[1] if shape else None)
+
+    @property
     def dsa_ops(self) -> tuple[str, ...]:
         return strategy_ops(self.augmentation)
 

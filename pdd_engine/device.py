@@ -62,20 +62,48 @@ def has_bf16(device: torch.device) -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def resolve_precision(value: str, device: torch.device) -> str:
-    """``auto``: bfloat16 where ``device`` has bf16 arithmetic, else float32; anything else as it is."""
-    return value if value != "auto" else "bfloat16" if has_bf16(device) else "float32"
+# A CPU gains from bf16 on large feature maps and not on small ones, where norms and pooling (element-wise work
+# that bf16 does not speed up) outweigh the convolutions. Digits (8 px) at width 32 ran no faster in bf16 on an
+# AMD EPYC with AVX-512 BF16 and slower on an Intel Xeon with AMX (the default run: bench/speed.py --only
+# arithmetic); 8 px at width 128 and 28 px at width 32 gained on both (--only precision). The first block's map
+# per image (width x side^2) decides, bf16 from the smallest measured gain up.
+BF16_MIN_MAP = 128 * 8 * 8
+
+
+def resolve_precision(value: str, device: torch.device, map_size: Optional[int] = None) -> str:
+    """``auto``: bfloat16 where ``device`` has bf16 arithmetic and, on a CPU, the network's first feature map per
+    image (``map_size``: width x side^2; None when not known before loading) is at least :data:`BF16_MIN_MAP`;
+    float32 elsewhere. Anything else as it is."""
+    if value != "auto":
+        return value
+    small = device.type == "cpu" and map_size is not None and map_size < BF16_MIN_MAP
+    return "bfloat16" if has_bf16(device) and not small else "float32"
+
+
+def first_map(cfg) -> Optional[int]:
+    """width x side^2 of ``cfg``'s first block per image, where the side is known before the data is loaded."""
+    return cfg.width * cfg.known_size ** 2 if cfg.known_size else None
+
+
+def auto_reason(cfg, device: torch.device) -> str:
+    """Why ``auto`` arithmetic resolved as it did for ``cfg`` on ``device``: a clause for the run's log."""
+    if not has_bf16(device):
+        return "no bf16 instructions"
+    if resolve_precision("auto", device, first_map(cfg)) == "float32":
+        return "this device has bf16 instructions, but a network this small runs no faster in bf16 on a CPU"
+    return "this device has bf16 instructions"
 
 
 def resolved(cfg):
-    """``cfg`` with every ``auto`` resolved: the arithmetic for the device it runs on, the augmentation for its
-    dataset. What a run computes with, what its keys, record and manifest say (an ``auto`` run on a bf16
-    processor is the bfloat16 run; an ``auto`` augmentation on digits is the strategy without flip)."""
+    """``cfg`` with every ``auto`` resolved: the arithmetic for the device it runs on and the network's size, the
+    augmentation for its dataset. What a run computes with, what its keys, record and manifest say (an ``auto``
+    run of MNIST on a bf16 processor is the bfloat16 run; an ``auto`` augmentation on digits is the strategy
+    without flip)."""
     if "auto" not in (cfg.precision, cfg.eval_precision, cfg.dsa_strategy):
         return cfg
-    device = resolve_device(cfg.device)
-    return cfg.replace(precision=resolve_precision(cfg.precision, device),
-                       eval_precision=resolve_precision(cfg.eval_precision, device), dsa_strategy=cfg.augmentation)
+    device, size = resolve_device(cfg.device), first_map(cfg)
+    return cfg.replace(precision=resolve_precision(cfg.precision, device, size),
+                       eval_precision=resolve_precision(cfg.eval_precision, device, size), dsa_strategy=cfg.augmentation)
 
 
 # glibc mallopt parameters (malloc.h)

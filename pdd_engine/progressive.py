@@ -25,7 +25,7 @@ from .augment import mirror_note
 from .cache import Store
 from .config import DistillConfig
 from .data import Dataset, dataset_for, dataset_info, to_uint8
-from .device import arithmetic, has_bf16, precision_note, resolve_device, resolved, tune_allocator
+from .device import arithmetic, auto_reason, precision_note, resolve_device, resolved, tune_allocator
 from .errors import CacheError, Cancelled, PDDError
 from .executor import Executor, LocalExecutor, gpus_for, make_executor, map_chains, or_local, unit_device
 from .evaluate import Curriculum, EvalProtocol, make_curriculum, network_groups, random_subset, use_batched
@@ -343,7 +343,7 @@ class Engine:
                 yield Message(0, f"warning: {skipped}")
             if "auto" in (asked.precision, asked.eval_precision):
                 yield Message(0, f"arithmetic: matching in {cfg.precision}, evaluation in {cfg.eval_precision} (auto: "
-                                 f"{'this device has' if has_bf16(device) else 'no'} bf16 instructions)")
+                                 f"{auto_reason(cfg, device)})")
             if note := precision_note("eval_precision", cfg.eval_precision, device, "the evaluation"):
                 yield Message(0, note)
             if asked.dsa_strategy == "auto" and cfg.dsa_strategy != FIELD_STRATEGY:

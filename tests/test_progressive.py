@@ -285,13 +285,16 @@ def test_a_bfloat16_evaluation_keeps_the_images_and_says_when_bf16_is_emulated(t
     assert w32.keys() == w16.keys() and any(not torch.equal(w32[k], w16[k]) for k in w32 if k.startswith("m"))
 
 
-def test_auto_arithmetic_is_bf16_only_where_the_processor_has_it(tiny, store, digits, monkeypatch, tmp_path):
-    """precision and eval_precision default to auto: bf16 on a CPU with AVX-512 BF16 or AMX and on a CUDA device
-    with bf16 units, float32 elsewhere; the resolved value is what the keys, the record and the manifest hold."""
+def test_auto_arithmetic_is_bf16_only_where_the_processor_has_it_and_the_network_gains(tiny, store, digits, monkeypatch,
+                                                                                         tmp_path):
+    """precision and eval_precision default to auto: bf16 on a CPU with AVX-512 BF16 or AMX for a network large
+    enough to gain from it (digits at width 128; not at width 32, the default run, which ran no faster or slower
+    in bf16) and on a CUDA device with bf16 units at any size, float32 elsewhere; the resolved value is what the
+    keys, the record and the manifest hold, and the log says why."""
     import pdd_engine.device as D
     from pdd_engine.export import export_bundle, load_bundle
 
-    cfg = tiny(stages=1)
+    cfg = tiny(stages=1, width=128)
     assert (cfg.precision, cfg.eval_precision) == ("auto", "auto")
     cpu = torch.device("cpu")
     for flags, want in (({"avx2", "fma"}, "float32"), ({"avx512f", "avx512_bf16"}, "bfloat16"), ({"amx_bf16"}, "bfloat16"),
@@ -301,9 +304,17 @@ def test_auto_arithmetic_is_bf16_only_where_the_processor_has_it(tiny, store, di
         r = D.resolved(cfg)
         assert (r.precision, r.eval_precision) == (want, want)
         assert Keys.of(cfg, digits).stage(1) == Keys.of(r, digits).stage(1) == Keys(r, digits.fingerprint, 8).stage(1)
+        small = D.resolved(tiny(stages=1, width=32))  # 8 px at width 32: float32 on every CPU
+        assert (small.precision, small.eval_precision) == ("float32", "float32")
+        assert D.resolved(tiny(stages=1, width=32, image_size=16)).precision == want  # 32 x 16^2: at the threshold
+        assert D.resolved(tiny(stages=1, dataset="mnist", width=32)).precision == want  # MNIST's 28 px
     for has, want in ((True, "bfloat16"), (False, "float32")):
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True, has=has: has)
         assert D.resolve_precision("auto", torch.device("cuda")) == want
+        assert D.resolve_precision("auto", torch.device("cuda"), 1) == want  # a GPU: any size
+    monkeypatch.setattr(D, "cpu_flags", lambda: {"amx_bf16"})
+    evs = events(tiny(stages=1, width=32), store)
+    assert any(isinstance(e, E.Message) and "a network this small runs no faster in bf16" in e.text for e in evs)
     monkeypatch.setattr(D, "cpu_flags", lambda: {"avx2"})
     evs = events(cfg, store)
     started = next(e for e in evs if isinstance(e, E.RunStarted))
