@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import RESULTS, ROOT, append_row, commit, joined, machine_line, now, read_rows
-from pdd_engine.results import COLUMNS, SETTING, complete
+from pdd_engine.results import COLUMNS, SETTING, complete, gpu_of
 
 CSV = RESULTS / "quality.csv"
 
@@ -200,20 +200,22 @@ def seeds_path(results: Path) -> Path:
 
 
 def seed_key(setting: dict, seed: int, machine: str) -> tuple:
-    """A seed's identity: its row's setting (less the list of seeds), the seed, and the machine (whose time it is)."""
-    return (*(str(setting[k]) for k in SEED_KEY), str(seed), machine)
+    """A seed's identity: its row's setting (less the list of seeds), the seed, and the kind of machine it ran on
+    (its GPU, or a CPU): a sitting on another CPU finishes a row a CPU began (the arithmetic is in the setting),
+    never one a GPU began."""
+    return (*(str(setting[k]) for k in SEED_KEY), str(seed), gpu_of({"machine": machine}) or "cpu")
 
 
 def read_seeds(path: Path) -> dict[tuple, dict]:
-    """The finished seeds (a child's output) by :func:`seed_key`; a damaged line (a killed writer, a bad merge)
-    is left out, so that seed runs again."""
+    """The finished seeds (a child's output, with the ``machine`` it ran on) by :func:`seed_key`; a damaged line
+    (a killed writer, a bad merge) is left out, so that seed runs again."""
     out = {}
     if not path.exists():
         return out
     for line in path.read_text().splitlines():
         try:
             rec = json.loads(line)
-            out[seed_key(rec["setting"], rec["seed"], rec["machine"])] = rec["result"]
+            out[seed_key(rec["setting"], rec["seed"], rec["machine"])] = {**rec["result"], "machine": rec["machine"]}
         except (ValueError, KeyError, TypeError):
             continue
     return out
@@ -253,12 +255,13 @@ def run_row(row: dict, args, kept: dict[tuple, dict], lock: threading.Lock) -> d
             append_seed(args.seed_results, setting, seed, args, out)
         for warning in out.get("warnings", []):  # a seed's unstable matching, said beside its row
             print(f"  {label(row)} seed {seed}: {warning}", file=sys.stderr, flush=True)
-        return out
+        return {**out, "machine": args.machine}
     with ThreadPoolExecutor(args.seed_jobs) as pool:  # seeds at once: a GPU has room for several runs
         results = list(pool.map(one_seed, args.seeds))
     if any(r is None for r in results):
         return None  # a row is all its seeds or nothing: a resumed run runs the missing ones
-    return {**setting, **measured(results, row), "machine": args.machine, "commit": args.commit, "date": now()}
+    machines = " + ".join(dict.fromkeys(r["machine"] for r in results))  # every machine its seeds ran on
+    return {**setting, **measured(results, row), "machine": machines, "commit": args.commit, "date": now()}
 
 
 def label(row: dict) -> str:

@@ -158,9 +158,13 @@ def latest(rows: list[dict]) -> list[dict]:
 
 def gpu_of(row: dict) -> str:
     """The GPU a row ran on, or "" for a CPU row: the machine line's part after the torch version
-    (``bench.common.machine_line``: "16 CPUs ..., torch 2.11.0+cu130, NVIDIA H200")."""
-    parts = row.get("machine", "").split(", ")
-    return parts[2] if len(parts) > 2 and parts[1].startswith("torch ") else ""
+    (``bench.common.machine_line``: "16 CPUs ..., torch 2.11.0+cu130, NVIDIA H200"; a row whose seeds ran on
+    several machines of one kind joins their lines with " + ")."""
+    for line in row.get("machine", "").split(" + "):
+        parts = line.split(", ")
+        if len(parts) > 2 and parts[1].startswith("torch "):
+            return parts[2]
+    return ""
 
 
 def setup(row: dict) -> str:

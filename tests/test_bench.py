@@ -214,3 +214,14 @@ def test_the_quality_bench_resumes_seed_by_seed_and_measures_a_damaged_row_again
     assert len(quality.read_seeds(seeds)) == 3
     ran, rows = bench("0,1")
     assert ran == [] and rows[-1]["seeds"] == "0 1" and rows[-1]["mean"] == "91.00"
+    # a sitting on another CPU finishes what this one began (the row names both); a GPU's seeds are its own
+    acc.update({3: 0.96, 4: 0.98})
+    here = rows[-1]["machine"]
+    monkeypatch.setattr(quality, "machine_line", lambda: "2 CPUs Other, torch 2.14.1")
+    ran, rows = bench("0,1,2,3")
+    assert ran == [3] and rows[-1]["machine"] == f"{here} + 2 CPUs Other, torch 2.14.1" and rows[-1]["mean"] == "93.00"
+    from pdd_engine.results import gpu_of
+    assert gpu_of(rows[-1]) == ""
+    monkeypatch.setattr(quality, "machine_line", lambda: "16 CPUs Xeon, torch 2.14.1, NVIDIA H200")
+    ran, rows = bench("0,1,2,3,4")
+    assert ran == [0, 1, 2, 3, 4] and gpu_of(rows[-1]) == "NVIDIA H200"
