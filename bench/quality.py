@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import RESULTS, ROOT, append_row, commit, joined, machine_line, now, read_rows
-from pdd_engine.results import COLUMNS, SETTING, complete, gpu_of
+from pdd_engine.results import COLUMNS, SETTING, append_seed, complete, read_seeds, seed_key, seeds_path
 
 CSV = RESULTS / "quality.csv"
 
@@ -190,51 +190,6 @@ def measured(results: list[dict], row: dict) -> dict:
     return out
 
 
-# -- each finished seed, kept (a row longer than a sitting finishes over several) ----------------
-SEED_KEY = [k for k in SETTING if k != "seeds"]  # a seed is the same measurement whichever seeds its row lists
-
-
-def seeds_path(results: Path) -> Path:
-    """Where a results CSV's seeds are kept: beside it (quality.csv: quality_seeds.jsonl)."""
-    return results.with_name(f"{results.stem}_seeds.jsonl")
-
-
-def seed_key(setting: dict, seed: int, machine: str) -> tuple:
-    """A seed's identity: its row's setting (less the list of seeds), the seed, and the kind of machine it ran on
-    (its GPU, or a CPU): a sitting on another CPU finishes a row a CPU began (the arithmetic is in the setting),
-    never one a GPU began."""
-    return (*(str(setting[k]) for k in SEED_KEY), str(seed), gpu_of({"machine": machine}) or "cpu")
-
-
-def read_seeds(path: Path) -> dict[tuple, dict]:
-    """The finished seeds (a child's output, with the ``machine`` it ran on) by :func:`seed_key`; a damaged line
-    (a killed writer, a bad merge) is left out, so that seed runs again."""
-    out = {}
-    if not path.exists():
-        return out
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-            out[seed_key(rec["setting"], rec["seed"], rec["machine"])] = {**rec["result"], "machine": rec["machine"]}
-        except (ValueError, KeyError, TypeError):
-            continue
-    return out
-
-
-def append_seed(path: Path, setting: dict, seed: int, args, result: dict) -> None:
-    """Append one finished seed as one JSON line, after a newline if a killed writer left a partial one."""
-    line = json.dumps({"setting": setting, "seed": seed, "machine": args.machine, "commit": args.commit,
-                       "date": now(), "result": result}, sort_keys=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as f:  # appends go to the end wherever the file is read
-        end = f.seek(0, os.SEEK_END)
-        f.seek(max(0, end - 1))
-        torn = end > 0 and f.read(1) != b"\n"
-        f.write((("\n" if torn else "") + line + "\n").encode())
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def run_row(row: dict, args, kept: dict[tuple, dict], lock: threading.Lock) -> dict | None:
     """A row's seeds (those already ``kept`` are not run again; each new one is kept as it finishes), then the
     row from all of them, or None if a seed failed."""
@@ -252,7 +207,7 @@ def run_row(row: dict, args, kept: dict[tuple, dict], lock: threading.Lock) -> d
             print(f"  {label(row)} seed {seed}: {e}", file=sys.stderr, flush=True)
             return None
         with lock:
-            append_seed(args.seed_results, setting, seed, args, out)
+            append_seed(args.seed_results, setting, seed, args.machine, args.commit, now(), out)
         for warning in out.get("warnings", []):  # a seed's unstable matching, said beside its row
             print(f"  {label(row)} seed {seed}: {warning}", file=sys.stderr, flush=True)
         return {**out, "machine": args.machine}

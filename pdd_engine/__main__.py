@@ -38,7 +38,7 @@ from .manifest import evaluation_table, stage_warnings
 from .preview import montage, preview_dataset
 from .progressive import run
 from .registry import all_params, base_type, get_method, owners
-from .results import read_rows, views
+from .results import read_rows, read_seeds, row_seeds, seed_cells, seeds_path, views
 
 # the benchmark's rows, where a checkout keeps them (python -m bench.quality appends to it)
 RESULTS_CSV = Path(__file__).resolve().parents[1] / "bench" / "results" / "quality.csv"
@@ -330,12 +330,15 @@ def cmd_results(args: argparse.Namespace) -> int:
         raise PDDError(f"no benchmark results at {path}", "pass --results PATH to a quality.csv that "
                        "python -m bench.quality wrote")
     rows = list(enumerate(views(read_rows(path))))
-    if args.command is not None:
-        if not 0 <= args.command < len(rows):
-            raise PDDError(f"no row {args.command} (rows are numbered 0 to {len(rows) - 1})",
+    for n in (args.command, args.seeds):
+        if n is not None and not 0 <= n < len(rows):
+            raise PDDError(f"no row {n} (rows are numbered 0 to {len(rows) - 1})",
                            "take the number from the first column of `pdd results`")
+    if args.command is not None:
         print(distill_command(rows[args.command][1]["settings"]))
         return 0
+    if args.seeds is not None:
+        return print_seeds(rows[args.seeds][1], seeds_path(path))
     want = {"dataset": args.dataset, "method": args.method, "ipc": args.ipc}
     rows = [(i, r) for i, r in rows if all(v is None or str(v) == r[k] for k, v in want.items())]
     if args.json:
@@ -351,6 +354,19 @@ def cmd_results(args: argparse.Namespace) -> int:
               f"{r['protocol'] if p > 1 else 'both'} | {r['setup']} | {' | '.join(r['cells'])} |")
     if not rows:
         print("no rows match", file=sys.stderr)
+    return 0
+
+
+def print_seeds(row: dict, kept_at: Path) -> int:
+    """A row's seeds one by one, from the seeds kept beside its CSV (``bench/quality.py`` keeps each as it
+    finishes); a seed not kept (measured before seeds were kept) is said so."""
+    print("| seed | PDD % | P = 1 % | P = 1 same epochs % | random % | PDD per stage % | machine | wall s |\n"
+          + "| --- " * 8 + "|")
+    seeds = row_seeds(row, read_seeds(kept_at))
+    for seed, result in seeds:
+        print(f"| {seed} | " + (" | ".join(seed_cells(row, result)) if result else "not kept | | | | | |") + " |")
+    if not any(result for _, result in seeds):
+        print(f"no seed of this row is kept in {kept_at} (it was measured before seeds were kept)", file=sys.stderr)
     return 0
 
 
@@ -401,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--method")
     b.add_argument("--ipc", type=int)
     b.add_argument("--command", type=int, metavar="N", help="print the `distill` command of row N's settings")
+    b.add_argument("--seeds", type=int, metavar="N", help="row N's seeds one by one (those the bench kept)")
     b.add_argument("--json", action="store_true", help="the rows as JSON")
     b.add_argument("--results", default=str(RESULTS_CSV), help="the rows' CSV (default: this checkout's "
                    "bench/results/quality.csv)")

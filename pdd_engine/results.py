@@ -52,6 +52,72 @@ def append_row(path: Path, columns: list[str], row: dict) -> None:
         os.fsync(f.fileno())
 
 
+# Each finished seed of a row, kept beside the rows (bench/quality.py): a row longer than one sitting finishes over
+# several, and a row's seeds can be read one by one (`pdd results --seeds N`).
+SEED_KEY = [k for k in SETTING if k != "seeds"]  # a seed is the same measurement whichever seeds its row lists
+
+
+def seeds_path(results: Path) -> Path:
+    """Where a results CSV's seeds are kept: beside it (quality.csv: quality_seeds.jsonl)."""
+    return results.with_name(f"{results.stem}_seeds.jsonl")
+
+
+def seed_key(setting: dict, seed: int, machine: str) -> tuple:
+    """A seed's identity: its row's setting (less the list of seeds), the seed, and the kind of machine it ran on
+    (its GPU, or a CPU): a sitting on another CPU finishes a row a CPU began (the arithmetic is in the setting),
+    never one a GPU began."""
+    return (*(str(setting[k]) for k in SEED_KEY), str(seed), gpu_of({"machine": machine}) or "cpu")
+
+
+def read_seeds(path: Path) -> dict[tuple, dict]:
+    """The finished seeds (a child's output, with the ``machine`` it ran on) by :func:`seed_key`; a damaged line
+    (a killed writer, a bad merge) is left out, so that seed runs again."""
+    out = {}
+    if not path.exists():
+        return out
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+            out[seed_key(rec["setting"], rec["seed"], rec["machine"])] = {**rec["result"], "machine": rec["machine"]}
+        except (ValueError, KeyError, TypeError):
+            continue
+    return out
+
+
+def append_seed(path: Path, setting: dict, seed: int, machine: str, commit: str, date: str, result: dict) -> None:
+    """Append one finished seed (a ``bench/quality.py`` child's output) as one JSON line, after a newline if a
+    killed writer left a partial one."""
+    line = json.dumps({"setting": setting, "seed": seed, "machine": machine, "commit": commit, "date": date,
+                       "result": result}, sort_keys=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as f:  # appends go to the end wherever the file is read
+        end = f.seek(0, os.SEEK_END)
+        f.seek(max(0, end - 1))
+        torn = end > 0 and f.read(1) != b"\n"
+        f.write((("\n" if torn else "") + line + "\n").encode())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def row_seeds(row: dict, kept: dict[tuple, dict]) -> list[tuple[str, Optional[dict]]]:
+    """Each seed a row lists, with what was kept of it (:func:`read_seeds`; None where it was not: a row
+    measured before seeds were kept)."""
+    kind = gpu_of(row) or "cpu"
+    return [(s, kept.get((*(row[k] for k in SEED_KEY), s, kind))) for s in row["seeds"].split()]
+
+
+def seed_cells(row: dict, result: dict) -> list[str]:
+    """One kept seed as the seed table shows it: PDD, P = 1, P = 1 same epochs and random (%, the last stage),
+    PDD per stage, its machine and wall seconds."""
+    last = result["accuracies"][-1]
+    p1 = int(row["stages"]) == 1
+    pct = lambda v: "–" if v is None else f"{100 * v:.2f}"  # noqa: E731
+    return [pct(last["mean"]), pct(last["mean"] if p1 else last.get("base_mean")),
+            pct(last["mean"] if p1 else last.get("base_epochs_mean")), pct(last.get("random_mean")),
+            " / ".join(pct(a["mean"]) for a in result["accuracies"]), result.get("machine", ""),
+            f"{result['seconds']:.0f}"]
+
+
 def complete(row: dict) -> bool:
     """Whether a row has every comparison its protocol gives (a paper row measured before runs compared
     themselves with their base method trained as long has not, and is measured again)."""

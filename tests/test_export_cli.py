@@ -364,3 +364,35 @@ def test_cli_repeats_a_runs_warnings_beside_its_result_and_in_its_json(tmp_path,
     assert "warning: stage 1: the trajectory matching was unstable" in capsys.readouterr().err
     assert main(["runs", "show", result["run_key"][4:12], "--cache-dir", str(tmp_path / "c")]) == 0  # its record too
     assert " stage 1: the trajectory matching was unstable" in capsys.readouterr().err
+
+
+def test_cli_results_shows_a_rows_kept_seeds_one_by_one(tmp_path, capsys):
+    """`pdd results --seeds N`: row N's seeds from the seeds the bench kept beside its CSV (each seed's final
+    accuracy beside its comparisons, per stage, machine and time); a seed kept for another setting is not
+    shown, and a row measured before seeds were kept says so."""
+    from pdd_engine.results import COLUMNS, SEED_KEY, append_row, append_seed, seeds_path
+    csv_path = tmp_path / "quality.csv"
+    row = {c: "" for c in COLUMNS}
+    row.update(dataset="digits", method="dm", stages="2", ipc="10", protocol="paper", width="32", iterations="200",
+               eval_epochs="300", eval_models="3", precision="float32", eval_precision="float32",
+               augmentation="color_crop_cutout_scale_rotate", seeds="0 1", extra="{}", mean="97.00", std="0.50",
+               random_mean="95.00", random_std="0.10", base_mean="96.00", base_std="0.20", base_epochs_mean="96.50",
+               base_epochs_std="0.10", machine="2 CPUs Xeon, torch 2.14.1")
+    append_row(csv_path, COLUMNS, row)
+    append_row(csv_path, COLUMNS, {**row, "ipc": "50"})  # no seed kept
+    setting = {k: row[k] for k in SEED_KEY}
+    stage = lambda m, **kw: {"mean": m, "random_mean": 0.95, **kw}  # noqa: E731
+    for seed, last in enumerate([0.975, 0.965]):
+        result = {"accuracies": [stage(0.90), stage(last, base_mean=0.96, base_epochs_mean=0.965)], "seconds": 12.0}
+        append_seed(seeds_path(csv_path), setting, seed, "2 CPUs Xeon, torch 2.14.1", "abc", "now", result)
+    append_seed(seeds_path(csv_path), {**setting, "width": "128"}, 1, "2 CPUs Xeon, torch 2.14.1", "abc", "now",
+                {"accuracies": [stage(0.5), stage(0.5)], "seconds": 1.0})  # another setting's seed 1
+    assert main(["results", "--results", str(csv_path), "--seeds", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "| 0 | 97.50 | 96.00 | 96.50 | 95.00 | 90.00 / 97.50 | 2 CPUs Xeon, torch 2.14.1 | 12 |" in out
+    assert "| 1 | 96.50 | 96.00 | 96.50 | 95.00 | 90.00 / 96.50 |" in out and "50.00" not in out
+    assert main(["results", "--results", str(csv_path), "--seeds", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert "| 0 | not kept" in out and "measured before seeds were kept" in err
+    assert main(["results", "--results", str(csv_path), "--seeds", "2"]) == 2
+    assert "no row 2 (rows are numbered 0 to 1)" in capsys.readouterr().err
