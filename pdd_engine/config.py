@@ -27,7 +27,8 @@ from .strategy import DSA_OPS, FIELD_STRATEGY, auto_strategy, strategy_ops
 Norm = Literal["instance", "batch", "none"]
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "float32", "bfloat16"]
-BF16 = "faster on CPUs with bf16 instructions"
+BF16 = "faster for larger networks on processors with bf16 instructions"
+AUTO_BF16 = "bfloat16 where the processor has it and the network is large enough to gain (not digits at width 32), else float32"
 
 
 @dataclass(frozen=True)
@@ -110,13 +111,14 @@ class DistillConfig:
                                            "measured faster", shown="hidden")
     # the arithmetic of the evaluation (its networks' training and test pass; the easy-example scorers too):
     # float32, the field's protocol, or bfloat16 autocast, faster on processors with bf16 instructions at
-    # the same accuracy (docs/benchmarks.md); auto: bf16 where the processor has it (device.resolved). The
-    # resolved value enters the evaluation keys; it changes no distilled image.
+    # the same accuracy (docs/benchmarks.md); auto: bf16 where the processor has it and, on a CPU, the network
+    # is large enough to gain (device.resolved). The resolved value enters the evaluation keys; it changes no
+    # distilled image.
     eval_precision: Precision = setting(
         "auto", "Arithmetic of the evaluation", "the evaluation networks' training and test pass in float32 (the "
-        f"field's protocol), or under bfloat16 autocast ({BF16}); auto: bfloat16 where the processor has it",
-        choices=[("auto: bfloat16 where the processor has it, else float32", "auto"),
-                 ("float32 (the field's protocol)", "float32"), (f"bfloat16 ({BF16})", "bfloat16")])
+        f"field's protocol), or under bfloat16 autocast ({BF16}); auto: {AUTO_BF16}",
+        choices=[(f"auto: {AUTO_BF16}", "auto"), ("float32 (the field's protocol)", "float32"),
+                 (f"bfloat16 ({BF16})", "bfloat16")])
     # the base method alone (P = 1) at the same IPC, beside PDD: at the final stage, every stage, or off
     compare_base: Literal["final", "every", "off"] = setting(
         "final", "Compare with the base method alone (P=1)", "also distil the base method alone (P=1) at the same "
@@ -130,12 +132,12 @@ class DistillConfig:
     device: Device = setting("auto", "Device", "auto: CUDA when present, else CPU")
     # the arithmetic of the distillation's matching (each method's loss, under torch.autocast): bfloat16
     # is faster on processors with bf16 instructions, and the images it gives differ, so its resolved value
-    # is in the stage keys; auto: bf16 where the processor has it. Transitions and experts run in float32;
+    # is in the stage keys; auto: as eval_precision's. Transitions and experts run in float32;
     # the evaluation's arithmetic is eval_precision.
     precision: Precision = setting(
         "auto", "Arithmetic of the matching", "the distillation's matching in float32, or under bfloat16 "
-        f"autocast ({BF16}; the evaluation has its own arithmetic setting); auto: bfloat16 where the processor has it",
-        choices=[("auto: bfloat16 where the processor has it, else float32", "auto"), ("float32", "float32"),
+        f"autocast ({BF16}; the evaluation has its own arithmetic setting); auto: {AUTO_BF16}",
+        choices=[(f"auto: {AUTO_BF16}", "auto"), ("float32", "float32"),
                  (f"bfloat16 ({BF16})", "bfloat16")])
     # where a stage's independent units (MTT's experts) run: local (this process) or ray (a cluster);
     # None: PDD_EXECUTOR, else local. Results are the same either way.
