@@ -306,6 +306,27 @@ def test_a_remembered_preview_keeps_only_what_the_panel_shows(studio, tmp_path):
     assert image is not None and f"{SHOWN_CLASSES + 10} classes" in facts and "64×64" in facts
 
 
+def test_an_upload_checked_and_previewed_at_once_is_kept_once(studio, tmp_path, monkeypatch):
+    """The page checks the settings and previews the data in two handlers at once on every upload; both ask for
+    the upload's dataset value. One keeps (moves) the file and the other gets what it kept, not "the upload
+    could not be kept" for a good upload (seen in the browser test under load)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.test_service import sized_zip
+    z = sized_zip(tmp_path / "pets.zip", [8], per_class=2)
+    keep, calls = studio.service.keep_upload, []
+
+    def slow_keep(path, owner):  # both handlers past the "is it kept?" check before either moves the file
+        calls.append(path)
+        time.sleep(0.3)
+        return keep(path, owner)
+    monkeypatch.setattr(studio.service, "keep_upload", slow_keep)
+    owner = owner_of(token_for(""))
+    with ThreadPoolExecutor(2) as pool:
+        refs = list(pool.map(lambda _: studio.dataset_of(owner, "upload your own (.zip)", str(z)), range(2)))
+    assert refs[0] == refs[1] and refs[0].startswith("folder:") and len(calls) == 1
+
+
 def test_an_api_start_message_is_one_printable_line(studio, tmp_path):
     """/start's refusal can quote an upload's class names: it comes back as one printable line."""
     from tests.test_untrusted import image_bytes
