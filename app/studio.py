@@ -154,7 +154,6 @@ class Studio:
         self.fields = [s for s in self.schema["settings"] if s["shown"] == "advanced"]
         self.presets = self.schema["presets"]
         self.kept: dict[tuple[str, str], str] = {}  # (visitor, the web framework's temporary upload) -> dataset
-        self.keeping = [threading.Lock() for _ in range(64)]  # striped by upload (dataset_of): bounded, rarely shared
 
     # -- controls -> settings ---------------------------------------------------------------------
     def settings_of(self, owner: str, dataset: str, upload: Any, method: str, stages: Any, ipc: Any, preset: str,
@@ -185,11 +184,8 @@ class Studio:
         if not path:
             raise PDDError("no dataset file was uploaded", "upload a .zip with one folder of images per class")
         key = (owner, str(path))
-        # The page checks the settings and previews the data at once on every upload: without the lock both
-        # found the file, one moved it, and the other said "the upload could not be kept" for a good upload
-        with self.keeping[hash(key) % len(self.keeping)]:
-            if key not in self.kept or Path(path).is_file():  # keep_upload moves the file: there again, uploaded again
-                self.kept[key] = self.service.keep_upload(str(path), owner)  # (the framework reuses a content's path)
+        if key not in self.kept or Path(path).is_file():  # keep_upload moves the file: there again, uploaded again
+            self.kept[key] = self.service.keep_upload(str(path), owner)  # (the web framework reuses a content's path)
         return self.kept[key]
 
     def check(self, profile: Optional[gr.OAuthProfile], token: str, *controls: Any) -> tuple:

@@ -372,6 +372,10 @@ class Service:
         self._waiting: list[str] = []
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
+        # the web framework names a temporary upload by its bytes: visitors who send the same file share its path,
+        # and a page's handlers ask to keep it at once. Locks striped by path (bounded), and what each was kept as
+        self._keeping = [threading.Lock() for _ in range(64)]
+        self._kept_temp: dict[str, str] = {}
         self._schema: Optional[dict] = None
         threading.Thread(target=self._loop, daemon=True, name="pdd-service").start()
 
@@ -495,22 +499,36 @@ class Service:
         src = Path(temp_path)
         if src.suffix.lower() != ".zip":
             raise PDDError(f"{src.name} is not a .zip file", "upload a .zip with one folder of images per class")
+        with self._keeping[hash(str(src)) % len(self._keeping)]:
+            if not src.is_file() and str(src) in self._kept_temp:
+                # these bytes were kept a moment ago (this visitor's other handler, or another visitor who sent the
+                # same file): the framework's path is named by them, so holding it is having sent them
+                return self._claim_upload(self._kept_temp[str(src)], owner)
+            try:
+                with open(src, "rb") as f:
+                    digest = hashlib.file_digest(f, "sha256").hexdigest()[:20]
+                self.upload_dir.mkdir(parents=True, exist_ok=True)
+                kept = self.upload_dir / f"{digest}.zip"
+                if not kept.exists():
+                    tmp = kept.with_name(f".{kept.name}.{secrets.token_hex(4)}")
+                    shutil.copyfile(src, tmp)
+                    os.replace(tmp, kept)
+            except OSError as e:
+                raise PDDError(f"the upload could not be kept ({e.strerror})", "upload it again") from None
+            ref = self._kept_temp[str(src)] = self._claim_upload(f"folder:{kept}", owner)
+            src.unlink(missing_ok=True)  # only once it is the visitor's: a failure before leaves it to upload again
+            return ref
+
+    def _claim_upload(self, ref: str, owner: str) -> str:
+        """Make the kept upload ``ref`` (``folder:<upload folder>/<hash>.zip``) also ``owner``'s, as new to the
+        housekeeping that prunes the oldest uploads."""
+        kept = Path(ref.partition(":")[2])
         try:
-            with open(src, "rb") as f:
-                digest = hashlib.file_digest(f, "sha256").hexdigest()[:20]
-            self.upload_dir.mkdir(parents=True, exist_ok=True)
-            kept = self.upload_dir / f"{digest}.zip"
-            if not kept.exists():
-                tmp = kept.with_name(f".{kept.name}.{secrets.token_hex(4)}")
-                shutil.copyfile(src, tmp)
-                os.replace(tmp, kept)
-            else:
-                os.utime(kept)  # kept again: as new to the housekeeping that prunes the oldest uploads
-            src.unlink(missing_ok=True)
-        except OSError as e:
-            raise PDDError(f"the upload could not be kept ({e.strerror})", "upload it again") from None
+            os.utime(kept)
+        except OSError:
+            raise PDDError("your upload is no longer on this server (old uploads are removed to make room)",
+                           "upload the .zip again (Dataset: upload your own)") from None
         self.book.claim_upload(kept.name, owner)
-        ref = f"folder:{kept}"
         self.helper.forget(lambda key: key[:2] == ("preview", ref))  # read again: it may have been pruned and back
         return ref
 

@@ -558,6 +558,29 @@ def test_an_upload_kept_again_is_fresh_and_one_pruned_says_upload_it_again(servi
     assert not too_long.ok and "not one of your uploads" in too_long.error  # not OSError's "name too long"
 
 
+def test_visitors_who_send_the_same_file_share_its_path_and_each_owns_what_was_kept(service, tmp_path, monkeypatch):
+    """The web framework names a temporary upload by its bytes, so two visitors who send the same file (a class
+    given one example zip) hand in the same path, and a page's two handlers ask at once. The first keep moves
+    the file; the others get the same kept upload, as theirs, not "the upload could not be kept" for a good
+    upload. A path never kept is still refused as before, and ownership stays with who sent the bytes."""
+    from concurrent.futures import ThreadPoolExecutor
+    z = sized_zip(tmp_path / "class.zip", [8], per_class=3)
+    claim = service.book.claim_upload
+
+    def slow_claim(name, owner):  # every caller inside keep_upload before the first has moved the file
+        time.sleep(0.2)
+        claim(name, owner)
+    monkeypatch.setattr(service.book, "claim_upload", slow_claim)
+    with ThreadPoolExecutor(4) as pool:
+        refs = list(pool.map(lambda who: service.keep_upload(str(z), who), ["ann", "ann", "bob", "bob"]))
+    assert len(set(refs)) == 1 and refs[0].startswith("folder:") and not z.exists()
+    assert service.check({**TINY, "dataset": refs[0]}, "ann").ok and service.check({**TINY, "dataset": refs[0]}, "bob").ok
+    assert service.keep_upload(str(z), "cy") == refs[0]  # later, the same path: the same bytes, now cy's too
+    assert not service.check({**TINY, "dataset": refs[0]}, "dee").ok  # who never sent them owns nothing
+    with pytest.raises(PDDError, match="could not be kept"):
+        service.keep_upload(str(tmp_path / "never.zip"), "dee")
+
+
 def test_settings_invalid_whatever_the_data_are_refused_before_the_upload_is_read(service, tmp_path):
     """An Image size out of bounds is the config's to name, not the upload's "mixed sizes, set Image size"."""
     ref = service.keep_upload(str(sized_zip(tmp_path / "mixed2.zip", [16, 24])), "nina")
