@@ -333,6 +333,12 @@ class Limits:
             return float("inf")
 
 
+def upload_gone() -> PDDError:
+    """A visitor's kept upload that housekeeping has pruned: the one line every path that finds it gone says."""
+    return PDDError("your upload is no longer on this server (old uploads are removed to make room)",
+                    "upload the .zip again (Dataset: upload your own)")
+
+
 class Service:
     """The engine, as a front end sees it. Thread-safe; one per server."""
 
@@ -443,8 +449,7 @@ class Service:
             except OSError:  # a name the file system cannot hold (too long): no upload of anyone's
                 raise stranger from None
             if not present:
-                raise PDDError("your upload is no longer on this server (old uploads are removed to make room)",
-                               "upload the .zip again (Dataset: upload your own)")
+                raise upload_gone()
             values["dataset"] = f"folder:{path}"  # one spelling (no '//', '/./' or trailing '/'): one cache entry
         return values
 
@@ -526,8 +531,7 @@ class Service:
         try:
             os.utime(kept)
         except OSError:
-            raise PDDError("your upload is no longer on this server (old uploads are removed to make room)",
-                           "upload the .zip again (Dataset: upload your own)") from None
+            raise upload_gone() from None
         self.book.claim_upload(kept.name, owner)
         self.helper.forget(lambda key: key[:2] == ("preview", ref))  # read again: it may have been pruned and back
         return ref
